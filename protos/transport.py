@@ -1,0 +1,97 @@
+"""gRPC transport shared by every service: TLS servers with health and reflection.
+
+Servers speak TLS only (optionally mutual TLS), expose the standard gRPC health-checking
+service (grpc.health.v1) and server reflection, and cap message sizes so that an oversized
+request is refused by the transport with RESOURCE_EXHAUSTED before any handler runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class RunningServer:
+    """A started server and the port it is bound to (useful with port 0)."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _message_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def serve(
+    services: Callable[[grpc.Server], None],
+    service_names: list[str],
+    *,
+    address: str,
+    cert_pem: bytes,
+    key_pem: bytes,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    client_ca_pem: bytes | None = None,
+    max_workers: int = 16,
+) -> RunningServer:
+    """Start a TLS gRPC server with ``services`` registered, plus health and reflection.
+
+    ``service_names`` are the full names (``sovereign.v1.AgentNode``) reported SERVING by the
+    health service and listed by reflection. With ``client_ca_pem`` clients must present a
+    certificate from that CA (mutual TLS).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=_message_options(max_message_bytes),
+    )
+    services(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    credentials = grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)],
+        root_certificates=client_ca_pem,
+        require_client_auth=client_ca_pem is not None,
+    )
+    port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not bind {address}: is the port already in use?")
+    server.start()
+    return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def secure_channel(
+    address: str,
+    ca_pem: bytes,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    client_cert: tuple[bytes, bytes] | None = None,
+) -> grpc.Channel:
+    """A TLS channel that trusts only ``ca_pem`` (and presents ``client_cert`` for mutual TLS)."""
+    key_pem, cert_pem = client_cert if client_cert else (None, None)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+    )
+    return grpc.secure_channel(address, credentials, options=_message_options(max_message_bytes))
