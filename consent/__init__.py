@@ -1,0 +1,27 @@
+"""The consent kernel that every other part trusts.
+
+- ``consent.identity``  Ed25519 / X25519 (and SM2 in ``gm``) key material of one party
+- ``consent.did``       did:key encode / resolve / DID documents
+- ``consent.keystore``  passphrase-encrypted keystores (Argon2id + XSalsa20-Poly1305)
+- ``consent.canonical`` RFC 8785 canonical JSON
+- ``consent.integrity`` W3C Data Integrity proofs (eddsa-jcs-2022; SM2 beside it in ``gm``)
+- ``consent.grants``    consent grants and revocations as Verifiable Credentials
+- ``consent.envelope``  sealed envelopes (NaCl box); ``consent.envelope_gm`` for SM2 + SM4
+- ``consent.replay``    nonce + time-window replay guard
+- ``consent.sm``        SM2 / SM3 / SM4 (national-standard profile)
+- ``consent.errors``    the error classes
+"""
+
+from consent.errors import ConsentError
+from consent.grants import Grant, Revocation, Scope, issue_grant, verify_grant
+from consent.identity import Identity
+
+__all__ = [
+    "ConsentError",
+    "Grant",
+    "Identity",
+    "Revocation",
+    "Scope",
+    "issue_grant",
+    "verify_grant",
+]
