@@ -1,0 +1,421 @@
+"""``consent-wallet``: the customer's command line for grants, revocations, access and export.
+
+A thin click layer over ``wallet.service``: every command takes ``--json`` for scripts, prints
+plain sentences otherwise, and turns every expected failure into one sentence on stderr and a
+non-zero exit (never a traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consent.errors import ConsentError
+from wallet import service
+from wallet.errors import WalletError
+from wallet.parsing import format_duration, parse_duration, parse_time
+from wallet.store import iso, utcnow
+
+PASSPHRASE_ENV = "CONSENT_WALLET_PASSPHRASE"
+HOME_ENV = "CONSENT_WALLET_HOME"
+EXIT_PENDING = 3  # saved locally, not yet delivered: `consent-wallet sync` finishes the job
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [ConsentError, WalletError]
+    try:
+        from agent_node.client import NodeError
+
+        errors.append(NodeError)
+    except ImportError:  # the node client is optional for purely local commands
+        pass
+    return tuple(errors)
+
+
+class WalletGroup(click.Group):
+    """Turns every expected error into a one-sentence ``click.ClickException``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _expected_errors() as exc:
+            raise click.ClickException(_sentence(exc)) from None
+        except OSError as exc:
+            name = exc.filename or "a file"
+            raise click.ClickException(f"cannot access {name}: {exc.strerror}") from None
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return text[0].upper() + text[1:] if text else text
+
+
+class Context:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+
+def _passphrase(confirm: bool = False) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    return str(click.prompt("Wallet passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+def _open(ctx: Context) -> service.Wallet:
+    if not service.wallet_exists(ctx.home):
+        raise service.WalletNotFound(
+            f"no wallet in {ctx.home}: run `consent-wallet init` first (or pass --home)"
+        )
+    return service.Wallet.open(ctx.home, _passphrase())
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(cls=WalletGroup)
+@click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
+    default=service.default_home, show_default="~/.consent-wallet",
+    help=f"Wallet folder (or {HOME_ENV}).",
+)
+@click.version_option(package_name="sovereign-fabric")
+@click.pass_context
+def cli(click_ctx: click.Context, home: Path) -> None:
+    """Your consent wallet: grant, revoke and watch the use of your data.
+
+    The passphrase is asked for, or read from CONSENT_WALLET_PASSPHRASE.
+    """
+    click_ctx.obj = Context(Path(home).expanduser())
+
+
+@cli.command()
+@click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl", show_default=True,
+              help="Crypto profile: intl (Ed25519) or gm (SM2 beside Ed25519).")
+@json_option
+@pass_ctx
+def init(ctx: Context, profile: str, as_json: bool) -> None:
+    """Create your keys and did:key in an encrypted keystore (never overwrites)."""
+    if service.wallet_exists(ctx.home):
+        raise service.WalletExists(
+            f"a wallet already exists in {ctx.home}; choose another --home to create a new one"
+        )
+    wallet = service.Wallet.create(ctx.home, _passphrase(confirm=True), profile)
+    with wallet:
+        who = wallet.whoami()
+    _emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home}, lambda: click.echo(
+        f"Created your wallet in {who.home}\nYour DID: {who.did}\nProfile: {who.profile}\n"
+        "Keep your passphrase safe: without it the keys cannot be opened."
+    ))
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def whoami(ctx: Context, as_json: bool) -> None:
+    """Show your DID and crypto profile."""
+    who = service.whoami(ctx.home)
+    _emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home},
+          lambda: click.echo(f"{who.did}\nprofile: {who.profile}"))
+
+
+@cli.group(cls=WalletGroup)
+def nodes() -> None:
+    """Nodes you talk to and the CA certificates that authenticate them."""
+
+
+@nodes.command("add")
+@click.argument("address")
+@click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA certificate of the node's TLS certificate.")
+@json_option
+@pass_ctx
+def nodes_add(ctx: Context, address: str, ca_file: Path, as_json: bool) -> None:
+    """Remember a node's CA and fetch its verified identity (name, region, residency)."""
+    ca_pem = service.read_ca(ca_file)
+    with _open(ctx) as wallet:
+        node = wallet.add_node(address, ca_pem)
+    data = _node_json(node)
+    _emit(as_json, data, lambda: click.echo(
+        f"Added node {node.name or '?'} at {address}\n  DID: {node.did}\n"
+        f"  region: {node.region}  residency: {node.residency}"
+    ))
+
+
+@nodes.command("list")
+@json_option
+@pass_ctx
+def nodes_list(ctx: Context, as_json: bool) -> None:
+    """List the nodes this wallet knows."""
+    store = service.open_store(ctx.home)
+    try:
+        records = store.nodes()
+    finally:
+        store.close()
+    _emit(as_json, [_node_json(n) for n in records], lambda: [
+        click.echo(f"{n.address}  {n.name or '?'}  {n.region or '?'}  {n.did or '(never reached)'}")
+        for n in records
+    ] or click.echo("No nodes yet: `consent-wallet nodes add ADDR --ca FILE`."))
+
+
+def _node_json(node: Any) -> dict[str, Any]:
+    return {
+        "address": node.address, "did": node.did, "name": node.name, "region": node.region,
+        "residency": node.residency, "profile": node.profile, "k_threshold": node.k_threshold,
+        "max_ttl_hours": node.max_ttl_hours,
+        "info_at": iso(node.info_at) if node.info_at else None,
+    }
+
+
+@cli.group(cls=WalletGroup)
+def ledger() -> None:
+    """The ledger that anchors your grants' hashes (optional)."""
+
+
+@ledger.command("set")
+@click.argument("address")
+@click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA certificate of the ledger's TLS certificate.")
+@json_option
+@pass_ctx
+def ledger_set(ctx: Context, address: str, ca_file: Path, as_json: bool) -> None:
+    """Anchor the hash of every grant delivered from now on in the ledger at ADDRESS."""
+    ca_pem = service.read_ca(ca_file)
+    with _open(ctx) as wallet:
+        wallet.set_ledger(address, ca_pem)
+    _emit(as_json, {"ledger": address}, lambda: click.echo(f"Ledger set to {address}."))
+
+
+@cli.command()
+@click.option("--node", help="Node address HOST:PORT that holds your data.")
+@click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="The node's CA certificate (remembered for this address).")
+@click.option("--requester", help="did:key of the application you grant access to.")
+@click.option("--purpose", help="One purpose, e.g. quote-generation.")
+@click.option("--purpose-text", default="", help="Free text shown beside the purpose.")
+@click.option("--scope", "scopes", multiple=True,
+              help="Scope tier: identity, transaction or sentiment (repeatable).")
+@click.option("--ttl", help="How long the grant lasts: 24h, 90m, 3d (at most 72h).")
+@click.option("--max-queries", type=click.IntRange(min=1), help="Query budget.")
+@click.option("--dp-epsilon", type=float, help="Differential-privacy budget (epsilon).")
+@click.option("--retry", "retry_id", metavar="GRANT_ID",
+              help="Re-deliver a grant saved as pending instead of signing a new one.")
+@json_option
+@pass_ctx
+def grant(
+    ctx: Context, node: str | None, node_ca: Path | None, requester: str | None,
+    purpose: str | None, purpose_text: str, scopes: tuple[str, ...], ttl: str | None,
+    max_queries: int | None, dp_epsilon: float | None, retry_id: str | None, as_json: bool,
+) -> None:
+    """Sign a consent grant and deliver it to the node."""
+    if retry_id is None:
+        missing = [name for name, value in (("--node", node), ("--requester", requester),
+                   ("--purpose", purpose), ("--scope", scopes), ("--ttl", ttl)) if not value]
+        if missing:
+            raise click.UsageError(f"missing {', '.join(missing)} (see --help)")
+        assert node and requester and purpose and ttl
+        duration = parse_duration(ttl)
+        service.check_ttl(duration)  # refused before the passphrase is even asked
+        service.check_purpose(purpose)
+        ca_pem = service.read_ca(node_ca) if node_ca else None
+    with _open(ctx) as wallet:
+        if retry_id is not None:
+            outcome = wallet.retry(retry_id)
+        else:
+            outcome = wallet.grant(
+                node=node, requester=requester, purpose=purpose, scopes=list(scopes),
+                ttl=duration, purpose_text=purpose_text, max_queries=max_queries,
+                dp_epsilon=dp_epsilon, node_ca=ca_pem,
+            )
+    record = outcome.grant
+    data = {"grant_id": record.id, "expires": iso(record.expires), "delivered": outcome.delivered,
+            "delivery": record.delivery, "digest": record.digest, "node": record.node_address,
+            "ledger_anchored": record.ledger_receipt is not None, "message": outcome.message}
+    _emit(as_json, data, lambda: click.echo(
+        f"Grant {record.id}\n  {record.purpose} for {', '.join(record.scopes)}, "
+        f"until {iso(record.expires)}\n"
+        + ("  delivered to the node" if outcome.delivered else "  NOT delivered yet")
+        + (" and anchored in the ledger" if record.ledger_receipt else "")
+    ))
+    if not outcome.delivered and record.delivery != "delivered":
+        exc = click.ClickException(outcome.message or "the grant was not delivered")
+        exc.exit_code = EXIT_PENDING
+        raise exc
+
+
+@cli.command()
+@click.option("--offline", is_flag=True, help="Do not ask the nodes; show the last known status.")
+@json_option
+@pass_ctx
+def grants(ctx: Context, offline: bool, as_json: bool) -> None:
+    """Your grants: status, remaining budget, and where the data lives."""
+    with _open(ctx) as wallet:
+        views = wallet.grants(refresh=not offline)
+    _emit(as_json, [v.to_json() for v in views], lambda: _print_grants(views))
+
+
+def _print_grants(views: list[service.GrantView]) -> None:
+    if not views:
+        click.echo("No grants yet.")
+        return
+    now = utcnow()
+    for v in views:
+        left = f" ({format_duration(v.expires - now)} left)" if v.status == "active" else ""
+        click.echo(f"{v.id}  {v.status.upper()}")
+        click.echo(f"  {v.purpose} [{', '.join(v.scopes)}] for {v.requester}")
+        click.echo(f"  data at {v.node_name or v.node_address} ({v.node_region or '?'}: "
+                   f"{v.node_residency or 'residency unknown'}) until {iso(v.expires)}{left}")
+        budget = []
+        if v.max_queries is not None:
+            budget.append(f"{v.queries_left}/{v.max_queries} queries left")
+        if v.dp_epsilon is not None:
+            budget.append(f"epsilon {v.epsilon_left:g}/{v.dp_epsilon:g} left")
+        if budget:
+            when = "" if v.status_fresh else (
+                f" (last known {iso(v.status_at)})" if v.status_at else " (never read from node)")
+            click.echo(f"  budget: {', '.join(budget)}{when}")
+        elif not v.status_fresh and v.delivery == "delivered":
+            click.echo("  status: last known (node not reachable)")
+
+
+@cli.command()
+@click.argument("grant_id")
+@click.option("--reason", default="", help="Optional reason recorded in the revocation.")
+@json_option
+@pass_ctx
+def revoke(ctx: Context, grant_id: str, reason: str, as_json: bool) -> None:
+    """Revoke a grant; effective at the node before its next answer."""
+    with _open(ctx) as wallet:
+        outcome = wallet.revoke(grant_id, reason=reason)
+    data = {"grant_id": outcome.grant_id, "confirmed": outcome.confirmed,
+            "revoked_at": iso(outcome.revoked_at), "message": outcome.message}
+    _emit(as_json, data, lambda: click.echo(
+        f"Revoked {grant_id} at {iso(outcome.revoked_at)} ({outcome.message})."
+    ))
+
+
+@cli.command()
+@json_option
+@pass_ctx
+def sync(ctx: Context, as_json: bool) -> None:
+    """Deliver every grant and revocation still pending (after a node was unreachable)."""
+    with _open(ctx) as wallet:
+        report = wallet.sync()
+    data = {"delivered_grants": report.delivered_grants,
+            "delivered_revocations": report.delivered_revocations, "failed": report.failed}
+
+    def human() -> None:
+        for gid in report.delivered_grants:
+            click.echo(f"Delivered grant {gid}")
+        for gid in report.delivered_revocations:
+            click.echo(f"Delivered revocation of {gid}")
+        if not (report.delivered_grants or report.delivered_revocations or report.failed):
+            click.echo("Nothing pending.")
+
+    _emit(as_json, data, human)
+    if report.failed:
+        exc = click.ClickException(
+            f"{len(report.failed)} item(s) still pending: " + next(iter(report.failed.values()))
+        )
+        exc.exit_code = EXIT_PENDING
+        raise exc
+
+
+@cli.command("access-log")
+@click.option("--since", help="Only events after this time: ISO 8601, or 2h / 3d for 'ago'.")
+@json_option
+@pass_ctx
+def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
+    """Who used your data, when, for what, under which grant — each event verified."""
+    start: datetime | None = parse_time(since) if since else None
+    with _open(ctx) as wallet:
+        view = wallet.access_log(since=start)
+    data = {"events": [_event_json(e) for e in view.events], "unreachable": view.unreachable}
+
+    def human() -> None:
+        for address, message in view.unreachable.items():
+            click.echo(f"! {address} unreachable, showing cached events: {message}")
+        if not view.events:
+            click.echo("No recorded use of your data.")
+        for e in view.events:
+            ev = e.event
+            mark = "verified" if e.verified else "NOT VERIFIED"
+            if e.ledger_verified is not None:
+                mark += ", ledger ok" if e.ledger_verified else ", LEDGER MISMATCH"
+            click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
+                       f"{ev.get('outcome')}  grants={','.join(ev.get('grant_ids', []))}  "
+                       f"[{mark}]")
+
+    _emit(as_json, data, human)
+
+
+def _event_json(e: Any) -> dict[str, Any]:
+    return {"node": e.node_address, "seq": e.seq, "time": iso(e.time), "event": e.event,
+            "verified": e.verified, "ledger_verified": e.ledger_verified}
+
+
+@cli.command()
+@click.option("--node", required=True, help="Node address HOST:PORT.")
+@click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="The node's CA certificate (remembered for this address).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the JSON export.")
+@json_option
+@pass_ctx
+def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bool) -> None:
+    """Everything the node holds about you, opened locally into a portable JSON file."""
+    ca_pem = service.read_ca(node_ca) if node_ca else None
+    with _open(ctx) as wallet:
+        wallet.export(node, out, node_ca=ca_pem)
+    _emit(as_json, {"out": str(out), "node": node},
+          lambda: click.echo(f"Wrote everything {node} holds about you to {out}"))
+
+
+@cli.command()
+@click.option("--port", default=0, type=click.IntRange(0, 65535),
+              help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--refresh/--no-refresh", default=True,
+              help="Ask the nodes for fresh status and access events first (needs the passphrase).")
+@json_option
+@pass_ctx
+def dashboard(ctx: Context, port: int, refresh: bool, as_json: bool) -> None:
+    """A local web page on 127.0.0.1: grants, data location, access timeline, revoke."""
+    from wallet.dashboard import serve_dashboard
+
+    if refresh:
+        with _open(ctx) as wallet:
+            wallet.grants(refresh=True)
+            wallet.access_log()
+    server = serve_dashboard(ctx.home, port=port)
+    _emit(as_json, {"url": server.url}, lambda: click.echo(
+        f"Dashboard at {server.url} (Ctrl-C to stop)"))
+    sys.stdout.flush()
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    cli(prog_name="consent-wallet")
+
+
+if __name__ == "__main__":
+    main()

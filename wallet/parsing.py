@@ -1,0 +1,126 @@
+"""Parsing of the wallet's human inputs: durations, times, purposes, scopes and requester DIDs.
+
+Durations follow the compact Go/systemd style (``24h``, ``90m``, ``3d``, ``1h30m``); times are
+ISO 8601 (RFC 3339) or a duration meaning "that long ago". Purposes and scopes come from the
+consent kernel's controlled vocabulary; a near miss gets the closest known names suggested
+(``difflib``), as the dynamic-authorisation rules require one concrete purpose per grant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from consent.did import resolve
+from consent.errors import DIDError
+from consent.grants import PURPOSES, Scope
+from wallet.errors import (
+    InvalidDuration,
+    InvalidPurpose,
+    InvalidRequester,
+    InvalidScope,
+    TTLTooLong,
+)
+
+# Policy ceiling of the dynamic-authorisation gateway: no grant outlives 72 hours.
+MAX_TTL = timedelta(hours=72)
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``24h`` / ``90m`` / ``3d`` / ``1h30m`` -> timedelta; anything else is ``InvalidDuration``."""
+    cleaned = text.strip().lower().replace(" ", "")
+    if not cleaned or _PART.sub("", cleaned):
+        raise InvalidDuration(
+            f"cannot read the duration {text!r}: use a number and a unit, like 24h, 90m or 3d"
+        )
+    seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
+    if seconds <= 0:
+        raise InvalidDuration("a duration must be longer than zero, like 24h")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(delta: timedelta) -> str:
+    """A short human form of a duration: ``2d 3h``, ``45m``, ``expired``."""
+    seconds = int(delta.total_seconds())
+    if seconds <= 0:
+        return "0m"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = [(days, "d"), (hours, "h"), (minutes, "m")]
+    return " ".join(f"{n}{unit}" for n, unit in parts if n) or "<1m"
+
+
+def check_ttl(ttl: timedelta, limit: timedelta = MAX_TTL) -> timedelta:
+    """Refuse a grant window over ``limit`` before anything is signed."""
+    if ttl > limit:
+        hours = limit.total_seconds() / 3600
+        raise TTLTooLong(
+            f"a grant may last at most {hours:g} hours; choose a shorter --ttl, like 24h"
+        )
+    return ttl
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (naive means UTC), or a duration meaning "that long ago" (``2h``)."""
+    now = now or datetime.now(UTC)
+    try:
+        return now - parse_duration(text)
+    except InvalidDuration:
+        pass
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidDuration(
+            f"cannot read the time {text!r}: use ISO 8601 like 2025-01-31T09:00Z, or 2h for "
+            "two hours ago"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def closest_purposes(purpose: str, n: int = 3) -> list[str]:
+    """The known purposes nearest to ``purpose`` (edit similarity), best first."""
+    return difflib.get_close_matches(purpose.strip().lower(), list(PURPOSES), n=n, cutoff=0.4)
+
+
+def check_purpose(purpose: str) -> str:
+    """Return the purpose when it is in the controlled vocabulary, else suggest close ones."""
+    if purpose in PURPOSES:
+        return purpose
+    close = closest_purposes(purpose)
+    hint = (
+        f"did you mean {' or '.join(repr(p) for p in close)}?"
+        if close
+        else f"known purposes are {', '.join(sorted(PURPOSES))}."
+    )
+    raise InvalidPurpose(f"{purpose!r} is not a known purpose; {hint}")
+
+
+def check_scopes(scopes: Iterable[str]) -> list[str]:
+    """Validate scope tiers (at least one), dropping duplicates but keeping order."""
+    known = [s.value for s in Scope]
+    result: list[str] = []
+    for scope in scopes:
+        if scope not in known:
+            raise InvalidScope(f"{scope!r} is not a scope tier; use one of {', '.join(known)}")
+        if scope not in result:
+            result.append(scope)
+    if not result:
+        raise InvalidScope(f"give at least one --scope ({', '.join(known)})")
+    return result
+
+
+def check_requester(did: str) -> str:
+    """The requester must be an Ed25519 did:key (the only kind that can sign queries)."""
+    try:
+        resolved = resolve(did)
+    except DIDError as exc:
+        raise InvalidRequester(f"--requester is not a valid did:key: {exc}") from None
+    if resolved.ed25519 is None:
+        raise InvalidRequester("--requester must be an Ed25519 did:key (did:key:z6Mk...)")
+    return did

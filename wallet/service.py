@@ -1,0 +1,625 @@
+"""The consent wallet's Python API: everything the ``consent-wallet`` CLI and the dashboard do.
+
+A ``Wallet`` holds the customer's identity (a did:key in a ``consent.keystore`` file) and a
+``WalletStore``. It signs W3C Verifiable Credential consent grants and revocations with the
+consent kernel, delivers them to agent nodes over TLS gRPC (``agent_node.client.NodeClient``),
+keeps every signed statement locally before delivery (so an unreachable node loses nothing and
+delivery can be retried), reads grant status and access events back, and anchors grant hashes
+in the ledger when one is configured.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from consent.grants import issue_grant, issue_revocation, verify_grant
+from consent.identity import PROFILES, Identity
+from consent.keystore import load_identity, save_identity, write_private_file
+from wallet.errors import (
+    DeliveryPending,
+    GrantAlreadyExpired,
+    GrantAlreadyRevoked,
+    InvalidInput,
+    UnknownGrant,
+    UnknownNode,
+    WalletExists,
+    WalletNotFound,
+)
+
+__all__ = [
+    "GrantOutcome", "GrantView", "RevokeOutcome", "SyncReport", "Wallet", "WalletExists",
+    "WalletNotFound", "check_purpose", "check_ttl", "grant_views", "open_store", "read_ca",
+    "wallet_exists", "whoami",
+]
+from wallet.parsing import (
+    MAX_TTL,
+    check_purpose,
+    check_requester,
+    check_scopes,
+    check_ttl,
+)
+from wallet.store import (
+    DELIVERED,
+    PENDING,
+    AccessRecord,
+    GrantRecord,
+    NodeRecord,
+    WalletStore,
+    from_iso,
+    iso,
+    utcnow,
+)
+
+KEYSTORE_FILE = "keystore.json"
+REFUSED = "refused"
+CANCELLED = "cancelled"
+
+# (address, ca_pem, caller) -> a node client; the real one is agent_node.client.NodeClient.
+ClientFactory = Callable[[str, bytes, Identity], Any]
+
+
+def _node_client_factory(address: str, ca_pem: bytes, caller: Identity) -> Any:
+    from agent_node.client import NodeClient
+
+    return NodeClient(address, ca_pem, caller)
+
+
+def _node_errors() -> tuple[type[Exception], type[Exception]]:
+    """(NodeError, NodeUnreachable) from the agent node's client."""
+    from agent_node.client import NodeError, NodeUnreachable
+
+    return NodeError, NodeUnreachable
+
+
+def default_home() -> Path:
+    return Path.home() / ".consent-wallet"
+
+
+def read_ca(path: Path) -> bytes:
+    """Read a PEM CA certificate, refusing anything that is not one."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError:
+        raise InvalidInput(f"cannot read the CA certificate file {path}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise InvalidInput(f"{path} is not a PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return pem
+
+
+@dataclass(frozen=True)
+class Whoami:
+    did: str
+    profile: str
+    home: str
+
+
+@dataclass(frozen=True)
+class GrantOutcome:
+    """What ``grant`` did: the grant is always saved; ``delivered`` says if the node has it."""
+
+    grant: GrantRecord
+    delivered: bool
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class GrantView:
+    """One grant as the customer sees it (``grants`` command and dashboard)."""
+
+    id: str
+    status: str  # active | expired | revoked | not-yet-valid | pending-delivery | refused
+    requester: str
+    purpose: str
+    scopes: tuple[str, ...]
+    node_address: str
+    node_name: str | None
+    node_region: str | None
+    node_residency: str | None
+    issued: datetime
+    expires: datetime
+    delivery: str
+    queries_used: int | None
+    max_queries: int | None
+    epsilon_spent: float | None
+    dp_epsilon: float | None
+    status_at: datetime | None
+    status_fresh: bool  # True when read from the node just now, False when last known
+    ledger_anchored: bool
+
+    @property
+    def queries_left(self) -> int | None:
+        if self.max_queries is None:
+            return None
+        return max(self.max_queries - (self.queries_used or 0), 0)
+
+    @property
+    def epsilon_left(self) -> float | None:
+        if self.dp_epsilon is None:
+            return None
+        return max(self.dp_epsilon - (self.epsilon_spent or 0.0), 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "status": self.status, "requester": self.requester,
+            "purpose": self.purpose, "scopes": list(self.scopes),
+            "node": {"address": self.node_address, "name": self.node_name,
+                     "region": self.node_region, "residency": self.node_residency},
+            "issued": iso(self.issued), "expires": iso(self.expires),
+            "delivery": self.delivery, "queries_used": self.queries_used,
+            "max_queries": self.max_queries, "queries_left": self.queries_left,
+            "epsilon_spent": self.epsilon_spent, "dp_epsilon": self.dp_epsilon,
+            "epsilon_left": self.epsilon_left,
+            "status_at": iso(self.status_at) if self.status_at else None,
+            "status_fresh": self.status_fresh, "ledger_anchored": self.ledger_anchored,
+        }
+
+
+@dataclass(frozen=True)
+class RevokeOutcome:
+    grant_id: str
+    confirmed: bool
+    revoked_at: datetime
+    message: str
+
+
+@dataclass
+class SyncReport:
+    delivered_grants: list[str] = field(default_factory=list)
+    delivered_revocations: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccessView:
+    """Access events (cached ones included) and the nodes that could not be reached."""
+
+    events: list[AccessRecord]
+    unreachable: dict[str, str]
+
+
+def _keystore_path(home: Path) -> Path:
+    return Path(home) / KEYSTORE_FILE
+
+
+def wallet_exists(home: Path) -> bool:
+    return _keystore_path(home).exists()
+
+
+def open_store(home: Path) -> WalletStore:
+    """The local store alone (no passphrase): enough for read-only views."""
+    if not wallet_exists(home):
+        raise WalletNotFound(
+            f"no wallet in {home}: run `consent-wallet init` first (or pass --home)"
+        )
+    return WalletStore(Path(home))
+
+
+def whoami(home: Path) -> Whoami:
+    """The wallet's DID and profile; public values, so no passphrase is needed."""
+    store = open_store(home)
+    try:
+        did, profile = store.get_setting("did"), store.get_setting("profile")
+    finally:
+        store.close()
+    if did is None or profile is None:
+        raise WalletNotFound(f"the wallet in {home} is incomplete: run `consent-wallet init` again")
+    return Whoami(did=did, profile=profile, home=str(home))
+
+
+class Wallet:
+    """An unlocked wallet: identity + store + a way to reach nodes."""
+
+    def __init__(
+        self, home: Path, identity: Identity, store: WalletStore,
+        client_factory: ClientFactory | None = None,
+    ) -> None:
+        self.home = Path(home)
+        self.identity = identity
+        self.store = store
+        self._client_factory = client_factory or _node_client_factory
+        self._clients: dict[str, Any] = {}
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, home: Path, passphrase: str, profile: str = "intl") -> Wallet:
+        """Create keys and an encrypted keystore; refuses to overwrite an existing wallet."""
+        home = Path(home)
+        if wallet_exists(home) or (home / WalletStore.FILENAME).exists():
+            raise WalletExists(
+                f"a wallet already exists in {home}; choose another --home to create a new one"
+            )
+        if profile not in PROFILES:
+            raise InvalidInput(f"unknown profile {profile!r}: use intl or gm")
+        if not passphrase:
+            raise InvalidInput("the passphrase must not be empty")
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity.generate(profile)  # type: ignore[arg-type]
+        save_identity(_keystore_path(home), identity, passphrase)
+        store = WalletStore(home)
+        store.set_setting("did", identity.did)
+        store.set_setting("profile", identity.profile)
+        store.set_setting("created", iso(utcnow()))
+        return cls(home, identity, store)
+
+    @classmethod
+    def open(
+        cls, home: Path, passphrase: str, client_factory: ClientFactory | None = None
+    ) -> Wallet:
+        """Unlock the keystore (``KeystoreError`` on a wrong passphrase or a tampered file)."""
+        store = open_store(home)
+        try:
+            identity = load_identity(_keystore_path(home), passphrase)
+        except BaseException:
+            store.close()
+            raise
+        return cls(Path(home), identity, store, client_factory)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+        self._clients.clear()
+        self.store.close()
+
+    def __enter__(self) -> Wallet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def whoami(self) -> Whoami:
+        return Whoami(did=self.identity.did, profile=self.identity.profile, home=str(self.home))
+
+    # nodes ----------------------------------------------------------------------------------
+
+    def add_node(self, address: str, ca_pem: bytes) -> NodeRecord:
+        """Remember a node's CA, then fetch and record its verified NodeInfo."""
+        self.store.put_node(address, ca_pem)
+        self._clients.pop(address, None)
+        self.refresh_node(address)
+        record = self.store.node(address)
+        assert record is not None  # written just above
+        return record
+
+    def refresh_node(self, address: str) -> None:
+        info = self._client(address).node_info()
+        self.store.put_node_info(address, info)
+
+    def _node(self, address: str) -> NodeRecord:
+        record = self.store.node(address)
+        if record is None:
+            raise UnknownNode(
+                f"no CA certificate is known for node {address}: pass --node-ca FILE once, "
+                f"or run `consent-wallet nodes add {address} --ca FILE`"
+            )
+        return record
+
+    def _client(self, address: str) -> Any:
+        if address not in self._clients:
+            record = self._node(address)
+            self._clients[address] = self._client_factory(address, record.ca_pem, self.identity)
+        return self._clients[address]
+
+    # grants ---------------------------------------------------------------------------------
+
+    def grant(
+        self, *, node: str, requester: str, purpose: str, scopes: list[str], ttl: timedelta,
+        purpose_text: str = "", max_queries: int | None = None,
+        dp_epsilon: float | None = None, node_ca: bytes | None = None,
+        now: datetime | None = None,
+    ) -> GrantOutcome:
+        """Check every input, sign the grant, save it, then deliver it (and anchor its hash)."""
+        check_ttl(ttl, MAX_TTL)
+        check_purpose(purpose)
+        scope_list = check_scopes(scopes)
+        check_requester(requester)
+        if max_queries is not None and max_queries < 1:
+            raise InvalidInput("--max-queries must be a whole number of at least 1")
+        if dp_epsilon is not None and not 0 < dp_epsilon <= 10:
+            raise InvalidInput("--dp-epsilon must be a number above 0 and at most 10, like 1.0")
+        if node_ca is not None:
+            self.store.put_node(node, node_ca)
+            self._clients.pop(node, None)
+        record = self._node(node)
+        _, NodeUnreachable = _node_errors()
+        try:
+            self.refresh_node(node)
+        except NodeUnreachable:
+            # A node reached before is still known by its DID: sign now, deliver later.
+            if record.did is None:
+                raise
+        record = self._node(node)
+        if record.max_ttl_hours:
+            check_ttl(ttl, timedelta(hours=record.max_ttl_hours))
+        assert record.did is not None  # set by refresh_node or a previous contact
+        credential = issue_grant(
+            self.identity, requester=requester, nodes=[record.did], purpose=purpose,
+            scopes=scope_list, ttl=ttl, purpose_text=purpose_text, max_queries=max_queries,
+            dp_epsilon=dp_epsilon, now=now,
+        )
+        signed = verify_grant(credential, now=now)
+        self.store.add_grant(signed, node)
+        return self._deliver_grant(signed.id)
+
+    def _deliver_grant(self, grant_id: str) -> GrantOutcome:
+        NodeError, NodeUnreachable = _node_errors()
+        record = self._grant(grant_id)
+        try:
+            ack = self._client(record.node_address).submit_grant(record.credential)
+        except NodeUnreachable as exc:
+            self.store.mark_grant_failed(grant_id, str(exc))
+            return GrantOutcome(
+                self._grant(grant_id), False,
+                f"{exc}; the signed grant is saved as pending delivery: run "
+                f"`consent-wallet sync` (or `grant --retry {grant_id}`) when the node is back",
+            )
+        except NodeError as exc:
+            self.store.mark_grant_failed(grant_id, str(exc))
+            self._set_delivery(grant_id, REFUSED)
+            return GrantOutcome(self._grant(grant_id), False, f"the node refused the grant: {exc}")
+        accepted = getattr(ack, "accepted_at", None) or utcnow()
+        self.store.mark_grant_delivered(grant_id, accepted)
+        self._anchor_grant(grant_id)
+        return GrantOutcome(self._grant(grant_id), True)
+
+    def _set_delivery(self, grant_id: str, state: str) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE grants SET delivery = ? WHERE id = ?", (state, grant_id))
+
+    def retry(self, grant_id: str) -> GrantOutcome:
+        """Re-deliver a grant saved as pending (never re-signs it)."""
+        record = self._grant(grant_id)
+        if record.revoked_at is not None:
+            raise GrantAlreadyRevoked(f"grant {grant_id} was revoked; it will not be delivered")
+        if record.delivery == DELIVERED:
+            return GrantOutcome(record, True, "the node already holds this grant")
+        if record.expires <= utcnow():
+            raise GrantAlreadyExpired(
+                f"grant {grant_id} expired at {iso(record.expires)} before it could be "
+                "delivered; sign a new one"
+            )
+        return self._deliver_grant(grant_id)
+
+    def _grant(self, grant_id: str) -> GrantRecord:
+        record = self.store.grant(grant_id)
+        if record is None:
+            raise UnknownGrant(
+                f"this wallet holds no grant {grant_id!r}; `consent-wallet grants` lists them"
+            )
+        return record
+
+    # ledger ---------------------------------------------------------------------------------
+
+    def set_ledger(self, address: str, ca_pem: bytes) -> None:
+        self.store.set_setting("ledger_address", address)
+        self.store.set_setting("ledger_ca_pem", ca_pem.decode("ascii"))
+
+    def _ledger(self) -> Any | None:
+        address = self.store.get_setting("ledger_address")
+        ca_pem = self.store.get_setting("ledger_ca_pem")
+        if address is None or ca_pem is None:
+            return None
+        from ledger.client import LedgerClient
+
+        return LedgerClient(address, ca_pem.encode("ascii"))
+
+    def _anchor_grant(self, grant_id: str) -> None:
+        """Append the grant's hash to the ledger (when configured); failures keep it retryable."""
+        ledger = self._ledger()
+        if ledger is None:
+            return
+        record = self._grant(grant_id)
+        event = {"type": "grant", "schema_version": 1, "grant_digest": record.digest}
+        receipt = ledger.append(event)
+        self.store.set_grant_receipt(grant_id, _receipt_json(receipt))
+
+    # views ----------------------------------------------------------------------------------
+
+    def grants(self, *, refresh: bool = True, now: datetime | None = None) -> list[GrantView]:
+        """Every grant with its status; fresh from the nodes when reachable, else last known."""
+        now = now or utcnow()
+        fresh: set[str] = set()
+        if refresh:
+            fresh = self._refresh_statuses()
+        return grant_views(self.store, now=now, fresh=fresh)
+
+    def _refresh_statuses(self) -> set[str]:
+        NodeError, _ = _node_errors()
+        by_node: dict[str, list[str]] = {}
+        for record in self.store.grants():
+            if record.delivery == DELIVERED:
+                by_node.setdefault(record.node_address, []).append(record.id)
+        fresh: set[str] = set()
+        for address, ids in by_node.items():
+            try:
+                statuses = self._client(address).grant_status(ids)
+            except NodeError:
+                continue  # shown as "last known" — the node may be down
+            when = utcnow()
+            for status in statuses:
+                self.store.set_grant_status(status.grant_id, _status_json(status), when)
+                fresh.add(status.grant_id)
+        return fresh
+
+    def revoke(
+        self, grant_id: str, *, reason: str = "", now: datetime | None = None
+    ) -> RevokeOutcome:
+        """Sign a revocation, save it, deliver it and wait for the node's signed confirmation."""
+        now = now or utcnow()
+        record = self._grant(grant_id)
+        if record.revoked_at is not None or (record.last_status or {}).get("status") == "revoked":
+            raise GrantAlreadyRevoked(f"grant {grant_id} is already revoked")
+        if record.expires <= now:
+            raise GrantAlreadyExpired(
+                f"grant {grant_id} already expired at {iso(record.expires)}; nothing to revoke"
+            )
+        document = issue_revocation(self.identity, grant_id, reason=reason, now=now)
+        self.store.add_revocation(grant_id, document, now)
+        if record.delivery != DELIVERED:
+            # The node never received this grant, so there is nothing to revoke there.
+            self._set_delivery(grant_id, CANCELLED)
+            self.store.mark_revocation_confirmed(grant_id, now)
+            return RevokeOutcome(grant_id, True, now, "the grant was never delivered; cancelled")
+        return self._deliver_revocation(grant_id)
+
+    def _deliver_revocation(self, grant_id: str) -> RevokeOutcome:
+        NodeError, NodeUnreachable = _node_errors()
+        record = self._grant(grant_id)
+        revocation = self.store.revocation(grant_id)
+        assert revocation is not None
+        try:
+            ack = self._client(record.node_address).revoke(revocation.document)
+        except NodeUnreachable as exc:
+            self.store.mark_revocation_failed(grant_id, str(exc))
+            raise DeliveryPending(
+                f"{exc}; the signed revocation is saved but NOT yet in effect: run "
+                "`consent-wallet sync` when the node is back"
+            ) from None
+        except NodeError as exc:
+            self.store.mark_revocation_failed(grant_id, str(exc))
+            raise DeliveryPending(
+                f"the node did not accept the revocation: {exc}; it is saved, "
+                "retry with `consent-wallet sync`"
+            ) from None
+        revoked_at = getattr(ack, "revoked_at", None) or utcnow()
+        self.store.mark_revocation_confirmed(grant_id, revoked_at)
+        return RevokeOutcome(grant_id, True, revoked_at, "confirmed by the node's signed ack")
+
+    def sync(self) -> SyncReport:
+        """Deliver every pending grant and revocation; report what is still pending."""
+        report = SyncReport()
+        now = utcnow()
+        for record in self.store.grants():
+            if record.delivery != PENDING or record.revoked_at or record.expires <= now:
+                continue
+            outcome = self._deliver_grant(record.id)
+            if outcome.delivered:
+                report.delivered_grants.append(record.id)
+            else:
+                report.failed[record.id] = outcome.message or "not delivered"
+        for revocation in self.store.revocations():
+            if revocation.delivery != PENDING:
+                continue
+            try:
+                self._deliver_revocation(revocation.grant_id)
+                report.delivered_revocations.append(revocation.grant_id)
+            except DeliveryPending as exc:
+                report.failed[revocation.grant_id] = str(exc)
+        return report
+
+    def access_log(self, *, since: datetime | None = None) -> AccessView:
+        """Access events from every node holding our grants, each verified; cached if offline."""
+        NodeError, _ = _node_errors()
+        addresses = sorted({g.node_address for g in self.store.grants() if g.delivery in
+                            (DELIVERED, CANCELLED) or g.revoked_at})
+        unreachable: dict[str, str] = {}
+        for address in addresses:
+            try:
+                log = self._client(address).access_events(since)
+            except NodeError as exc:
+                unreachable[address] = str(exc)
+                continue
+            self.store.put_access_events(address, _access_records(address, log))
+        return AccessView(self.store.access_events(since), unreachable)
+
+    def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
+        """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
+        if node_ca is not None:
+            self.store.put_node(node, node_ca)
+            self._clients.pop(node, None)
+        data = self._client(node).export()
+        document = {
+            "format": "sovereign-fabric-export",
+            "version": 1,
+            "subject": self.identity.did,
+            "node": node,
+            "exported_at": iso(utcnow()),
+            "data": data,
+        }
+        # The export is the customer's own data: written 0600 and atomically, like the keystore.
+        write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
+        return document
+
+
+def _receipt_json(receipt: Any) -> dict[str, Any]:
+    for name in ("to_json", "to_dict", "as_dict"):
+        method = getattr(receipt, name, None)
+        if method is not None:
+            return dict(method())
+    if isinstance(receipt, dict):
+        return receipt
+    return {"repr": repr(receipt)}
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    expires = getattr(status, "expires", None)
+    return {
+        "status": str(status.status),
+        "queries_used": getattr(status, "queries_used", None),
+        "max_queries": getattr(status, "max_queries", None),
+        "epsilon_spent": getattr(status, "epsilon_spent", None),
+        "dp_epsilon": getattr(status, "dp_epsilon", None),
+        "expires": iso(expires) if isinstance(expires, datetime) else expires,
+    }
+
+
+def _access_records(address: str, log: Any) -> list[AccessRecord]:
+    verified = getattr(log, "verified", None)
+    records = []
+    for index, event in enumerate(log.events):
+        ok = verified[index] if isinstance(verified, list | tuple) else bool(verified)
+        when = event["time"]
+        records.append(AccessRecord(
+            node_address=address, seq=int(event["seq"]),
+            time=when if isinstance(when, datetime) else from_iso(str(when)),
+            event=dict(event), verified=bool(ok), ledger_verified=None,
+        ))
+    return records
+
+
+def _status_of(record: GrantRecord, now: datetime) -> str:
+    node_status = (record.last_status or {}).get("status")
+    if record.revoked_at is not None or node_status == "revoked":
+        return "revoked"
+    if record.delivery == REFUSED:
+        return "refused"
+    if record.expires <= now:
+        return "expired"
+    if record.delivery == PENDING:
+        return "pending-delivery"
+    not_before = record.credential.get("validFrom")
+    if isinstance(not_before, str) and from_iso(not_before) > now:
+        return "not-yet-valid"
+    return "active"
+
+
+def grant_views(
+    store: WalletStore, *, now: datetime | None = None, fresh: set[str] | None = None
+) -> list[GrantView]:
+    """Grant views from the local store (the dashboard uses this without a passphrase)."""
+    now = now or datetime.now(UTC)
+    fresh = fresh or set()
+    nodes = {n.address: n for n in store.nodes()}
+    views = []
+    for record in store.grants():
+        node = nodes.get(record.node_address)
+        status = record.last_status or {}
+        views.append(GrantView(
+            id=record.id, status=_status_of(record, now), requester=record.requester,
+            purpose=record.purpose, scopes=record.scopes, node_address=record.node_address,
+            node_name=node.name if node else None, node_region=node.region if node else None,
+            node_residency=node.residency if node else None, issued=record.issued,
+            expires=record.expires, delivery=record.delivery,
+            queries_used=status.get("queries_used"), max_queries=record.max_queries,
+            epsilon_spent=status.get("epsilon_spent"), dp_epsilon=record.dp_epsilon,
+            status_at=record.status_at, status_fresh=record.id in fresh,
+            ledger_anchored=record.ledger_receipt is not None,
+        ))
+    return views
