@@ -1,0 +1,176 @@
+"""Ledger events: the statements the log records, as RFC 8785 canonical JSON.
+
+Every event has ``type`` (grant, revocation, access_head, model, erasure),
+``schema_version`` (1) and ``time`` (RFC 3339, UTC). Each type has a closed set of fields;
+anything else is refused, so personal data cannot ride along in an unexpected field.
+
+Privacy decision (GDPR Art. 4(1), Recital 26): a customer's DID is a pseudonymous identifier,
+i.e. still personal data, and the log is append-only, so it can never be erased from it.
+The log therefore never holds a subject's DID, only a *salted commitment* to it:
+``subject_commitment = SHA-256("sovereign-fabric/subject/v1" || salt || did)`` where the
+32-byte salt is random per subject and kept by the subject's wallet and the nodes that serve
+them. Without the salt nobody can test guessed DIDs against the log; destroying the salt on
+erasure leaves only unlinkable hashes behind. Statements (grants, proofs, models) enter the
+log as digests. Requester and node DIDs are organisations' service keys, recorded in clear
+because an audit must name who accessed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from consent.canonical import canonicalize
+from ledger.errors import EventError
+
+SCHEMA_VERSION = 1
+SUBJECT_COMMITMENT_DOMAIN = b"sovereign-fabric/subject/v1"
+EVENT_TYPES = ("grant", "revocation", "access_head", "model", "erasure")
+MAX_EVENT_BYTES = 16 * 1024
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DID = re.compile(r"did:key:z[1-9A-HJ-NP-Za-km-z]{20,100}")
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9._:-]{0,79}")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def subject_commitment(did: str, salt: bytes) -> str:
+    """The salted commitment that stands for a subject in the log (hex SHA-256)."""
+    if len(salt) != 32:
+        raise EventError("a subject salt must be 32 random bytes")
+    return hashlib.sha256(SUBJECT_COMMITMENT_DOMAIN + salt + did.encode()).hexdigest()
+
+
+def utc_now() -> str:
+    return format_time(datetime.now(UTC))
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise EventError("event times must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hex64(value: Any) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
+def _did(value: Any) -> bool:
+    return isinstance(value, str) and _DID.fullmatch(value) is not None
+
+
+def _token(value: Any) -> bool:
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
+
+
+def _time(value: Any) -> bool:
+    return isinstance(value, str) and _TIME.fullmatch(value) is not None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _list_of(check: Callable[[Any], bool], limit: int) -> Callable[[Any], bool]:
+    def valid(value: Any) -> bool:
+        return isinstance(value, list) and len(value) <= limit and all(check(v) for v in value)
+
+    return valid
+
+
+Field = tuple[Callable[[Any], bool], str]
+HEX: Field = (_hex64, "a lowercase hex SHA-256 digest (64 characters)")
+DID: Field = (_did, "a did:key of an organisation's service (requester or node)")
+TOKEN: Field = (_token, "a short lowercase token (letters, digits, . _ : -)")
+TIME: Field = (_time, "an RFC 3339 UTC time such as 2026-01-31T12:00:00Z")
+COUNT: Field = (_count, "a non-negative integer")
+HEX_LIST: Field = (_list_of(_hex64, 10_000), "a list of hex SHA-256 digests")
+TOKEN_LIST: Field = (_list_of(_token, 16), "a list of short lowercase tokens")
+DID_LIST: Field = (_list_of(_did, 256), "a list of service did:keys")
+
+# Per type: required fields, optional fields.
+SCHEMAS: dict[str, tuple[dict[str, Field], dict[str, Field]]] = {
+    "grant": (
+        {"grant_digest": HEX, "subject_commitment": HEX, "purpose": TOKEN},
+        {"scopes": TOKEN_LIST, "requester": DID, "nodes": DID_LIST, "expires": TIME},
+    ),
+    "revocation": (
+        {"revocation_digest": HEX, "grant_digest": HEX, "subject_commitment": HEX},
+        {"node": DID},
+    ),
+    "access_head": (
+        {"node": DID, "head": HEX, "sequence": COUNT},
+        {
+            "requester": DID,
+            "purpose": TOKEN,
+            "subject_commitments": HEX_LIST,
+            "grant_digests": HEX_LIST,
+        },
+    ),
+    "model": (
+        {"model_digest": HEX, "run_id": TOKEN},
+        {"metrics_digest": HEX, "nodes": DID_LIST, "purpose": TOKEN},
+    ),
+    "erasure": (
+        {"proof_digest": HEX, "subject_commitment": HEX, "node": DID},
+        {},
+    ),
+}
+COMMON: dict[str, Field] = {
+    "type": (_token, "the event type"),
+    "schema_version": COUNT,
+    "time": TIME,
+}
+
+
+def validate_event(event: Mapping[str, Any]) -> None:
+    """Raise :class:`EventError` unless ``event`` is a valid event of its type.
+
+    Error messages name fields, never their values (values could be personal data).
+    """
+    if not isinstance(event, Mapping):
+        raise EventError("an event must be a JSON object")
+    kind = event.get("type")
+    if kind not in SCHEMAS:
+        raise EventError(f"unknown event type: use one of {', '.join(EVENT_TYPES)}")
+    if event.get("schema_version") != SCHEMA_VERSION:
+        raise EventError(f"unsupported schema_version: this ledger accepts {SCHEMA_VERSION}")
+    if not _time(event.get("time")):
+        raise EventError(f"the event's 'time' must be {TIME[1]}")
+    required, optional = SCHEMAS[kind]
+    extra = sorted(set(event) - set(COMMON) - set(required) - set(optional))
+    if extra:
+        raise EventError(
+            f"a {kind} event does not allow the field(s) {', '.join(extra)}: the ledger records "
+            "only digests and commitments, never personal data"
+        )
+    for name, (_, description) in required.items():
+        if name not in event:
+            raise EventError(f"a {kind} event needs the field '{name}' ({description})")
+    for name, (check, description) in {**required, **optional}.items():
+        if name in event and not check(event[name]):
+            raise EventError(f"the field '{name}' of a {kind} event must be {description}")
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """Validate and return the canonical bytes that become the log entry."""
+    validate_event(event)
+    data = canonicalize(dict(event))
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventError("the event is larger than 16 KiB: record digests, not documents")
+    return data
+
+
+def make_event(kind: str, *, time: datetime | None = None, **fields: Any) -> dict[str, Any]:
+    """Build and validate an event, e.g. ``make_event("grant", grant_digest=..., ...)``."""
+    event = {
+        "type": kind,
+        "schema_version": SCHEMA_VERSION,
+        "time": format_time(time) if time else utc_now(),
+        **fields,
+    }
+    validate_event(event)
+    return event

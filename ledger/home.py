@@ -1,0 +1,127 @@
+"""A ledger's home folder: configuration, the encrypted log key, the public key for auditors,
+the SQLite database and the service's TLS material.
+
+::
+
+    HOME/ledger.json       origin, hash algorithm, crypto profile, anchoring settings
+    HOME/log-key.json      the log's Ed25519 (+ SM2 in gm) key, encrypted (consent.keystore)
+    HOME/log-public.json   LogPublicKey: what auditors pass to ``sov-audit --log-key``
+    HOME/ledger.db         entries and signed tree heads (ledger.log)
+    HOME/anchors.db        durable anchor queue and written anchors (ledger.anchor)
+    HOME/tls/              ca.pem, server.pem, server.key (0600)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consent.identity import Identity
+from consent.keystore import load_identity, save_identity, write_private_file
+from ledger.errors import LogKeyError, StorageError
+from ledger.log import Log
+from ledger.merkle import HASH_ALGORITHMS
+from ledger.models import LogPublicKey
+from ledger.note import Ed25519Signer, NoteSigner, SM2Signer
+
+CONFIG = "ledger.json"
+KEY = "log-key.json"
+PUBLIC = "log-public.json"
+DATABASE = "ledger.db"
+ANCHORS = "anchors.db"
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    origin: str
+    hash_algorithm: str
+    profile: str
+    chain_rpc: str | None = None
+    anchor_interval_seconds: float = 300.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def signers_for(identity: Identity, origin: str) -> list[NoteSigner]:
+    """The note signers of a log key: Ed25519, plus SM2 in the gm profile."""
+    signers: list[NoteSigner] = [Ed25519Signer(origin, identity.signing_key)]
+    if identity.profile == "gm" and identity.sm2 is not None:
+        signers.append(SM2Signer(origin, identity.sm2))
+    return signers
+
+
+def public_key_for(identity: Identity, origin: str, hash_algorithm: str) -> LogPublicKey:
+    verifiers = [s.verifier().vkey() for s in signers_for(identity, origin)]  # type: ignore[attr-defined]
+    return LogPublicKey(origin, hash_algorithm, tuple(verifiers))
+
+
+def init_home(
+    home: Path,
+    *,
+    origin: str,
+    passphrase: str,
+    profile: str = "intl",
+    hash_algorithm: str | None = None,
+    chain_rpc: str | None = None,
+) -> LogPublicKey:
+    """Create a new ledger home; refuses to overwrite an existing one."""
+    home = Path(home)
+    if (home / CONFIG).exists():
+        raise StorageError(f"{home} already holds a ledger: choose an empty folder")
+    if not origin or any(c.isspace() or c == "+" for c in origin):
+        raise LogKeyError(
+            "the origin must be non-empty, without spaces or '+', e.g. example.com/log"
+        )
+    algorithm = hash_algorithm or ("sm3" if profile == "gm" else "sha256")
+    if algorithm not in HASH_ALGORITHMS:
+        raise LogKeyError(f"unknown hash {algorithm!r}: use sha256 or sm3")
+    home.mkdir(parents=True, exist_ok=True)
+    identity = Identity.generate(profile)  # type: ignore[arg-type]
+    save_identity(home / KEY, identity, passphrase)
+    public = public_key_for(identity, origin, algorithm)
+    (home / PUBLIC).write_text(json.dumps(public.to_json(), indent=2) + "\n", encoding="utf-8")
+    _write_tls(home / "tls")
+    config = LedgerConfig(origin, algorithm, profile, chain_rpc)
+    (home / CONFIG).write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    return public
+
+
+def _write_tls(folder: Path) -> None:
+    from protos.tls import create_ca, issue_server_certificate
+
+    ca = create_ca("Sovereign Fabric ledger CA")
+    server = issue_server_certificate(ca, ["localhost", "127.0.0.1"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ca.pem").write_bytes(ca.cert_pem)
+    (folder / "server.pem").write_bytes(server.cert_pem)
+    write_private_file(folder / "server.key", server.key_pem)
+
+
+def load_config(home: Path) -> LedgerConfig:
+    path = Path(home) / CONFIG
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StorageError(
+            f"{home} is not a ledger home: run 'sov-ledger init --home {home}'"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {path}: it is not valid JSON") from exc
+    try:
+        return LedgerConfig(**doc)
+    except TypeError as exc:
+        raise StorageError(f"{path} has unknown or missing settings") from exc
+
+
+def open_log(home: Path, passphrase: str) -> Log:
+    """Open the log of a ledger home, decrypting its key with ``passphrase``."""
+    home = Path(home)
+    config = load_config(home)
+    identity = load_identity(home / KEY, passphrase)
+    public = LogPublicKey.load(home / PUBLIC)
+    if public != public_key_for(identity, config.origin, config.hash_algorithm):
+        raise LogKeyError(f"{home / PUBLIC} does not match the log's private key")
+    return Log(home / DATABASE, public, signers_for(identity, config.origin))
