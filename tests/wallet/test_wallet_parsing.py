@@ -1,0 +1,94 @@
+"""Durations, times, purposes, scopes and requester DIDs as the wallet reads them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from consent.identity import Identity
+from wallet.errors import (
+    InvalidDuration,
+    InvalidPurpose,
+    InvalidRequester,
+    InvalidScope,
+    TTLTooLong,
+)
+from wallet.parsing import (
+    check_purpose,
+    check_requester,
+    check_scopes,
+    check_ttl,
+    format_duration,
+    parse_duration,
+    parse_time,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("24h", timedelta(hours=24)),
+        ("90m", timedelta(minutes=90)),
+        ("3d", timedelta(days=3)),
+        ("1h30m", timedelta(minutes=90)),
+        (" 2H ", timedelta(hours=2)),
+        ("45s", timedelta(seconds=45)),
+    ],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "24x", "-3h", "1.5h", "0h", "tomorrow"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(InvalidDuration):
+        parse_duration(text)
+
+
+def test_ttl_limit_is_72_hours() -> None:
+    assert check_ttl(timedelta(hours=72)) == timedelta(hours=72)
+    with pytest.raises(TTLTooLong, match="at most 72 hours"):
+        check_ttl(parse_duration("73h"))
+    with pytest.raises(TTLTooLong, match="at most 24 hours"):
+        check_ttl(timedelta(hours=25), timedelta(hours=24))
+
+
+def test_parse_time_iso_and_relative() -> None:
+    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    assert parse_time("2h", now=now) == datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
+    assert parse_time("2025-02-28T09:30Z", now=now) == datetime(2025, 2, 28, 9, 30, tzinfo=UTC)
+    assert parse_time("2025-02-28T09:30", now=now).tzinfo == UTC
+    with pytest.raises(InvalidDuration, match="ISO 8601"):
+        parse_time("last tuesday", now=now)
+
+
+def test_unknown_purpose_suggests_the_closest() -> None:
+    assert check_purpose("quote-generation") == "quote-generation"
+    with pytest.raises(InvalidPurpose, match="did you mean 'quote-generation'"):
+        check_purpose("quote-generaton")
+    with pytest.raises(InvalidPurpose, match=r"known purposes are .*churn-analysis"):
+        check_purpose("xyzzy")
+
+
+def test_scopes() -> None:
+    assert check_scopes(["transaction", "identity", "transaction"]) == ["transaction", "identity"]
+    with pytest.raises(InvalidScope, match="use one of identity, transaction, sentiment"):
+        check_scopes(["everything"])
+    with pytest.raises(InvalidScope, match="at least one"):
+        check_scopes([])
+
+
+def test_requester_must_be_ed25519_did_key() -> None:
+    did = Identity.generate().did
+    assert check_requester(did) == did
+    with pytest.raises(InvalidRequester, match="not a valid did:key"):
+        check_requester("did:web:example.com")
+    with pytest.raises(InvalidRequester, match="not a valid did:key"):
+        check_requester(did[:-3])
+
+
+def test_format_duration() -> None:
+    assert format_duration(timedelta(days=2, hours=3, minutes=4)) == "2d 3h 4m"
+    assert format_duration(timedelta(seconds=30)) == "<1m"
+    assert format_duration(timedelta(seconds=-5)) == "0m"
