@@ -406,9 +406,10 @@ class SM2PrivateKey:
         if not isinstance(text, str) or len(text) != 64:
             raise SM2KeyError("an SM2 private key in hex must be 64 hex digits")
         try:
-            return cls(int(text, 16), curve)
+            scalar = int(text, 16)
         except ValueError:
             raise SM2KeyError("an SM2 private key in hex must be 64 hex digits") from None
+        return cls(scalar, curve)
 
     def to_hex(self) -> str:
         return f"{self._d:064x}"
