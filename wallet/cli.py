@@ -17,9 +17,7 @@ from typing import Any
 
 import click
 
-from consent.errors import ConsentError
 from wallet import service
-from wallet.errors import WalletError
 from wallet.parsing import format_duration, parse_duration, parse_time
 from wallet.store import iso, utcnow
 
@@ -28,24 +26,13 @@ HOME_ENV = "CONSENT_WALLET_HOME"
 EXIT_PENDING = 3  # saved locally, not yet delivered: `consent-wallet sync` finishes the job
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
-    errors: list[type[Exception]] = [ConsentError, WalletError]
-    try:
-        from agent_node.client import NodeError
-
-        errors.append(NodeError)
-    except ImportError:  # the node client is optional for purely local commands
-        pass
-    return tuple(errors)
-
-
 class WalletGroup(click.Group):
     """Turns every expected error into a one-sentence ``click.ClickException``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except _expected_errors() as exc:
+        except service.expected_errors() as exc:
             raise click.ClickException(_sentence(exc)) from None
         except OSError as exc:
             name = exc.filename or "a file"

@@ -23,7 +23,7 @@ from typing import Any
 
 from consent.errors import ConsentError
 from wallet.errors import WalletError
-from wallet.service import Wallet, grant_views, open_store, whoami
+from wallet.service import Wallet, expected_errors, grant_views, open_store, whoami
 from wallet.store import iso
 
 BIND_HOST = "127.0.0.1"  # never reachable from another machine
@@ -138,13 +138,10 @@ def revoke_from_dashboard(
     home: Path, grant_id: str, passphrase: str, client_factory: Any = None
 ) -> tuple[int, dict[str, Any]]:
     """Unlock the wallet, revoke, lock it again; (HTTP status, JSON body) for the page."""
-    from wallet.service import _node_errors
-
-    node_error, _ = _node_errors()
     try:
         with Wallet.open(home, passphrase, client_factory) as wallet:
             outcome = wallet.revoke(grant_id)
-    except (WalletError, ConsentError, node_error) as exc:
+    except expected_errors() as exc:
         return HTTPStatus.BAD_REQUEST, {"error": str(exc)}
     return HTTPStatus.OK, {"grant_id": outcome.grant_id, "revoked_at": iso(outcome.revoked_at),
                            "message": outcome.message}

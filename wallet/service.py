@@ -76,6 +76,21 @@ def _node_errors() -> tuple[type[Exception], type[Exception]]:
     return NodeError, NodeUnreachable
 
 
+def expected_errors() -> tuple[type[Exception], ...]:
+    """Every error a command may end with that is the user's to fix (one sentence each)."""
+    from consent.errors import ConsentError
+    from wallet.errors import WalletError
+
+    errors: list[type[Exception]] = [ConsentError, WalletError]
+    try:
+        from agent_node.client import NodeError
+
+        errors.append(NodeError)
+    except ImportError:  # purely local commands still work without the node client
+        pass
+    return tuple(errors)
+
+
 def default_home() -> Path:
     return Path.home() / ".consent-wallet"
 

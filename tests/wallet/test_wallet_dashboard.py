@@ -1,0 +1,151 @@
+"""The dashboard in headless Chromium, driven over the DevTools protocol, on a local store.
+
+The page must show each grant with its data location, expiry and status, the access timeline,
+and revoke a grant after asking for the passphrase; the POST is refused without the CSRF token
+or from a foreign Host.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cdp import Chromium
+from wallet_helpers import PASSPHRASE, WalletCLI
+
+from consent.grants import issue_grant, verify_grant
+from consent.identity import Identity
+from wallet.dashboard import DashboardServer, serve_dashboard
+from wallet.service import Wallet
+from wallet.store import AccessRecord, from_iso
+
+NODE_ADDRESS = "127.0.0.1:9"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Chromium]:
+    chromium = Chromium(tmp_path / "chromium-profile")
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def populated(initialised: WalletCLI, home: Path) -> dict[str, str]:
+    """Two grants (one revocable, one cancelled), a known node and one access event."""
+    requester = Identity.generate().did
+    node = Identity.generate()
+    ids = {}
+    with Wallet.open(home, PASSPHRASE) as wallet:
+        wallet.store.put_node(NODE_ADDRESS, b"-----BEGIN CERTIFICATE-----\n")
+        wallet.store.put_node_info(NODE_ADDRESS, SimpleNamespace(
+            did=node.did, name="distributor-eu", region="eu-west", residency="Frankfurt, DE",
+            profile="intl", k_threshold=5, max_ttl_hours=72.0))
+        for name, purpose in (("keep", "quote-generation"), ("drop", "renewal-warning")):
+            grant = verify_grant(issue_grant(
+                wallet.identity, requester=requester, nodes=[node.did], purpose=purpose,
+                scopes=["transaction"], ttl=timedelta(hours=24), max_queries=10))
+            wallet.store.add_grant(grant, NODE_ADDRESS)
+            ids[name] = grant.id
+        wallet.store.put_access_events(NODE_ADDRESS, [AccessRecord(
+            NODE_ADDRESS, 1, from_iso("2025-01-01T10:00:00Z"),
+            {"seq": 1, "time": "2025-01-01T10:00:00Z", "requester": requester,
+             "purpose": "quote-generation", "grant_ids": [ids["keep"]], "outcome": "answered"},
+            verified=True, ledger_verified=None)])
+    return ids
+
+
+@pytest.fixture
+def dashboard(populated: dict[str, str], home: Path) -> Iterator[DashboardServer]:
+    server = serve_dashboard(home)
+    yield server
+    server.stop()
+
+
+def _rows(browser: Chromium) -> dict[str, list[str]]:
+    return json.loads(browser.evaluate("""JSON.stringify(Object.fromEntries(
+        [...document.querySelectorAll('#grants tbody tr')].map(
+            tr => [tr.dataset.grantId, [...tr.cells].map(td => td.textContent)])))"""))
+
+
+def test_dashboard_shows_grants_and_revokes_with_passphrase(
+    browser: Chromium, dashboard: DashboardServer, populated: dict[str, str], home: Path
+) -> None:
+    assert dashboard.url.startswith("http://127.0.0.1:")
+    browser.navigate(dashboard.url)
+    browser.wait_for("document.body && document.body.dataset.loaded === 'true'")
+    rows = _rows(browser)
+    keep = rows[populated["keep"]]
+    assert keep[0] == "pending-delivery"
+    assert "quote-generation [transaction]" in keep[1]
+    assert "distributor-eu" in keep[3] and "eu-west" in keep[3] and "Frankfurt, DE" in keep[3]
+    assert keep[4].endswith("Z") and keep[5].startswith("10/10 queries")
+    timeline = browser.evaluate(
+        "[...document.querySelectorAll('#events tbody td')].map(td => td.textContent)")
+    assert "quote-generation" in timeline and "answered" in timeline and "verified" in timeline
+
+    def revoke(grant_id: str, passphrase: str) -> str:
+        browser.evaluate(f"document.querySelector('tr[data-grant-id=\"{grant_id}\"] "
+                         "button.revoke').click()")
+        assert browser.evaluate("document.getElementById('revoke-dialog').open") is True
+        browser.evaluate(f"document.getElementById('passphrase').value = {json.dumps(passphrase)};"
+                         "document.getElementById('revoke-form').requestSubmit()")
+        return browser.wait_for("(m => m.textContent.startsWith('Revoking') ? '' : m.textContent)"
+                                "(document.getElementById('message'))")
+
+    # A wrong passphrase is refused, and the grant stays as it was.
+    message = revoke(populated["drop"], "wrong passphrase")
+    assert "wrong passphrase" in message
+    assert _rows(browser)[populated["drop"]][0] == "pending-delivery"
+    # The right one revokes it; the page reloads the state from the store.
+    message = revoke(populated["drop"], PASSPHRASE)
+    assert message.startswith(f"Revoked {populated['drop']}")
+    browser.wait_for(f"document.querySelector('tr[data-grant-id=\"{populated['drop']}\"] "
+                     "td').textContent === 'revoked'")
+    rows = _rows(browser)
+    assert rows[populated["keep"]][0] == "pending-delivery"
+    with Wallet.open(home, PASSPHRASE) as wallet:
+        assert wallet.store.revocation(populated["drop"]) is not None
+        assert wallet.store.revocation(populated["keep"]) is None
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def test_revoke_post_needs_csrf_token_and_own_host(
+    dashboard: DashboardServer, populated: dict[str, str], home: Path
+) -> None:
+    body = json.dumps({"grant_id": populated["keep"], "passphrase": PASSPHRASE}).encode()
+    url = dashboard.url + "api/revoke"
+    status, reply = _post(url, body, {"Content-Type": "application/json"})
+    assert status == 403 and "reload the dashboard" in reply["error"]
+    token = dashboard.httpd.csrf_token
+    status, _ = _post(url, body, {"Content-Type": "application/json", "X-CSRF-Token": token,
+                                  "Host": "evil.example:80"})
+    assert status == 403
+    status, _ = _post(url, body, {"Content-Type": "application/json", "X-CSRF-Token": token,
+                                  "Origin": "http://evil.example"})
+    assert status == 403
+    status, _ = _post(url, body, {"Content-Type": "text/plain", "X-CSRF-Token": token})
+    assert status == 415
+    with Wallet.open(home, PASSPHRASE) as wallet:
+        assert wallet.store.revocations() == []
+    # The page carries the token the server expects, and a strict CSP.
+    with urllib.request.urlopen(dashboard.url, timeout=10) as response:
+        page = response.read().decode()
+        csp = response.headers["Content-Security-Policy"]
+    assert f'content="{token}"' in page
+    assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
+    status, reply = _post(url, body, {"Content-Type": "application/json", "X-CSRF-Token": token})
+    assert status == 200 and reply["grant_id"] == populated["keep"]
