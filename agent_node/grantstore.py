@@ -1,0 +1,169 @@
+"""The node's grants store: wallet-signed ConsentGrant credentials and ConsentRevocations
+(W3C Verifiable Credentials with eddsa-jcs-2022 proofs, checked by ``consent.grants``).
+
+A grant is accepted only if its proof verifies, it names this node, its window obeys the
+node's policy and its subject is bound here. A revocation is accepted only from the grant's
+own subject; it is committed before the acknowledgement is sent, and queries read the same
+table, so it takes effect before the next answer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent_node.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    RequestError,
+    Unauthenticated,
+)
+from agent_node.vault import Vault, iso
+from consent import errors as ce
+from consent.grants import Grant, verify_grant, verify_revocation
+
+
+def grant_error(exc: ce.ConsentError) -> RequestError:
+    """Map a kernel rejection to the gRPC-facing error with the kernel's sentence."""
+    text = str(exc)
+    if isinstance(exc, ce.SignatureError):
+        return Unauthenticated(f"the grant's proof does not verify ({text}); ask the wallet to "
+                               "sign it again", reason="bad-signature")
+    if isinstance(exc, ce.GrantExpired):
+        return PreconditionFailed(f"{text}; ask the customer for a new grant", reason="expired")
+    if isinstance(exc, ce.GrantNotYetValid):
+        return PreconditionFailed(f"{text}; retry once it is valid", reason="not-yet-valid")
+    return InvalidRequest(f"the grant is not acceptable: {text}", reason="bad-grant")
+
+
+def _ts(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+class GrantStore:
+    def __init__(self, vault: Vault, node_did: str, *, max_ttl: timedelta,
+                 clock_skew: timedelta) -> None:
+        self.vault = vault
+        self.node_did = node_did
+        self.max_ttl = max_ttl
+        self.clock_skew = clock_skew
+
+    def verify(self, credential: Any, now: datetime) -> Grant:
+        if not isinstance(credential, dict):
+            raise InvalidRequest("the grant must be a signed ConsentGrant JSON object")
+        try:
+            grant = verify_grant(credential, now=now, max_ttl=self.max_ttl,
+                                 clock_skew=self.clock_skew)
+        except ce.ConsentError as exc:
+            raise grant_error(exc) from None
+        if self.node_did not in grant.nodes:
+            raise PermissionDenied("the grant names other nodes, not this one; issue it for "
+                                   "this node's DID (see GetNodeInfo)", reason="wrong-node")
+        return grant
+
+    def submit(self, credential: Any, now: datetime | None = None) -> tuple[Grant, str]:
+        """Verify and store a grant; returns (grant, accepted_at). Idempotent per grant."""
+        now = now or datetime.now(UTC)
+        grant = self.verify(credential, now)
+        with self.vault.transaction() as conn:
+            if not self.vault.sids_for_did(conn, grant.subject):
+                raise PreconditionFailed(
+                    "the grant's subject is not bound to any customer at this node; ask the "
+                    "operator to run 'sov-node subjects bind' first", reason="unbound-subject")
+            row = conn.execute("SELECT digest, received_at FROM grants WHERE grant_id = ?",
+                               (grant.id,)).fetchone()
+            if row:
+                if row[0] != grant.digest:
+                    raise AlreadyExists("another grant with this id is already stored",
+                                        reason="duplicate-id")
+                return grant, row[1]
+            accepted_at = iso(now)
+            conn.execute(
+                "INSERT INTO grants (grant_id, subject, requester, purpose, scopes, not_before, "
+                "expires, max_queries, dp_epsilon, digest, credential, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (grant.id, grant.subject, grant.requester, grant.purpose,
+                 ",".join(sorted(grant.scopes)), _ts(grant.not_before), _ts(grant.expires),
+                 grant.max_queries, grant.dp_epsilon, grant.digest,
+                 json.dumps(grant.credential), accepted_at))
+        return grant, accepted_at
+
+    def revoke(self, document: Any, now: datetime | None = None) -> tuple[str, str]:
+        """Apply a subject-signed revocation; returns (grant_id, revoked_at)."""
+        now = now or datetime.now(UTC)
+        if not isinstance(document, dict):
+            raise InvalidRequest("the revocation must be a signed ConsentRevocation object")
+        try:
+            revocation = verify_revocation(document)
+        except ce.ConsentError as exc:
+            raise Unauthenticated(f"the revocation is not acceptable: {exc}",
+                                  reason="bad-revocation") from None
+        with self.vault.transaction() as conn:
+            row = conn.execute("SELECT subject, revoked_at FROM grants WHERE grant_id = ?",
+                               (revocation.grant_id,)).fetchone()
+            if row is None:
+                raise NotFound("this node holds no grant with that id; check the grant id",
+                               reason="unknown-grant")
+            if row[0] != revocation.subject:
+                raise PermissionDenied("only the grant's own subject may revoke it",
+                                       reason="not-subject")
+            if row[1]:
+                return revocation.grant_id, row[1]
+            revoked_at = iso(now)
+            conn.execute("UPDATE grants SET revoked_at = ?, revocation = ? WHERE grant_id = ?",
+                         (revoked_at, json.dumps(document), revocation.grant_id))
+        return revocation.grant_id, revoked_at
+
+    def status(self, caller: str, grant_ids: list[str], now: datetime | None = None
+               ) -> list[dict[str, Any]]:
+        """Status of the caller's grants (all of them when ``grant_ids`` is empty)."""
+        now = now or datetime.now(UTC)
+        with self.vault.connection() as conn:
+            if grant_ids:
+                rows = []
+                for gid in grant_ids:
+                    row = _grant_row(conn, gid)
+                    if row is None:
+                        raise NotFound(f"this node holds no grant {gid}", reason="unknown-grant")
+                    if row["subject"] != caller:
+                        raise PermissionDenied("only a grant's subject may ask for its status",
+                                               reason="not-subject")
+                    rows.append(row)
+            else:
+                rows = [_as_dict(conn, r) for r in conn.execute(
+                    "SELECT * FROM grants WHERE subject = ? ORDER BY received_at", (caller,))]
+        return [_status(row, now) for row in rows]
+
+
+def _as_dict(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+    names = [d[1] for d in conn.execute("PRAGMA table_info(grants)")]
+    return dict(zip(names, row, strict=True))
+
+
+def _grant_row(conn: sqlite3.Connection, grant_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
+    return _as_dict(conn, row) if row else None
+
+
+def _status(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    if row["revoked_at"]:
+        state = "revoked"
+    elif now.timestamp() >= row["expires"]:
+        state = "expired"
+    elif now.timestamp() < row["not_before"]:
+        state = "pending"
+    else:
+        state = "active"
+    return {
+        "grant_id": row["grant_id"], "status": state, "requester": row["requester"],
+        "purpose": row["purpose"], "scopes": row["scopes"].split(","),
+        "queries_used": row["queries_used"], "max_queries": row["max_queries"],
+        "epsilon_spent": row["epsilon_spent"], "dp_epsilon": row["dp_epsilon"],
+        "expires": iso(datetime.fromtimestamp(row["expires"], UTC)),
+        "revoked_at": row["revoked_at"],
+    }

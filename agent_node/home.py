@@ -1,0 +1,186 @@
+"""The node home: keys, TLS material, node.toml (TOML v1.0) and the encrypted master key.
+
+    HOME/node.key        node Identity (Ed25519 did:key; SM2 too in the gm profile), encrypted
+                         with Argon2id + XSalsa20-Poly1305 (consent.keystore)
+    HOME/master.key      32-byte vault master key, encrypted the same way
+    HOME/tls/            ca.pem, ca.key (0600), server.pem, server.key (0600)
+    HOME/node.toml       settings with sane defaults
+    HOME/datamap.toml    the data map (a commented template at first)
+    HOME/vault.sqlite    the vault
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agent_node.datamap import TEMPLATE, DataMap, load_datamap
+from agent_node.errors import ConfigError
+from agent_node.vaultcrypto import VaultKeys
+from consent.errors import KeystoreError
+from consent.identity import Identity
+from consent.keystore import (
+    decrypt_secret,
+    encrypt_secret,
+    load_identity,
+    save_identity,
+    write_private_file,
+)
+from protos.tls import create_ca, issue_server_certificate, write_private_pem
+
+PASSPHRASE_ENV = "SOV_NODE_PASSPHRASE"
+
+
+@dataclass
+class NodeConfig:
+    name: str = "node"
+    region: str = "unspecified"
+    residency: str = "Customer data stays on this node's premises; only aggregates leave."
+    profile: str = "intl"
+    listen: str = "127.0.0.1:7443"
+    k: int = 5
+    max_ttl_hours: int = 72
+    clock_skew_seconds: int = 300
+    replay_window_seconds: int = 300
+    max_message_bytes: int = 4 * 1024 * 1024
+    default_epsilon: float = 1.0
+    max_workers: int = 16
+    metrics_port: int = 0          # 0 = no Prometheus endpoint
+    metrics_address: str = "127.0.0.1"
+    ledger_address: str = ""       # optional: push signed access-log heads to a ledger
+    ledger_ca: str = ""
+
+    @property
+    def max_ttl(self) -> timedelta:
+        return timedelta(hours=self.max_ttl_hours)
+
+    @property
+    def clock_skew(self) -> timedelta:
+        return timedelta(seconds=self.clock_skew_seconds)
+
+    @property
+    def replay_window(self) -> timedelta:
+        return timedelta(seconds=self.replay_window_seconds)
+
+    def validate(self) -> NodeConfig:
+        if self.k < 2:
+            raise ConfigError("node.toml key 'k': must be at least 2 (small groups re-identify)")
+        if not 1 <= self.max_ttl_hours <= 72:
+            raise ConfigError("node.toml key 'max_ttl_hours': must be between 1 and 72")
+        if self.profile not in ("intl", "gm"):
+            raise ConfigError("node.toml key 'profile': must be 'intl' or 'gm'")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            raise ConfigError("node.toml key 'max_message_bytes': must be 1 KiB to 64 MiB")
+        if self.replay_window_seconds < 10:
+            raise ConfigError("node.toml key 'replay_window_seconds': must be at least 10")
+        return self
+
+
+def load_config(path: Path) -> NodeConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: run 'sov-node init' first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    node = raw.get("node", {})
+    known = {f.name: f for f in fields(NodeConfig)}
+    values: dict[str, Any] = {}
+    for key, value in node.items():
+        if key not in known:
+            raise ConfigError(f"node.toml key {key!r} is unknown; see docs/operator.md")
+        default = getattr(NodeConfig, key)
+        if type(value) is not type(default) and not (isinstance(default, float)
+                                                     and type(value) is int):
+            raise ConfigError(f"node.toml key {key!r} must be a {type(default).__name__}")
+        values[key] = value
+    return NodeConfig(**values).validate()
+
+
+@dataclass
+class NodeHome:
+    path: Path
+    identity: Identity
+    keys: VaultKeys
+    config: NodeConfig
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.path / "tls"
+
+    @property
+    def vault_path(self) -> Path:
+        return self.path / "vault.sqlite"
+
+    @property
+    def datamap_path(self) -> Path:
+        return self.path / "datamap.toml"
+
+    def datamap(self) -> DataMap:
+        return load_datamap(self.datamap_path)
+
+    def server_tls(self) -> tuple[bytes, bytes]:
+        return ((self.tls_dir / "server.pem").read_bytes(),
+                (self.tls_dir / "server.key").read_bytes())
+
+    def ca_pem(self) -> bytes:
+        return (self.tls_dir / "ca.pem").read_bytes()
+
+
+def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = "unspecified",
+              profile: str = "intl", listen: str = "127.0.0.1:7443",
+              hostnames: list[str] | None = None) -> NodeHome:
+    """Create a node home; refuses to overwrite an existing one."""
+    home = Path(home)
+    if (home / "node.key").exists():
+        raise ConfigError(f"{home} already holds a node; use another --home or remove it")
+    if not passphrase:
+        raise ConfigError(f"a passphrase is required: set {PASSPHRASE_ENV} or answer the prompt")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    identity = Identity.generate(profile)  # type: ignore[arg-type]
+    save_identity(home / "node.key", identity, passphrase)
+    master = os.urandom(32)
+    write_private_file(home / "master.key", json.dumps(
+        encrypt_secret({"master_key": master.hex()}, passphrase)).encode())
+    tls = home / "tls"
+    tls.mkdir(exist_ok=True)
+    ca = create_ca(f"{name} node CA")
+    server = issue_server_certificate(ca, hostnames or ["localhost"], uri_sans=[identity.did])
+    (tls / "ca.pem").write_bytes(ca.cert_pem)
+    write_private_pem(tls / "ca.key", ca.key_pem)
+    (tls / "server.pem").write_bytes(server.cert_pem)
+    write_private_pem(tls / "server.key", server.key_pem)
+    config = NodeConfig(name=name, region=region, profile=profile, listen=listen).validate()
+    save_config(home / "node.toml", config)
+    if not (home / "datamap.toml").exists():
+        (home / "datamap.toml").write_text(TEMPLATE, encoding="utf-8")
+    return NodeHome(home, identity, VaultKeys(master), config)
+
+
+def save_config(path: Path, config: NodeConfig) -> None:
+    Path(path).write_text(tomli_w.dumps({"node": asdict(config)}), encoding="utf-8")
+
+
+def load_home(home: Path, passphrase: str) -> NodeHome:
+    """Open a node home (decrypting the node key and the master key)."""
+    home = Path(home)
+    if not (home / "node.key").exists():
+        raise ConfigError(f"{home} is not a node home: run 'sov-node init --home {home}'")
+    config = load_config(home / "node.toml")
+    try:
+        identity = load_identity(home / "node.key", passphrase)
+        secret = decrypt_secret(json.loads((home / "master.key").read_text()), passphrase)
+        master = bytes.fromhex(secret["master_key"])
+    except KeystoreError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"{home / 'master.key'} is damaged or missing") from None
+    return NodeHome(home, identity, VaultKeys(master), config)

@@ -1,0 +1,259 @@
+"""The ``sovereign.v1.AgentNode`` gRPC service (protos/sovereign/v1/node.proto).
+
+Every call but GetNodeInfo carries a sealed envelope (consent.envelope): the node opens it
+with its own key, learns the caller's DID from the envelope, checks version, method, nonce
+and time (replay guard), runs the handler and seals a node-signed response back to the caller.
+Refusals are gRPC statuses with a sentence saying what was wrong and how to fix it; nothing
+is changed by a refused call. Logs are structured (JSON) and carry DIDs, methods, codes and
+timings only: never a secret, a customer value or a query's filter values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from agent_node import accesslog
+from agent_node.engine import QueryEngine
+from agent_node.errors import InvalidRequest, PermissionDenied, RequestError, Unauthenticated
+from agent_node.grantstore import GrantStore
+from agent_node.home import NodeHome
+from agent_node.vault import Vault, encrypted_column, iso, plain_column, table_name
+from agent_node.vaultcrypto import decrypt_cell
+from consent.canonical import canonicalize
+from consent.envelope import open_sealed, seal
+from consent.errors import EnvelopeError, ReplayError
+from consent.integrity import sign_document
+from consent.replay import ReplayGuard
+from protos.sovereign.v1 import node_pb2, node_pb2_grpc
+
+VERSION = 1
+SERVICE_NAME = "sovereign.v1.AgentNode"
+log = logging.getLogger("agent_node.service")
+
+
+class Metrics:
+    """Prometheus metrics in a registry of their own (several nodes may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("sov_node_requests", "RPCs handled", ["method", "code"],
+                                registry=self.registry)
+        self.latency = Histogram("sov_node_request_seconds", "RPC latency", ["method"],
+                                 registry=self.registry)
+        self.suppressed = Counter("sov_node_suppressed_groups", "groups withheld (k, overlap)",
+                                  registry=self.registry)
+
+
+def _parse_ts(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidRequest("the request's ts must be an RFC 3339 UTC time string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest("the request's ts is not an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise InvalidRequest("the request's ts must carry a time zone (end it with Z)")
+    return moment
+
+
+class NodeService(node_pb2_grpc.AgentNodeServicer):
+    def __init__(self, home: NodeHome, vault: Vault, engine: QueryEngine, grants: GrantStore,
+                 metrics: Metrics | None = None) -> None:
+        self.home, self.vault, self.engine, self.grants = home, vault, engine, grants
+        self.identity = home.identity
+        self.replay = ReplayGuard(window=home.config.replay_window)
+        self.metrics = metrics or Metrics()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _open(self, method: str, request: node_pb2.SealedRequest) -> tuple[str, dict[str, Any]]:
+        if request.version != VERSION:
+            raise InvalidRequest(f"unsupported request version {request.version}; this node "
+                                 f"speaks version {VERSION}")
+        try:
+            opened = open_sealed(request.envelope, self.identity)
+        except EnvelopeError as exc:
+            raise Unauthenticated(f"the envelope cannot be opened ({exc}); seal it to this "
+                                  "node's DID from GetNodeInfo", reason="bad-envelope") from None
+        try:
+            message = json.loads(opened.plaintext)
+        except ValueError:
+            raise InvalidRequest("the sealed request is not JSON") from None
+        if not isinstance(message, dict) or message.get("v") != VERSION:
+            raise InvalidRequest(f"the sealed request must be a JSON object with v = {VERSION}")
+        if message.get("method") != method:
+            raise InvalidRequest(f"the sealed request is for another method; seal one for "
+                                 f"{method}", reason="wrong-method")
+        if not isinstance(message.get("body"), dict):
+            raise InvalidRequest("the sealed request needs a body object")
+        nonce = message.get("nonce")
+        try:
+            self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")))
+        except ReplayError as exc:
+            raise Unauthenticated(f"{exc}", reason="replay") from None
+        return opened.sender_did, message
+
+    def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any]
+                 ) -> node_pb2.SealedResponse:
+        document = sign_document({"v": VERSION, "method": method, "in_reply_to": nonce,
+                                  "issued": iso(datetime.now(UTC)), "body": body}, self.identity)
+        envelope = seal(canonicalize(document), self.identity, caller)
+        return node_pb2.SealedResponse(version=VERSION, envelope=envelope)
+
+    def _handle(self, method: str, request: node_pb2.SealedRequest, context: grpc.ServicerContext,
+                handler: Callable[[str, dict[str, Any]], dict[str, Any]]
+                ) -> node_pb2.SealedResponse:
+        started = time.perf_counter()
+        caller = "-"
+        code = grpc.StatusCode.OK
+        try:
+            caller, message = self._open(method, request)
+            body = handler(caller, message["body"])
+            return self._respond(method, caller, str(message["nonce"]), body)
+        except RequestError as exc:
+            code = exc.code
+            if method == "Query" and caller != "-" and getattr(exc, "reason", "") == "replay":
+                self.engine.log_refusal({}, caller, datetime.now(UTC), exc)
+            context.abort(exc.code, str(exc))
+            raise  # unreachable: abort raises
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(elapsed)
+            log.info(json.dumps({"event": "rpc", "method": method, "caller": caller,
+                                 "code": code.name, "ms": round(elapsed * 1000, 2)}))
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    def GetNodeInfo(self, request: node_pb2.NodeInfoRequest, context: grpc.ServicerContext
+                    ) -> node_pb2.NodeInfoResponse:
+        return node_pb2.NodeInfoResponse(version=VERSION,
+                                         document=canonicalize(self.node_info()))
+
+    def node_info(self) -> dict[str, Any]:
+        config = self.home.config
+        with self.vault.connection() as conn:
+            head = accesslog.head(conn)
+        datamap = self.engine.datamap
+        datasets = {name: {"columns": {c.name: {"type": c.type, "scope": c.scope}
+                                       for c in ds.columns.values()}}
+                    for name, ds in datamap.datasets.items()}
+        return sign_document({
+            "type": "NodeInfo", "v": VERSION, "did": self.identity.did, "name": config.name,
+            "region": config.region, "residency": config.residency, "profile": config.profile,
+            "k_threshold": self.engine.settings.k, "max_ttl_hours": config.max_ttl_hours,
+            "access_log_head": head, "datasets": datasets, "issued": iso(datetime.now(UTC)),
+        }, self.identity)
+
+    def Query(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+              ) -> node_pb2.SealedResponse:
+        return self._handle("Query", request, context, self._query)
+
+    def SubmitGrant(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+                    ) -> node_pb2.SealedResponse:
+        return self._handle("SubmitGrant", request, context, self._submit_grant)
+
+    def Revoke(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+               ) -> node_pb2.SealedResponse:
+        return self._handle("Revoke", request, context, self._revoke)
+
+    def GrantStatus(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+                    ) -> node_pb2.SealedResponse:
+        return self._handle("GrantStatus", request, context, self._grant_status)
+
+    def ListAccessEvents(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+                         ) -> node_pb2.SealedResponse:
+        return self._handle("ListAccessEvents", request, context, self._access_events)
+
+    def Export(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+               ) -> node_pb2.SealedResponse:
+        return self._handle("Export", request, context, self._export)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = self.engine.run(body.get("query"), caller)
+        return {"answer": answer}
+
+    def _submit_grant(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        grant, accepted_at = self.grants.submit(body.get("credential"))
+        return {"grant_id": grant.id, "accepted_at": accepted_at, "digest": grant.digest,
+                "expires": iso(grant.expires)}
+
+    def _revoke(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        grant_id, revoked_at = self.grants.revoke(body.get("revocation"))
+        return {"grant_id": grant_id, "revoked_at": revoked_at}
+
+    def _grant_status(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        grant_ids = body.get("grant_ids") or []
+        if not isinstance(grant_ids, list) or not all(isinstance(g, str) for g in grant_ids):
+            raise InvalidRequest("grant_ids must be a list of grant id strings")
+        return {"grants": self.grants.status(caller, grant_ids)}
+
+    def _bound_sids(self, conn: Any, caller: str) -> list[int]:
+        sids = self.vault.sids_for_did(conn, caller)
+        if not sids:
+            raise PermissionDenied("the caller's DID is not bound to any customer at this node; "
+                                   "the operator binds it with 'sov-node subjects bind'",
+                                   reason="unbound-subject")
+        return sids
+
+    def _access_events(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        since = body.get("since")
+        if since is not None:
+            since = iso(_parse_ts(since))
+        with self.vault.connection() as conn:
+            sids = self._bound_sids(conn, caller)
+            grant_ids = [r[0] for r in conn.execute(
+                "SELECT grant_id FROM grants WHERE subject = ?", (caller,))]
+            events, chain = accesslog.events_for(conn, sids, grant_ids, since)
+            head = accesslog.signed_head(conn, self.identity)
+        return {"events": events, "chain": chain, "head": head}
+
+    def _export(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self.vault.connection() as conn:
+            sids = self._bound_sids(conn, caller)
+            refs = self.vault.refs_for_sids(conn, sids)
+            datasets = {name: self._export_rows(conn, ds, sids)
+                        for name, ds in self.engine.datamap.datasets.items()
+                        if self.vault.dataset_ready(conn, ds)}
+            grants = [json.loads(r[0]) for r in conn.execute(
+                "SELECT credential FROM grants WHERE subject = ?", (caller,))]
+            grant_ids = [g["id"] for g in grants]
+            events, _ = accesslog.events_for(conn, sids, grant_ids, None)
+        return {"export": {
+            "subject": caller, "node": self.identity.did, "subject_refs": refs,
+            "datasets": datasets, "grants": grants,
+            "grant_status": self.grants.status(caller, []),
+            "access_events": [e["body"] for e in events], "exported_at": iso(datetime.now(UTC)),
+        }}
+
+    def _export_rows(self, conn: Any, dataset: Any, sids: list[int]) -> list[dict[str, Any]]:
+        rows = []
+        names = list(dataset.columns.values())
+        select = ", ".join(["row_id", "sid", *(
+            encrypted_column(c.name) if c.encrypted else plain_column(c.name) for c in names)])
+        for sid in sids:
+            cipher = self.vault.keys.cell_cipher(self.vault.data_key(conn, sid))
+            for row in conn.execute(f'SELECT {select} FROM "{table_name(dataset.name)}" '
+                                    "WHERE sid = ?", (sid,)):
+                record = {}
+                for column, value in zip(names, row[2:], strict=True):
+                    if column.encrypted and value is not None:
+                        aad = f"{dataset.name}|{column.name}|{row[0]}".encode()
+                        value = decrypt_cell(cipher, value, aad)
+                    record[column.name] = value
+                rows.append(record)
+        return rows
+
+
+def add_to_server(service: NodeService) -> Callable[[grpc.Server], None]:
+    return lambda server: node_pb2_grpc.add_AgentNodeServicer_to_server(service, server)
