@@ -1,0 +1,139 @@
+"""The gRPC ``sovereign.v1.LedgerService``: append, receipts, consistency, tree heads, anchors.
+
+Served over TLS with health checking and reflection (``protos.transport``). Bad input gets
+INVALID_ARGUMENT (or NOT_FOUND) with a message saying what was wrong; nothing is written then.
+Error messages never echo event contents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from ledger.anchor import AnchorStore
+from ledger.errors import ConsistencyProofError, EventError, LedgerError, StorageError
+from ledger.log import Log
+from ledger.wire import (
+    WIRE_VERSION,
+    anchor_to_pb,
+    consistency_to_pb,
+    log_key_to_pb,
+    receipt_to_pb,
+)
+from protos.sovereign.v1 import ledger_pb2 as pb
+from protos.sovereign.v1 import ledger_pb2_grpc as pb_grpc
+from protos.transport import RunningServer, serve
+
+SERVICE_NAME = "sovereign.v1.LedgerService"
+log = logging.getLogger(__name__)
+
+
+def _check_version(request: Any, context: grpc.ServicerContext) -> None:
+    if request.version != WIRE_VERSION:
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"unsupported message version {request.version}: set version to {WIRE_VERSION}",
+        )
+
+
+def _parse_event(raw: bytes, position: int) -> dict[str, Any]:
+    try:
+        event = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EventError(f"event {position} is not UTF-8 JSON") from exc
+    if not isinstance(event, dict):
+        raise EventError(f"event {position} must be a JSON object")
+    return event
+
+
+class LedgerServicer(pb_grpc.LedgerServiceServicer):
+    def __init__(self, ledger_log: Log, anchors: AnchorStore | None = None) -> None:
+        self.log = ledger_log
+        self.anchors = anchors
+
+    def Append(
+        self, request: pb.AppendRequest, context: grpc.ServicerContext
+    ) -> pb.AppendResponse:
+        _check_version(request, context)
+        try:
+            events = [_parse_event(raw, i) for i, raw in enumerate(request.events)]
+            receipts = self.log.append(events)
+        except EventError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nothing was appended: {exc}")
+        except StorageError:
+            log.exception("append failed in storage")
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the ledger could not store the batch; retry"
+            )
+        return pb.AppendResponse(
+            version=WIRE_VERSION, receipts=[receipt_to_pb(r) for r in receipts]
+        )
+
+    def GetReceipt(
+        self, request: pb.GetReceiptRequest, context: grpc.ServicerContext
+    ) -> pb.Receipt:
+        _check_version(request, context)
+        if len(request.entry_hash) != self.log.hasher.size:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"entry_hash must be the {self.log.hasher.size}-byte leaf hash of the entry",
+            )
+        anchors = self.anchors.anchors() if request.with_anchors and self.anchors else []
+        try:
+            receipt = self.log.receipt(bytes(request.entry_hash), anchors=anchors)
+        except LedgerError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return receipt_to_pb(receipt)
+
+    def GetConsistencyProof(
+        self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> pb.ConsistencyProof:
+        _check_version(request, context)
+        try:
+            proof = self.log.consistency(request.old_size, request.new_size or None)
+        except ConsistencyProofError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return consistency_to_pb(proof)
+
+    def GetLatestTreeHead(
+        self, request: pb.GetLatestTreeHeadRequest, context: grpc.ServicerContext
+    ) -> pb.TreeHead:
+        _check_version(request, context)
+        note = self.log.latest_note()
+        size = int(note.split("\n", 2)[1])
+        return pb.TreeHead(version=WIRE_VERSION, checkpoint=note, size=size)
+
+    def GetAnchors(
+        self, request: pb.GetAnchorsRequest, context: grpc.ServicerContext
+    ) -> pb.GetAnchorsResponse:
+        _check_version(request, context)
+        anchors = self.anchors.anchors(request.min_size) if self.anchors else []
+        return pb.GetAnchorsResponse(
+            version=WIRE_VERSION, anchors=[anchor_to_pb(a) for a in anchors]
+        )
+
+    def GetLogKey(self, request: pb.GetLogKeyRequest, context: grpc.ServicerContext) -> pb.LogKey:
+        _check_version(request, context)
+        return log_key_to_pb(self.log.public_key)
+
+
+def start_server(
+    ledger_log: Log,
+    *,
+    address: str,
+    cert_pem: bytes,
+    key_pem: bytes,
+    anchors: AnchorStore | None = None,
+) -> RunningServer:
+    """Serve ``ledger_log`` on ``address`` (e.g. ``127.0.0.1:0``) over TLS."""
+    servicer = LedgerServicer(ledger_log, anchors)
+    return serve(
+        lambda server: pb_grpc.add_LedgerServiceServicer_to_server(servicer, server),
+        [SERVICE_NAME],
+        address=address,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+    )
