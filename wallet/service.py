@@ -379,8 +379,7 @@ class Wallet:
             self.store.mark_grant_failed(grant_id, str(exc))
             self._set_delivery(grant_id, REFUSED)
             return GrantOutcome(self._grant(grant_id), False, f"the node refused the grant: {exc}")
-        accepted = getattr(ack, "accepted_at", None) or utcnow()
-        self.store.mark_grant_delivered(grant_id, accepted)
+        self.store.mark_grant_delivered(grant_id, _as_time(getattr(ack, "accepted_at", None)))
         self._anchor_grant(grant_id)
         return GrantOutcome(self._grant(grant_id), True)
 
@@ -503,7 +502,7 @@ class Wallet:
                 f"the node did not accept the revocation: {exc}; it is saved, "
                 "retry with `consent-wallet sync`"
             ) from None
-        revoked_at = getattr(ack, "revoked_at", None) or utcnow()
+        revoked_at = _as_time(getattr(ack, "revoked_at", None))
         self.store.mark_revocation_confirmed(grant_id, revoked_at)
         return RevokeOutcome(grant_id, True, revoked_at, "confirmed by the node's signed ack")
 
@@ -585,16 +584,39 @@ def _status_json(status: Any) -> dict[str, Any]:
     }
 
 
-def _access_records(address: str, log: Any) -> list[AccessRecord]:
+def _as_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        return from_iso(value)
+    return utcnow()
+
+
+def _flat_event(event: Any) -> dict[str, Any]:
+    """An access event as one flat dict (the node nests the hashed fields under ``body``)."""
+    event = dict(event) if isinstance(event, dict) else dict(vars(event))
+    body = event.pop("body", None)
+    return {**body, **event} if isinstance(body, dict) else event
+
+
+def _event_verified(log: Any, index: int, event: dict[str, Any]) -> bool:
     verified = getattr(log, "verified", None)
+    if isinstance(verified, dict):
+        return bool(verified.get(int(event["seq"]), False))
+    if isinstance(verified, list | tuple):
+        return bool(verified[index])
+    if "verified" in event:
+        return bool(event["verified"])
+    return bool(verified)
+
+
+def _access_records(address: str, log: Any) -> list[AccessRecord]:
     records = []
-    for index, event in enumerate(log.events):
-        ok = verified[index] if isinstance(verified, list | tuple) else bool(verified)
-        when = event["time"]
+    for index, raw in enumerate(log.events):
+        event = _flat_event(raw)
         records.append(AccessRecord(
-            node_address=address, seq=int(event["seq"]),
-            time=when if isinstance(when, datetime) else from_iso(str(when)),
-            event=dict(event), verified=bool(ok), ledger_verified=None,
+            node_address=address, seq=int(event["seq"]), time=_as_time(event.get("time")),
+            event=event, verified=_event_verified(log, index, event), ledger_verified=None,
         ))
     return records
 
