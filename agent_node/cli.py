@@ -1,0 +1,154 @@
+"""``sov-node``: the operator's command line (init, sync, subjects bind, serve, log head).
+
+Thin by design: every command calls into agent_node modules. Errors print one sentence and
+exit non-zero, never a traceback; nothing secret or customer-specific is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent_node.errors import AgentNodeError
+from agent_node.home import PASSPHRASE_ENV, NodeHome, init_home, load_home
+from agent_node.vault import Vault, sync
+from consent.did import resolve
+from consent.errors import ConsentError
+
+HOME_ENV = "SOV_NODE_HOME"
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _passphrase(env_name: str, confirm: bool = False) -> str:
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    return click.prompt("node passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def _open(home: str, env_name: str) -> NodeHome:
+    return load_home(Path(home), _passphrase(env_name))
+
+
+home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                           help=f"node home folder (or ${HOME_ENV})")
+pass_option = click.option("--passphrase-env", default=PASSPHRASE_ENV, show_default=True,
+                           help="environment variable holding the passphrase")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (AgentNodeError, ConsentError, OSError) as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Sovereign Fabric agent node."""
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--name", default="node", help="node name shown to wallets")
+@click.option("--region", default="unspecified", help="where the data lives, e.g. eu-west")
+@click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl")
+@click.option("--listen", default="127.0.0.1:7443", show_default=True)
+@click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
+def init(home: str, passphrase_env: str, name: str, region: str, profile: str, listen: str,
+         hostnames: tuple[str, ...]) -> None:
+    """Create a node home: keys, TLS certificates, node.toml, encrypted master key."""
+    node = init_home(Path(home), _passphrase(passphrase_env, confirm=True), name=name,
+                     region=region, profile=profile, listen=listen,
+                     hostnames=list(hostnames) or None)
+    click.echo(f"node {name} created in {home}")
+    click.echo(f"DID: {node.identity.did}")
+    click.echo(f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
+
+
+@main.command(name="sync")
+@home_option
+@pass_option
+@click.option("--dataset", "datasets", multiple=True, help="sync only these datasets")
+def sync_command(home: str, passphrase_env: str, datasets: tuple[str, ...]) -> None:
+    """Copy mapped source data into the vault (incremental)."""
+    node = _open(home, passphrase_env)
+    vault = Vault(node.vault_path, node.keys)
+    for stats in sync(vault, node.datamap(), list(datasets) or None):
+        click.echo(f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
+                   f"{stats.deleted} removed, {stats.unchanged} unchanged")
+
+
+@main.group()
+def subjects() -> None:
+    """Bind customers (subject keys) to wallet DIDs."""
+
+
+@subjects.command()
+@home_option
+@pass_option
+@click.argument("subject_key")
+@click.argument("did")
+def bind(home: str, passphrase_env: str, subject_key: str, did: str) -> None:
+    """Bind SUBJECT_KEY (a JSON array for composite keys) to the wallet DID."""
+    resolve(did)
+    values = json.loads(subject_key) if subject_key.startswith("[") else [subject_key]
+    node = _open(home, passphrase_env)
+    ref = Vault(node.vault_path, node.keys).bind([str(v) for v in values], did)
+    click.echo(f"bound subject {ref} to {did}")
+
+
+@main.group(name="log")
+def log_group() -> None:
+    """The hash-chained access log."""
+
+
+@log_group.command()
+@home_option
+@pass_option
+def head(home: str, passphrase_env: str) -> None:
+    """Print the node-signed access-log chain head (JSON, for the ledger)."""
+    from agent_node.accesslog import signed_head
+
+    node = _open(home, passphrase_env)
+    with Vault(node.vault_path, node.keys).connection() as conn:
+        click.echo(json.dumps(signed_head(conn, node.identity), indent=2))
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--listen", default=None, help="override node.toml's listen address")
+@click.option("--port-file", type=click.Path(), default=None,
+              help="write the bound port here once serving (useful with port 0)")
+def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | None) -> None:
+    """Serve the AgentNode gRPC API over TLS until interrupted."""
+    from agent_node.server import start
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    node = _open(home, passphrase_env)
+    running = start(node, address=listen)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"serving {node.config.name} ({node.identity.did}) on port {running.port}")
+    if port_file:
+        tmp = Path(port_file).with_suffix(".tmp")
+        tmp.write_text(str(running.port))
+        tmp.replace(port_file)
+    stop.wait()
+    running.stop(grace=2.0)

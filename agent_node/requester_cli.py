@@ -1,0 +1,117 @@
+"""``sov-query``: the requester's command line (init, ask).
+
+Thin by design: it builds a query dict and calls ``agent_node.requester.Requester``. The
+answer is verified (node signature) before it is printed as a table or ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent_node.client import NodeError
+from agent_node.errors import AgentNodeError
+from agent_node.query import parse_filter_text
+from agent_node.requester import Answer, Requester
+from consent.errors import ConsentError
+from consent.identity import Identity
+from consent.keystore import load_identity, save_identity
+
+PASSPHRASE_ENV = "SOV_QUERY_PASSPHRASE"
+HOME_ENV = "SOV_QUERY_HOME"
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _passphrase(confirm: bool = False) -> str:
+    return os.environ.get(PASSPHRASE_ENV) or click.prompt(
+        "requester passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (NodeError, AgentNodeError, ConsentError, OSError) as exc:
+            _fail(str(exc))
+
+
+home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                           help=f"requester home folder (or ${HOME_ENV})")
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Ask consent-scoped aggregate questions of an agent node."""
+
+
+@main.command()
+@home_option
+def init(home: str) -> None:
+    """Create the requester's did:key in an encrypted keystore."""
+    path = Path(home) / "requester.key"
+    if path.exists():
+        _fail(f"{path} already exists; use another --home")
+    identity = Identity.generate()
+    save_identity(path, identity, _passphrase(confirm=True))
+    click.echo(f"requester DID: {identity.did}")
+
+
+def _table(answer: Answer) -> str:
+    headers = [*answer.group_by, *answer.measures]
+    rows = [[*map(str, g["key"]), *(_fmt(g["values"].get(m)) for m in answer.measures)]
+            for g in answer.groups]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(f"({answer.suppressed_groups} group(s) withheld: fewer than k={answer.k} "
+                 "subjects or too close to an earlier answer)")
+    if answer.dp:
+        lines.append(f"(differentially private, epsilon {answer.dp['epsilon']:g})")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return "-" if value is None else str(value)
+
+
+@main.command()
+@home_option
+@click.option("--node", required=True, help="node address host:port")
+@click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the node's TLS CA certificate (PEM)")
+@click.option("--dataset", required=True)
+@click.option("--measure", "measures", multiple=True, required=True,
+              help="count | sum:COL | avg:COL | min:COL | max:COL | quantile:COL:Q")
+@click.option("--group-by", "group_by", multiple=True)
+@click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
+@click.option("--purpose", required=True)
+@click.option("--grant", "grants", multiple=True, help="grant id(s) to use (default: all)")
+@click.option("--epsilon", type=float, default=None, help="privacy cost to spend")
+@click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
+def ask(home: str, node: str, ca: str, dataset: str, measures: tuple[str, ...],
+        group_by: tuple[str, ...], filters: tuple[str, ...], purpose: str,
+        grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
+    """Seal one aggregate query to a node and print its verified answer."""
+    identity = load_identity(Path(home) / "requester.key", _passphrase())
+    query: dict[str, Any] = {
+        "dataset": dataset, "purpose": purpose, "measures": list(measures),
+        "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters],
+        "grant_ids": list(grants)}
+    if epsilon is not None:
+        query["epsilon"] = epsilon
+    answer = Requester(identity).ask(node, Path(ca).read_bytes(), query)
+    if as_json:
+        click.echo(json.dumps(answer.document["body"]["answer"], indent=2, sort_keys=True))
+    else:
+        click.echo(_table(answer))

@@ -1,0 +1,166 @@
+"""Fixtures for the agent node tests: bank-marketing rows loaded into real sources, a node
+home made with the real CLI, and the node served as a real ``sov-node serve`` process."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_node.client import NodeClient
+from agent_node.home import load_home
+from agent_node.vault import Vault
+from consent.grants import issue_grant
+from consent.identity import Identity
+
+PASSPHRASE = "correct horse battery staple"
+ROWS = 300
+SUBJECTS = 50
+BIN = Path(sys.executable).parent
+COLUMNS = ("customer_id", "contact_id", "age", "job", "duration", "education", "y")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "SOV_NODE_PASSPHRASE": PASSPHRASE, "SOV_QUERY_PASSPHRASE": PASSPHRASE}
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
+                            env=env(), timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[:2]} failed: {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def bank_rows(shared_dir: Path) -> list[dict[str, Any]]:
+    """The first ROWS bank-marketing contacts, each given one of SUBJECTS customer ids."""
+    path = shared_dir / "datasets" / "bank_marketing" / "bank-additional-full.csv"
+    rows = []
+    with path.open(newline="") as handle:
+        for i, raw in enumerate(csv.DictReader(handle, delimiter=";")):
+            if i == ROWS:
+                break
+            rows.append({"customer_id": f"C{i % SUBJECTS:03d}", "contact_id": i,
+                         "age": int(raw["age"]), "job": raw["job"],
+                         "duration": int(raw["duration"]), "education": raw["education"],
+                         "y": raw["y"]})
+    return rows
+
+
+DATASET_TOML = """
+[datasets.contacts]
+source = "crm"
+table = "contacts"
+subject_key = ["customer_id"]
+row_key = ["contact_id"]
+max_rows_per_subject = 10
+
+[datasets.contacts.columns]
+age = { type = "integer", scope = "transaction", bounds = [17, 100], index = true }
+job = { type = "text", scope = "transaction", index = true }
+duration = { type = "integer", scope = "transaction", bounds = [0, 5000] }
+education = { type = "text", scope = "identity" }
+y = { type = "text", scope = "sentiment" }
+"""
+
+
+def write_sqlite(path: Path, rows: list[dict[str, Any]]) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE contacts (customer_id TEXT, contact_id INTEGER, age INTEGER, "
+                 "job TEXT, duration INTEGER, education TEXT, y TEXT)")
+    conn.executemany("INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [tuple(r[c] for c in COLUMNS) for r in rows])
+    conn.commit()
+    conn.close()
+
+
+@dataclass
+class NodeProcess:
+    home: Path
+    address: str
+    ca_pem: bytes
+    did: str
+    process: subprocess.Popen[bytes]
+    wallets: list[Identity] = field(default_factory=list)
+
+    def client(self, who: Identity) -> NodeClient:
+        return NodeClient(self.address, self.ca_pem, who)
+
+
+def make_home(tmp: Path, source_toml: str) -> Path:
+    home = tmp / "node"
+    run_cli("sov-node", "init", "--home", str(home), "--name", "test-node", "--region", "eu-test")
+    (home / "datamap.toml").write_text(source_toml + DATASET_TOML)
+    return home
+
+
+def bind_all(home: Path, wallets: list[Identity]) -> None:
+    """Bind wallet i to customer C{i:03d} (in-process: the CLI path is tested separately)."""
+    node = load_home(home, PASSPHRASE)
+    vault = Vault(node.vault_path, node.keys)
+    for i, wallet in enumerate(wallets):
+        vault.bind([f"C{i:03d}"], wallet.did)
+
+
+def serve(home: Path) -> NodeProcess:
+    port_file = home / f"port-{uuid.uuid4().hex}"
+    process = subprocess.Popen(
+        [str(BIN / "sov-node"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
+         "--port-file", str(port_file)], env=env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("sov-node serve did not start")
+        time.sleep(0.05)
+    node = load_home(home, PASSPHRASE)
+    return NodeProcess(home, f"127.0.0.1:{port_file.read_text()}", node.ca_pem(),
+                       node.identity.did, process)
+
+
+def stop(node: NodeProcess) -> None:
+    node.process.terminate()
+    node.process.wait(timeout=10)
+
+
+def grant_all(node: NodeProcess, requester: Identity, wallets: list[Identity], *,
+              purpose: str = "marketing-analytics", scopes: tuple[str, ...] = ("transaction",),
+              **kwargs: Any) -> list[str]:
+    ids = []
+    for wallet in wallets:
+        credential = issue_grant(wallet, requester=requester.did, nodes=[node.did],
+                                 purpose=purpose, scopes=list(scopes),
+                                 ttl=timedelta(hours=24), **kwargs)
+        with node.client(wallet) as client:
+            ids.append(client.submit_grant(credential).grant_id)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def sqlite_node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
+                ) -> Iterator[NodeProcess]:
+    """A served node over a SQLite source, every customer bound to a wallet."""
+    tmp = tmp_path_factory.mktemp("sqlite-node")
+    write_sqlite(tmp / "crm.db", bank_rows)
+    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    run_cli("sov-node", "sync", "--home", str(home))
+    wallets = [Identity.generate() for _ in range(SUBJECTS)]
+    bind_all(home, wallets)
+    node = serve(home)
+    node.wallets = wallets
+    yield node
+    stop(node)
