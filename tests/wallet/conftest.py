@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,16 +63,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SOV_NODE = str(Path(sys.executable).with_name("sov-node"))
+
+
+def _sov_node(*args: str) -> str:
+    env = {**os.environ, "SOV_NODE_PASSPHRASE": NODE_PASSPHRASE}
+    proc = subprocess.run([SOV_NODE, *args], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sov-node {args[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 class NodeProcess:
-    """An agent node home (tiny SQLite source, synced) served by a separate process."""
+    """A node home set up with the operator's ``sov-node`` CLI and served by ``sov-node serve``.
+
+    Tiny SQLite source (12 orders, 3 of them the wallet holder's), synced into the vault.
+    """
 
     def __init__(self, root: Path, *, name: str = "distributor-eu", region: str = "eu-west"
                  ) -> None:
-        from agent_node.home import init_home, load_home
-        from agent_node.vault import Vault, sync
-
         self.home = root / "node"
-        init_home(self.home, NODE_PASSPHRASE, name=name, region=region)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        _sov_node("init", "--home", str(self.home), "--name", name, "--region", region,
+                  "--listen", self.address)
         with sqlite3.connect(self.home / "sales.db") as db:
             db.execute("CREATE TABLE orders (order_id TEXT, customer_id TEXT, amount REAL, "
                        "region TEXT, email TEXT)")
@@ -79,29 +95,32 @@ class NodeProcess:
                 (f"O-{i}", CUSTOMER_KEY if i < 3 else f"C-{i:04d}", 100.0 + i,
                  "north" if i % 2 else "south", f"c{i}@example.com") for i in range(12)])
         (self.home / "datamap.toml").write_text(DATAMAP)
-        node_home = load_home(self.home, NODE_PASSPHRASE)
-        self.did = node_home.identity.did
-        self.vault = Vault(node_home.vault_path, node_home.keys)
-        sync(self.vault, node_home.datamap())
-        self.ca_pem = node_home.ca_pem()
+        _sov_node("sync", "--home", str(self.home))
         self.ca_path = self.home / "tls" / "ca.pem"
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.ca_pem = self.ca_path.read_bytes()
+        self.did = ""
         self.proc: subprocess.Popen[str] | None = None
 
     def bind(self, did: str, customer_key: str = CUSTOMER_KEY) -> None:
-        self.vault.bind([customer_key], did)
+        _sov_node("subjects", "bind", "--home", str(self.home), customer_key, did)
 
     def start(self) -> None:
-        env = {**os.environ, "SOV_NODE_PASSPHRASE": NODE_PASSPHRASE}
+        port_file = self.home / "port"
+        port_file.unlink(missing_ok=True)
+        env = {**os.environ, "SOV_NODE_PASSPHRASE": NODE_PASSPHRASE, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("node_launcher.py")), str(self.home),
-             str(self.port)], env=env, stdout=subprocess.PIPE, text=True)
+            [SOV_NODE, "serve", "--home", str(self.home), "--port-file", str(port_file)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
+        line = self.proc.stdout.readline()  # "serving NAME (DID) on port N"
+        deadline = time.monotonic() + 10  # the port file is written just after that line
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if "(did:key:" not in line or not port_file.exists():
             self.stop()
-            raise RuntimeError(f"the agent node did not start (said {line!r})")
+            raise RuntimeError(f"sov-node serve did not start (said {line!r})")
+        self.did = line.split("(", 1)[1].split(")", 1)[0]
+        assert int(port_file.read_text()) == self.port
 
     def stop(self) -> None:
         if self.proc is not None:
