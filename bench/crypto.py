@@ -131,7 +131,9 @@ def bench_signatures(quick: bool) -> dict[str, object]:
     signature = sm2.sign(b"grant")
     sm2_inner = 10 if quick else 40
     sign = median_seconds(lambda: sm2.sign(b"grant"), repeats, sm2_inner)
-    verify = median_seconds(lambda: sm2.public_key.verify(b"grant", signature), repeats, sm2_inner)
+    verify = median_seconds(
+        lambda: sm2.public_key().verify(b"grant", signature), repeats, sm2_inner
+    )
     print(f"Ed25519 verifications (pynacl)       {1 / ed:10.0f} /s")
     print(f"SM2 signatures (gmssl arithmetic)    {1 / sign:10.0f} /s")
     print(f"SM2 verifications                    {1 / verify:10.0f} /s")
@@ -146,16 +148,16 @@ def bench_envelopes(quick: bool) -> dict[str, object]:
     repeats = 5 if quick else 11
     inner = 20 if quick else 100
     requester, node = Identity.generate("gm"), Identity.generate("gm")
-    lookup = {requester.did: requester.sm2.public_key}.__getitem__
+    lookup = {requester.did: requester.sm2.public_key()}.__getitem__
     results: dict[str, object] = {}
 
     # One session, established once; its cost is reported on its own.
     def open_session() -> None:
-        session = GMSession.open_to(node.did, node.sm2.public_key, requester)
+        session = GMSession.open_to(node.did, node.sm2.public_key(), requester)
         GMSessionCache().open(session.seal(b"hello"), node, lookup)
 
     session_cost = median_seconds(open_session, 3 if quick else 7)
-    session = GMSession.open_to(node.did, node.sm2.public_key, requester)
+    session = GMSession.open_to(node.did, node.sm2.public_key(), requester)
     cache = GMSessionCache()
     cache.open(session.seal(b"hello"), node, lookup)
     session.open_reply(cache.seal_reply(session.session_id, b"ok"))

@@ -385,13 +385,14 @@ class SM2PublicKey:
 class SM2PrivateKey:
     """An SM2 private scalar d in [1, n-2] with its public point."""
 
-    __slots__ = ("__dict__", "_d", "curve")
+    __slots__ = ("_d", "_public", "curve")
 
     def __init__(self, d: int, curve: SM2Curve = SM2P256V1) -> None:
         # d = n-1 has no (1 + d)^-1 mod n, which signing needs (GB/T 32918.1 §6.1).
         if not 1 <= d <= curve.n - 2:
             raise SM2KeyError("an SM2 private key must be an integer in [1, n-2]")
         self._d, self.curve = d, curve
+        self._public: SM2PublicKey | None = None
 
     def __repr__(self) -> str:
         return f"SM2PrivateKey(<secret>, {self.curve.name})"
@@ -414,10 +415,12 @@ class SM2PrivateKey:
     def to_hex(self) -> str:
         return f"{self._d:064x}"
 
-    @cached_property
     def public_key(self) -> SM2PublicKey:
-        x, y = _multiply(self.curve, self._d, self.curve.gmssl_table["g"])
-        return SM2PublicKey(x, y, self.curve)
+        """The public point d·G (computed once: it costs a pure-Python multiplication)."""
+        if self._public is None:
+            x, y = _multiply(self.curve, self._d, self.curve.gmssl_table["g"])
+            self._public = SM2PublicKey(x, y, self.curve)
+        return self._public
 
     # ---- encodings
 
@@ -437,7 +440,7 @@ class SM2PrivateKey:
         if outer[0] != 0 or inner[0] != 1 or oids != [_OID_EC_PUBLIC_KEY, _OID_SM2]:
             raise SM2KeyError("the private key is not a PKCS#8 SM2 (sm2p256v1) key")
         key = cls(int.from_bytes(scalar, "big"))
-        if embedded and not embedded[0].endswith(key.public_key.to_bytes()):
+        if embedded and not embedded[0].endswith(key.public_key().to_bytes()):
             raise SM2KeyError("the public key inside the PKCS#8 document does not match")
         return key
 
@@ -447,7 +450,7 @@ class SM2PrivateKey:
             [
                 DerInteger(1),
                 DerOctetString(_int_bytes(self._d)),
-                DerBitString(self.public_key.to_bytes(), explicit=1),
+                DerBitString(self.public_key().to_bytes(), explicit=1),
             ]
         )
         return DerSequence([DerInteger(0), algorithm, DerOctetString(inner.encode())]).encode()
@@ -463,7 +466,7 @@ class SM2PrivateKey:
 
     def sign(self, data: bytes, user_id: bytes = DEFAULT_USER_ID) -> bytes:
         """SM2 signature with SM3 over Z_A || data: 64 bytes r || s."""
-        e = _sm3_e(self.public_key, data, user_id)
+        e = _sm3_e(self.public_key(), data, user_id)
         while True:
             signature = self._sign_digest_with_k(e, _random_scalar(self.curve))
             if signature is not None:

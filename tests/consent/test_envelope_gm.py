@@ -38,25 +38,25 @@ def node() -> Identity:
 
 @pytest.fixture(scope="module")
 def lookup(requester: Identity) -> Callable[[str], SM2PublicKey]:
-    registry = {requester.did: requester.sm2.public_key}
+    registry = {requester.did: requester.sm2.public_key()}
     return registry.__getitem__
 
 
 @pytest.fixture
 def session(node: Identity, requester: Identity) -> GMSession:
-    return GMSession.open_to(node.did, node.sm2.public_key, requester)
+    return GMSession.open_to(node.did, node.sm2.public_key(), requester)
 
 
 @pytest.fixture(scope="module")
 def opening_envelope(node: Identity, requester: Identity) -> bytes:
     """One kind-1 envelope, reused by tests that each open it on a fresh cache."""
-    return GMSession.open_to(node.did, node.sm2.public_key, requester).seal(b"first query")
+    return GMSession.open_to(node.did, node.sm2.public_key(), requester).seal(b"first query")
 
 
 @pytest.fixture(scope="module")
 def live(node: Identity, requester: Identity, lookup: Callable) -> tuple[GMSession, GMSessionCache]:
     """An established session shared by the property tests."""
-    session = GMSession.open_to(node.did, node.sm2.public_key, requester)
+    session = GMSession.open_to(node.did, node.sm2.public_key(), requester)
     cache = GMSessionCache()
     opened = cache.open(session.seal(b"hello"), node, lookup)
     session.open_reply(cache.seal_reply(opened.session_id, b"welcome"))
@@ -200,10 +200,10 @@ class _OpeningCase:
     def get(self) -> tuple[bytes, Identity, Callable]:
         if self._value is None:
             requester, node = Identity.generate("gm"), Identity.generate("gm")
-            envelope = GMSession.open_to(node.did, node.sm2.public_key, requester).seal(
+            envelope = GMSession.open_to(node.did, node.sm2.public_key(), requester).seal(
                 b"first query"
             )
-            lookup = {requester.did: requester.sm2.public_key}.__getitem__
+            lookup = {requester.did: requester.sm2.public_key()}.__getitem__
             self._value = (envelope, node, lookup)
         return self._value
 
@@ -279,22 +279,22 @@ def test_unknown_or_forged_sender_is_rejected(opening_envelope: bytes, node: Ide
 
     with pytest.raises(EnvelopeError, match="no SM2 public key is registered"):
         GMSessionCache().open(opening_envelope, node, unknown)
-    stranger = SM2PrivateKey.generate().public_key
+    stranger = SM2PrivateKey.generate().public_key()
     with pytest.raises(EnvelopeError, match="not signed by the sender"):
         GMSessionCache().open(opening_envelope, node, lambda did: stranger)
 
 
 def test_intl_identity_cannot_use_gm(node: Identity) -> None:
     with pytest.raises(EnvelopeError, match="no SM2 key"):
-        GMSession.open_to(node.did, node.sm2.public_key, Identity.generate("intl"))
+        GMSession.open_to(node.did, node.sm2.public_key(), Identity.generate("intl"))
 
 
 def test_reply_from_another_session_is_rejected(
     node: Identity, requester: Identity, lookup: Callable
 ) -> None:
     cache = GMSessionCache()
-    first = GMSession.open_to(node.did, node.sm2.public_key, requester)
-    second = GMSession.open_to(node.did, node.sm2.public_key, requester)
+    first = GMSession.open_to(node.did, node.sm2.public_key(), requester)
+    second = GMSession.open_to(node.did, node.sm2.public_key(), requester)
     reply = _reply_via(cache, first, node, lookup)
     with pytest.raises(EnvelopeError, match="another gm session"):
         second.open_reply(reply)
@@ -326,7 +326,7 @@ def test_session_expiry_and_clock_checks(
 ) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     session = GMSession.open_to(
-        node.did, node.sm2.public_key, requester, ttl=timedelta(minutes=10), now=start
+        node.did, node.sm2.public_key(), requester, ttl=timedelta(minutes=10), now=start
     )
     envelope = session.seal(b"q", now=start)
     with pytest.raises(EnvelopeError, match="created in the future"):
@@ -340,7 +340,7 @@ def test_session_expiry_and_clock_checks(
     with pytest.raises(EnvelopeError, match="expired"):
         session.seal(b"late", now=start + timedelta(minutes=10))
     long = GMSession.open_to(
-        node.did, node.sm2.public_key, requester, ttl=timedelta(hours=25), now=start
+        node.did, node.sm2.public_key(), requester, ttl=timedelta(hours=25), now=start
     )
     with pytest.raises(EnvelopeError, match="longer than"):
         GMSessionCache().open(long.seal(b"q", now=start), node, lookup, now=start)
@@ -348,7 +348,7 @@ def test_session_expiry_and_clock_checks(
 
 def test_cache_is_bounded(node: Identity, requester: Identity, lookup: Callable) -> None:
     cache = GMSessionCache(max_sessions=2)
-    sessions = [GMSession.open_to(node.did, node.sm2.public_key, requester) for _ in range(3)]
+    sessions = [GMSession.open_to(node.did, node.sm2.public_key(), requester) for _ in range(3)]
     for session in sessions:
         cache.open(session.seal(b"open"), node, lookup)
         session.open_reply(cache.seal_reply(session.session_id, b"ok"))

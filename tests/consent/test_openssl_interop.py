@@ -49,7 +49,7 @@ def test_openssl_version_has_sm2_pkeyutl() -> None:
 
 def test_ours_sign_openssl_verifies(our_key: SM2PrivateKey, tmp_path: Path) -> None:
     public_pem = tmp_path / "pub.pem"
-    public_pem.write_bytes(our_key.public_key.to_pem())
+    public_pem.write_bytes(our_key.public_key().to_pem())
     message = tmp_path / "msg"
     message.write_bytes(b"grant digest 42")
     signature = tmp_path / "sig.der"
@@ -78,7 +78,7 @@ def test_openssl_signs_ours_verifies(tmp_path: Path) -> None:
         public.verify(b"revocation 8", sm2_signature_from_der(der))
     # The private key OpenSSL wrote loads here and matches the public key it printed.
     ours = SM2PrivateKey.from_pem(key_pem.read_bytes())
-    assert ours.public_key == public
+    assert ours.public_key() == public
     assert ours.to_pem() == key_pem.read_bytes()
 
 
@@ -86,21 +86,21 @@ def test_openssl_reads_our_key_files(our_key: SM2PrivateKey, tmp_path: Path) -> 
     key_pem = tmp_path / "key.pem"
     key_pem.write_bytes(our_key.to_pem())
     printed = _openssl("pkey", "-in", key_pem, "-pubout").stdout
-    assert printed == our_key.public_key.to_pem()
+    assert printed == our_key.public_key().to_pem()
 
 
 def test_ours_encrypt_openssl_decrypts(our_key: SM2PrivateKey, tmp_path: Path) -> None:
     key_pem = tmp_path / "key.pem"
     key_pem.write_bytes(our_key.to_pem())
     ciphertext = tmp_path / "ct.der"
-    ciphertext.write_bytes(sm2_ciphertext_to_der(our_key.public_key.encrypt(b"session key!")))
+    ciphertext.write_bytes(sm2_ciphertext_to_der(our_key.public_key().encrypt(b"session key!")))
     out = _openssl("pkeyutl", "-decrypt", "-inkey", key_pem, "-in", ciphertext)
     assert out.stdout == b"session key!"
 
 
 def test_openssl_encrypts_ours_decrypts(our_key: SM2PrivateKey, tmp_path: Path) -> None:
     public_pem = tmp_path / "pub.pem"
-    public_pem.write_bytes(our_key.public_key.to_pem())
+    public_pem.write_bytes(our_key.public_key().to_pem())
     plaintext = tmp_path / "pt"
     plaintext.write_bytes(bytes(range(40)))
     der = _openssl("pkeyutl", "-encrypt", "-pubin", "-inkey", public_pem, "-in", plaintext).stdout

@@ -67,7 +67,7 @@ def test_sm2p256v1_parameters_match_the_vectors() -> None:
 def test_signature_example(vector: dict) -> None:
     curve = _curve(vector["curve"])
     key = SM2PrivateKey.from_hex(vector["private_key"].lower(), curve)
-    public = key.public_key
+    public = key.public_key()
     assert (public.x, public.y) == (
         int(vector["public_key_x"], 16),
         int(vector["public_key_y"], 16),
@@ -98,8 +98,8 @@ def test_fresh_signatures_verify_and_differ(vector: dict) -> None:
     random.seed(7)
     second = key.sign(b"grant", user_id)
     assert first != second and first[:32] != second[:32]
-    key.public_key.verify(b"grant", first, user_id)
-    key.public_key.verify(b"grant", second, user_id)
+    key.public_key().verify(b"grant", first, user_id)
+    key.public_key().verify(b"grant", second, user_id)
 
 
 def test_signature_range_and_length_checks() -> None:
@@ -107,15 +107,15 @@ def test_signature_range_and_length_checks() -> None:
     signature = key.sign(b"m")
     n = SM2P256V1.n
     with pytest.raises(SignatureError, match="64 bytes"):
-        key.public_key.verify(b"m", signature[:63])
+        key.public_key().verify(b"m", signature[:63])
     for r, s in ((0, 1), (1, 0), (n, 1), (1, n)):
         with pytest.raises(SignatureError, match="out of range"):
-            key.public_key.verify(b"m", r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+            key.public_key().verify(b"m", r.to_bytes(32, "big") + s.to_bytes(32, "big"))
     flipped = bytes([signature[0] ^ 0x80]) + signature[1:]
     with pytest.raises(SignatureError):
-        key.public_key.verify(b"m", flipped)
+        key.public_key().verify(b"m", flipped)
     with pytest.raises(SignatureError, match="does not verify"):
-        SM2PrivateKey.generate().public_key.verify(b"m", signature)
+        SM2PrivateKey.generate().public_key().verify(b"m", signature)
 
 
 def test_public_key_starting_with_04_survives_gmssl_lstrip() -> None:
@@ -123,22 +123,22 @@ def test_public_key_starting_with_04_survives_gmssl_lstrip() -> None:
     # constructor would strip those digits from "04..." and compute with a wrong key.
     vector = SM2_FILE["encryption_vectors"][0]
     key = SM2PrivateKey.from_hex(vector["k"].lower())
-    assert key.public_key.to_hex()[2:4] == "04"
-    assert key.public_key.x == int(vector["c1_x"], 16)
+    assert key.public_key().to_hex()[2:4] == "04"
+    assert key.public_key().x == int(vector["c1_x"], 16)
     signature = key.sign(b"payload")
-    key.public_key.verify(b"payload", signature)
+    key.public_key().verify(b"payload", signature)
     # Round trip through the hex form other modules store.
-    SM2PublicKey.from_hex(key.public_key.to_hex()).verify(b"payload", signature)
+    SM2PublicKey.from_hex(key.public_key().to_hex()).verify(b"payload", signature)
 
 
 def test_interoperates_with_gmssl_sign_with_sm3() -> None:
     # Our Z_A/e path (OpenSSL SM3) and gmssl's own sign_with_sm3 must agree both ways.
     key = SM2PrivateKey.generate()
-    xy = key.public_key.to_hex()[2:]
+    xy = key.public_key().to_hex()[2:]
     engine = CryptSM2(private_key=key.to_hex(), public_key="")
     engine.public_key = xy
     theirs = bytes.fromhex(engine.sign_with_sm3(b"data", "%064x" % (SM2P256V1.n // 3)))
-    key.public_key.verify(b"data", theirs)
+    key.public_key().verify(b"data", theirs)
     ours = key.sign(b"data")
     assert engine.verify_with_sm3(ours.hex(), b"data") is True
 
@@ -153,7 +153,7 @@ def test_encryption_example(vector: dict) -> None:
     message = vector["message_ascii"].encode()
     raw = bytes.fromhex("04" + vector["c1_x"] + vector["c1_y"] + vector["c3"] + vector["c2"])
     der = bytes.fromhex(vector["ciphertext_der"])
-    assert key.public_key._encrypt_with_k(message, int(vector["k"], 16)) == raw
+    assert key.public_key()._encrypt_with_k(message, int(vector["k"], 16)) == raw
     assert sm2_ciphertext_to_der(raw) == der
     assert sm2_ciphertext_from_der(der) == raw
     assert key.decrypt(raw) == message
@@ -179,11 +179,11 @@ def test_decryption_rejects_tampering(vector: dict) -> None:
 def test_fresh_encryption_round_trip() -> None:
     key = SM2PrivateKey.generate()
     secret = bytes(range(32))
-    first, second = key.public_key.encrypt(secret), key.public_key.encrypt(secret)
+    first, second = key.public_key().encrypt(secret), key.public_key().encrypt(secret)
     assert first != second and len(first) == 65 + 32 + 32
     assert key.decrypt(first) == key.decrypt(second) == secret
     with pytest.raises(ValueError, match="non-empty"):
-        key.public_key.encrypt(b"")
+        key.public_key().encrypt(b"")
 
 
 # --------------------------------------------------------------------------- OpenSSL EVP
@@ -191,7 +191,7 @@ def test_fresh_encryption_round_trip() -> None:
 
 def test_openssl_pkcs8_key_round_trips(evp_key: SM2PrivateKey) -> None:
     assert evp_key.to_pem().decode() == EVP["private_key_pem"]
-    assert SM2PublicKey.from_pem(evp_key.public_key.to_pem()) == evp_key.public_key
+    assert SM2PublicKey.from_pem(evp_key.public_key().to_pem()) == evp_key.public_key()
 
 
 @pytest.mark.parametrize(
@@ -203,9 +203,9 @@ def test_openssl_verify_vectors(vector: dict, evp_key: SM2PrivateKey) -> None:
     signature = sm2_signature_from_der(bytes.fromhex(vector["signature_der"]))
     assert sm2_signature_to_der(signature) == bytes.fromhex(vector["signature_der"])
     assert vector["valid"] is True
-    evp_key.public_key.verify_digest(e, signature)
+    evp_key.public_key().verify_digest(e, signature)
     with pytest.raises(SignatureError):
-        evp_key.public_key.verify_digest(bytes([e[0] ^ 1]) + e[1:], signature)
+        evp_key.public_key().verify_digest(bytes([e[0] ^ 1]) + e[1:], signature)
 
 
 @pytest.mark.parametrize("vector", _ids([{"id": "decrypt-0", **EVP["decrypt"][0]}]))
@@ -251,4 +251,4 @@ def test_malformed_private_keys_and_der_are_rejected() -> None:
 def test_keys_never_show_secrets_in_repr() -> None:
     key = SM2PrivateKey.generate()
     assert key.to_hex() not in repr(key) and "secret" in repr(key)
-    assert SM2PrivateKey.from_hex(key.to_hex()).public_key == key.public_key
+    assert SM2PrivateKey.from_hex(key.to_hex()).public_key() == key.public_key()
