@@ -1,0 +1,180 @@
+"""Audit logic behind ``sov-audit``: verify receipts (optionally against a chain), verify
+consistency between two tree heads, and build and check offline audit bundles.
+
+A bundle is one JSON file holding the log's public key, receipts (with their anchors) and
+consistency proofs; everything in it verifies with no network. Its log key is only as good as
+the key the auditor compares it with, so ``verify`` takes ``--log-key`` and insists they match.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.errors import LedgerError
+from ledger.models import ConsistencyProof, LogPublicKey, Receipt
+from ledger.note import Checkpoint
+from ledger.verify import (
+    CheckFailed,
+    load_receipt,
+    verify_consistency_proof,
+    verify_receipt,
+    verify_tree_head,
+)
+
+BUNDLE_FORMAT = "sovereign-fabric-audit-bundle"
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class Outcome:
+    """Checks passed and failed while verifying one or more items."""
+
+    passed: list[str] = field(default_factory=list)
+    failed: list[CheckFailed] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and bool(self.passed)
+
+    def run(self, label: str, check: Callable[[], str]) -> bool:
+        try:
+            detail = check()
+        except CheckFailed as exc:
+            self.failed.append(CheckFailed(exc.check, f"{label}: {exc.reason}"))
+            return False
+        except LedgerError as exc:
+            self.failed.append(CheckFailed("format", f"{label}: {exc}"))
+            return False
+        self.passed.append(f"{label}: {detail}")
+        return True
+
+
+@dataclass(frozen=True)
+class Bundle:
+    log_key: LogPublicKey
+    receipts: tuple[Receipt, ...]
+    consistency: tuple[ConsistencyProof, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "log_key": self.log_key.to_json(),
+            "receipts": [r.to_json() for r in self.receipts],
+            "consistency_proofs": [c.to_json() for c in self.consistency],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Bundle:
+        if doc.get("version") != BUNDLE_VERSION:
+            raise CheckFailed(
+                "bundle format", f"unsupported bundle version: expected {BUNDLE_VERSION}"
+            )
+        try:
+            return cls(
+                LogPublicKey.from_json(doc.get("log_key")),
+                tuple(Receipt.from_json(r) for r in doc.get("receipts", [])),
+                tuple(ConsistencyProof.from_json(c) for c in doc.get("consistency_proofs", [])),
+            )
+        except LedgerError as exc:
+            raise CheckFailed("bundle format", str(exc)) from exc
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckFailed("file", f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise CheckFailed("file", f"{path} is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise CheckFailed("file", f"{path} is not a JSON object")
+    return doc
+
+
+def load_items(path: Path) -> tuple[list[Receipt], list[ConsistencyProof], LogPublicKey | None]:
+    """Read a receipt or a bundle file."""
+    doc = load_json(path)
+    if doc.get("format") == BUNDLE_FORMAT:
+        bundle = Bundle.from_json(doc)
+        return list(bundle.receipts), list(bundle.consistency), bundle.log_key
+    return [load_receipt(json.dumps(doc))], [], None
+
+
+def check_receipt(
+    outcome: Outcome, label: str, receipt: Receipt, log_key: LogPublicKey, chain: Any = None
+) -> None:
+    """Signature + inclusion (+ anchor links); with ``chain`` (a web3 client) also on-chain."""
+
+    def offline() -> str:
+        result = verify_receipt(receipt, log_key)
+        anchored = f", anchored at sizes {list(result.anchored_sizes)}" if receipt.anchors else ""
+        return (
+            f"entry {receipt.index} ({receipt.event.get('type')}) is in the signed tree of size "
+            f"{result.checkpoint.size}{anchored}"
+        )
+
+    if not outcome.run(label, offline) or chain is None:
+        return
+    outcome.run(label, lambda: _check_on_chain(receipt, log_key, chain))
+
+
+def _check_on_chain(receipt: Receipt, log_key: LogPublicKey, chain: Any) -> str:
+    from ledger.anchor import verify_on_chain
+
+    if not receipt.anchors:
+        raise CheckFailed(
+            "chain anchor",
+            "the receipt carries no anchor: fetch it again with anchors once the log was anchored",
+        )
+    for link in receipt.anchors:
+        verify_on_chain(link.anchor, chain, log_key.origin)
+    sizes = ", ".join(f"{a.anchor.size} (tx {a.anchor.tx_hash})" for a in receipt.anchors)
+    return f"the chain carries tree heads covering entry {receipt.index}: sizes {sizes}"
+
+
+def check_consistency(
+    outcome: Outcome, label: str, proof: ConsistencyProof, log_key: LogPublicKey
+) -> None:
+    def run() -> str:
+        old, new = verify_consistency_proof(proof, log_key)
+        return f"the tree of size {old.size} is a prefix of the tree of size {new.size}"
+
+    outcome.run(label, run)
+
+
+def read_tree_head(path: Path, log_key: LogPublicKey) -> Checkpoint:
+    """A signed tree head from a checkpoint file or from a receipt's checkpoint."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CheckFailed("file", f"cannot read {path}: {exc.strerror}") from exc
+    if text.lstrip().startswith("{"):
+        text = load_receipt(text).checkpoint
+    return verify_tree_head(text, log_key)
+
+
+def check_heads_match(proof: ConsistencyProof, old: Checkpoint, new: Checkpoint) -> None:
+    def head(note: str) -> Checkpoint:
+        return Checkpoint.parse(note.split("\n\n")[0] + "\n")
+
+    if head(proof.old_checkpoint) != old or head(proof.new_checkpoint) != new:
+        raise CheckFailed(
+            "consistency", "the proof is for other tree heads than the two files given"
+        )
+
+
+def build_bundle(
+    receipts: Sequence[Receipt], proofs: Sequence[ConsistencyProof], log_key: LogPublicKey
+) -> tuple[Bundle, Outcome]:
+    """Verify everything, then bundle it; the caller writes it only if ``outcome.ok``."""
+    outcome = Outcome()
+    for i, receipt in enumerate(receipts):
+        check_receipt(outcome, f"receipt {i + 1}", receipt, log_key)
+    for i, proof in enumerate(proofs):
+        check_consistency(outcome, f"consistency proof {i + 1}", proof, log_key)
+    return Bundle(log_key, tuple(receipts), tuple(proofs)), outcome

@@ -1,0 +1,293 @@
+"""``sov-audit``: the compliance officer's verifier for the hash ledger (RFC 9162 receipts,
+C2SP signed tree heads, chain anchors).
+
+Exit status: 0 only when every check passed; 1 when a check failed (each failure names the
+check and why); 2 for usage errors. No tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ledger.audit import (
+    Bundle,
+    Outcome,
+    build_bundle,
+    check_consistency,
+    check_heads_match,
+    check_receipt,
+    load_items,
+    read_tree_head,
+)
+from ledger.errors import LedgerError
+from ledger.events import subject_commitment as make_commitment
+from ledger.models import ConsistencyProof, LogPublicKey, Receipt
+from ledger.verify import CheckFailed, verify_consistency_proof
+
+LOG_KEY_HELP = "The log's public-key file (log-public.json), obtained out of band."
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _log_key(path: Path) -> LogPublicKey:
+    try:
+        return LogPublicKey.load(path)
+    except LedgerError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc  # unreachable: _fail exits
+
+
+def _report(outcome: Outcome) -> None:
+    for line in outcome.passed:
+        click.echo(f"PASS {line}")
+    for failure in outcome.failed:
+        click.echo(f"FAIL {failure.check}: {failure.reason}")
+    if outcome.ok:
+        click.echo(f"OK: all {len(outcome.passed)} check(s) passed")
+        sys.exit(0)
+    click.echo(f"NOT VERIFIED: {len(outcome.failed)} check(s) failed")
+    sys.exit(1)
+
+
+def _chain(url: str | None) -> Any:
+    if url is None:
+        return None
+    from ledger.anchor import rpc_web3
+
+    return rpc_web3(url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Verify hash-ledger receipts, tree heads and anchors, offline or against a chain."""
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--log-key", "log_key_path", required=True, type=click.Path(path_type=Path),
+              help=LOG_KEY_HELP)
+@click.option("--chain-rpc", help="JSON-RPC URL of the chain: also check the receipts' anchors.")
+def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None) -> None:
+    """Verify receipts or bundles: signature, inclusion, and with --chain-rpc, the anchor."""
+    log_key = _log_key(log_key_path)
+    chain = _chain(chain_rpc)
+    outcome = Outcome()
+    for path in files:
+        try:
+            receipts, proofs, bundle_key = load_items(path)
+        except CheckFailed as exc:
+            outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
+            continue
+        if bundle_key is not None and bundle_key != log_key:
+            outcome.failed.append(
+                CheckFailed("log key", f"{path}: the bundle's log key is not the one given")
+            )
+            continue
+        for n, receipt in enumerate(receipts):
+            label = str(path) if len(receipts) == 1 else f"{path} receipt {n + 1}"
+            check_receipt(outcome, label, receipt, log_key, chain)
+        for n, proof in enumerate(proofs):
+            check_consistency(outcome, f"{path} consistency {n + 1}", proof, log_key)
+    _report(outcome)
+
+
+@main.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--log-key", "log_key_path", required=True, type=click.Path(path_type=Path),
+              help=LOG_KEY_HELP)
+@click.option("--proof", "proof_path", type=click.Path(path_type=Path),
+              help="Consistency proof JSON (from 'sov-ledger consistency').")
+@click.option("--ledger", "address", help="Fetch the proof from this ledger service (host:port).")
+@click.option("--ca", "ca_path", type=click.Path(path_type=Path),
+              help="CA certificate of the ledger service (with --ledger).")
+def consistency(
+    old: Path,
+    new: Path,
+    log_key_path: Path,
+    proof_path: Path | None,
+    address: str | None,
+    ca_path: Path | None,
+) -> None:
+    """Check that tree head OLD is a prefix of tree head NEW (files: checkpoints or receipts)."""
+    log_key = _log_key(log_key_path)
+    if (proof_path is None) == (address is None):
+        _fail("give exactly one of --proof FILE or --ledger HOST:PORT --ca FILE")
+    outcome = Outcome()
+
+    def run() -> str:
+        old_head, new_head = read_tree_head(old, log_key), read_tree_head(new, log_key)
+        if old_head.size > new_head.size:
+            raise CheckFailed("consistency", "OLD is a larger tree than NEW: swap them")
+        proof = _load_proof(proof_path, address, ca_path, log_key, old_head.size, new_head.size)
+        check_heads_match(proof, old_head, new_head)
+        verify_consistency_proof(proof, log_key)
+        return f"tree size {old_head.size} is a prefix of tree size {new_head.size}"
+
+    outcome.run("consistency", run)
+    _report(outcome)
+
+
+def _load_proof(
+    proof_path: Path | None,
+    address: str | None,
+    ca_path: Path | None,
+    log_key: LogPublicKey,
+    old_size: int,
+    new_size: int,
+) -> ConsistencyProof:
+    if proof_path is not None:
+        from ledger.audit import load_json
+
+        try:
+            return ConsistencyProof.from_json(load_json(proof_path))
+        except LedgerError as exc:
+            raise CheckFailed("proof format", str(exc)) from exc
+    if ca_path is None:
+        raise CheckFailed("usage", "--ledger needs --ca with the service's CA certificate")
+    from ledger.client import LedgerClient
+
+    with LedgerClient(str(address), ca_path.read_bytes(), log_key=log_key) as client:
+        if old_size == new_size:
+            raise CheckFailed("consistency", "equal sizes: compare the roots, no proof needed")
+        return client.consistency(old_size, new_size)
+
+
+@main.command()
+@click.argument("receipts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--log-key", "log_key_path", required=True, type=click.Path(path_type=Path),
+              help=LOG_KEY_HELP)
+@click.option("--consistency", "proof_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Consistency proof JSON to include (repeatable).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Where to write the bundle.")
+def bundle(
+    receipts: tuple[Path, ...], log_key_path: Path, proof_paths: tuple[Path, ...], out: Path
+) -> None:
+    """Verify RECEIPTS and write one offline bundle (receipts, tree heads, anchors, key)."""
+    from ledger.audit import load_json
+
+    log_key = _log_key(log_key_path)
+    loaded: list[Receipt] = []
+    proofs: list[ConsistencyProof] = []
+    outcome = Outcome()
+    for path in receipts:
+        try:
+            items, more_proofs, _ = load_items(path)
+        except CheckFailed as exc:
+            outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
+            continue
+        loaded.extend(items)
+        proofs.extend(more_proofs)
+    for path in proof_paths:
+        try:
+            proofs.append(ConsistencyProof.from_json(load_json(path)))
+        except LedgerError as exc:
+            outcome.failed.append(CheckFailed("proof format", f"{path}: {exc}"))
+    result, checks = build_bundle(loaded, proofs, log_key)
+    outcome.passed.extend(checks.passed)
+    outcome.failed.extend(checks.failed)
+    if outcome.ok:
+        out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        click.echo(f"wrote {out}: {len(loaded)} receipt(s), {len(proofs)} consistency proof(s)")
+    else:
+        click.echo("no bundle written: some items did not verify")
+    _report(outcome)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--log-key", "log_key_path", required=True, type=click.Path(path_type=Path),
+              help=LOG_KEY_HELP)
+@click.option("--subject-commitment", help="Only events of this subject commitment (hex).")
+@click.option("--subject-did", help="Only events of this subject (needs --salt).")
+@click.option("--salt", help="The subject's 32-byte commitment salt, hex (from their wallet).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]))
+@click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]))
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
+def report(
+    files: tuple[Path, ...],
+    log_key_path: Path,
+    subject_commitment: str | None,
+    subject_did: str | None,
+    salt: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    out: Path,
+) -> None:
+    """Write an HTML report (with a timeline) of verified events of a subject or a period."""
+    from ledger.report import render, select
+    from ledger.verify import verify_receipt
+
+    log_key = _log_key(log_key_path)
+    commitment = _commitment(subject_commitment, subject_did, salt)
+    outcome = Outcome()
+    verified: list[tuple[Receipt, int]] = []
+    for path in files:
+        try:
+            items, _, _ = load_items(path)
+        except CheckFailed as exc:
+            outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
+            continue
+        for receipt in items:
+            label = f"{path} entry {receipt.index}"
+            if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
+                verified.append((receipt, verify_receipt(receipt, log_key).checkpoint.size))
+    since_utc = since.replace(tzinfo=UTC) if since else None
+    until_utc = until.replace(tzinfo=UTC) if until else None
+    chosen = select(verified, subject_commitment=commitment, since=since_utc, until=until_utc)
+    selection = _selection_text(commitment, since, until)
+    html = render(
+        chosen,
+        title="Ledger audit report",
+        origin=log_key.origin,
+        selection=selection,
+        failures=[f"{f.check}: {f.reason}" for f in outcome.failed],
+    )
+    out.write_text(html, encoding="utf-8")
+    click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
+    _report(outcome)
+
+
+def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:
+    from ledger.verify import verify_receipt
+
+    verify_receipt(receipt, log_key)
+    return "verified"
+
+
+def _commitment(commitment: str | None, did: str | None, salt: str | None) -> str | None:
+    if did is not None:
+        if commitment is not None:
+            _fail("give --subject-did with --salt, or --subject-commitment, not both")
+        try:
+            raw = bytes.fromhex(salt or "")
+            return make_commitment(did, raw)
+        except (ValueError, LedgerError):
+            _fail("--subject-did needs --salt: the subject's 32-byte salt as 64 hex characters")
+    if salt is not None and did is None:
+        _fail("--salt only makes sense with --subject-did")
+    return commitment.lower() if commitment else None
+
+
+def _selection_text(commitment: str | None, since: datetime | None, until: datetime | None) -> str:
+    parts = []
+    if commitment:
+        parts.append(f"subject commitment {commitment[:16]}...")
+    if since:
+        parts.append(f"since {since:%Y-%m-%d %H:%M}Z")
+    if until:
+        parts.append(f"until {until:%Y-%m-%d %H:%M}Z")
+    return ", ".join(parts) or "all events"
+
+
+__all__ = ["Bundle", "main"]

@@ -1,0 +1,284 @@
+"""``sov-ledger``: run and operate the hash ledger (an RFC 9162 log with C2SP tree heads).
+
+The log key's passphrase comes from ``--passphrase-file``, else ``SOV_LEDGER_PASSPHRASE``,
+else a prompt. Errors are one sentence on stderr with exit status 1; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consent.errors import ConsentError
+from ledger.errors import LedgerError
+
+PASSPHRASE_ENV = "SOV_LEDGER_PASSPHRASE"
+EMBEDDED_WARNING = (
+    "note: anchoring to the embedded in-process EVM (eth-tester); it forgets its chain when "
+    "this process exits, so these anchors are for tests and demos only. Pass --chain-rpc URL "
+    "(e.g. anvil --state FILE) for anchors that last."
+)
+
+home_option = click.option(
+    "--home", required=True, type=click.Path(path_type=Path), help="The ledger's home folder."
+)
+passphrase_option = click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"File holding the log key's passphrase (else ${PASSPHRASE_ENV}, else a prompt).",
+)
+
+
+def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\n")
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot read the passphrase file {path}: {exc.strerror}"
+            ) from exc
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    return click.prompt("Log key passphrase", hide_input=True, confirmation_prompt=confirm)
+
+
+def _guard(action: Callable[[], None]) -> None:
+    """Run ``action``; turn ledger and key errors into one sentence and exit status 1."""
+    try:
+        action()
+    except (LedgerError, ConsentError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Run the hash ledger: init, serve, append, receipts, consistency proofs, anchoring."""
+
+
+@main.command()
+@home_option
+@click.option("--origin", default="sovereign-fabric.example/ledger", show_default=True,
+              help="The log's name in its tree heads (a schema-less URL).")
+@click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl", show_default=True)
+@click.option("--hash", "hash_algorithm", type=click.Choice(["sha256", "sm3"]),
+              help="Tree hash (default: sha256 for intl, sm3 for gm).")
+@click.option("--chain-rpc", help="JSON-RPC URL to anchor to (default: embedded EVM).")
+@passphrase_option
+def init(
+    home: Path,
+    origin: str,
+    profile: str,
+    hash_algorithm: str | None,
+    chain_rpc: str | None,
+    passphrase_file: Path | None,
+) -> None:
+    """Create a ledger home: log key (encrypted), public key, database, TLS material."""
+    from ledger.home import PUBLIC, init_home
+
+    def run() -> None:
+        public = init_home(
+            home,
+            origin=origin,
+            passphrase=_passphrase(passphrase_file, confirm=True),
+            profile=profile,
+            hash_algorithm=hash_algorithm,
+            chain_rpc=chain_rpc,
+        )
+        click.echo(f"ledger home created at {home}")
+        click.echo(f"log origin: {public.origin} ({public.hash_algorithm})")
+        click.echo(f"give auditors this public key file: {home / PUBLIC}")
+
+    _guard(run)
+
+
+def _open(home: Path, passphrase_file: Path | None) -> Any:
+    from ledger.home import open_log
+
+    return open_log(home, _passphrase(passphrase_file))
+
+
+def _anchorer(home: Path, chain_rpc: str | None, origin: str) -> Any:
+    from ledger.anchor import Anchorer, AnchorStore, embedded_web3, rpc_web3
+    from ledger.home import ANCHORS, load_config
+
+    url = chain_rpc or load_config(home).chain_rpc
+    if url is None:
+        click.echo(EMBEDDED_WARNING, err=True)
+        factory = embedded_web3
+    else:
+        def factory() -> Any:
+            return rpc_web3(url)
+    return Anchorer(AnchorStore(home / ANCHORS), factory, origin)
+
+
+@main.command()
+@home_option
+@click.option("--listen", default="127.0.0.1:50061", show_default=True, help="host:port to bind.")
+@click.option("--chain-rpc", help="JSON-RPC URL to anchor to (overrides ledger.json).")
+@click.option("--anchor-interval", type=float, help="Seconds between anchors (default: config).")
+@passphrase_option
+def serve(
+    home: Path,
+    listen: str,
+    chain_rpc: str | None,
+    anchor_interval: float | None,
+    passphrase_file: Path | None,
+) -> None:
+    """Serve sovereign.v1.LedgerService over TLS, anchoring on a schedule."""
+    from ledger.anchor import AnchorScheduler
+    from ledger.home import load_config
+    from ledger.service import start_server
+
+    def run() -> None:
+        log = _open(home, passphrase_file)
+        config = load_config(home)
+        anchorer = _anchorer(home, chain_rpc, log.origin)
+        interval = anchor_interval or config.anchor_interval_seconds
+        scheduler = AnchorScheduler(anchorer, log.latest_note, interval)
+        try:
+            server = start_server(
+                log,
+                address=listen,
+                cert_pem=(home / "tls" / "server.pem").read_bytes(),
+                key_pem=(home / "tls" / "server.key").read_bytes(),
+                anchors=anchorer.store,
+            )
+        except OSError as exc:
+            raise LedgerError(str(exc)) from exc
+        scheduler.start()
+        host = listen.rsplit(":", 1)[0]
+        click.echo(f"ledger {log.origin} serving on {host}:{server.port} (TLS CA: "
+                   f"{home / 'tls' / 'ca.pem'}), {log.size} entries, anchoring every "
+                   f"{interval:g} s", err=False)
+        sys.stdout.flush()
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        signal.signal(signal.SIGINT, lambda *_: stopped.set())
+        stopped.wait()
+        scheduler.stop()
+        server.stop(2)
+        log.close()
+
+    _guard(run)
+
+
+@main.command()
+@home_option
+@click.argument("events_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write one receipt-<index>.json per event here (default: print them).")
+@passphrase_option
+def append(
+    home: Path, events_file: Path, out_dir: Path | None, passphrase_file: Path | None
+) -> None:
+    """Append the events in EVENTS_FILE (a JSON object or a list of them) as one batch."""
+
+    def run() -> None:
+        try:
+            doc = json.loads(events_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"cannot read {events_file} as JSON") from exc
+        events = doc if isinstance(doc, list) else [doc]
+        with _open(home, passphrase_file) as log:
+            receipts = log.append(events)
+        for receipt in receipts:
+            _emit(receipt.dumps(), out_dir, f"receipt-{receipt.index}.json")
+
+    _guard(run)
+
+
+def _emit(text: str, out_dir: Path | None, name: str) -> None:
+    if out_dir is None:
+        click.echo(text, nl=False)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / name).write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out_dir / name}")
+
+
+@main.command()
+@home_option
+@click.argument("entry_hash")
+@click.option("--with-anchors", is_flag=True, help="Attach anchors covering the entry.")
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False))
+@passphrase_option
+def receipt(
+    home: Path, entry_hash: str, with_anchors: bool, out: Path | None, passphrase_file: Path | None
+) -> None:
+    """Export a receipt for ENTRY_HASH (hex leaf hash) against the latest tree head."""
+    from ledger.anchor import AnchorStore
+    from ledger.home import ANCHORS
+
+    def run() -> None:
+        try:
+            bytes.fromhex(entry_hash)
+        except ValueError as exc:
+            raise LedgerError("ENTRY_HASH must be the entry's hex leaf hash") from exc
+        anchors = AnchorStore(home / ANCHORS).anchors() if with_anchors else []
+        with _open(home, passphrase_file) as log:
+            text = log.receipt(entry_hash, anchors=anchors).dumps()
+        _write(text, out)
+
+    _guard(run)
+
+
+def _write(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+@main.command()
+@home_option
+@click.argument("old_size", type=int)
+@click.argument("new_size", type=int, required=False)
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False))
+@passphrase_option
+def consistency(
+    home: Path, old_size: int, new_size: int | None, out: Path | None, passphrase_file: Path | None
+) -> None:
+    """Export a consistency proof from OLD_SIZE to NEW_SIZE (default: the latest)."""
+
+    def run() -> None:
+        with _open(home, passphrase_file) as log:
+            proof = log.consistency(old_size, new_size)
+        _write(json.dumps(proof.to_json(), indent=2) + "\n", out)
+
+    _guard(run)
+
+
+@main.command()
+@home_option
+@click.option("--chain-rpc", help="JSON-RPC URL to anchor to (overrides ledger.json).")
+@passphrase_option
+def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None) -> None:
+    """Anchor the latest tree head now, and retry anything queued."""
+
+    def run() -> None:
+        with _open(home, passphrase_file) as log:
+            anchorer = _anchorer(home, chain_rpc, log.origin)
+            anchorer.store.request(log.latest_note())
+            written, errors = anchorer.run_once()
+        for a in written:
+            click.echo(f"anchored tree size {a.size} on chain {a.chain_id}: tx {a.tx_hash} "
+                       f"(block {a.block_number})")
+        pending = anchorer.store.pending()
+        if errors:
+            click.echo(f"error: {errors[0]}; {len(pending)} anchor(s) stay queued for retry",
+                       err=True)
+            sys.exit(1)
+        if not written:
+            click.echo("nothing to anchor: the latest tree head is anchored already")
+
+    _guard(run)

@@ -1,0 +1,225 @@
+"""sov-ledger and sov-audit end to end: init, append, export, verify, bundle, report, and a
+real ``sov-ledger serve`` process used through the verifying client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ledger.audit_cli import main as audit
+from ledger.cli import main as ledger_cli
+from ledger.client import LedgerClient
+from ledger.events import subject_commitment
+from ledger.models import LogPublicKey
+
+from .conftest import PASSPHRASE, grant_event
+
+ENV = {"SOV_LEDGER_PASSPHRASE": PASSPHRASE}
+SUBJECT_DID = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+SALT = bytes(range(32))
+
+
+def _run(cli, args: list[str], code: int = 0) -> str:
+    result = CliRunner().invoke(cli, args, env=ENV, catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+@pytest.fixture()
+def populated(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    home = tmp_path / "home"
+    _run(ledger_cli, ["init", "--home", str(home), "--origin", "audit.test.example/log"])
+    commitment = subject_commitment(SUBJECT_DID, SALT)
+    events = [grant_event(i) for i in range(3)]
+    events.append(
+        {**grant_event(7), "subject_commitment": commitment, "time": "2026-03-01T10:00:00Z"}
+    )
+    events.append({**grant_event(8), "type": "erasure", "time": "2026-03-02T10:00:00Z",
+                   "proof_digest": "e" * 64, "subject_commitment": commitment,
+                   "node": SUBJECT_DID.replace("haX", "haY")})
+    for e in events[-1:]:
+        del e["grant_digest"], e["purpose"], e["scopes"]
+    events_file = tmp_path / "events.json"
+    events_file.write_text(json.dumps(events))
+    out = tmp_path / "receipts"
+    _run(ledger_cli, ["append", "--home", str(home), str(events_file), "-o", str(out)])
+    receipts = sorted(out.glob("receipt-*.json"))
+    assert len(receipts) == 5
+    return home, home / "log-public.json", receipts
+
+
+def test_verify_accepts_receipts_and_rejects_a_tampered_copy(populated, tmp_path: Path) -> None:
+    _, key, receipts = populated
+    output = _run(audit, ["verify", "--log-key", str(key), *map(str, receipts)])
+    assert output.count("PASS") == 5 and "OK: all 5 check(s) passed" in output
+
+    doc = json.loads(receipts[1].read_text())
+    proof = bytearray(base64.b64decode(doc["inclusion_proof"][0]))
+    proof[3] ^= 0x10
+    doc["inclusion_proof"][0] = base64.b64encode(bytes(proof)).decode()
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(doc))
+    output = _run(audit, ["verify", "--log-key", str(key), str(tampered)], code=1)
+    assert "FAIL inclusion:" in output and "does not lead to the tree head's root" in output
+
+    doc = json.loads(receipts[1].read_text())
+    doc["entry"]["purpose"] = "marketing-analytics"
+    tampered.write_text(json.dumps(doc))
+    output = _run(audit, ["verify", "--log-key", str(key), str(tampered)], code=1)
+    assert "FAIL receipt format:" in output or "FAIL format:" in output
+    assert "entry check failed" in output
+
+
+def test_verify_usage_errors_are_one_sentence(populated, tmp_path: Path) -> None:
+    _, _, receipts = populated
+    result = CliRunner().invoke(audit, ["verify", "--log-key", str(tmp_path / "nope.json"),
+                                        str(receipts[0])])
+    assert result.exit_code == 2 and "cannot read the log key file" in result.output
+    assert "Traceback" not in result.output
+    not_json = tmp_path / "junk.json"
+    not_json.write_text("{{{")
+    output = _run(audit, ["verify", "--log-key", str(populated[1]), str(not_json)], code=1)
+    assert "FAIL file:" in output and "is not JSON" in output
+
+
+def test_consistency_between_two_receipts(populated, tmp_path: Path) -> None:
+    home, key, receipts = populated
+    old = tmp_path / "old.json"
+    old.write_text(receipts[0].read_text())
+    events_file = tmp_path / "more.json"
+    events_file.write_text(json.dumps([grant_event(i) for i in range(20, 26)]))
+    _run(ledger_cli, ["append", "--home", str(home), str(events_file), "-o", str(tmp_path / "r2")])
+    new = sorted((tmp_path / "r2").glob("*.json"))[-1]
+    proof = tmp_path / "proof.json"
+    _run(ledger_cli, ["consistency", "--home", str(home), "5", "-o", str(proof)])
+    output = _run(audit, ["consistency", str(old), str(new), "--log-key", str(key),
+                          "--proof", str(proof)])
+    assert "tree size 5 is a prefix of tree size 11" in output
+    doc = json.loads(proof.read_text())
+    doc["proof"][0] = base64.b64encode(b"\x00" * 32).decode()
+    proof.write_text(json.dumps(doc))
+    output = _run(audit, ["consistency", str(old), str(new), "--log-key", str(key),
+                          "--proof", str(proof)], code=1)
+    assert "FAIL consistency:" in output
+
+
+def test_bundle_verifies_offline_and_report_shows_the_subject(populated, tmp_path: Path) -> None:
+    _, key, receipts = populated
+    bundle = tmp_path / "bundle.json"
+    _run(audit, ["bundle", "--log-key", str(key), "-o", str(bundle), *map(str, receipts)])
+    verified = _run(audit, ["verify", "--log-key", str(key), str(bundle)])
+    assert "OK: all 5 check(s) passed" in verified
+
+    report = tmp_path / "report.html"
+    output = _run(audit, ["report", "--log-key", str(key), str(bundle), "--subject-did",
+                          SUBJECT_DID, "--salt", SALT.hex(), "-o", str(report)])
+    assert "2 event(s)" in output
+    html = report.read_text()
+    assert "<svg" in html and html.count("<circle") == 2
+    assert SUBJECT_DID not in html  # the report holds commitments, never the DID
+    assert subject_commitment(SUBJECT_DID, SALT) in html
+    assert not re.search(r"(src|href)=\"https?:", html)  # no external assets
+
+    # A tampered bundle is rejected, and bundling a tampered receipt writes nothing.
+    doc = json.loads(bundle.read_text())
+    doc["receipts"][0]["index"] = 1
+    bundle.write_text(json.dumps(doc))
+    assert "FAIL inclusion" in _run(audit, ["verify", "--log-key", str(key), str(bundle)], code=1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc["receipts"][0]))
+    out = tmp_path / "never.json"
+    _run(audit, ["bundle", "--log-key", str(key), "-o", str(out), str(bad)], code=1)
+    assert not out.exists()
+
+
+def test_report_by_period(populated, tmp_path: Path) -> None:
+    _, key, receipts = populated
+    report = tmp_path / "march.html"
+    output = _run(audit, ["report", "--log-key", str(key), *map(str, receipts),
+                          "--since", "2026-03-01", "--until", "2026-03-31", "-o", str(report)])
+    assert "2 event(s)" in output
+    assert "erasure" in report.read_text()
+
+
+def test_ledger_cli_errors_are_one_sentence(tmp_path: Path) -> None:
+    result = CliRunner().invoke(ledger_cli, ["receipt", "--home", str(tmp_path), "00" * 32],
+                                env=ENV)
+    assert result.exit_code == 1 and "is not a ledger home" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_process_with_client_and_audit(tmp_path: Path) -> None:
+    home = tmp_path / "served"
+    _run(ledger_cli, ["init", "--home", str(home)])
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [str(bin_dir / "sov-ledger"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
+         "--anchor-interval", "3600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **ENV},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(re.search(r"serving on [\d.]+:(\d+)", line).group(1))
+        key = LogPublicKey.load(home / "log-public.json")
+        ca = (home / "tls" / "ca.pem").read_bytes()
+        with LedgerClient(f"127.0.0.1:{port}", ca, log_key=key) as client:
+            receipt = client.append(grant_event(1))
+            assert client.latest_tree_head().size == 1
+        path = tmp_path / "served-receipt.json"
+        path.write_text(receipt.dumps())
+        check = subprocess.run(
+            [str(bin_dir / "sov-audit"), "verify", "--log-key", str(home / "log-public.json"),
+             str(path)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    assert "forgets its chain" in proc.stderr.read()
+
+
+def test_verify_with_chain_rpc_against_anvil(populated, tmp_path: Path) -> None:
+    from .test_anchor import AnvilProcess
+
+    home, key, receipts = populated
+    node = AnvilProcess(tmp_path / "anvil-state.json")
+    node.start()
+    try:
+        doc = json.loads(receipts[3].read_text())
+        plain = tmp_path / "plain.json"
+        plain.write_text(json.dumps(doc))
+        output = _run(audit, ["verify", "--log-key", str(key), "--chain-rpc", node.url,
+                              str(plain)], code=1)
+        assert "FAIL chain anchor: " in output and "carries no anchor" in output
+
+        output = _run(ledger_cli, ["anchor", "--home", str(home), "--chain-rpc", node.url])
+        assert "anchored tree size 5" in output
+        anchored = tmp_path / "anchored.json"
+        _run(ledger_cli, ["receipt", "--home", str(home), doc["entry_hash"], "--with-anchors",
+                          "-o", str(anchored)])
+        output = _run(audit, ["verify", "--log-key", str(key), "--chain-rpc", node.url,
+                              str(anchored)])
+        assert "the chain carries tree heads covering entry 3" in output
+
+        forged = json.loads(anchored.read_text())
+        tx = forged["anchors"][0]["tx_hash"]
+        forged["anchors"][0]["tx_hash"] = tx[:-2] + ("00" if tx[-2:] != "00" else "11")
+        anchored.write_text(json.dumps(forged))
+        output = _run(audit, ["verify", "--log-key", str(key), "--chain-rpc", node.url,
+                              str(anchored)], code=1)
+        assert "FAIL chain anchor: " in output and "not found" in output
+    finally:
+        node.stop()
