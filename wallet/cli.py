@@ -238,6 +238,7 @@ def grant(
         f"until {iso(record.expires)}\n"
         + ("  delivered to the node" if outcome.delivered else "  NOT delivered yet")
         + (" and anchored in the ledger" if record.ledger_receipt else "")
+        + (f"\n  note: {outcome.message}" if outcome.delivered and outcome.message else "")
     ))
     if not outcome.delivered and record.delivery != "delivered":
         exc = click.ClickException(outcome.message or "the grant was not delivered")
@@ -304,13 +305,16 @@ def sync(ctx: Context, as_json: bool) -> None:
     with _open(ctx) as wallet:
         report = wallet.sync()
     data = {"delivered_grants": report.delivered_grants,
-            "delivered_revocations": report.delivered_revocations, "failed": report.failed}
+            "delivered_revocations": report.delivered_revocations,
+            "anchored_grants": report.anchored_grants, "failed": report.failed}
 
     def human() -> None:
         for gid in report.delivered_grants:
             click.echo(f"Delivered grant {gid}")
         for gid in report.delivered_revocations:
             click.echo(f"Delivered revocation of {gid}")
+        for gid in report.anchored_grants:
+            click.echo(f"Anchored grant {gid} in the ledger")
         if not (report.delivered_grants or report.delivered_revocations or report.failed):
             click.echo("Nothing pending.")
 

@@ -11,6 +11,7 @@ in the ledger when one is configured.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -186,6 +187,7 @@ class RevokeOutcome:
 class SyncReport:
     delivered_grants: list[str] = field(default_factory=list)
     delivered_revocations: list[str] = field(default_factory=list)
+    anchored_grants: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -380,8 +382,8 @@ class Wallet:
             self._set_delivery(grant_id, REFUSED)
             return GrantOutcome(self._grant(grant_id), False, f"the node refused the grant: {exc}")
         self.store.mark_grant_delivered(grant_id, _as_time(getattr(ack, "accepted_at", None)))
-        self._anchor_grant(grant_id)
-        return GrantOutcome(self._grant(grant_id), True)
+        warning = self._anchor_grant(grant_id)
+        return GrantOutcome(self._grant(grant_id), True, warning)
 
     def _set_delivery(self, grant_id: str, state: str) -> None:
         with self.store.transaction() as db:
@@ -424,15 +426,40 @@ class Wallet:
 
         return LedgerClient(address, ca_pem.encode("ascii"))
 
-    def _anchor_grant(self, grant_id: str) -> None:
-        """Append the grant's hash to the ledger (when configured); failures keep it retryable."""
+    def _subject_salt(self) -> bytes:
+        """The wallet's 32-byte salt: the ledger sees only salted commitments to our DID."""
+        salt = self.store.get_setting("subject_salt")
+        if salt is None:
+            salt = secrets.token_hex(32)
+            self.store.set_setting("subject_salt", salt)
+        return bytes.fromhex(salt)
+
+    def _anchor_grant(self, grant_id: str) -> str | None:
+        """Append the grant's digest to the ledger when one is configured.
+
+        Returns a sentence when anchoring failed: the grant is delivered either way, and
+        ``sync`` retries the anchoring later.
+        """
         ledger = self._ledger()
         if ledger is None:
-            return
+            return None
+        from ledger.errors import LedgerError
+        from ledger.events import make_event, subject_commitment
+
         record = self._grant(grant_id)
-        event = {"type": "grant", "schema_version": 1, "grant_digest": record.digest}
-        receipt = ledger.append(event)
+        event = make_event(
+            "grant", grant_digest=record.digest,
+            subject_commitment=subject_commitment(self.identity.did, self._subject_salt()),
+            purpose=record.purpose, scopes=list(record.scopes), requester=record.requester,
+            nodes=[record.node_did], expires=iso_seconds(record.expires),
+        )
+        try:
+            with ledger:
+                receipt = ledger.append(event)
+        except LedgerError as exc:
+            return f"the grant is delivered, but anchoring it in the ledger failed: {exc}"
         self.store.set_grant_receipt(grant_id, _receipt_json(receipt))
+        return None
 
     # views ----------------------------------------------------------------------------------
 
@@ -518,6 +545,14 @@ class Wallet:
                 report.delivered_grants.append(record.id)
             else:
                 report.failed[record.id] = outcome.message or "not delivered"
+        if self._ledger() is not None:
+            for record in self.store.grants():
+                if record.delivery == DELIVERED and record.ledger_receipt is None:
+                    warning = self._anchor_grant(record.id)
+                    if warning:
+                        report.failed[record.id] = warning
+                    else:
+                        report.anchored_grants.append(record.id)
         for revocation in self.store.revocations():
             if revocation.delivery != PENDING:
                 continue
@@ -560,6 +595,10 @@ class Wallet:
         # The export is the customer's own data: written 0600 and atomically, like the keystore.
         write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
         return document
+
+
+def iso_seconds(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _receipt_json(receipt: Any) -> dict[str, Any]:

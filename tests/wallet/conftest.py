@@ -139,3 +139,44 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
     process.start()
     yield process
     process.stop()
+
+
+LEDGER_PASSPHRASE = "ledger operator passphrase"
+SOV_LEDGER = str(Path(sys.executable).with_name("sov-ledger"))
+
+
+class LedgerProcess:
+    """A ledger home from ``sov-ledger init`` served by ``sov-ledger serve`` over TLS."""
+
+    def __init__(self, root: Path) -> None:
+        self.home = root / "ledger"
+        self.env = {**os.environ, "SOV_LEDGER_PASSPHRASE": LEDGER_PASSPHRASE,
+                    "PYTHONUNBUFFERED": "1"}
+        subprocess.run([SOV_LEDGER, "init", "--home", str(self.home)], env=self.env,
+                       capture_output=True, check=True, timeout=120)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.ca_path = self.home / "tls" / "ca.pem"
+        self.proc = subprocess.Popen(
+            [SOV_LEDGER, "serve", "--home", str(self.home), "--listen", self.address],
+            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "serving on" not in line:
+            self.stop()
+            raise RuntimeError(f"sov-ledger serve did not start (said {line!r})")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[LedgerProcess]:
+    process = LedgerProcess(tmp_path)
+    yield process
+    process.stop()

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import NodeProcess
+from conftest import LedgerProcess, NodeProcess
 from wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 
 from agent_node.client import NodeError
@@ -143,3 +143,32 @@ def test_unreachable_node_loses_nothing(initialised: WalletCLI, node: NodeProces
     assert synced["delivered_revocations"] == [grant_id]
     fresh = json.loads(wallet.ok("grants", "--json").output)
     assert fresh[0]["status"] == "revoked" and fresh[0]["status_fresh"] is True
+
+
+def test_grant_hash_is_anchored_in_the_ledger(
+    initialised: WalletCLI, node: NodeProcess, ledger: LedgerProcess
+) -> None:
+    wallet = initialised
+    did = _did(wallet)
+    node.bind(did)
+    wallet.ok("ledger", "set", ledger.address, "--ca", str(ledger.ca_path))
+    granted = json.loads(wallet.ok(
+        "grant", "--node", node.address, "--node-ca", str(node.ca_path), "--requester",
+        Identity.generate().did, "--purpose", "churn-analysis", "--scope", "sentiment",
+        "--ttl", "2h", "--json").output)
+    assert granted["delivered"] is True and granted["ledger_anchored"] is True
+    with Wallet.open(wallet.home, PASSPHRASE) as opened:
+        record = opened.store.grant(granted["grant_id"])
+        assert record is not None and record.ledger_receipt is not None
+        entry = record.ledger_receipt["entry"]
+    # The ledger holds the grant's digest and a salted commitment, never the DID itself.
+    assert entry["type"] == "grant" and entry["grant_digest"] == granted["digest"]
+    assert did not in json.dumps(entry)
+    # An independent client gets a verified receipt for the same entry from the ledger.
+    from ledger.client import LedgerClient
+
+    with LedgerClient(ledger.address, ledger.ca_path.read_bytes()) as client:
+        receipt = client.receipt(record.ledger_receipt["entry_hash"])
+    assert receipt.event["grant_digest"] == granted["digest"]
+    listed = json.loads(wallet.ok("grants", "--json").output)
+    assert listed[0]["ledger_anchored"] is True
