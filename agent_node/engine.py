@@ -49,6 +49,7 @@ dp.enable_features("contrib")
 SQL_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 MIN_K = 2
 EPS_TOLERANCE = 1e-9
+FP_MOD = 2**62
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class _Group:
     rows: int = 0
     subjects: dict[int, list[float]] = field(default_factory=dict)  # sid -> partials
     stats: dict[str, list[float]] = field(default_factory=dict)  # column -> [n, sum, min, max]
+    fingerprints: dict[int, int] = field(default_factory=dict)  # sid -> which rows were used
 
 
 @dataclass(frozen=True)
@@ -252,9 +254,9 @@ class QueryEngine:
             return table_name(dataset.name)
         plain = [c for c in columns.values() if not c.encrypted]
         conn.execute("DROP TABLE IF EXISTS temp._work")
-        names = ["sid", *(plain_column(c.name) for c in columns.values())]
+        names = ["sid", "rid", *(plain_column(c.name) for c in columns.values())]
         conn.execute(f"CREATE TEMP TABLE _work ({', '.join(names)})")
-        select = ", ".join(["row_id", "sid", *(plain_column(c.name) for c in plain),
+        select = ", ".join(["row_id", "sid", "rowid", *(plain_column(c.name) for c in plain),
                             *(encrypted_column(c.name) for c in encrypted)])
         ciphers: dict[int, Any] = {}
         batch = []
@@ -266,9 +268,9 @@ class QueryEngine:
             clear = [decrypt_cell(ciphers[sid], blob,
                                   f"{dataset.name}|{c.name}|{row_id}".encode())
                      if blob is not None else None
-                     for c, blob in zip(encrypted, row[2 + len(plain):], strict=True)]
-            batch.append([sid, *row[2:2 + len(plain)], *clear])
-        order = ["sid", *(plain_column(c.name) for c in plain),
+                     for c, blob in zip(encrypted, row[3 + len(plain):], strict=True)]
+            batch.append([sid, *row[2:3 + len(plain)], *clear])
+        order = ["sid", "rid", *(plain_column(c.name) for c in plain),
                  *(plain_column(c.name) for c in encrypted)]
         conn.executemany(f"INSERT INTO _work ({', '.join(order)}) VALUES "
                          f"({', '.join('?' for _ in order)})", batch)
@@ -294,7 +296,9 @@ class QueryEngine:
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
         numeric = sorted({m.column for m in query.measures
                           if m.column and m.aggregate != "quantile"})
-        aggs = ["COUNT(*)"]
+        # The row-id sum fingerprints which rows of a subject were used (overlap control).
+        rid = "rid" if source == "_work" else "rowid"
+        aggs = ["COUNT(*)", f"SUM({rid})"]
         for name in numeric:
             col = f'"{plain_column(name)}"'
             aggs += [f"COUNT({col})", f"SUM({col})", f"MIN({col})", f"MAX({col})"]
@@ -312,7 +316,7 @@ class QueryEngine:
             group.rows += rows
             partials = [float(rows)]
             for i, name in enumerate(numeric):
-                n, total, low, high = row[width + 2 + 4 * i: width + 6 + 4 * i]
+                n, total, low, high = row[width + 3 + 4 * i: width + 7 + 4 * i]
                 stat = group.stats[name]
                 stat[0] += n
                 stat[1] += total or 0.0
@@ -321,6 +325,7 @@ class QueryEngine:
                     stat[3] = high if stat[3] is None else max(stat[3], high)
                 partials += [float(n), float(total or 0.0)]
             group.subjects[sid] = partials
+            group.fingerprints[sid] = (rows * 1_000_003 + int(row[width + 2])) % FP_MOD
         return groups
 
     def _release(self, conn: sqlite3.Connection, query: Query, requester: str,
@@ -330,7 +335,7 @@ class QueryEngine:
         released, suppressed = [], 0
         for key in sorted(groups, key=_sort_key):
             group = groups[key]
-            members = set(group.subjects)
+            members = group.fingerprints
             if len(members) < k or _differs_slightly(conn, requester, query.dataset, members, k):
                 suppressed += 1
                 continue
@@ -437,31 +442,40 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(v)) for v in key)
 
 
-def _pack(members: set[int]) -> tuple[bytes, str]:
-    packed = array.array("q", sorted(members)).tobytes()
+def _pack(members: dict[int, int]) -> tuple[bytes, str]:
+    flat = array.array("q", [v for sid in sorted(members) for v in (sid, members[sid])])
+    packed = flat.tobytes()
     return zlib.compress(packed), hashlib.sha256(packed).hexdigest()
 
 
-def _differs_slightly(conn: sqlite3.Connection, requester: str, dataset: str,
-                      members: set[int], k: int) -> bool:
-    """True if a released set for this requester differs from ``members`` by 1..k-1 subjects.
+def _unpack(blob: bytes) -> dict[int, int]:
+    flat = array.array("q", zlib.decompress(blob))
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
-    Two sets whose sizes differ by k or more cannot, so only near-sized sets are compared.
+
+def _changed_subjects(a: dict[int, int], b: dict[int, int]) -> int:
+    """Subjects whose contribution differs: present in one set only, or with other rows."""
+    return len(a.keys() ^ b.keys()) + sum(1 for sid in a.keys() & b.keys() if a[sid] != b[sid])
+
+
+def _differs_slightly(conn: sqlite3.Connection, requester: str, dataset: str,
+                      members: dict[int, int], k: int) -> bool:
+    """True if an answer set released to this requester differs from ``members`` in the rows
+    of 1..k-1 subjects: the difference of the two answers would describe fewer than k people.
+
+    Sets whose sizes differ by k or more cannot, so only near-sized sets are compared.
     """
     size = len(members)
     _, digest = _pack(members)
     for blob, other_digest in conn.execute(
             "SELECT members, digest FROM released_sets WHERE requester = ? AND dataset = ? "
             "AND size BETWEEN ? AND ?", (requester, dataset, size - k + 1, size + k - 1)):
-        if other_digest == digest:
-            continue
-        other = set(array.array("q", zlib.decompress(blob)))
-        if 0 < len(members ^ other) < k:
+        if other_digest != digest and 0 < _changed_subjects(members, _unpack(blob)) < k:
             return True
     return False
 
 
-def _remember(conn: sqlite3.Connection, requester: str, dataset: str, members: set[int],
+def _remember(conn: sqlite3.Connection, requester: str, dataset: str, members: dict[int, int],
               now: datetime) -> None:
     blob, digest = _pack(members)
     exists = conn.execute("SELECT 1 FROM released_sets WHERE requester = ? AND dataset = ? "
