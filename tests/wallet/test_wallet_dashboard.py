@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from cdp import Chromium
+from conftest import NodeProcess
 from wallet_helpers import PASSPHRASE, WalletCLI
 
 from consent.grants import issue_grant, verify_grant
@@ -149,3 +150,32 @@ def test_revoke_post_needs_csrf_token_and_own_host(
     assert "default-src 'none'" in csp and "script-src 'nonce-" in csp
     status, reply = _post(url, body, {"Content-Type": "application/json", "X-CSRF-Token": token})
     assert status == 200 and reply["grant_id"] == populated["keep"]
+
+
+def test_dashboard_revokes_at_a_real_node(
+    browser: Chromium, initialised: WalletCLI, node: NodeProcess, home: Path
+) -> None:
+    """One click + passphrase in the page, and the node itself reports the grant revoked."""
+    did = json.loads(initialised.ok("whoami", "--json").output)["did"]
+    node.bind(did)
+    granted = json.loads(initialised.ok(
+        "grant", "--node", node.address, "--node-ca", str(node.ca_path), "--requester",
+        Identity.generate().did, "--purpose", "quote-generation", "--scope", "transaction",
+        "--ttl", "24h", "--json").output)
+    grant_id = granted["grant_id"]
+    server = serve_dashboard(home)
+    try:
+        browser.navigate(server.url)
+        browser.wait_for("document.body && document.body.dataset.loaded === 'true'")
+        assert _rows(browser)[grant_id][0] == "active"
+        browser.evaluate(f"document.querySelector('tr[data-grant-id=\"{grant_id}\"] "
+                         "button.revoke').click()")
+        browser.evaluate(f"document.getElementById('passphrase').value = {json.dumps(PASSPHRASE)};"
+                         "document.getElementById('revoke-form').requestSubmit()")
+        message = browser.wait_for("(m => m.textContent.startsWith('Revoking') ? '' : "
+                                   "m.textContent)(document.getElementById('message'))")
+        assert "confirmed by the node's signed ack" in message
+    finally:
+        server.stop()
+    fresh = json.loads(initialised.ok("grants", "--json").output)
+    assert fresh[0]["status"] == "revoked" and fresh[0]["status_fresh"] is True
