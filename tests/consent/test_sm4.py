@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.decrepit.ciphers import modes as decrepit_modes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consent.errors import EnvelopeError
 from consent.sm import SM4GCM
@@ -322,3 +324,25 @@ def test_wycheproof_ccm(test: dict, evp: OpenSSLAead) -> None:
         assert evp.open("CCM", key, iv, aad, ct, tag) == msg
     else:
         assert evp.open("CCM", key, iv, aad, ct, tag) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    nonce=st.binary(min_size=12, max_size=12),
+    plaintext=st.binary(max_size=2048),
+    aad=st.binary(max_size=64),
+    data=st.data(),
+)
+def test_property_gcm_round_trip_and_tamper(
+    key: bytes, nonce: bytes, plaintext: bytes, aad: bytes, data: st.DataObject
+) -> None:
+    aead = SM4GCM(key)
+    sealed = aead.encrypt(nonce, plaintext, aad)
+    assert len(sealed) == len(plaintext) + 16
+    assert aead.decrypt(nonce, sealed, aad) == plaintext
+    index = data.draw(st.integers(0, len(sealed) - 1), label="index")
+    tampered = bytearray(sealed)
+    tampered[index] ^= data.draw(st.integers(1, 255), label="mask")
+    with pytest.raises(EnvelopeError):
+        aead.decrypt(nonce, bytes(tampered), aad)
