@@ -18,12 +18,12 @@ because an audit must name who accessed data.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from consent.canonical import canonicalize
 from ledger.errors import EventError
 
 SCHEMA_VERSION = 1
@@ -71,7 +71,8 @@ def _time(value: Any) -> bool:
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    # 2**53: beyond it RFC 8785 (ECMAScript numbers) and Python's int formatting differ.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
 def _list_of(check: Callable[[Any], bool], limit: int) -> Callable[[Any], bool]:
@@ -156,9 +157,16 @@ def validate_event(event: Mapping[str, Any]) -> None:
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:
-    """Validate and return the canonical bytes that become the log entry."""
+    """Validate and return the RFC 8785 canonical bytes that become the log entry.
+
+    A validated event holds only ASCII strings without quotes, backslashes or control
+    characters (every field has a strict pattern), integers below 2**53 and lists of those.
+    For such values ``json.dumps`` with sorted keys and no whitespace produces exactly the
+    RFC 8785 form (tests/ledger check this against the rfc8785 library), at a fraction of the
+    cost, which matters on the append path.
+    """
     validate_event(event)
-    data = canonicalize(dict(event))
+    data = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
     if len(data) > MAX_EVENT_BYTES:
         raise EventError("the event is larger than 16 KiB: record digests, not documents")
     return data

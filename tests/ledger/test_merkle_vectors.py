@@ -164,3 +164,18 @@ def test_sm3_log_uses_sm3_with_rfc_prefixes() -> None:
     verify_inclusion(sm3, 3, 5, tree.complete(0, 3), proof, tree.root())
     with pytest.raises(ProofError):
         verify_inclusion(SHA256, 3, 5, tree.complete(0, 3), proof, tree.root())
+
+
+def test_truncate_restores_the_exact_earlier_tree() -> None:
+    # The log undoes an append whose commit failed with truncate(); the tree must then grow
+    # again exactly as if the failed batch never happened.
+    leaves = [SHA256.leaf(i.to_bytes(4, "big")) for i in range(50)]
+    for cut in (0, 1, 13, 32, 49):
+        tree = MemoryTree()
+        tree.append_leaf_hashes(leaves)
+        tree.truncate(cut)
+        tree.append_leaf_hashes([SHA256.leaf(b"x")] + leaves[cut + 1 :])
+        fresh = MemoryTree()
+        fresh.append_leaf_hashes(leaves[:cut] + [SHA256.leaf(b"x")] + leaves[cut + 1 :])
+        assert tree.root() == fresh.root()
+        assert tree.inclusion_proof(cut, 50) == inclusion_proof(fresh, cut, 50)

@@ -1,0 +1,188 @@
+"""Benchmark of the hash ledger (RFC 9162 log in SQLite) against baselines measured in the
+same run, with the PyPI package pymerkle as a peer.
+
+1. Batched append throughput ÷ floor. Floor: the same leaf and node hashes with hashlib plus
+   a bare ``executemany`` of the same entries into SQLite (same durability pragmas).
+   Target >= 0.5. Measured on pre-encoded entries (``Log.append_entries``); the figure with
+   per-event validation and canonical encoding (``Log.append_batch``) is printed too.
+2. Inclusion-proof generation + verification rate ÷ the raw hashlib cost of the hashes in
+   those proofs. Target >= 0.2.
+
+Usage: python bench/ledger.py [--quick]   (quick: 100,000 entries; full: 1,000,000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sqlite3
+import statistics
+import tempfile
+import sys
+import time
+from pathlib import Path
+
+# This file is called ledger.py: drop bench/ from the import path so that ``ledger`` is the
+# package, not this script.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from ledger.events import encode_event, make_event  # noqa: E402
+from ledger.home import init_home, open_log  # noqa: E402
+from ledger.merkle import SHA256, verify_inclusion  # noqa: E402
+
+BATCH = 10_000
+NODE = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+
+
+def make_events(n: int) -> list[dict]:
+    return [
+        make_event("access_head", node=NODE, head=hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
+                   sequence=i)
+        for i in range(n)
+    ]
+
+
+def floor_append(path: Path, entries: list[bytes]) -> float:
+    """hashlib leaf + node hashes and one executemany per batch, same pragmas, one commit."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE entries (idx INTEGER PRIMARY KEY, leaf_hash BLOB, entry BLOB)")
+    sha = hashlib.sha256
+    start = time.perf_counter()
+    frontier: list[bytes] = []  # the same node hashes the log computes (one per merge)
+    for b in range(0, len(entries), BATCH):
+        chunk = entries[b : b + BATCH]
+        leaves = [sha(b"\x00" + e).digest() for e in chunk]
+        for i, leaf in enumerate(leaves, start=b):
+            h, index = leaf, i
+            while index & 1:
+                h = sha(b"\x01" + frontier.pop() + h).digest()
+                index >>= 1
+            frontier.append(h)
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?)", zip(range(b, b + len(chunk)), leaves, chunk))
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    db.close()
+    return elapsed
+
+
+def log_append(home: Path, entries: list[bytes]) -> float:
+    log = open_log(home, "bench")
+    start = time.perf_counter()
+    for b in range(0, len(entries), BATCH):
+        log.append_entries(entries[b : b + BATCH])
+    elapsed = time.perf_counter() - start
+    log.close()
+    return elapsed
+
+
+def log_append_events(home: Path, events: list[dict]) -> float:
+    log = open_log(home, "bench")
+    start = time.perf_counter()
+    for b in range(0, len(events), BATCH):
+        log.append_batch(events[b : b + BATCH])
+    elapsed = time.perf_counter() - start
+    log.close()
+    return elapsed
+
+
+def proofs(home: Path, indexes: list[int]) -> tuple[float, float]:
+    """(time to generate + verify every proof, raw hashlib time of their node hashes)."""
+    log = open_log(home, "bench")
+    tree, size = log.tree, log.size
+    root = tree.root()
+    leaves = [tree.complete(0, i) for i in indexes]
+    start = time.perf_counter()
+    made = []
+    for i, leaf in zip(indexes, leaves, strict=True):
+        proof = tree.inclusion_proof(i, size)
+        verify_inclusion(SHA256, i, size, leaf, proof, root)
+        made.append(proof)
+    ours = time.perf_counter() - start
+    sha = hashlib.sha256
+    start = time.perf_counter()
+    for leaf, proof in zip(leaves, made, strict=True):
+        h = leaf
+        for p in proof:
+            h = sha(b"\x01" + p + h).digest()
+    raw = time.perf_counter() - start
+    log.close()
+    return ours, raw
+
+
+def pymerkle_peer(path: Path, entries: list[bytes], indexes: list[int]) -> tuple[float, float]:
+    from pymerkle import SqliteTree, verify_inclusion as pm_verify
+
+    tree = SqliteTree(str(path), algorithm="sha256")
+    start = time.perf_counter()
+    for b in range(0, len(entries), BATCH):
+        tree.append_entries(entries[b : b + BATCH])
+    append = time.perf_counter() - start
+    size = tree.get_size()
+    root = tree.get_root(size)
+    start = time.perf_counter()
+    for i in indexes:
+        proof = tree.prove_inclusion(i + 1, size)
+        pm_verify(tree.get_leaf(i + 1), root, proof)
+    return append, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 entries instead of 1,000,000")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    n = 100_000 if args.quick else 1_000_000
+    events = make_events(n)
+    entries = [encode_event(e) for e in events]
+    rng = random.Random(7)
+    indexes = [rng.randrange(n) for _ in range(20_000 if args.quick else 50_000)]
+    floors, appends, with_events, ours_p, raw_p = [], [], [], [], []
+    pm_append = pm_proofs = float("nan")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for run in range(args.runs):
+            floors.append(floor_append(root / f"floor{run}.db", entries))
+            home = root / f"log{run}"
+            init_home(home, origin="bench.example/log", passphrase="bench")
+            appends.append(log_append(home, entries))
+            if run == 0:
+                proof_home = home
+        for run in range(min(args.runs, 1 if not args.quick else args.runs)):
+            home = root / f"events{run}"
+            init_home(home, origin="bench.example/log", passphrase="bench")
+            with_events.append(log_append_events(home, events))
+        for _ in range(args.runs):
+            o, r = proofs(proof_home, indexes)
+            ours_p.append(o)
+            raw_p.append(r)
+        pm_append, pm_proofs = pymerkle_peer(root / "pymerkle.db", entries, indexes[:5000])
+    floor_t, append_t = statistics.median(floors), statistics.median(appends)
+    events_t = statistics.median(with_events)
+    ours_t, raw_t = statistics.median(ours_p), statistics.median(raw_p)
+    print(f"entries: {n:,}, batch {BATCH:,}, proofs: {len(indexes):,}")
+    print(f"floor (hashlib + executemany): {n / floor_t:,.0f} entries/s (median {floor_t:.2f} s)")
+    print(f"ledger append_entries:         {n / append_t:,.0f} entries/s (median {append_t:.2f} s)")
+    print(f"ledger append_batch (events):  {n / events_t:,.0f} entries/s (median {events_t:.2f} s)")
+    print(f"pymerkle SqliteTree append:    {n / pm_append:,.0f} entries/s")
+    print(f"inclusion proof gen+verify:    {len(indexes) / ours_t:,.0f} proofs/s")
+    print(f"raw hashlib of those hashes:   {len(indexes) / raw_t:,.0f} proofs/s")
+    print(f"pymerkle prove+verify:         {5000 / pm_proofs:,.0f} proofs/s")
+    print(json.dumps({
+        "bench": "ledger",
+        "entries": n,
+        "append_vs_floor": round(floor_t / append_t, 3),
+        "append_events_vs_floor": round(floor_t / events_t, 3),
+        "proof_vs_raw_hash": round(raw_t / ours_t, 3),
+        "pymerkle_append_vs_floor": round(floor_t / pm_append, 3),
+        "pymerkle_proof_vs_raw_hash": round((raw_t / len(indexes)) / (pm_proofs / 5000), 3),
+        "target": {"append_vs_floor": 0.5, "proof_vs_raw_hash": 0.2},
+    }))
+
+
+if __name__ == "__main__":
+    main()
