@@ -19,8 +19,8 @@ import json
 import random
 import sqlite3
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +63,8 @@ def floor_append(path: Path, entries: list[bytes]) -> float:
                 index >>= 1
             frontier.append(h)
         db.execute("BEGIN")
-        db.executemany("INSERT INTO entries VALUES (?, ?, ?)", zip(range(b, b + len(chunk)), leaves, chunk))
+        rows = zip(range(b, b + len(chunk)), leaves, chunk, strict=True)
+        db.executemany("INSERT INTO entries VALUES (?, ?, ?)", rows)
         db.execute("COMMIT")
     elapsed = time.perf_counter() - start
     db.close()
@@ -115,7 +116,8 @@ def proofs(home: Path, indexes: list[int]) -> tuple[float, float]:
 
 
 def pymerkle_peer(path: Path, entries: list[bytes], indexes: list[int]) -> tuple[float, float]:
-    from pymerkle import SqliteTree, verify_inclusion as pm_verify
+    from pymerkle import SqliteTree
+    from pymerkle import verify_inclusion as pm_verify
 
     tree = SqliteTree(str(path), algorithm="sha256")
     start = time.perf_counter()
