@@ -127,12 +127,14 @@ class SM2Verifier:
         return key_id(self.name, SM2_TYPE, self.public_key)
 
     def verify(self, message: bytes, signature: bytes) -> bool:
-        from consent.sm import SM2PublicKey
+        from consent.errors import SignatureError
+        from consent.sm import SM2KeyError, SM2PublicKey
 
         try:
-            return bool(SM2PublicKey.from_bytes(self.public_key).verify(message, signature))
-        except Exception:  # any failure to check an SM2 signature means "not valid"
+            SM2PublicKey.from_bytes(self.public_key).verify(message, signature)
+        except (SignatureError, SM2KeyError):
             return False
+        return True
 
     def vkey(self) -> str:
         return _vkey(self.name, self.key_id(), SM2_TYPE + self.public_key)

@@ -181,3 +181,21 @@ def test_log_public_key_round_trips(ledger_home) -> None:
     home, public = ledger_home
     assert LogPublicKey.load(home / "log-public.json") == public
     assert public.verifier_keys[0].startswith(public.origin + "+")
+
+
+def test_gm_profile_log_uses_sm3_and_signs_with_ed25519_and_sm2(tmp_path: Path) -> None:
+    from ledger.home import init_home
+
+    public = init_home(tmp_path / "gm", origin="gm.test.example/log", passphrase=PASSPHRASE,
+                       profile="gm")
+    assert public.hash_algorithm == "sm3" and len(public.verifier_keys) == 2
+    with open_log(tmp_path / "gm", PASSPHRASE) as log:
+        receipt = log.append([grant_event(i) for i in range(3)])[2]
+    assert receipt.checkpoint.count("\u2014 gm.test.example/log ") == 2
+    assert verify_receipt(receipt, public).checkpoint.size == 3
+    # Strip the SM2 line: a gm verifier insists on both signatures.
+    text, lines = receipt.checkpoint.split("\n\n")
+    ed_only = text + "\n\n" + lines.split("\n")[0] + "\n"
+    with pytest.raises(CheckFailed) as failure:
+        verify_receipt(Receipt(**{**receipt.__dict__, "checkpoint": ed_only}), public)
+    assert failure.value.check == "tree-head signature"
