@@ -120,13 +120,18 @@ def test_nested_structure_sorted_compact() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [2**53, -(2**53), {1: "a"}, b"bytes", {1, 2}, "\ud800", object()],
-    ids=["int-above-2^53", "int-below--2^53", "non-string-key", "bytes", "set",
+    [2**53 + 1, -(2**53) - 1, {1: "a"}, b"bytes", {1, 2}, "\ud800", object()],
+    ids=["inexact-int-above-2^53", "inexact-int-below--2^53", "non-string-key", "bytes", "set",
          "lone-surrogate", "object"],
 )
 def test_values_outside_i_json_refused(value: Any) -> None:
     with pytest.raises(ValueError, match="cannot be canonicalised"):
         canonicalize(value)
+
+
+def test_exact_large_integer_is_the_double_it_denotes() -> None:
+    # JCS numbers are IEEE doubles: 2**53 parsed from the wire is the double 2.0**53.
+    assert canonicalize(2**53) == canonicalize(2.0**53) == b"9007199254740992"
 
 
 def test_error_does_not_echo_the_value() -> None:
