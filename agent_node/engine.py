@@ -14,18 +14,29 @@ query touches. Per group the engine then
    and debits the budget in the same SQLite transaction that appends the access event.
 
 An answer holds group keys and aggregates only, never a row.
+
+A query runs in two phases. The read phase (grants, consent filter, aggregation, k) runs on a
+snapshot of the vault, concurrently with other queries. The write phase runs in the vault's
+group-committed write transaction (``Vault.commit``), one query after another: it confirms
+that consent has not shrunk since the snapshot (a trigger-maintained version; otherwise the
+query is read again), debits query and privacy budgets with conditional UPDATEs (a budget
+spent concurrently makes the query read again, and then refuse), applies the overlap
+control against every set released so far and appends the access event. The answer leaves
+only after that transaction is durably committed.
 """
 
 from __future__ import annotations
 
 import array
 import hashlib
+import json
 import sqlite3
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 import opendp.prelude as dp
 
 from agent_node import accesslog
@@ -50,6 +61,7 @@ SQL_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 MIN_K = 2
 EPS_TOLERANCE = 1e-9
 FP_MOD = 2**62
+MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,17 @@ class _Group:
     fingerprints: dict[int, int] = field(default_factory=dict)  # sid -> which rows were used
 
 
+class Contended(RequestError):
+    """Consent kept changing under a query; the caller may simply retry."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "contended"
+
+
+class _Stale(Exception):
+    """The read phase's view of consent or budgets is out of date: read again."""
+
+
 @dataclass(frozen=True)
 class _GrantRow:
     grant_id: str
@@ -77,6 +100,20 @@ class _GrantRow:
     scopes: frozenset[str]
     dp_epsilon: float | None
     epsilon_spent: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the read phase found, handed to the write phase."""
+
+    consent_version: str
+    grants: list[_GrantRow]
+    used_grants: list[_GrantRow]
+    epsilon: float | None
+    used_sids: list[int]
+    candidates: list[tuple[tuple[Any, ...], _Group]]  # groups of >= k subjects, in key order
+    suppressed: int  # groups already withheld by k
+    exact: dict[tuple[Any, ...], dict[str, Any]]  # exact values (no DP budget)
 
 
 class QueryEngine:
@@ -210,35 +247,78 @@ class QueryEngine:
 
     def _answer(self, query: Query, requester: str, now: datetime) -> dict[str, Any]:
         dataset, columns, scopes = self._validate(query)
-        with self.vault.transaction() as conn:
+        for _ in range(MAX_ATTEMPTS):
+            plan = self._read(query, dataset, columns, scopes, requester, now)
+            try:
+                seq, released, suppressed = self.vault.commit(
+                    lambda conn, plan=plan: self._commit(conn, plan, query, requester, now))
+            except _Stale:
+                continue  # consent or a budget changed under the read: answer afresh
+            return self._reply(plan, query, dataset, columns, requester, now, seq, released,
+                               suppressed)
+        raise Contended("grants at this node changed while the query ran; retry it",
+                        reason="contended")
+
+    def _read(self, query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
+              scopes: set[str], requester: str, now: datetime) -> _Plan:
+        """The read phase, on a consistent snapshot: grants, consent filter, aggregates,
+        k-suppression and exact values. Nothing is written to the vault here."""
+        with self.vault.snapshot() as conn:
             if not self.vault.dataset_ready(conn, dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
+            version = _consent_version(conn)
             grants = self._grants(conn, query, requester, scopes, now)
             grants, epsilon = self._apply_dp_budget(query, grants)
             sids_by_subject = _eligible(conn, grants)
             source = self._source(conn, dataset, columns)
             groups = self._aggregate(conn, source, query, columns)
-            released, suppressed = self._release(conn, query, requester, groups, now)
-            values = [self._values(conn, source, query, dataset, columns, key, group, epsilon)
-                      for key, group in released]
-            used_sids = sorted({sid for g in groups.values() for sid in g.subjects})
-            used = set(used_sids)
-            used_grants = [g.grant_id for g in grants
-                           if used.intersection(sids_by_subject.get(g.subject, ()))]
-            conn.executemany(
-                "UPDATE grants SET queries_used = queries_used + 1, "
-                "epsilon_spent = epsilon_spent + ? WHERE grant_id = ?",
-                [((epsilon or 0.0) if g.dp_epsilon else 0.0, g.grant_id)
-                 for g in grants if g.grant_id in used_grants])
-            seq, _ = self._log(conn, query, requester, now, "answered", "ok", used_sids,
-                               used_grants)
+            k = self.settings.k
+            ordered = sorted(groups, key=_sort_key)
+            candidates = [(key, groups[key]) for key in ordered if len(groups[key].subjects) >= k]
+            exact = {key: self._values(conn, source, query, columns, key, group)
+                     for key, group in candidates} if epsilon is None else {}
+        used = {sid for g in groups.values() for sid in g.subjects}
+        used_grants = [g for g in grants if used.intersection(sids_by_subject.get(g.subject, ()))]
+        return _Plan(version, grants, used_grants, epsilon, sorted(used), candidates,
+                     len(groups) - len(candidates), exact)
+
+    def _commit(self, conn: sqlite3.Connection, plan: _Plan, query: Query, requester: str,
+                now: datetime) -> tuple[int, list[tuple[Any, ...]], int]:
+        """The write phase, inside the group-committed transaction: confirm that consent did
+        not shrink since the read, debit budgets atomically, apply the overlap control and
+        append the access event."""
+        if _consent_version(conn) != plan.consent_version:
+            raise _Stale
+        debits = [((plan.epsilon or 0.0) if g.dp_epsilon else 0.0, g.grant_id)
+                  for g in plan.used_grants]
+        cursor = conn.executemany(
+            "UPDATE grants SET queries_used = queries_used + 1, epsilon_spent = epsilon_spent "
+            "+ ?1 WHERE grant_id = ?2 AND (max_queries IS NULL OR queries_used < max_queries) "
+            f"AND (dp_epsilon IS NULL OR epsilon_spent + ?1 <= dp_epsilon + {EPS_TOLERANCE})",
+            debits)
+        if cursor.rowcount != len(debits):
+            raise _Stale  # a concurrent query spent the budget: the re-read refuses or drops it
+        released, suppressed = self._release(conn, query, requester, plan.candidates, now)
+        grant_ids = [g.grant_id for g in plan.used_grants]
+        seq, _ = self._log(conn, query, requester, now, "answered", "ok", plan.used_sids,
+                           grant_ids)
+        return seq, released, plan.suppressed + suppressed
+
+    def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec,
+               columns: dict[str, ColumnSpec], requester: str, now: datetime, seq: int,
+               released: list[tuple[Any, ...]], suppressed: int) -> dict[str, Any]:
+        groups = dict(plan.candidates)
+        epsilon = plan.epsilon
+        values = [plan.exact[key] if epsilon is None
+                  else _noisy_values(query, dataset, columns, groups[key], epsilon)
+                  for key in released]
         return {
             "dataset": dataset.name, "purpose": query.purpose, "requester": requester,
             "node": self.node_did, "k": self.settings.k,
             "measures": [m.label for m in query.measures], "group_by": list(query.group_by),
-            "groups": [{"key": list(key), "values": v} for (key, _), v in zip(released, values,
-                                                                            strict=True)],
+            "groups": [{"key": list(key), "values": v}
+                       for key, v in zip(released, values, strict=True)],
             "suppressed_groups": suppressed,
             "dp": {"epsilon": epsilon, "mechanism": "laplace", "library": "opendp"}
             if epsilon else None,
@@ -254,9 +334,9 @@ class QueryEngine:
             return table_name(dataset.name)
         plain = [c for c in columns.values() if not c.encrypted]
         conn.execute("DROP TABLE IF EXISTS temp._work")
-        names = ["sid", "rid", *(plain_column(c.name) for c in columns.values())]
+        names = ["sid", "rfp", *(plain_column(c.name) for c in columns.values())]
         conn.execute(f"CREATE TEMP TABLE _work ({', '.join(names)})")
-        select = ", ".join(["row_id", "sid", "rowid", *(plain_column(c.name) for c in plain),
+        select = ", ".join(["row_id", "sid", "rfp", *(plain_column(c.name) for c in plain),
                             *(encrypted_column(c.name) for c in encrypted)])
         ciphers: dict[int, Any] = {}
         batch = []
@@ -270,7 +350,7 @@ class QueryEngine:
                      if blob is not None else None
                      for c, blob in zip(encrypted, row[3 + len(plain):], strict=True)]
             batch.append([sid, *row[2:3 + len(plain)], *clear])
-        order = ["sid", "rid", *(plain_column(c.name) for c in plain),
+        order = ["sid", "rfp", *(plain_column(c.name) for c in plain),
                  *(plain_column(c.name) for c in encrypted)]
         conn.executemany(f"INSERT INTO _work ({', '.join(order)}) VALUES "
                          f"({', '.join('?' for _ in order)})", batch)
@@ -293,61 +373,68 @@ class QueryEngine:
 
     def _aggregate(self, conn: sqlite3.Connection, source: str, query: Query,
                    columns: dict[str, ColumnSpec]) -> dict[tuple[Any, ...], _Group]:
+        """One SQL pass grouped by (group keys, subject): per-subject partials (for the DP
+        contribution bounds) and per-subject row fingerprints (for the overlap control).
+        With a covering index on the first group-by column SQLite reads rows in this order
+        from the index, so no sort is needed; only the needed aggregates are computed."""
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
         numeric = sorted({m.column for m in query.measures
                           if m.column and m.aggregate != "quantile"})
-        # The row-id sum fingerprints which rows of a subject were used (overlap control).
-        rid = "rid" if source == "_work" else "rowid"
-        aggs = ["COUNT(*)", f"SUM({rid})"]
+        extremes = {m.column for m in query.measures if m.aggregate in ("min", "max")}
+        # SUM(rfp): which rows of a subject were used (keyed 40-bit row fingerprints).
+        aggs = ["COUNT(*)", "SUM(rfp)"]
         for name in numeric:
             col = f'"{plain_column(name)}"'
-            aggs += [f"COUNT({col})", f"SUM({col})", f"MIN({col})", f"MAX({col})"]
+            aggs += [f"COUNT({col})", f"SUM({col})"]
+            if name in extremes:
+                aggs += [f"MIN({col})", f"MAX({col})"]
         where, params = self._where(query, columns)
         sql = (f"SELECT {', '.join([*keys, 'sid', *aggs])} FROM {source} WHERE {where} "
                f"GROUP BY {', '.join([*keys, 'sid'])}")
         groups: dict[tuple[Any, ...], _Group] = {}
         width = len(keys)
         for row in conn.execute(sql, params):
-            key = tuple(row[:width])
+            key = row[:width]
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group(stats={n: [0, 0.0, None, None] for n in numeric})
-            sid, rows = row[width], row[width + 1]
+            sid, rows, rfp_sum = row[width:width + 3]
             group.rows += rows
             partials = [float(rows)]
-            for i, name in enumerate(numeric):
-                n, total, low, high = row[width + 3 + 4 * i: width + 7 + 4 * i]
+            at = width + 3
+            for name in numeric:
+                n, total = row[at], row[at + 1] or 0
                 stat = group.stats[name]
                 stat[0] += n
-                stat[1] += total or 0.0
-                if low is not None:
-                    stat[2] = low if stat[2] is None else min(stat[2], low)
-                    stat[3] = high if stat[3] is None else max(stat[3], high)
-                partials += [float(n), float(total or 0.0)]
+                stat[1] += total
+                at += 2
+                if name in extremes:
+                    low, high = row[at], row[at + 1]
+                    at += 2
+                    if low is not None:
+                        stat[2] = low if stat[2] is None else min(stat[2], low)
+                        stat[3] = high if stat[3] is None else max(stat[3], high)
+                partials += [float(n), float(total)]
             group.subjects[sid] = partials
-            group.fingerprints[sid] = (rows * 1_000_003 + int(row[width + 2])) % FP_MOD
+            group.fingerprints[sid] = (rows * 1_000_003 + rfp_sum) % FP_MOD
         return groups
 
     def _release(self, conn: sqlite3.Connection, query: Query, requester: str,
-                 groups: dict[tuple[Any, ...], _Group], now: datetime
-                 ) -> tuple[list[tuple[tuple[Any, ...], _Group]], int]:
+                 candidates: list[tuple[tuple[Any, ...], _Group]], now: datetime
+                 ) -> tuple[list[tuple[Any, ...]], int]:
+        """Overlap control over the groups that passed k-suppression (write phase)."""
         k = self.settings.k
         released, suppressed = [], 0
-        for key in sorted(groups, key=_sort_key):
-            group = groups[key]
-            members = group.fingerprints
-            if len(members) < k or _differs_slightly(conn, requester, query.dataset, members, k):
+        for key, group in candidates:
+            if not _releasable(conn, requester, query.dataset, group.fingerprints, k, now):
                 suppressed += 1
                 continue
-            _remember(conn, requester, query.dataset, members, now)
-            released.append((key, group))
+            released.append(key)
         return released, suppressed
 
-    def _values(self, conn: sqlite3.Connection, source: str, query: Query, dataset: DatasetSpec,
-                columns: dict[str, ColumnSpec], key: tuple[Any, ...], group: _Group,
-                epsilon: float | None) -> dict[str, Any]:
-        if epsilon is not None:
-            return _noisy_values(query, dataset, columns, group, epsilon)
+    def _values(self, conn: sqlite3.Connection, source: str, query: Query,
+                columns: dict[str, ColumnSpec], key: tuple[Any, ...], group: _Group
+                ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for measure in query.measures:
             if measure.aggregate == "count":
@@ -403,27 +490,37 @@ class QueryEngine:
         except RequestError:
             query = None
         grant_ids = list(query.grant_ids) if query else []
-        with self.vault.transaction() as conn:
+
+        def record(conn: sqlite3.Connection) -> None:
             # Only grant ids the node actually holds are linked, so a subject sees refusals
             # that named its grants, and made-up ids do not pollute the index.
             known = [g for g in grant_ids if conn.execute(
                 "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
             self._log(conn, query, requester, now, "refused", exc.reason, [], known)
 
+        self.vault.commit(record)
+
 
 # -- helpers ------------------------------------------------------------------------------------
 
 def _eligible(conn: sqlite3.Connection, grants: list[_GrantRow]) -> dict[str, list[int]]:
-    """Fill temp._eligible with the sids bound to the grants' subjects."""
+    """Fill temp._eligible with the sids bound to the grants' subjects (one lookup)."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
     conn.execute("DELETE FROM temp._eligible")
+    subjects = sorted({g.subject for g in grants})
     by_subject: dict[str, list[int]] = {}
-    for subject in {g.subject for g in grants}:
-        by_subject[subject] = [r[0] for r in conn.execute(
-            "SELECT sid FROM bindings WHERE did = ?", (subject,))]
+    for did, sid in conn.execute("SELECT did, sid FROM bindings WHERE did IN "
+                                 "(SELECT value FROM json_each(?))", (json.dumps(subjects),)):
+        by_subject.setdefault(did, []).append(sid)
     conn.executemany("INSERT OR IGNORE INTO temp._eligible (sid) VALUES (?)",
                      [(sid,) for sids in by_subject.values() for sid in sids])
     return by_subject
+
+
+def _consent_version(conn: sqlite3.Connection) -> str:
+    """Bumped by triggers whenever consent shrinks (revocation, unbinding, erasure)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'consent_version'").fetchone()
+    return str(row[0]) if row else "0"
 
 
 def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:
@@ -458,32 +555,30 @@ def _changed_subjects(a: dict[int, int], b: dict[int, int]) -> int:
     return len(a.keys() ^ b.keys()) + sum(1 for sid in a.keys() & b.keys() if a[sid] != b[sid])
 
 
-def _differs_slightly(conn: sqlite3.Connection, requester: str, dataset: str,
-                      members: dict[int, int], k: int) -> bool:
-    """True if an answer set released to this requester differs from ``members`` in the rows
-    of 1..k-1 subjects: the difference of the two answers would describe fewer than k people.
+def _releasable(conn: sqlite3.Connection, requester: str, dataset: str,
+                members: dict[int, int], k: int, now: datetime) -> bool:
+    """Query-set overlap control; records the set when it is released.
 
-    Sets whose sizes differ by k or more cannot, so only near-sized sets are compared.
+    A set is withheld if an answer set already released to this requester on this dataset
+    differs from it in the rows of 1..k-1 subjects: the difference of the two answers would
+    describe fewer than k people. Sets whose sizes differ by k or more cannot, so only
+    near-sized sets are compared. A set released before needs no comparison: every set
+    released since was compared with it then (the table is append-only).
     """
-    size = len(members)
-    _, digest = _pack(members)
-    for blob, other_digest in conn.execute(
-            "SELECT members, digest FROM released_sets WHERE requester = ? AND dataset = ? "
-            "AND size BETWEEN ? AND ?", (requester, dataset, size - k + 1, size + k - 1)):
-        if other_digest != digest and 0 < _changed_subjects(members, _unpack(blob)) < k:
-            return True
-    return False
-
-
-def _remember(conn: sqlite3.Connection, requester: str, dataset: str, members: dict[int, int],
-              now: datetime) -> None:
     blob, digest = _pack(members)
-    exists = conn.execute("SELECT 1 FROM released_sets WHERE requester = ? AND dataset = ? "
-                          "AND digest = ?", (requester, dataset, digest)).fetchone()
-    if not exists:
-        conn.execute("INSERT INTO released_sets (requester, dataset, size, digest, members, "
-                     "released_at) VALUES (?, ?, ?, ?, ?, ?)",
-                     (requester, dataset, len(members), digest, blob, iso(now)))
+    if conn.execute("SELECT 1 FROM released_sets WHERE requester = ? AND dataset = ? "
+                    "AND digest = ?", (requester, dataset, digest)).fetchone():
+        return True
+    size = len(members)
+    for other in conn.execute(
+            "SELECT members FROM released_sets WHERE requester = ? AND dataset = ? "
+            "AND size BETWEEN ? AND ?", (requester, dataset, size - k + 1, size + k - 1)):
+        if 0 < _changed_subjects(members, _unpack(other[0])) < k:
+            return False
+    conn.execute("INSERT INTO released_sets (requester, dataset, size, digest, members, "
+                 "released_at) VALUES (?, ?, ?, ?, ?, ?)",
+                 (requester, dataset, size, digest, blob, iso(now)))
+    return True
 
 
 def _laplace(value: float, scale: float) -> float:

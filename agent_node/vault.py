@@ -6,19 +6,30 @@ Rows are tied to an opaque subject reference (keyed HMAC of the subject key), ne
 key itself. Identity and sentiment columns are SM4-GCM encrypted under the subject's data key;
 transaction columns stay in typed plain columns so that aggregates run inside SQL.
 ``PRAGMA secure_delete=ON`` overwrites deleted content on disk.
+
+Performance (see docs/operator.md, "Performance"): the database runs in WAL mode with
+``synchronous=FULL``; queries read from per-thread connections inside a read transaction
+(a consistent snapshot that never blocks the writer), and the writes of concurrent queries
+(access-log appends, budget debits, released answer sets) go through one ``GroupCommitter``
+that commits them in a single transaction, so that one fsync makes a whole batch durable.
+Each dataset table carries covering indexes ``(column, sid, rfp, numeric columns...)`` for
+every ``index = true`` column and ``(sid, rfp, numeric columns...)``, so that consent-scoped
+group-bys run from an index in group order without sorting and without touching the table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -57,8 +68,26 @@ CREATE TABLE IF NOT EXISTS released_sets (
   id INTEGER PRIMARY KEY, requester TEXT NOT NULL, dataset TEXT NOT NULL, size INTEGER NOT NULL,
   digest TEXT NOT NULL, members BLOB NOT NULL, released_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS released_lookup ON released_sets(requester, dataset, size);
+CREATE INDEX IF NOT EXISTS released_digest ON released_sets(requester, dataset, digest);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('consent_version', '0');
+CREATE TRIGGER IF NOT EXISTS consent_revoked AFTER UPDATE OF revoked_at ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_grant_gone AFTER DELETE ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_unbound AFTER DELETE ON bindings BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_subject_gone AFTER DELETE ON subjects BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
 """
 INSERT_BATCH = 2000
+#: Physical layout of dataset tables; a change makes 'sov-node sync' rebuild them.
+LAYOUT_VERSION = 2
+#: Row fingerprints are 40-bit, so that SQL can SUM() up to 2**23 of them without overflow.
+RFP_BITS = 40
+CACHE_KIB = 16384
+MMAP_BYTES = 1 << 30
+MAX_BATCH = 512
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -81,6 +110,91 @@ def encrypted_column(column: str) -> str:
     return f"e_{column}"
 
 
+def covering_columns(dataset: DatasetSpec) -> list[str]:
+    """The plain numeric columns every covering index carries (measures read from there)."""
+    return [plain_column(c.name) for c in dataset.columns.values()
+            if c.numeric and not c.encrypted]
+
+
+class _Job:
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    """Durable group commit: a writer thread runs queued jobs in one IMMEDIATE transaction,
+    each inside its own SAVEPOINT, then COMMITs once (one WAL fsync under synchronous=FULL).
+
+    ``submit`` returns only after the transaction holding the job's writes is committed, so a
+    caller that answers after ``submit`` never releases anything whose record could be lost.
+    A job that raises is rolled back to its savepoint alone; the others still commit. Jobs run
+    one after another, so each sees the writes of the jobs before it (what makes checks such as
+    the overlap control and budget debits race-free).
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        job = _Job(fn)
+        self._start()
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="vault-group-commit",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        conn = self._connect()
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(conn, batch)
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:  # handed to the job's caller, not swallowed
+                    conn.execute("ROLLBACK TO job")
+                    job.error = exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = VaultError(f"the vault could not commit ({exc.__class__.__name__}); "
+                                 "nothing was recorded, retry")
+            for job in batch:
+                job.error = job.error or failure
+        finally:
+            for job in batch:
+                job.done.set()
+
+
 @dataclass(frozen=True)
 class SyncStats:
     dataset: str
@@ -99,6 +213,7 @@ class Vault:
         self._local = threading.local()
         with self.connection() as conn:
             conn.executescript(SCHEMA)
+        self.committer = GroupCommitter(self._open)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -107,10 +222,15 @@ class Vault:
         except sqlite3.Error as exc:
             raise VaultError(f"cannot open the vault at {self.path}: {exc}") from None
         conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is fsynced, so a committed access event survives a power cut;
+        # group commit (GroupCommitter) amortises that fsync over concurrent queries.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-65536")
+        # Small private caches: readers share the file through the OS page cache (mmap).
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         return conn
 
     @contextmanager
@@ -120,6 +240,21 @@ class Vault:
             conn = self._open()
             self._local.conn = conn
         yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on this thread's connection: one consistent view of the vault
+        that neither waits for nor blocks the writer (WAL). Temp tables may be written."""
+        with self.connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("ROLLBACK")
+
+    def commit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the group-committed write transaction; returns once it is durable."""
+        return self.committer.submit(fn)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -168,12 +303,11 @@ class Vault:
         return [r[0] for r in conn.execute("SELECT sid FROM bindings WHERE did = ?", (did,))]
 
     def refs_for_sids(self, conn: sqlite3.Connection, sids: list[int]) -> list[str]:
-        refs = []
-        for sid in sids:
-            row = conn.execute("SELECT subject_ref FROM subjects WHERE sid = ?", (sid,)).fetchone()
-            if row:
-                refs.append(row[0])
-        return refs
+        if not sids:
+            return []
+        found = dict(conn.execute("SELECT sid, subject_ref FROM subjects WHERE sid IN "
+                                  "(SELECT value FROM json_each(?))", (json.dumps(sids),)))
+        return [found[sid] for sid in sids if sid in found]
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -186,7 +320,7 @@ class Vault:
 def _layout(dataset: DatasetSpec) -> str:
     """What the vault table's shape depends on; a change rebuilds the table."""
     return json.dumps({
-        "subject_key": dataset.subject_key, "row_key": dataset.row_key,
+        "v": LAYOUT_VERSION, "subject_key": dataset.subject_key, "row_key": dataset.row_key,
         "columns": [[c.name, c.type, c.scope, c.source_column, c.index]
                     for c in dataset.columns.values()],
     }, sort_keys=True)
@@ -203,20 +337,34 @@ def _ensure_table(vault: Vault, conn: sqlite3.Connection, dataset: DatasetSpec) 
     name = table_name(dataset.name)
     if db[name].exists():
         db[name].drop()
-    columns: dict[str, type] = {"row_id": str, "sid": int, "row_mac": str}
+    columns: dict[str, type] = {"row_id": str, "sid": int, "rfp": int, "row_mac": str}
     for column in dataset.columns.values():
         if column.encrypted:
             columns[encrypted_column(column.name)] = bytes
         else:
             columns[plain_column(column.name)] = _sql_type(column.type)
-    db[name].create(columns, pk="row_id", not_null={"sid", "row_mac"})
-    db[name].create_index(["sid"], index_name=f"{name}_sid")
+    db[name].create(columns, pk="row_id", not_null={"sid", "rfp", "row_mac"})
+    # Covering indexes: a consent-scoped aggregate grouped or filtered by an indexed column
+    # reads (column, sid, rfp, measures) in group order, with no sort and no table lookups.
+    measures = covering_columns(dataset)
+    db[name].create_index(["sid", "rfp", *measures], index_name=f"{name}_sid")
     for column in dataset.columns.values():
         if column.index and not column.encrypted:
-            db[name].create_index([plain_column(column.name)],
+            own = plain_column(column.name)
+            db[name].create_index([own, "sid", "rfp", *(m for m in measures if m != own)],
                                   index_name=f"{name}_{column.name}")
     conn.execute("INSERT OR REPLACE INTO datasets (name, layout, synced_at, row_count) "
                  "VALUES (?, ?, NULL, 0)", (dataset.name, _layout(dataset)))
+
+
+def row_fingerprint(row_id: str, row_mac: str) -> int:
+    """A row's identity and content as a 40-bit integer, for the overlap control.
+
+    Both inputs are keyed MACs, so a requester cannot steer two row sets to the same sum;
+    the content MAC makes an updated row count as a different row.
+    """
+    digest = hashlib.sha256(f"{row_id}|{row_mac}".encode()).digest()
+    return int.from_bytes(digest[:RFP_BITS // 8], "big")
 
 
 def _convert(value: Any, type_: str, dataset: str, column: str) -> Any:
@@ -243,7 +391,7 @@ class _Syncer:
         self.table = table_name(dataset.name)
         self.subjects: dict[str, tuple[int, Any]] = {}
         self.occurrences: dict[str, int] = {}
-        cols = ["row_id", "sid", "row_mac"]
+        cols = ["row_id", "sid", "rfp", "row_mac"]
         for column in dataset.columns.values():
             cols.append(encrypted_column(column.name) if column.encrypted
                         else plain_column(column.name))
@@ -280,7 +428,7 @@ class _Syncer:
         row_id = self._row_id([str(v) for v in key_values], values, raw)
         mac = self.vault.keys.row_mac(["v", values])
         sid, cipher = self._subject([str(v) for v in key_values])
-        stored: list[Any] = [row_id, sid, mac]
+        stored: list[Any] = [row_id, sid, row_fingerprint(row_id, mac), mac]
         for column, value in zip(dataset.columns.values(), values, strict=True):
             if column.encrypted:
                 aad = f"{dataset.name}|{column.name}|{row_id}".encode()
@@ -319,6 +467,9 @@ class _Syncer:
         self.conn.executemany(f'DELETE FROM "{self.table}" WHERE row_id = ?', gone)
         self.conn.execute("UPDATE datasets SET synced_at = ?, row_count = ? WHERE name = ?",
                           (iso(utcnow()), len(seen), self.dataset.name))
+        if inserted or updated or gone:
+            # Statistics let the planner choose between a covering scan and per-subject seeks.
+            self.conn.execute(f'ANALYZE "{self.table}"')
         return SyncStats(self.dataset.name, inserted, updated, len(gone), unchanged)
 
 
