@@ -23,6 +23,7 @@ DID_KEY_PREFIX = "did:key:"
 ED25519_PUB = b"\xed\x01"
 X25519_PUB = b"\xec\x01"
 KEY_LENGTH = 32
+BASE58_ALPHABET = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
 def multibase_encode(codec: bytes, key: bytes) -> str:
@@ -34,6 +35,9 @@ def multibase_decode(value: str) -> tuple[bytes, bytes]:
     """Split a base58btc multibase multikey into (codec, key bytes)."""
     if not value.startswith("z"):
         raise DIDError("multibase value must use base58btc (start with 'z')")
+    # base58 decoders skip whitespace; a second spelling of one key must not resolve.
+    if not set(value[1:]) <= BASE58_ALPHABET:
+        raise DIDError("multibase value holds characters outside the base58btc alphabet")
     try:
         raw = base58.b58decode(value[1:])
     except ValueError as exc:

@@ -20,6 +20,7 @@ byte of the envelope is detected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -46,6 +47,19 @@ class Opened:
     plaintext: bytes
 
 
+@functools.lru_cache(maxsize=4096)
+def _box(private_key: bytes, peer_public_key: bytes) -> nacl.public.Box:
+    """The Box for a key pair, cached: its X25519 precomputation dominates small envelopes."""
+    return nacl.public.Box(
+        nacl.public.PrivateKey(private_key), nacl.public.PublicKey(peer_public_key)
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _x25519_of(ed25519_public: bytes) -> bytes:
+    return x25519_from_ed25519(ed25519_public)
+
+
 def key_id(x25519_public: bytes) -> bytes:
     return hashlib.sha256(x25519_public).digest()[:8]
 
@@ -62,7 +76,11 @@ def seal(plaintext: bytes, sender: Identity, recipient_did: str) -> bytes:
         + key_id(bytes(recipient.x25519))
     )
     nonce = nacl.utils.random(NONCE_LENGTH)
-    box = nacl.public.Box(sender.box_key, recipient.x25519)
+    try:
+        box = _box(bytes(sender.box_key), bytes(recipient.x25519))
+    except nacl.exceptions.CryptoError as exc:
+        # libsodium refuses low-order points (an all-zero shared secret).
+        raise EnvelopeError("the recipient's key-agreement key is a low-order point") from exc
     return header + bytes(box.encrypt(header + plaintext, nonce))
 
 
@@ -79,8 +97,7 @@ def open_sealed(envelope: bytes, recipient: Identity) -> Opened:
     if header[34:42] != key_id(bytes(recipient.box_key.public_key)):
         raise EnvelopeError("the envelope is addressed to a different key")
     try:
-        sender_x25519 = nacl.public.PublicKey(x25519_from_ed25519(sender_key))
-        box = nacl.public.Box(recipient.box_key, sender_x25519)
+        box = _box(bytes(recipient.box_key), _x25519_of(sender_key))
         inner = box.decrypt(envelope[HEADER_LENGTH:])
     except (DIDError, nacl.exceptions.CryptoError, ValueError) as exc:
         raise EnvelopeError("the envelope failed authentication: it was altered or forged") from exc

@@ -40,6 +40,7 @@ GRANT_TYPE = "ConsentGrant"
 REVOCATION_TYPE = "ConsentRevocation"
 MAX_TTL = timedelta(hours=72)
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+MAX_CLOCK_SKEW = timedelta(minutes=30)
 MAX_PURPOSE_TEXT = 500
 
 
@@ -191,7 +192,8 @@ def issue_grant(
         "validUntil": format_time(expires),
         "credentialSubject": subject_fields,
     }
-    _parse_grant(credential)  # the same checks a verifier runs, before anything is signed
+    grant = _parse_grant(credential)  # the checks a verifier runs, before anything is signed
+    _check_window(grant, DEFAULT_CLOCK_SKEW)
     return sign_document(credential, identity, created=issued)
 
 
@@ -246,6 +248,24 @@ def _parse_grant(credential: dict[str, Any]) -> Grant:
     )
 
 
+def _proof_purposes(document: dict[str, Any]) -> set[Any]:
+    proof = document.get("proof")
+    proofs = proof if isinstance(proof, list) else [proof]
+    return {p.get("proofPurpose") for p in proofs if isinstance(p, dict)}
+
+
+def _check_window(grant: Grant, clock_skew: timedelta, max_ttl: timedelta = MAX_TTL) -> None:
+    """The rules on the grant's own times, independent of the verifier's clock."""
+    if grant.expires <= grant.not_before:
+        raise GrantError("the grant expires before it becomes valid")
+    if grant.not_before < grant.issued - clock_skew:
+        raise GrantError("the grant's validFrom lies before its issue time")
+    limit = min(max_ttl, MAX_TTL)
+    if grant.expires - grant.issued > limit:
+        hours = int(limit.total_seconds() // 3600)
+        raise GrantWindowTooLong(f"the grant stays valid more than {hours} hours after issue")
+
+
 def verify_grant(
     credential: dict[str, Any],
     *,
@@ -258,22 +278,21 @@ def verify_grant(
     ``max_ttl`` is the verifier's policy and can only tighten the 72-hour rule.
     """
     now = now or datetime.now(UTC)
+    if not timedelta(0) <= clock_skew <= MAX_CLOCK_SKEW:
+        raise ValueError("clock_skew must be between 0 and 30 minutes")
     signer = verify_document(credential)
     grant = _parse_grant(credential)
+    if _proof_purposes(credential) != {"assertionMethod"}:
+        raise SignatureError("a grant's proofs must have proofPurpose assertionMethod")
     if signer != grant.subject:
         raise SignatureError("the grant is signed by someone other than its issuer")
-    if grant.expires <= grant.not_before:
-        raise GrantError("the grant expires before it becomes valid")
+    _check_window(grant, clock_skew, max_ttl)
     if grant.issued > now + clock_skew:
         raise GrantNotYetValid("the grant claims to be issued in the future: check the clocks")
-    if grant.not_before < grant.issued - clock_skew:
-        raise GrantError("the grant's validFrom lies before its issue time")
-    if grant.expires - grant.issued > min(max_ttl, MAX_TTL):
-        limit = int(min(max_ttl, MAX_TTL).total_seconds() // 3600)
-        raise GrantWindowTooLong(f"the grant stays valid more than {limit} hours after issue")
     if now + clock_skew < grant.not_before:
         raise GrantNotYetValid(f"the grant is not valid before {format_time(grant.not_before)}")
-    if now >= grant.expires + clock_skew:
+    # Skew is tolerated for start times only: the customer's expiry is a hard limit.
+    if now >= grant.expires:
         raise GrantExpired(f"the grant expired at {format_time(grant.expires)}")
     return grant
 
@@ -288,11 +307,18 @@ class Revocation:
     document: dict[str, Any]
 
 
+def _check_grant_id(grant_id: Any) -> str:
+    if not isinstance(grant_id, str) or not grant_id.startswith("urn:uuid:"):
+        raise RevocationError("the revocation must name a grant id (urn:uuid:...)")
+    return grant_id
+
+
 def issue_revocation(
     identity: Identity, grant_id: str, *, reason: str = "", now: datetime | None = None
 ) -> dict[str, Any]:
     """A signed statement by the subject that ``grant_id`` no longer holds."""
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    _check_grant_id(grant_id)
     statement = {
         "@context": [VC_CONTEXT, CONSENT_CONTEXT],
         "id": f"urn:uuid:{uuid.uuid4()}",
@@ -307,7 +333,7 @@ def issue_revocation(
 
 def verify_revocation(document: dict[str, Any]) -> Revocation:
     """Verify a revocation's proof and shape. The caller checks it matches the grant's subject."""
-    if not isinstance(document, dict) or REVOCATION_TYPE not in (document.get("type") or []):
+    if not isinstance(document, dict) or document.get("type") != [REVOCATION_TYPE]:
         raise RevocationError("the statement is not a ConsentRevocation")
     try:
         signer = verify_document(document)
@@ -315,9 +341,7 @@ def verify_revocation(document: dict[str, Any]) -> Revocation:
         raise RevocationError(f"the revocation's signature is invalid: {exc}") from exc
     if signer != document.get("issuer"):
         raise RevocationError("the revocation is signed by someone other than its issuer")
-    grant_id = document.get("grant")
-    if not isinstance(grant_id, str) or not grant_id.startswith("urn:uuid:"):
-        raise RevocationError("the revocation must name a grant id (urn:uuid:...)")
+    grant_id = _check_grant_id(document.get("grant"))
     try:
         issued = _parse_time(document.get("issued"), "issue time")
     except GrantError as exc:

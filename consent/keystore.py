@@ -63,13 +63,15 @@ def decrypt_secret(document: dict[str, Any], passphrase: str) -> dict[str, Any]:
         if document.get("format") != FORMAT or document.get("version") != VERSION:
             raise KeystoreError("not a Sovereign Fabric keystore (unknown format or version)")
         kdf = document["kdf"]
+        if kdf.get("name") != "argon2id" or document.get("cipher") != "xsalsa20-poly1305":
+            raise KeystoreError("the keystore names a KDF or cipher this version does not use")
         salt = base64.b64decode(kdf["salt"], validate=True)
         ciphertext = base64.b64decode(document["ciphertext"], validate=True)
         opslimit, memlimit = int(kdf["opslimit"]), int(kdf["memlimit"])
         if not (OPSLIMIT <= opslimit <= MAX_OPSLIMIT and MEMLIMIT <= memlimit <= MAX_MEMLIMIT):
             raise KeystoreError("the keystore's KDF parameters are outside the accepted range")
         key = _derive(passphrase, salt, opslimit, memlimit)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise KeystoreError("the keystore file is damaged: a field is missing or bad") from exc
     try:
         plaintext = nacl.secret.SecretBox(key).decrypt(ciphertext)
@@ -128,5 +130,5 @@ def load_identity(path: Path, passphrase: str) -> Identity:
 
             sm2 = SM2PrivateKey.from_hex(secret["sm2_private"])
         return Identity.from_seed(bytes.fromhex(secret["ed25519_seed"]), profile=profile, sm2=sm2)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise KeystoreError("the keystore decrypted but its contents are malformed") from exc

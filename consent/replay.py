@@ -27,8 +27,8 @@ class ReplayGuard:
         now = now or datetime.now(UTC)
         if not nonce or len(nonce) > 128:
             raise ReplayError("the request nonce must be 1 to 128 characters")
-        if timestamp.tzinfo is None:
-            raise ReplayError("the request timestamp must carry a time zone")
+        if timestamp.tzinfo is None or now.tzinfo is None:
+            raise ReplayError("request and clock times must carry a time zone (use UTC)")
         if abs(now - timestamp) > self.window:
             raise ReplayError(
                 "the request timestamp is outside the accepted window: check the clock and resend"

@@ -194,13 +194,25 @@ def test_expired() -> None:
     credential = _issue(ttl=timedelta(hours=1))
     expires = NOW + timedelta(hours=1)
     with pytest.raises(GrantExpired, match="expired"):
-        verify_grant(credential, now=expires + SKEW)
+        verify_grant(credential, now=expires)
     with pytest.raises(GrantExpired):
         verify_grant(credential, now=NOW + timedelta(days=3))
-    # Within the skew the grant still verifies, but is no longer active.
-    grant = verify_grant(credential, now=expires + SKEW - SECOND)
+    # Clock skew is tolerated for start times only: expiry is exact.
+    grant = verify_grant(credential, now=expires - SECOND)
     assert not grant.is_active(expires)
     assert grant.is_active(expires - SECOND)
+
+
+@pytest.mark.parametrize("skew", [timedelta(minutes=31), timedelta(seconds=-1)])
+def test_clock_skew_is_bounded(skew: timedelta) -> None:
+    with pytest.raises(ValueError, match="clock_skew"):
+        verify_grant(_issue(), now=NOW, clock_skew=skew)
+
+
+def test_grant_proof_purpose_must_be_assertion_method() -> None:
+    forged = sign_document(unsecured(_issue()), SUBJECT, proof_purpose="authentication")
+    with pytest.raises(SignatureError, match="assertionMethod"):
+        verify_grant(forged, now=NOW)
 
 
 def test_issued_in_the_future_beyond_skew() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wallet_helpers import PASSPHRASE, WalletCLI
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cdp import Chromium
-from conftest import NodeProcess
-from wallet_helpers import PASSPHRASE, WalletCLI
+from tests.wallet.cdp import Chromium
+from tests.wallet.conftest import NodeProcess
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 
 from consent.grants import issue_grant, verify_grant
 from consent.identity import Identity

@@ -12,7 +12,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 
 from consent.grants import issue_grant, verify_grant
 from consent.identity import Identity

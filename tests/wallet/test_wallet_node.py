@@ -13,8 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import LedgerProcess, NodeProcess
-from wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
+from tests.wallet.conftest import LedgerProcess, NodeProcess
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 
 from agent_node.client import NodeError
 from agent_node.requester import Requester

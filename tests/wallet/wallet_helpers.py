@@ -1,4 +1,4 @@
-"""Helpers shared by the wallet tests (imported by name: tests/wallet is on sys.path)."""
+"""Helpers shared by the wallet tests."""
 
 from __future__ import annotations
 
