@@ -16,12 +16,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests.wallet.cdp import Chromium
-from tests.wallet.conftest import NodeProcess
-from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 
 from consent.grants import issue_grant, verify_grant
 from consent.identity import Identity
+from tests.wallet.cdp import Chromium
+from tests.wallet.conftest import NodeProcess
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 from wallet.dashboard import DashboardServer, serve_dashboard
 from wallet.service import Wallet
 from wallet.store import AccessRecord, from_iso

@@ -12,11 +12,10 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
-
 from consent.grants import issue_grant, verify_grant
 from consent.identity import Identity
 from consent.keystore import load_identity
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 from wallet.service import Wallet, grant_views
 from wallet.store import WalletStore
 

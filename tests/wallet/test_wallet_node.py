@@ -13,13 +13,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.wallet.conftest import LedgerProcess, NodeProcess
-from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 
 from agent_node.client import NodeError
 from agent_node.requester import Requester
 from consent.grants import verify_revocation
 from consent.identity import Identity
+from tests.wallet.conftest import LedgerProcess, NodeProcess
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 from wallet.service import Wallet
 
 QUERY = {"dataset": "orders", "purpose": "quote-generation", "measures": ["count", "sum:amount"],
