@@ -1,0 +1,367 @@
+"""``make demo``: the Sovereign Fabric story, end to end, on real processes.
+
+A distributor runs an agent node next to its order system (SQLite) and its chat-sentiment
+store (PostgreSQL). Customers create wallets and grant the CRM application `quote-generation`
+on the `transaction` tier for 24 hours. The CRM asks for order totals by region and gets
+aggregates with small groups suppressed; a question outside the granted scope is refused. A
+customer sees who used their data and checks it against the ledger, revokes, and the next
+question under that grant is refused. A compliance officer verifies every receipt offline.
+
+Every step runs the real command line tools as separate processes (ledger, node, wallet,
+requester, auditor) and prints the commands, so it can be replayed by hand. The demo's
+passphrases are fixed, demo-only values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+TELCO = SHARED / "datasets" / "telco_churn" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
+BIN = Path(sys.executable).parent
+DEMO_PASSPHRASE = "demo-only passphrase, never reuse"
+PG_DSN = "host=127.0.0.1 port=5432 user=postgres"
+PG_DATABASE = "sovfab_demo_chat"
+CUSTOMERS = 40
+# The customers who grant, by region: north and south reach k = 5, east does not.
+GRANTING = {"north": 7, "south": 5, "east": 2}
+REGIONS = ["north", "south", "east", "west"]
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def show(command: list[str]) -> None:
+    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+
+
+def run(command: list[str], env: dict[str, str], *, check: bool = True,
+        quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    if not quiet:
+        show(command)
+    tool = str(BIN / command[0])
+    result = subprocess.run([tool, *command[1:]], env=env, text=True, capture_output=True,
+                            timeout=120, check=False)
+    if not quiet:
+        for line in (result.stdout + result.stderr).rstrip().splitlines():
+            print("  " + line)
+    if check and result.returncode != 0:
+        sys.exit(f"demo step failed ({result.returncode}): {' '.join(command)}")
+    return result
+
+
+@contextmanager
+def background(command: list[str], env: dict[str, str], port_file: Path) -> Iterator[int]:
+    """Start a server process, wait until it has written its port, stop it at the end."""
+    show(command)
+    log = open(port_file.with_suffix(".log"), "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"{command[0]} did not start; see {log.name}")
+            time.sleep(0.1)
+        yield int(port_file.read_text().strip())
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def customer_rows() -> list[dict[str, str]]:
+    with TELCO.open(newline="") as handle:
+        return [row for _, row in zip(range(CUSTOMERS), csv.DictReader(handle), strict=False)]
+
+
+def region_of(index: int) -> str:
+    """Granting customers fill GRANTING's regions first; the rest spread over all four."""
+    bound = 0
+    for region, count in GRANTING.items():
+        bound += count
+        if index < bound:
+            return region
+    return REGIONS[index % len(REGIONS)]
+
+
+def build_order_system(path: Path, customers: list[dict[str, str]]) -> None:
+    """The distributor's order system: one order per month of tenure (at most six)."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer_id TEXT, "
+                   "region TEXT, amount REAL, contract TEXT)")
+        for index, row in enumerate(customers):
+            for month in range(min(int(row["tenure"]), 6) or 1):
+                db.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?)",
+                           (f"{row['customerID']}-{month}", row["customerID"], region_of(index),
+                            float(row["MonthlyCharges"]), row["Contract"]))
+
+
+def build_chat_store(customers: list[dict[str, str]]) -> bool:
+    """The chat-sentiment store in PostgreSQL; False when no server answers."""
+    import psycopg
+
+    try:
+        with psycopg.connect(f"{PG_DSN} dbname=postgres", autocommit=True,
+                             connect_timeout=3) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE}")
+            admin.execute(f"CREATE DATABASE {PG_DATABASE}")
+    except psycopg.OperationalError:
+        return False
+    with psycopg.connect(f"{PG_DSN} dbname={PG_DATABASE}") as db:
+        db.execute("CREATE TABLE chats (chat_id TEXT PRIMARY KEY, customer_id TEXT, mood TEXT)")
+        for row in customers:
+            mood = "frustrated" if row["Churn"] == "Yes" else "content"
+            db.execute("INSERT INTO chats VALUES (%s, %s, %s)",
+                       (f"chat-{row['customerID']}", row["customerID"], mood))
+    return True
+
+
+def datamap(orders_db: Path, with_chats: bool) -> str:
+    text = f"""
+[sources.orders]
+kind = "sqlite"
+path = "{orders_db}"
+
+[datasets.orders]
+source = "orders"
+table = "orders"
+subject_key = ["customer_id"]
+row_key = ["order_id"]
+
+[datasets.orders.columns]
+region = {{ type = "text", scope = "transaction", index = true }}
+amount = {{ type = "real", scope = "transaction", bounds = [0, 200] }}
+contract = {{ type = "text", scope = "transaction" }}
+"""
+    if with_chats:
+        text += f"""
+[sources.chat]
+kind = "postgresql"
+dsn = "{PG_DSN} dbname={PG_DATABASE}"
+
+[datasets.chats]
+source = "chat"
+table = "chats"
+subject_key = ["customer_id"]
+row_key = ["chat_id"]
+
+[datasets.chats.columns]
+mood = {{ type = "text", scope = "sentiment" }}
+"""
+    return text
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="sovfab-demo-"))
+    env = {**os.environ, "SOV_NODE_PASSPHRASE": DEMO_PASSPHRASE,
+           "SOV_LEDGER_PASSPHRASE": DEMO_PASSPHRASE, "SOV_QUERY_PASSPHRASE": DEMO_PASSPHRASE,
+           "CONSENT_WALLET_PASSPHRASE": DEMO_PASSPHRASE}
+    print(f"Sovereign Fabric demo; everything lives in {workdir}")
+    try:
+        story(workdir, env)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def story(work: Path, env: dict[str, str]) -> None:
+    ledger_home, node_home = work / "ledger", work / "node"
+    crm_home, alice_home = work / "crm", work / "alice"
+
+    say("1. The ledger operator starts the hash ledger (RFC 9162 log, anchors on an embedded EVM)")
+    run(["sov-ledger", "init", "--home", str(ledger_home)], env)
+    ledger_addr = f"127.0.0.1:{free_port()}"
+    ledger_cmd = ["sov-ledger", "serve", "--home", str(ledger_home), "--listen", ledger_addr,
+                  "--anchor-interval", "2"]
+    ledger_port_file = work / "ledger.port"
+    with background_ledger(ledger_cmd, env, ledger_port_file, ledger_addr):
+        node_and_customers(work, env, ledger_home, node_home, crm_home, alice_home, ledger_addr)
+
+
+@contextmanager
+def background_ledger(command: list[str], env: dict[str, str], port_file: Path,
+                      address: str) -> Iterator[None]:
+    """``sov-ledger serve`` binds a fixed address; wait for its TLS port to accept."""
+    import socket
+
+    show(command)
+    log = open(port_file.with_suffix(".log"), "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    host, port = address.rsplit(":", 1)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"the ledger did not start; see {log.name}")
+                time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_home: Path,
+                       crm_home: Path, alice_home: Path, ledger_addr: str) -> None:
+    say("2. A distributor runs a node next to its order system (SQLite) and chat store "
+        "(PostgreSQL)")
+    customers = customer_rows()
+    orders_db = work / "orders.db"
+    build_order_system(orders_db, customers)
+    with_chats = build_chat_store(customers)
+    print(f"  order system: {orders_db} ({CUSTOMERS} customers from the telco churn dataset)")
+    print("  chat store: " + (f"PostgreSQL database {PG_DATABASE}" if with_chats else
+                             "PostgreSQL not reachable at 127.0.0.1:5432 - skipped"))
+    run(["sov-node", "init", "--home", str(node_home), "--name", "distributor-eu",
+         "--region", "eu-west", "--listen", "127.0.0.1:0"], env)
+    (node_home / "datamap.toml").write_text(datamap(orders_db, with_chats))
+    configure_node_ledger(node_home, ledger_addr, ledger_home)
+    run(["sov-node", "sync", "--home", str(node_home)], env)
+    run(["sov-node", "sync", "--home", str(node_home)], env)  # incremental: nothing new
+
+    say("3. The CRM application creates its requester identity")
+    crm_did = run(["sov-query", "init", "--home", str(crm_home)], env).stdout.split()[-1]
+
+    node_cmd = ["sov-node", "serve", "--home", str(node_home), "--port-file",
+                str(work / "node.port")]
+    with background(node_cmd, env, work / "node.port") as node_port:
+        node_addr = f"127.0.0.1:{node_port}"
+        node_ca = node_home / "tls" / "ca.pem"
+        ledger_ca = ledger_home / "tls" / "ca.pem"
+        alice_grant = customers_grant(work, env, node_home, node_addr, node_ca, ledger_addr,
+                                      ledger_ca, crm_did, alice_home, customers)
+        ask = ["sov-query", "ask", "--home", str(crm_home), "--node", node_addr,
+               "--ca", str(node_ca), "--purpose", "quote-generation"]
+
+        say("5. The CRM asks for order totals by region: aggregates only, small groups withheld")
+        run([*ask, "--dataset", "orders", "--measure", "count", "--measure", "sum:amount",
+             "--group-by", "region"], env)
+        if with_chats:
+            say("   ... and a question about chat sentiment, which no grant covers, is refused")
+            run([*ask, "--dataset", "chats", "--measure", "count", "--group-by", "mood"], env,
+                check=False)
+
+        say("6. Alice asks her wallet who used her data, and checks it against the ledger")
+        wallet = ["consent-wallet", "--home", str(alice_home)]
+        run(["sov-node", "log", "push", "--home", str(node_home)], env, check=False)
+        run([*wallet, "access-log"], env)
+
+        say("7. Alice revokes her grant; the next question under it is refused")
+        run([*wallet, "revoke", alice_grant], env)
+        run([*ask, "--dataset", "orders", "--measure", "count", "--grant", alice_grant], env,
+            check=False)
+        run([*wallet, "grants"], env)
+
+    say("8. A compliance officer verifies every receipt offline")
+    audit(work, env, ledger_home, alice_home)
+
+
+def configure_node_ledger(node_home: Path, ledger_addr: str, ledger_home: Path) -> None:
+    import tomllib
+
+    import tomli_w
+
+    config = node_home / "node.toml"
+    settings = tomllib.loads(config.read_text())
+    settings["ledger_address"] = ledger_addr
+    settings["ledger_ca"] = str(ledger_home / "tls" / "ca.pem")
+    config.write_text(tomli_w.dumps(settings))
+
+
+def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr: str,
+                    node_ca: Path, ledger_addr: str, ledger_ca: Path, crm_did: str,
+                    alice_home: Path, customers: list[dict[str, str]]) -> str:
+    say("4. Customers create wallets and grant the CRM quote-generation on transaction, 24 h")
+    wallet = ["consent-wallet", "--home", str(alice_home)]
+    run([*wallet, "init"], env)
+    alice_did = run([*wallet, "whoami", "--json"], env, quiet=True)
+    did = json.loads(alice_did.stdout)["did"]
+    run(["sov-node", "subjects", "bind", "--home", str(node_home),
+         customers[0]["customerID"], did], env)
+    run([*wallet, "nodes", "add", node_addr, "--ca", str(node_ca)], env)
+    run([*wallet, "ledger", "set", ledger_addr, "--ca", str(ledger_ca)], env)
+    granted = run([*wallet, "grant", "--node", node_addr, "--requester", crm_did,
+                   "--purpose", "quote-generation", "--scope", "transaction", "--ttl", "24h",
+                   "--json"], env)
+    alice_grant = json.loads(granted.stdout)["grant_id"]
+    print(f"  Alice's grant: {alice_grant}")
+
+    others = sum(GRANTING.values()) - 1
+    print(f"  ... and {others} more customers do the same through the wallet's Python API")
+    from wallet.service import Wallet
+
+    for index in range(1, others + 1):
+        home = work / f"customer-{index}"
+        customer = Wallet.create(home, DEMO_PASSPHRASE)
+        run(["sov-node", "subjects", "bind", "--home", str(node_home),
+             customers[index]["customerID"], customer.identity.did], env, quiet=True)
+        customer.set_ledger(ledger_addr, ledger_ca.read_bytes())
+        customer.grant(node=node_addr, requester=crm_did, purpose="quote-generation",
+                       scopes=["transaction"], ttl=timedelta(hours=24),
+                       node_ca=node_ca.read_bytes())
+    print(f"  {others + 1} of {CUSTOMERS} customers granted; the other "
+          f"{CUSTOMERS - others - 1} never did, so their data is never used")
+    return alice_grant
+
+
+def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) -> None:
+    receipts = export_receipts(work, alice_home)
+    log_key = ledger_home / "log-public.json"
+    run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, receipts)], env)
+    tampered = work / "tampered-receipt.json"
+    document = json.loads(receipts[0].read_text())
+    document["entry"]["purpose"] = "marketing-analytics"
+    tampered.write_text(json.dumps(document))
+    print("  A copy whose purpose was changed after the fact:")
+    result = run(["sov-audit", "verify", "--log-key", str(log_key), str(tampered)], env,
+                 check=False)
+    if result.returncode == 0:
+        sys.exit("the tampered receipt was accepted: the demo expected a rejection")
+
+
+def export_receipts(work: Path, alice_home: Path) -> list[Path]:
+    """The ledger receipts Alice's wallet keeps, written out one file each."""
+    from wallet.service import open_store
+
+    paths = []
+    kept = [g.ledger_receipt for g in open_store(alice_home).grants() if g.ledger_receipt]
+    for index, receipt in enumerate(kept):
+        path = work / f"receipt-{index}.json"
+        path.write_text(json.dumps(receipt, indent=2))
+        paths.append(path)
+    if not paths:
+        sys.exit("Alice's wallet holds no ledger receipts")
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())
