@@ -272,15 +272,17 @@ def verify_grant(
     now: datetime | None = None,
     max_ttl: timedelta = MAX_TTL,
     clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+    require_sm2: bool = False,
 ) -> Grant:
     """Check the proof, the schema and the validity window; return the grant or raise.
 
-    ``max_ttl`` is the verifier's policy and can only tighten the 72-hour rule.
+    ``max_ttl`` is the verifier's policy and can only tighten the 72-hour rule;
+    ``require_sm2`` is a ``gm``-profile verifier's policy that an SM2 proof is present.
     """
     now = now or datetime.now(UTC)
     if not timedelta(0) <= clock_skew <= MAX_CLOCK_SKEW:
         raise ValueError("clock_skew must be between 0 and 30 minutes")
-    signer = verify_document(credential)
+    signer = verify_document(credential, require_sm2=require_sm2)
     grant = _parse_grant(credential)
     if _proof_purposes(credential) != {"assertionMethod"}:
         raise SignatureError("a grant's proofs must have proofPurpose assertionMethod")

@@ -176,17 +176,20 @@ def _verify_sm2(proof: dict[str, Any], base: dict[str, Any], did: str) -> None:
     public_key.verify(_hash_input(base, config, _sm3), _signature(proof))
 
 
-def verify_document(document: dict[str, Any]) -> str:
+def verify_document(document: dict[str, Any], *, require_sm2: bool = False) -> str:
     """Verify every proof on ``document``; return the DID that signed it.
 
     Accepts one ``eddsa-jcs-2022`` proof, or the ``gm`` chain [SM2 proof, Ed25519 proof with
-    ``previousProof``]. Raises ``SignatureError`` (or ``UnsupportedCryptosuite``) otherwise.
+    ``previousProof``]; with ``require_sm2`` (a ``gm``-profile verifier's policy) only the
+    chain. Raises ``SignatureError`` (or ``UnsupportedCryptosuite``) otherwise.
     """
     if not isinstance(document, dict) or "proof" not in document:
         raise SignatureError("the document carries no proof: it must be signed")
     base = unsecured(document)
     proof = document["proof"]
     if isinstance(proof, dict):
+        if require_sm2:
+            raise SignatureError("this verifier requires an SM2 proof (gm profile) beside Ed25519")
         if proof.get("cryptosuite") == SM2_JCS:
             raise SignatureError("an SM2 proof must be chained to an Ed25519 proof")
         if "previousProof" in proof:
