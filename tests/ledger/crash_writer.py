@@ -1,6 +1,6 @@
 """Writer process for the crash test: appends batches forever, reporting each step.
 
-Prints ``BEGIN <n>`` before a batch and ``ACK <size> <entry hash>...`` after the batch was
+Prints ``BEGIN <n>`` before a batch and ``ACK <size> <entry hash>... END`` after the batch was
 acknowledged (receipts returned), flushing each line so the parent sees it at once.
 """
 
@@ -25,7 +25,8 @@ def main(home: str, passphrase: str, start: int, batch: int) -> None:
         print(f"BEGIN {n}", flush=True)
         receipts = log.append(events)
         size = receipts[-1].index + 1
-        print("ACK", size, " ".join(r.entry_hash for r in receipts), flush=True)
+        # The line is ~200 KB: a kill can cut it, so it ends with a marker the parent checks.
+        print("ACK", size, " ".join(r.entry_hash for r in receipts), "END", flush=True)
         n += batch
 
 
