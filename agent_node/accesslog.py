@@ -6,22 +6,52 @@ SHA-256; the chain hash is ``SHA-256(prev_hash || body_digest)`` starting from 3
 A subject receives its own events in full and, for every other event in between, only
 ``(seq, body_digest, hash)``: enough to recompute the chain up to the node-signed head
 without learning anything about other people's accesses.
+
+Ledger anchoring (docs/audit.md, event type ``access_head``): chain heads are queued durably
+in ``ledger_heads`` (one row per head sequence, the exact event bytes fixed at enqueue time so
+a retry re-sends the same entry and the ledger deduplicates it), pushed when the ledger is
+reachable, and the verified receipt is kept beside the row. An access event with
+``seq <= sequence`` is covered by that head: the head's hash commits to the chain up to it.
+Subject salts (``subject_salts``) are sent by the wallet with its grants, so that a head can
+name the salted commitments ``SHA-256("sovereign-fabric/subject/v1" || salt || DID)`` of the
+subjects whose data the events under it used, never the DIDs themselves.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import sqlite3
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
+from agent_node.errors import AgentNodeError
 from consent.canonical import canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
+from ledger.events import make_event, subject_commitment
 
 GENESIS = "00" * 32
 HEAD_TYPE = "AccessLogHead"
+# A ledger event is at most 16 KiB (ledger.events.MAX_EVENT_BYTES), about 230 digests: the
+# optional lists are left out of a head that would name more (the chain hash still covers all).
+MAX_LISTED = 100
+
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_heads (
+  sequence INTEGER PRIMARY KEY, hash TEXT NOT NULL, event TEXT NOT NULL, queued_at TEXT NOT NULL,
+  receipt TEXT, anchored_at TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX IF NOT EXISTS ledger_heads_pending ON ledger_heads(sequence) WHERE receipt IS NULL;
+CREATE TABLE IF NOT EXISTS subject_salts (
+  did TEXT PRIMARY KEY, salt TEXT NOT NULL, received_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class AnchorQueueError(AgentNodeError):
+    """A value for the ledger queue (a subject salt, a receipt) is malformed."""
 
 
 def body_digest(body: dict[str, Any]) -> str:
@@ -36,21 +66,60 @@ def subjects_digest(subject_refs: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(subject_refs)).encode()).hexdigest()
 
 
-def append(conn: sqlite3.Connection, body: dict[str, Any], sids: list[int],
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event body canonicalised ahead of time, all but its ``seq``.
+
+    RFC 8785 serialises an object as its members sorted by key, each member on its own, so
+    the members can be serialised outside the write transaction and only ``seq`` (known once
+    the chain is locked) is added inside it: the bytes equal ``canonicalize(body)``.
+    """
+
+    time: str
+    members: tuple[tuple[str, bytes], ...]  # (key, canonical member "key":value), sorted
+
+    def canonical(self, seq: int) -> bytes:
+        member = b'"seq":' + canonicalize(seq)
+        parts = [m for _, m in self.members]
+        at = bisect.bisect([_utf16(k) for k, _ in self.members], _utf16("seq"))
+        parts.insert(at, member)
+        return b"{" + b",".join(parts) + b"}"
+
+
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be")  # RFC 8785 sorts member names by UTF-16 code units
+
+
+def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> PreparedEvent:
+    """Canonicalise ``body`` (without ``seq``); ``cached`` may hold ready canonical values."""
+    if "seq" in body:
+        raise ValueError("the access log assigns seq itself")
+    cached = cached or {}
+    members = tuple(sorted(
+        ((key, canonicalize(key) + b":" + (cached.get(key) or canonicalize(value)))
+         for key, value in body.items()), key=lambda m: _utf16(m[0])))
+    return PreparedEvent(str(body["time"]), members)
+
+
+def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],
            grant_ids: list[str]) -> tuple[int, str]:
     """Append one event inside the caller's transaction; returns (seq, hash)."""
+    event = body if isinstance(body, PreparedEvent) else prepare(body)
     row = conn.execute("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-    body = {**body, "seq": seq}
-    digest = body_digest(body)
+    text = event.canonical(seq)
+    digest = hashlib.sha256(text).hexdigest()
     new_hash = chain_hash(prev, digest)
     conn.execute("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash) "
                  "VALUES (?, ?, ?, ?, ?, ?)",
-                 (seq, body["time"], json.dumps(body, sort_keys=True), digest, prev, new_hash))
-    conn.executemany("INSERT OR IGNORE INTO access_subjects (sid, seq) VALUES (?, ?)",
-                     [(sid, seq) for sid in sids])
-    conn.executemany("INSERT OR IGNORE INTO access_grants (grant_id, seq) VALUES (?, ?)",
-                     [(gid, seq) for gid in grant_ids])
+                 (seq, event.time, text.decode(), digest, prev, new_hash))
+    # Index rows in one statement each (the JSON array is expanded inside SQLite).
+    if sids:
+        conn.execute("INSERT OR IGNORE INTO access_subjects (sid, seq) "
+                     "SELECT value, ? FROM json_each(?)", (seq, json.dumps(sids)))
+    if grant_ids:
+        conn.execute("INSERT OR IGNORE INTO access_grants (grant_id, seq) "
+                     "SELECT value, ? FROM json_each(?)", (seq, json.dumps(grant_ids)))
     return seq, new_hash
 
 
@@ -127,3 +196,167 @@ def verify_events(events: list[dict[str, Any]], chain: list[list[Any]],
         digest_ok = seq in links and body_digest(event["body"]) == links[seq][0]
         verified[seq] = bool(intact and digest_ok and links[seq][1] == event["hash"])
     return ChainCheck(verified, intact)
+
+
+# -- ledger anchoring ---------------------------------------------------------------------------
+
+
+def ensure_ledger_tables(conn: sqlite3.Connection) -> None:
+    # One statement at a time: executescript would COMMIT the caller's open transaction.
+    if _has_ledger_tables(conn):
+        return
+    for statement in LEDGER_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _has_ledger_tables(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                       "AND name IN ('ledger_heads', 'subject_salts', 'ledger_settings')")\
+        .fetchone()
+    return int(row[0]) == 3
+
+
+def valid_salt(salt_hex: Any) -> bool:
+    """A subject salt as the wallet sends it: 32 bytes as 64 hex characters."""
+    if not isinstance(salt_hex, str) or len(salt_hex) != 64:
+        return False
+    try:
+        bytes.fromhex(salt_hex)
+    except ValueError:
+        return False
+    return True
+
+
+def remember_salt(conn: sqlite3.Connection, did: str, salt_hex: Any, now: str) -> None:
+    """Keep the subject's commitment salt (32 random bytes from its wallet, hex)."""
+    if not valid_salt(salt_hex):
+        raise AnchorQueueError("subject_salt must be 64 hex characters (32 random bytes)")
+    ensure_ledger_tables(conn)
+    conn.execute("INSERT INTO subject_salts (did, salt, received_at) VALUES (?, ?, ?) "
+                 "ON CONFLICT(did) DO UPDATE SET salt = excluded.salt, "
+                 "received_at = excluded.received_at", (did, salt_hex.lower(), now))
+
+
+def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[str]]:
+    """Commitments of the subjects and digests of the grants used by events (after, upto]."""
+    commitments = sorted({
+        subject_commitment(did, bytes.fromhex(salt)) for did, salt in conn.execute(
+            "SELECT DISTINCT b.did, t.salt FROM access_subjects s "
+            "JOIN bindings b ON b.sid = s.sid JOIN subject_salts t ON t.did = b.did "
+            "WHERE s.seq > ? AND s.seq <= ?", (after, upto))})
+    digests = sorted({r[0] for r in conn.execute(
+        "SELECT DISTINCT g.digest FROM access_grants a JOIN grants g ON g.grant_id = a.grant_id "
+        "WHERE a.seq > ? AND a.seq <= ?", (after, upto))})
+    listed: dict[str, list[str]] = {}
+    if commitments and len(commitments) <= MAX_LISTED:
+        listed["subject_commitments"] = commitments
+    if digests and len(digests) <= MAX_LISTED:
+        listed["grant_digests"] = digests
+    return listed
+
+
+def enqueue_head(conn: sqlite3.Connection, node_did: str) -> int | None:
+    """Queue the current chain head as an ``access_head`` event, once per head.
+
+    Runs inside the caller's write transaction. Returns the queued sequence, or None when the
+    chain is empty or this head is already queued.
+    """
+    ensure_ledger_tables(conn)
+    current = head(conn)
+    if current["seq"] == 0:
+        return None
+    if conn.execute("SELECT 1 FROM ledger_heads WHERE sequence = ?",
+                    (current["seq"],)).fetchone():
+        return None
+    row = conn.execute("SELECT max(sequence) FROM ledger_heads").fetchone()
+    after = int(row[0] or 0)
+    event = make_event("access_head", node=node_did, head=current["hash"],
+                       sequence=current["seq"], **_listed(conn, after, current["seq"]))
+    conn.execute("INSERT INTO ledger_heads (sequence, hash, event, queued_at) VALUES (?, ?, ?, ?)",
+                 (current["seq"], current["hash"], json.dumps(event, sort_keys=True),
+                  event["time"]))
+    return int(current["seq"])
+
+
+@dataclass(frozen=True)
+class QueuedHead:
+    sequence: int
+    hash: str
+    event: dict[str, Any]
+
+
+def pending_heads(conn: sqlite3.Connection, limit: int = 256) -> list[QueuedHead]:
+    """Heads queued but not yet anchored, oldest first."""
+    if not _has_ledger_tables(conn):
+        return []
+    return [QueuedHead(int(seq), hash_, json.loads(event)) for seq, hash_, event in conn.execute(
+        "SELECT sequence, hash, event FROM ledger_heads WHERE receipt IS NULL "
+        "ORDER BY sequence LIMIT ?", (limit,))]
+
+
+def store_receipt(conn: sqlite3.Connection, sequence: int, receipt: dict[str, Any],
+                  now: str) -> None:
+    """Keep the verified receipt of an anchored head (the caller verified it)."""
+    conn.execute("UPDATE ledger_heads SET receipt = ?, anchored_at = ?, last_error = NULL, "
+                 "attempts = attempts + 1 WHERE sequence = ? AND receipt IS NULL",
+                 (json.dumps(receipt, sort_keys=True), now, sequence))
+
+
+def mark_attempt_failed(conn: sqlite3.Connection, sequences: list[int], error: str) -> None:
+    conn.executemany("UPDATE ledger_heads SET attempts = attempts + 1, last_error = ? "
+                     "WHERE sequence = ?", [(error, seq) for seq in sequences])
+
+
+@dataclass(frozen=True)
+class AnchoredHead:
+    sequence: int
+    hash: str
+    receipt: dict[str, Any]
+    anchored_at: str
+
+
+def anchored_heads(conn: sqlite3.Connection) -> list[AnchoredHead]:
+    if not _has_ledger_tables(conn):
+        return []
+    return [AnchoredHead(int(seq), hash_, json.loads(receipt), at) for seq, hash_, receipt, at
+            in conn.execute("SELECT sequence, hash, receipt, anchored_at FROM ledger_heads "
+                            "WHERE receipt IS NOT NULL ORDER BY sequence")]
+
+
+def queue_counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(anchored, pending) head counts."""
+    if not _has_ledger_tables(conn):
+        return 0, 0
+    anchored, pending = conn.execute(
+        "SELECT count(receipt), count(*) - count(receipt) FROM ledger_heads").fetchone()
+    return int(anchored), int(pending)
+
+
+def anchors_covering(conn: sqlite3.Connection, seqs: list[int]) -> list[dict[str, Any]]:
+    """For each event seq, the earliest anchored head at or after it (the one to check)."""
+    if not seqs or not _has_ledger_tables(conn):
+        return []
+    anchored = [r[0] for r in conn.execute(
+        "SELECT sequence FROM ledger_heads WHERE receipt IS NOT NULL AND sequence >= ? "
+        "ORDER BY sequence", (min(seqs),))]
+    chosen = sorted({anchored[i] for i in (bisect_left(anchored, s) for s in seqs)
+                     if i < len(anchored)})
+    rows = conn.execute("SELECT sequence, hash, receipt FROM ledger_heads WHERE sequence IN "
+                        "(SELECT value FROM json_each(?)) ORDER BY sequence",
+                        (json.dumps(chosen),))
+    return [{"sequence": seq, "hash": hash_, "receipt": json.loads(receipt)}
+            for seq, hash_, receipt in rows]
+
+
+def get_setting(conn: sqlite3.Connection, key: str) -> str | None:
+    if not _has_ledger_tables(conn):
+        return None
+    row = conn.execute("SELECT value FROM ledger_settings WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_setting(conn: sqlite3.Connection, key: str, value: str) -> None:
+    ensure_ledger_tables(conn)
+    conn.execute("INSERT INTO ledger_settings (key, value) VALUES (?, ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))

@@ -54,8 +54,11 @@ class NodeConfig:
     max_workers: int = 16
     metrics_port: int = 0          # 0 = no Prometheus endpoint
     metrics_address: str = "127.0.0.1"
-    ledger_address: str = ""       # optional: push signed access-log heads to a ledger
-    ledger_ca: str = ""
+    ledger_address: str = ""       # optional: anchor access-log heads in a ledger (HOST:PORT)
+    ledger_ca: str = ""            # the ledger's TLS CA (PEM); relative to the node home
+    ledger_log_key: str = ""       # the log's public key (log-public.json), got out of band;
+    #                                empty: fetched on first contact and pinned in the vault
+    ledger_push_seconds: float = 30.0
 
     @property
     def max_ttl(self) -> timedelta:
@@ -80,6 +83,11 @@ class NodeConfig:
             raise ConfigError("node.toml key 'max_message_bytes': must be 1 KiB to 64 MiB")
         if self.replay_window_seconds < 10:
             raise ConfigError("node.toml key 'replay_window_seconds': must be at least 10")
+        if not 0.1 <= self.ledger_push_seconds <= 86400:
+            raise ConfigError("node.toml key 'ledger_push_seconds': must be 0.1 to 86400")
+        if self.ledger_address and not self.ledger_ca:
+            raise ConfigError("node.toml key 'ledger_ca': set it to the ledger's CA certificate "
+                              "(PEM) when 'ledger_address' is set")
         return self
 
 
@@ -132,6 +140,10 @@ class NodeHome:
 
     def ca_pem(self) -> bytes:
         return (self.tls_dir / "ca.pem").read_bytes()
+
+    def resolve(self, configured: str) -> Path:
+        """A path from node.toml: absolute, or relative to the node home."""
+        return self.path / Path(configured).expanduser()
 
 
 def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = "unspecified",

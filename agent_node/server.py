@@ -1,14 +1,16 @@
 """Assemble and run an agent node: vault, grants store, query engine, gRPC service over TLS
 (with grpc.health.v1 and server reflection via protos.transport), optional Prometheus
-endpoint and optional push of signed access-log heads to a ledger.
+endpoint and optional anchoring of access-log heads in the hash ledger (RFC 9162 receipts,
+``ledger.client``), through a durable queue so that a ledger outage never reaches a query.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -18,11 +20,10 @@ from agent_node.engine import EngineSettings, QueryEngine
 from agent_node.grantstore import GrantStore
 from agent_node.home import NodeHome
 from agent_node.service import SERVICE_NAME, Metrics, NodeService, add_to_server
-from agent_node.vault import Vault
+from agent_node.vault import Vault, iso
 from protos.transport import RunningServer, serve
 
 log = logging.getLogger("agent_node.server")
-LEDGER_PUSH_SECONDS = 30.0
 
 
 @dataclass
@@ -51,27 +52,117 @@ def build_service(home: NodeHome) -> NodeService:
     return NodeService(home, vault, engine, grants, Metrics())
 
 
-def _push_heads(service: NodeService, stop: threading.Event) -> None:
-    """Best effort: push the signed chain head when it moves; never blocks queries."""
-    config = service.home.config
-    try:
-        from ledger.client import LedgerClient  # optional part, configured by [node] ledger_*
-    except ImportError:
-        log.warning('{"event": "ledger-unavailable"}')
-        return
-    ca = Path(config.ledger_ca).read_bytes() if config.ledger_ca else b""
-    client: Any = LedgerClient(config.ledger_address, ca)
-    last = None
-    while not stop.wait(LEDGER_PUSH_SECONDS):
-        with service.vault.connection() as conn:
-            head = accesslog.signed_head(conn, service.identity)
-        if head["hash"] == last:
-            continue
-        try:
-            client.append({"type": "access_head", "head": head})
-            last = head["hash"]
-        except Exception as exc:  # the ledger being down must not stop the node
-            log.warning('{"event": "ledger-push-failed", "error": "%s"}', type(exc).__name__)
+@dataclass(frozen=True)
+class PushResult:
+    """What one push did: sequences newly anchored, heads still pending, and why if any."""
+
+    anchored: list[int]
+    pending: int
+    error: str | None = None
+
+
+class LedgerPusher:
+    """Anchors the node's access-log heads in the hash ledger (docs/audit.md, access_head).
+
+    Heads go through the durable queue in the vault (accesslog.ledger_heads): a head is queued
+    in one transaction, pushed when the ledger answers, and its receipt is kept only after
+    ``LedgerClient`` verified it (log-key signature, inclusion, the entry is ours, the log did
+    not fork). Queries never wait for any of this: it runs on its own thread, and a ledger
+    that is down only leaves heads queued until the next attempt.
+    """
+
+    def __init__(self, home: NodeHome, vault: Vault, client: Any | None = None) -> None:
+        self.home, self.vault = home, vault
+        self._client = client
+
+    def client(self) -> Any:
+        if self._client is None:
+            from ledger.client import LedgerClient
+
+            config = self.home.config
+            ca_pem = self.home.resolve(config.ledger_ca).read_bytes()
+            self._client = LedgerClient(config.ledger_address, ca_pem, log_key=self._log_key(),
+                                        timeout=10.0)
+        return self._client
+
+    def _log_key(self) -> Any:
+        """The pinned log key: node.toml's file, else the one pinned in the vault, else None
+        (the client then fetches it on first contact and ``_pin`` keeps it)."""
+        from ledger.models import LogPublicKey
+
+        if self.home.config.ledger_log_key:
+            return LogPublicKey.load(self.home.resolve(self.home.config.ledger_log_key))
+        with self.vault.connection() as conn:
+            pinned = accesslog.get_setting(conn, "log_key")
+        return LogPublicKey.from_json(json.loads(pinned)) if pinned else None
+
+    def _pin(self, client: Any) -> None:
+        with self.vault.connection() as conn:
+            if accesslog.get_setting(conn, "log_key") is not None:
+                return
+        key = json.dumps(client.log_key.to_json(), sort_keys=True)
+        with self.vault.transaction() as conn:
+            accesslog.set_setting(conn, "log_key", key)
+        log.info(json.dumps({"event": "ledger-key-pinned", "origin": client.log_key.origin}))
+
+    def enqueue(self) -> int | None:
+        """Queue the current head (once per head); durable before this returns."""
+        with self.vault.transaction() as conn:
+            return accesslog.enqueue_head(conn, self.home.identity.did)
+
+    def flush(self) -> PushResult:
+        """Push every queued head, oldest first, in batches; keep each verified receipt."""
+        from ledger.errors import LedgerError
+
+        anchored: list[int] = []
+        while True:
+            with self.vault.connection() as conn:
+                batch = accesslog.pending_heads(conn)
+            if not batch:
+                return PushResult(anchored, 0)
+            try:
+                client = self.client()
+                receipts = client.append_many([head.event for head in batch])
+                self._pin(client)
+            except (LedgerError, OSError) as exc:
+                # Nothing is lost: the heads stay queued and the next push retries them.
+                reason = _short(exc)
+                with self.vault.transaction() as conn:
+                    accesslog.mark_attempt_failed(conn, [h.sequence for h in batch], reason)
+                    pending = accesslog.queue_counts(conn)[1]
+                log.warning(json.dumps({"event": "ledger-push-failed", "pending": pending,
+                                        "error": reason}))
+                return PushResult(anchored, pending, reason)
+            now = iso(datetime.now(UTC))
+            with self.vault.transaction() as conn:
+                for head, receipt in zip(batch, receipts, strict=True):
+                    accesslog.store_receipt(conn, head.sequence, receipt.to_json(), now)
+            anchored.extend(h.sequence for h in batch)
+            log.info(json.dumps({"event": "ledger-anchored", "sequences": len(batch),
+                                 "last": batch[-1].sequence, "index": receipts[-1].index}))
+
+    def push(self) -> PushResult:
+        self.enqueue()
+        return self.flush()
+
+    def run(self, stop: threading.Event) -> None:
+        """Push on a schedule until ``stop`` is set; never raises (logs instead)."""
+        interval = self.home.config.ledger_push_seconds
+        while not stop.wait(interval):
+            try:
+                self.push()
+            except Exception as exc:  # the pusher thread must outlive any bug; logged
+                log.error(json.dumps({"event": "ledger-pusher-error",
+                                      "error": type(exc).__name__}))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason without customer data (ledger errors name checks and codes only)."""
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
 def start(home: NodeHome, *, address: str | None = None) -> RunningNode:
@@ -86,5 +177,7 @@ def start(home: NodeHome, *, address: str | None = None) -> RunningNode:
         start_http_server(config.metrics_port, addr=config.metrics_address,
                           registry=service.metrics.registry)
     if config.ledger_address:
-        threading.Thread(target=_push_heads, args=(service, stop), daemon=True).start()
+        pusher = LedgerPusher(home, service.vault)
+        threading.Thread(target=pusher.run, args=(stop,), name="ledger-pusher",
+                         daemon=True).start()
     return RunningNode(service, running, stop)

@@ -184,7 +184,13 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         return {"answer": answer}
 
     def _submit_grant(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        salt = body.get("subject_salt")  # optional: for salted commitments in ledger heads
+        if salt is not None and not accesslog.valid_salt(salt):
+            raise InvalidRequest("subject_salt must be 64 hex characters (32 random bytes)")
         grant, accepted_at = self.grants.submit(body.get("credential"))
+        if salt is not None and grant.subject == caller:
+            with self.vault.transaction() as conn:
+                accesslog.remember_salt(conn, caller, salt, accepted_at)
         return {"grant_id": grant.id, "accepted_at": accepted_at, "digest": grant.digest,
                 "expires": iso(grant.expires)}
 
@@ -216,7 +222,8 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                 "SELECT grant_id FROM grants WHERE subject = ?", (caller,))]
             events, chain = accesslog.events_for(conn, sids, grant_ids, since)
             head = accesslog.signed_head(conn, self.identity)
-        return {"events": events, "chain": chain, "head": head}
+            anchors = accesslog.anchors_covering(conn, [e["body"]["seq"] for e in events])
+        return {"events": events, "chain": chain, "head": head, "anchors": anchors}
 
     def _export(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.vault.connection() as conn:
