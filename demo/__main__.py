@@ -292,8 +292,8 @@ def configure_node_ledger(node_home: Path, ledger_addr: str, ledger_home: Path) 
 
     config = node_home / "node.toml"
     settings = tomllib.loads(config.read_text())
-    settings["ledger_address"] = ledger_addr
-    settings["ledger_ca"] = str(ledger_home / "tls" / "ca.pem")
+    settings["node"]["ledger_address"] = ledger_addr
+    settings["node"]["ledger_ca"] = str(ledger_home / "tls" / "ca.pem")
     config.write_text(tomli_w.dumps(settings))
 
 
