@@ -31,6 +31,7 @@ import array
 import hashlib
 import json
 import sqlite3
+import threading
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,7 +62,9 @@ SQL_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 MIN_K = 2
 EPS_TOLERANCE = 1e-9
 FP_MOD = 2**62
+FP_ROWS = 1_000_003  # per-subject fingerprint: rows * FP_ROWS + sum of row fingerprints
 MAX_ATTEMPTS = 5
+VIEW_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -76,10 +79,17 @@ class EngineSettings:
 
 @dataclass
 class _Group:
-    rows: int = 0
-    subjects: dict[int, list[float]] = field(default_factory=dict)  # sid -> partials
-    stats: dict[str, list[float]] = field(default_factory=dict)  # column -> [n, sum, min, max]
-    fingerprints: dict[int, int] = field(default_factory=dict)  # sid -> which rows were used
+    """One group's aggregates, from the two-level SQL of ``_aggregate``."""
+
+    subjects: int  # distinct subjects (k-suppression)
+    rows: int
+    sids: list[int]  # in the order SQL listed them
+    fingerprints: list[int]  # per subject: which of its rows were used (overlap control)
+    stats: dict[str, list[Any]] = field(default_factory=dict)  # column -> [n, sum, min, max]
+    capped: dict[str, float] = field(default_factory=dict)  # DP: contribution-bounded sums
+
+    def members(self) -> dict[int, int]:
+        return dict(zip(self.sids, self.fingerprints, strict=True))
 
 
 class Contended(RequestError):
@@ -103,23 +113,39 @@ class _GrantRow:
 
 
 @dataclass(frozen=True)
+class _ConsentView:
+    """A requester's grants for one purpose, their subjects' sids and subject refs, as of
+    one pair of consent versions. Budgets are not part of it: they are read live."""
+
+    versions: str
+    grants: tuple[tuple[Any, ...], ...]  # (id, subject, scopes, nbf, exp, max_q, dp_eps)
+    sids: dict[str, list[int]]  # subject DID -> sids
+    refs: dict[int, str]  # sid -> subject ref
+
+
+@dataclass(frozen=True)
 class _Plan:
     """What the read phase found, handed to the write phase."""
 
     consent_version: str
-    grants: list[_GrantRow]
     used_grants: list[_GrantRow]
     epsilon: float | None
     used_sids: list[int]
     candidates: list[tuple[tuple[Any, ...], _Group]]  # groups of >= k subjects, in key order
+    digests: list[str]  # per candidate: digest of its (subject, fingerprint) set
+    blobs: list[bytes | None]  # per candidate: packed members, None if released before
     suppressed: int  # groups already withheld by k
     exact: dict[tuple[Any, ...], dict[str, Any]]  # exact values (no DP budget)
+    event: accesslog.PreparedEvent
 
 
 class QueryEngine:
     def __init__(self, vault: Vault, datamap: DataMap, node_did: str,
                  settings: EngineSettings) -> None:
         self.vault, self.datamap, self.node_did, self.settings = vault, datamap, node_did, settings
+        self._views: dict[tuple[str, str], _ConsentView] = {}
+        self._views_lock = threading.Lock()
+        self._local = threading.local()  # which eligible set this thread's temp table holds
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -169,18 +195,46 @@ class QueryEngine:
         if query.grant_ids:
             return [self._named_grant(conn, gid, query, requester, scopes, ts)
                     for gid in dict.fromkeys(query.grant_ids)]
-        rows = conn.execute(
-            "SELECT grant_id, subject, scopes, dp_epsilon, epsilon_spent, max_queries, "
-            "queries_used FROM grants WHERE requester = ? AND purpose = ? AND revoked_at IS NULL "
-            "AND not_before <= ? AND expires > ?", (requester, query.purpose, ts, ts)).fetchall()
-        grants = [_GrantRow(r[0], r[1], frozenset(r[2].split(",")), r[3], r[4]) for r in rows
-                  if scopes <= set(r[2].split(",")) and (r[5] is None or r[6] < r[5])]
+        view = self._view(conn, requester, query.purpose)
+        active = [g for g in view.grants if g[3] <= ts < g[4] and scopes <= g[2]]
+        budgeted = [g[0] for g in active if g[5] is not None or g[6]]
+        live = {r[0]: r[1:] for r in conn.execute(
+            "SELECT grant_id, queries_used, epsilon_spent FROM grants WHERE grant_id IN "
+            "(SELECT value FROM json_each(?))", (json.dumps(budgeted),))} if budgeted else {}
+        grants = []
+        for gid, subject, granted, _, _, max_q, eps in active:
+            used, spent = live.get(gid, (0, 0.0))
+            if max_q is None or used < max_q:
+                grants.append(_GrantRow(gid, subject, granted, eps, spent))
         if not grants:
             raise PermissionDenied(
                 "no active grant at this node lets this requester use "
                 f"{', '.join(sorted(scopes))} data for {query.purpose!r}; ask customers for a "
                 "grant covering that purpose and scope", reason="no-grant")
         return grants
+
+    def _view(self, conn: sqlite3.Connection, requester: str, purpose: str) -> _ConsentView:
+        """The cached consent view, rebuilt when a grant or binding was added or removed
+        (trigger-maintained versions in ``meta``, read in this snapshot)."""
+        versions = _versions(conn)
+        key = (requester, purpose)
+        view = self._views.get(key)
+        if view is not None and view.versions == versions:
+            return view
+        grants = tuple(
+            (r[0], r[1], frozenset(r[2].split(",")), r[3], r[4], r[5], r[6])
+            for r in conn.execute(
+                "SELECT grant_id, subject, scopes, not_before, expires, max_queries, dp_epsilon "
+                "FROM grants WHERE requester = ? AND purpose = ? AND revoked_at IS NULL",
+                (requester, purpose)))
+        sids = _bound_sids(conn, {g[1] for g in grants})
+        view = _ConsentView(versions, grants, sids,
+                            _subject_refs(conn, [s for v in sids.values() for s in v]))
+        with self._views_lock:
+            if len(self._views) >= VIEW_CACHE_SIZE:
+                self._views.clear()
+            self._views[key] = view
+        return view
 
     def _named_grant(self, conn: sqlite3.Connection, gid: str, query: Query, requester: str,
                      scopes: set[str], ts: float) -> _GrantRow:
@@ -262,7 +316,8 @@ class QueryEngine:
     def _read(self, query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
               scopes: set[str], requester: str, now: datetime) -> _Plan:
         """The read phase, on a consistent snapshot: grants, consent filter, aggregates,
-        k-suppression and exact values. Nothing is written to the vault here."""
+        k-suppression, exact values and the prepared access event. Nothing is written to the
+        vault here (only this connection's temp tables)."""
         with self.vault.snapshot() as conn:
             if not self.vault.dataset_ready(conn, dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
@@ -270,40 +325,47 @@ class QueryEngine:
             version = _consent_version(conn)
             grants = self._grants(conn, query, requester, scopes, now)
             grants, epsilon = self._apply_dp_budget(query, grants)
-            sids_by_subject = _eligible(conn, grants)
+            if epsilon is not None:
+                _check_dp_bounds(query, columns)
+            sids_by_subject = self._eligible(conn, query, requester, grants)
             source = self._source(conn, dataset, columns)
-            groups = self._aggregate(conn, source, query, columns)
+            groups = self._aggregate(conn, source, query, dataset, columns, epsilon)
             k = self.settings.k
-            ordered = sorted(groups, key=_sort_key)
-            candidates = [(key, groups[key]) for key in ordered if len(groups[key].subjects) >= k]
+            candidates = [(key, groups[key]) for key in sorted(groups, key=_sort_key)
+                          if groups[key].subjects >= k]
             exact = {key: self._values(conn, source, query, columns, key, group)
                      for key, group in candidates} if epsilon is None else {}
-        used = {sid for g in groups.values() for sid in g.subjects}
-        used_grants = [g for g in grants if used.intersection(sids_by_subject.get(g.subject, ()))]
-        return _Plan(version, grants, used_grants, epsilon, sorted(used), candidates,
-                     len(groups) - len(candidates), exact)
+            digests, blobs = _digests(conn, requester, query.dataset, candidates)
+            used = sorted({sid for g in groups.values() for sid in g.sids})
+            used_set = set(used)
+            used_grants = [g for g in grants
+                           if used_set.intersection(sids_by_subject.get(g.subject, ()))]
+            event = self._event(conn, query, requester, now, "answered", "ok", used,
+                                [g.grant_id for g in used_grants])
+        return _Plan(version, used_grants, epsilon, used, candidates, digests, blobs,
+                     len(groups) - len(candidates), exact, event)
 
     def _commit(self, conn: sqlite3.Connection, plan: _Plan, query: Query, requester: str,
                 now: datetime) -> tuple[int, list[tuple[Any, ...]], int]:
         """The write phase, inside the group-committed transaction: confirm that consent did
         not shrink since the read, debit budgets atomically, apply the overlap control and
-        append the access event."""
+        append the access event. Few statements: the writer is shared by every query."""
         if _consent_version(conn) != plan.consent_version:
             raise _Stale
-        debits = [((plan.epsilon or 0.0) if g.dp_epsilon else 0.0, g.grant_id)
-                  for g in plan.used_grants]
-        cursor = conn.executemany(
-            "UPDATE grants SET queries_used = queries_used + 1, epsilon_spent = epsilon_spent "
-            "+ ?1 WHERE grant_id = ?2 AND (max_queries IS NULL OR queries_used < max_queries) "
-            f"AND (dp_epsilon IS NULL OR epsilon_spent + ?1 <= dp_epsilon + {EPS_TOLERANCE})",
-            debits)
-        if cursor.rowcount != len(debits):
-            raise _Stale  # a concurrent query spent the budget: the re-read refuses or drops it
-        released, suppressed = self._release(conn, query, requester, plan.candidates, now)
-        grant_ids = [g.grant_id for g in plan.used_grants]
-        seq, _ = self._log(conn, query, requester, now, "answered", "ok", plan.used_sids,
-                           grant_ids)
-        return seq, released, plan.suppressed + suppressed
+        _debit(conn, [g.grant_id for g in plan.used_grants if not g.dp_epsilon], 0.0)
+        _debit(conn, [g.grant_id for g in plan.used_grants if g.dp_epsilon],
+               plan.epsilon or 0.0)
+        released, suppressed = [], plan.suppressed
+        for (key, group), digest, blob in zip(plan.candidates, plan.digests, plan.blobs,
+                                              strict=True):
+            if _releasable(conn, requester, query.dataset, group, digest, blob,
+                           self.settings.k, now):
+                released.append(key)
+            else:
+                suppressed += 1
+        seq, _ = accesslog.append(conn, plan.event, plan.used_sids,
+                                  [g.grant_id for g in plan.used_grants])
+        return seq, released, suppressed
 
     def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec,
                columns: dict[str, ColumnSpec], requester: str, now: datetime, seq: int,
@@ -324,6 +386,26 @@ class QueryEngine:
             if epsilon else None,
             "answered_at": iso(now), "event_seq": seq,
         }
+
+    def _eligible(self, conn: sqlite3.Connection, query: Query, requester: str,
+                  grants: list[_GrantRow]) -> dict[str, list[int]]:
+        """Fill temp._eligible with the sids bound to the grants' subjects (the consent
+        filter); skipped when this thread's temp table already holds exactly that set."""
+        if query.grant_ids:
+            by_subject = _bound_sids(conn, {g.subject for g in grants})
+        else:
+            view = self._view(conn, requester, query.purpose)
+            by_subject = {g.subject: view.sids.get(g.subject, []) for g in grants}
+        sids = sorted({sid for v in by_subject.values() for sid in v})
+        marker = hashlib.sha256(json.dumps(sids).encode()).digest()
+        if getattr(self._local, "eligible", None) != marker:
+            self._local.eligible = None  # unknown until the snapshot commits
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
+            conn.execute("DELETE FROM temp._eligible")
+            conn.execute("INSERT INTO temp._eligible (sid) SELECT value FROM json_each(?)",
+                         (json.dumps(sids),))
+            self.vault.after_snapshot(conn, lambda: setattr(self._local, "eligible", marker))
+        return by_subject
 
     def _source(self, conn: sqlite3.Connection, dataset: DatasetSpec,
                 columns: dict[str, ColumnSpec]) -> str:
@@ -372,65 +454,70 @@ class QueryEngine:
         return " AND ".join(clauses), params
 
     def _aggregate(self, conn: sqlite3.Connection, source: str, query: Query,
-                   columns: dict[str, ColumnSpec]) -> dict[tuple[Any, ...], _Group]:
-        """One SQL pass grouped by (group keys, subject): per-subject partials (for the DP
-        contribution bounds) and per-subject row fingerprints (for the overlap control).
-        With a covering index on the first group-by column SQLite reads rows in this order
-        from the index, so no sort is needed; only the needed aggregates are computed."""
+                   dataset: DatasetSpec, columns: dict[str, ColumnSpec],
+                   epsilon: float | None) -> dict[tuple[Any, ...], _Group]:
+        """Two-level SQL, one pass over the data: the inner level groups by (group keys,
+        subject) and yields per-subject partials and row fingerprints; the outer level
+        sums them per group, counts subjects, lists (subject, fingerprint) pairs for the
+        overlap control and, under a DP budget, sums the contribution-bounded partials.
+        With a covering index on the first group-by column, the inner level reads the index
+        in (group, subject) order: no sort, no table lookups."""
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
+        outer_keys = [f"k{i}" for i in range(len(keys))]
         numeric = sorted({m.column for m in query.measures
                           if m.column and m.aggregate != "quantile"})
         extremes = {m.column for m in query.measures if m.aggregate in ("min", "max")}
-        # SUM(rfp): which rows of a subject were used (keyed 40-bit row fingerprints).
-        aggs = ["COUNT(*)", "SUM(rfp)"]
-        for name in numeric:
+        cap = dataset.max_rows_per_subject
+        # The row-fingerprint sum says which rows of a subject were used (keyed, 40-bit).
+        inner = [*(f"{k} AS {o}" for k, o in zip(keys, outer_keys, strict=True)), "sid",
+                 "COUNT(*) AS r", "SUM(rfp) AS f"]
+        outer = [*outer_keys, "COUNT(*)", "SUM(r)", "GROUP_CONCAT(sid)",
+                 f"GROUP_CONCAT(r * {FP_ROWS} + f)"]
+        if epsilon is not None:
+            outer.append(f"SUM(MIN(r, {cap}))")
+        for i, name in enumerate(numeric):
             col = f'"{plain_column(name)}"'
-            aggs += [f"COUNT({col})", f"SUM({col})"]
+            inner += [f"COUNT({col}) AS n{i}", f"SUM({col}) AS s{i}"]
+            outer += [f"SUM(n{i})", f"SUM(s{i})"]
             if name in extremes:
-                aggs += [f"MIN({col})", f"MAX({col})"]
+                inner += [f"MIN({col}) AS lo{i}", f"MAX({col}) AS hi{i}"]
+                outer += [f"MIN(lo{i})", f"MAX(hi{i})"]
+            if epsilon is not None:
+                outer.append(f"SUM(MIN(n{i}, {cap}))")
+                bounds = columns[name].bounds
+                if bounds is not None:
+                    low, high = (cap * min(bounds[0], 0.0), cap * max(bounds[1], 0.0))
+                    outer.append(f"TOTAL(MAX(MIN(COALESCE(s{i}, 0), {high!r}), {low!r}))")
         where, params = self._where(query, columns)
-        sql = (f"SELECT {', '.join([*keys, 'sid', *aggs])} FROM {source} WHERE {where} "
-               f"GROUP BY {', '.join([*keys, 'sid'])}")
+        group_inner = ", ".join([*keys, "sid"])
+        sql = (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {source} "
+               f"WHERE {where} GROUP BY {group_inner})"
+               + (f" GROUP BY {', '.join(outer_keys)}" if keys else " HAVING COUNT(*) > 0"))
         groups: dict[tuple[Any, ...], _Group] = {}
         width = len(keys)
         for row in conn.execute(sql, params):
-            key = row[:width]
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group(stats={n: [0, 0.0, None, None] for n in numeric})
-            sid, rows, rfp_sum = row[width:width + 3]
-            group.rows += rows
-            partials = [float(rows)]
-            at = width + 3
+            subjects, rows, sids, fps = row[width:width + 4]
+            group = _Group(subjects, rows, [int(s) for s in sids.split(",")],
+                           [int(f) % FP_MOD for f in fps.split(",")])
+            at = width + 4
+            if epsilon is not None:
+                group.capped["rows"] = row[at]
+                at += 1
             for name in numeric:
-                n, total = row[at], row[at + 1] or 0
-                stat = group.stats[name]
-                stat[0] += n
-                stat[1] += total
+                stat = [row[at], row[at + 1] or 0, None, None]
                 at += 2
                 if name in extremes:
-                    low, high = row[at], row[at + 1]
+                    stat[2], stat[3] = row[at], row[at + 1]
                     at += 2
-                    if low is not None:
-                        stat[2] = low if stat[2] is None else min(stat[2], low)
-                        stat[3] = high if stat[3] is None else max(stat[3], high)
-                partials += [float(n), float(total)]
-            group.subjects[sid] = partials
-            group.fingerprints[sid] = (rows * 1_000_003 + rfp_sum) % FP_MOD
+                if epsilon is not None:
+                    group.capped[f"n:{name}"] = row[at]
+                    at += 1
+                    if columns[name].bounds is not None:
+                        group.capped[f"s:{name}"] = row[at]
+                        at += 1
+                group.stats[name] = stat
+            groups[tuple(row[:width])] = group
         return groups
-
-    def _release(self, conn: sqlite3.Connection, query: Query, requester: str,
-                 candidates: list[tuple[tuple[Any, ...], _Group]], now: datetime
-                 ) -> tuple[list[tuple[Any, ...]], int]:
-        """Overlap control over the groups that passed k-suppression (write phase)."""
-        k = self.settings.k
-        released, suppressed = [], 0
-        for key, group in candidates:
-            if not _releasable(conn, requester, query.dataset, group.fingerprints, k, now):
-                suppressed += 1
-                continue
-            released.append(key)
-        return released, suppressed
 
     def _values(self, conn: sqlite3.Connection, source: str, query: Query,
                 columns: dict[str, ColumnSpec], key: tuple[Any, ...], group: _Group
@@ -470,10 +557,16 @@ class QueryEngine:
 
     # -- access log -----------------------------------------------------------------------------
 
-    def _log(self, conn: sqlite3.Connection, query: Query | None, requester: str,
-             now: datetime, outcome: str, reason: str, sids: list[int],
-             grant_ids: list[str]) -> tuple[int, str]:
-        refs = self.vault.refs_for_sids(conn, sids)
+    def _event(self, conn: sqlite3.Connection, query: Query | None, requester: str,
+               now: datetime, outcome: str, reason: str, sids: list[int],
+               grant_ids: list[str]) -> accesslog.PreparedEvent:
+        """The access event, canonicalised outside the write transaction."""
+        view = self._views.get((requester, query.purpose)) if query else None
+        known = view.refs if view is not None else {}
+        missing = [sid for sid in sids if sid not in known]
+        refs = [known[sid] for sid in sids if sid in known]
+        if missing:
+            refs += list(_subject_refs(conn, missing).values())
         body = {
             "time": iso(now), "node": self.node_did, "requester": requester,
             "purpose": query.purpose if query else None,
@@ -481,10 +574,10 @@ class QueryEngine:
             "grant_ids": sorted(grant_ids), "outcome": outcome, "reason": reason,
             "subject_count": len(refs), "subjects_digest": accesslog.subjects_digest(refs),
         }
-        return accesslog.append(conn, body, sids, sorted(grant_ids))
+        return accesslog.prepare(body)
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
-                     exc: RequestError) -> None:
+                    exc: RequestError) -> None:
         try:
             query: Query | None = query_from_dict(raw_query)
         except RequestError:
@@ -496,31 +589,54 @@ class QueryEngine:
             # that named its grants, and made-up ids do not pollute the index.
             known = [g for g in grant_ids if conn.execute(
                 "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
-            self._log(conn, query, requester, now, "refused", exc.reason, [], known)
+            event = self._event(conn, query, requester, now, "refused", exc.reason, [], known)
+            accesslog.append(conn, event, [], sorted(known))
 
         self.vault.commit(record)
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def _eligible(conn: sqlite3.Connection, grants: list[_GrantRow]) -> dict[str, list[int]]:
-    """Fill temp._eligible with the sids bound to the grants' subjects (one lookup)."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
-    conn.execute("DELETE FROM temp._eligible")
-    subjects = sorted({g.subject for g in grants})
-    by_subject: dict[str, list[int]] = {}
-    for did, sid in conn.execute("SELECT did, sid FROM bindings WHERE did IN "
-                                 "(SELECT value FROM json_each(?))", (json.dumps(subjects),)):
-        by_subject.setdefault(did, []).append(sid)
-    conn.executemany("INSERT OR IGNORE INTO temp._eligible (sid) VALUES (?)",
-                     [(sid,) for sids in by_subject.values() for sid in sids])
-    return by_subject
+def _versions(conn: sqlite3.Connection) -> str:
+    """Both consent versions: grants or bindings added, and consent removed."""
+    rows = conn.execute("SELECT key, value FROM meta WHERE key IN "
+                        "('consent_version', 'grants_version') ORDER BY key").fetchall()
+    return "|".join(str(v) for _, v in rows)
 
 
 def _consent_version(conn: sqlite3.Connection) -> str:
     """Bumped by triggers whenever consent shrinks (revocation, unbinding, erasure)."""
     row = conn.execute("SELECT value FROM meta WHERE key = 'consent_version'").fetchone()
     return str(row[0]) if row else "0"
+
+
+def _bound_sids(conn: sqlite3.Connection, subjects: set[str]) -> dict[str, list[int]]:
+    by_subject: dict[str, list[int]] = {}
+    for did, sid in conn.execute("SELECT did, sid FROM bindings WHERE did IN "
+                                 "(SELECT value FROM json_each(?))",
+                                 (json.dumps(sorted(subjects)),)):
+        by_subject.setdefault(did, []).append(sid)
+    return by_subject
+
+
+def _subject_refs(conn: sqlite3.Connection, sids: list[int]) -> dict[int, str]:
+    return dict(conn.execute("SELECT sid, subject_ref FROM subjects WHERE sid IN "
+                             "(SELECT value FROM json_each(?))", (json.dumps(sids),)))
+
+
+def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
+    """Debit one query (and ``epsilon``) from each grant, only where the budget allows;
+    if any grant could not be debited a concurrent query spent it: read again."""
+    if not grant_ids:
+        return
+    cursor = conn.execute(
+        "UPDATE grants SET queries_used = queries_used + 1, epsilon_spent = epsilon_spent + ?1 "
+        "WHERE grant_id IN (SELECT value FROM json_each(?2)) "
+        "AND (max_queries IS NULL OR queries_used < max_queries) "
+        f"AND (dp_epsilon IS NULL OR epsilon_spent + ?1 <= dp_epsilon + {EPS_TOLERANCE})",
+        (epsilon, json.dumps(grant_ids)))
+    if cursor.rowcount != len(set(grant_ids)):
+        raise _Stale
 
 
 def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:
@@ -539,10 +655,8 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple((v is None, str(v)) for v in key)
 
 
-def _pack(members: dict[int, int]) -> tuple[bytes, str]:
-    flat = array.array("q", [v for sid in sorted(members) for v in (sid, members[sid])])
-    packed = flat.tobytes()
-    return zlib.compress(packed), hashlib.sha256(packed).hexdigest()
+def _packed(members: dict[int, int]) -> bytes:
+    return array.array("q", [v for sid in sorted(members) for v in (sid, members[sid])]).tobytes()
 
 
 def _unpack(blob: bytes) -> dict[int, int]:
@@ -555,9 +669,25 @@ def _changed_subjects(a: dict[int, int], b: dict[int, int]) -> int:
     return len(a.keys() ^ b.keys()) + sum(1 for sid in a.keys() & b.keys() if a[sid] != b[sid])
 
 
-def _releasable(conn: sqlite3.Connection, requester: str, dataset: str,
-                members: dict[int, int], k: int, now: datetime) -> bool:
-    """Query-set overlap control; records the set when it is released.
+def _digests(conn: sqlite3.Connection, requester: str, dataset: str,
+             candidates: list[tuple[tuple[Any, ...], _Group]]
+             ) -> tuple[list[str], list[bytes | None]]:
+    """Per candidate group: the SHA-256 of its sorted (subject, fingerprint) pairs, and the
+    compressed pairs unless this snapshot shows the same set already released."""
+    packed = [_packed(group.members()) for _, group in candidates]
+    digests = [hashlib.sha256(p).hexdigest() for p in packed]
+    known = {r[0] for r in conn.execute(
+        "SELECT digest FROM released_sets WHERE requester = ? AND dataset = ? AND digest IN "
+        "(SELECT value FROM json_each(?))", (requester, dataset, json.dumps(digests)))
+             } if digests else set()
+    blobs = [None if d in known else zlib.compress(p) for d, p in zip(digests, packed,
+                                                                      strict=True)]
+    return digests, blobs
+
+
+def _releasable(conn: sqlite3.Connection, requester: str, dataset: str, group: _Group,
+                digest: str, blob: bytes | None, k: int, now: datetime) -> bool:
+    """Query-set overlap control (write phase); records the set when it is released.
 
     A set is withheld if an answer set already released to this requester on this dataset
     differs from it in the rows of 1..k-1 subjects: the difference of the two answers would
@@ -565,10 +695,10 @@ def _releasable(conn: sqlite3.Connection, requester: str, dataset: str,
     near-sized sets are compared. A set released before needs no comparison: every set
     released since was compared with it then (the table is append-only).
     """
-    blob, digest = _pack(members)
     if conn.execute("SELECT 1 FROM released_sets WHERE requester = ? AND dataset = ? "
                     "AND digest = ?", (requester, dataset, digest)).fetchone():
         return True
+    members = group.members()
     size = len(members)
     for other in conn.execute(
             "SELECT members FROM released_sets WHERE requester = ? AND dataset = ? "
@@ -577,7 +707,8 @@ def _releasable(conn: sqlite3.Connection, requester: str, dataset: str,
             return False
     conn.execute("INSERT INTO released_sets (requester, dataset, size, digest, members, "
                  "released_at) VALUES (?, ?, ?, ?, ?, ?)",
-                 (requester, dataset, size, digest, blob, iso(now)))
+                 (requester, dataset, size, digest,
+                  blob if blob is not None else zlib.compress(_packed(members)), iso(now)))
     return True
 
 
@@ -587,35 +718,36 @@ def _laplace(value: float, scale: float) -> float:
     return float(measurement(float(value)))
 
 
+def _check_dp_bounds(query: Query, columns: dict[str, ColumnSpec]) -> None:
+    for measure in query.measures:
+        if measure.aggregate in ("sum", "avg") and columns[measure.column or ""].bounds is None:
+            raise PreconditionFailed(
+                f"column {measure.column!r} has no bounds in the data map, so a private sum "
+                "cannot be calibrated; the operator adds bounds = [low, high]",
+                reason="dp-bounds")
+
+
 def _noisy_values(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
                   group: _Group, epsilon: float) -> dict[str, Any]:
-    """Laplace mechanism per measure; epsilon split evenly (avg costs a sum and a count)."""
+    """Laplace mechanism per measure on contribution-bounded sums (each subject counts at
+    most ``max_rows_per_subject`` rows, each value clamped to the column's bounds);
+    epsilon split evenly (avg costs a sum and a count)."""
     parts = sum(2 if m.aggregate == "avg" else 1 for m in query.measures)
     eps = epsilon / parts
     cap = dataset.max_rows_per_subject
-    numeric = sorted({m.column for m in query.measures if m.column and m.aggregate != "quantile"})
     values: dict[str, Any] = {}
     for measure in query.measures:
         if measure.column is None or measure.aggregate == "count":
-            index = 0 if measure.column is None else 1 + 2 * numeric.index(measure.column)
-            count = sum(min(p[index], cap) for p in group.subjects.values())
+            count = group.capped["rows" if measure.column is None else f"n:{measure.column}"]
             values[measure.label] = max(0, round(_laplace(count, cap / eps)))
             continue
-        column = columns[measure.column]
-        if column.bounds is None:
-            raise PreconditionFailed(
-                f"column {column.name!r} has no bounds in the data map, so a private sum "
-                "cannot be calibrated; the operator adds bounds = [low, high]",
-                reason="dp-bounds")
-        low, high = column.bounds
-        index = 1 + 2 * numeric.index(measure.column)
-        lo_cap, hi_cap = cap * min(low, 0.0), cap * max(high, 0.0)
-        total = sum(min(max(p[index + 1], lo_cap), hi_cap) for p in group.subjects.values())
+        low, high = columns[measure.column].bounds or (0.0, 0.0)
+        total = group.capped[f"s:{measure.column}"]
         sensitivity = cap * max(abs(low), abs(high))
         if measure.aggregate == "sum":
             values[measure.label] = _laplace(total, sensitivity / eps)
         else:
-            count = sum(min(p[index], cap) for p in group.subjects.values())
+            count = group.capped[f"n:{measure.column}"]
             noisy_count = max(1.0, _laplace(count, cap / eps))
             noisy = _laplace(total, sensitivity / eps) / noisy_count
             values[measure.label] = min(max(noisy, low), high)

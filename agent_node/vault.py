@@ -78,6 +78,11 @@ CREATE TRIGGER IF NOT EXISTS consent_unbound AFTER DELETE ON bindings BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
 CREATE TRIGGER IF NOT EXISTS consent_subject_gone AFTER DELETE ON subjects BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('grants_version', '0');
+CREATE TRIGGER IF NOT EXISTS consent_granted AFTER INSERT ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'grants_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_bound AFTER INSERT ON bindings BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'grants_version'; END;
 """
 INSERT_BATCH = 2000
 #: Physical layout of dataset tables; a change makes 'sov-node sync' rebuild them.
@@ -247,10 +252,19 @@ class Vault:
         that neither waits for nor blocks the writer (WAL). Temp tables may be written."""
         with self.connection() as conn:
             conn.execute("BEGIN")
+            self._local.after = []
             try:
                 yield conn
-            finally:
+            except BaseException:
                 conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")  # reads only, plus temp tables kept for the next query
+            for callback in self._local.after:
+                callback()
+
+    def after_snapshot(self, conn: sqlite3.Connection, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current snapshot on ``conn`` ends without error."""
+        self._local.after.append(callback)
 
     def commit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the group-committed write transaction; returns once it is durable."""
