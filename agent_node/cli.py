@@ -1,4 +1,5 @@
-"""``sov-node``: the operator's command line (init, sync, subjects bind, serve, log head).
+"""``sov-node``: the operator's command line (init, sync, subjects bind, serve, log head / push /
+receipts).
 
 Thin by design: every command calls into agent_node modules. Errors print one sentence and
 exit non-zero, never a traceback; nothing secret or customer-specific is printed.
@@ -127,6 +128,51 @@ def head(home: str, passphrase_env: str) -> None:
     node = _open(home, passphrase_env)
     with Vault(node.vault_path, node.keys).connection() as conn:
         click.echo(json.dumps(signed_head(conn, node.identity), indent=2))
+
+
+@log_group.command()
+@home_option
+@pass_option
+def push(home: str, passphrase_env: str) -> None:
+    """Anchor the current access-log head (and every queued one) in the ledger now."""
+    from agent_node.server import LedgerPusher
+
+    node = _open(home, passphrase_env)
+    if not node.config.ledger_address:
+        _fail("no ledger is configured: set ledger_address and ledger_ca in node.toml")
+    pusher = LedgerPusher(node, Vault(node.vault_path, node.keys))
+    try:
+        result = pusher.push()
+    finally:
+        pusher.close()
+    if result.error is not None:
+        _fail(f"the ledger did not take the heads ({result.error}); {result.pending} head(s) "
+              "stay queued and are retried by 'sov-node serve' or the next 'sov-node log push'")
+    if result.anchored:
+        click.echo(f"anchored {len(result.anchored)} head(s), up to sequence "
+                   f"{result.anchored[-1]}; nothing pending")
+    else:
+        click.echo("nothing to anchor: every head is already in the ledger")
+
+
+@log_group.command()
+@home_option
+@pass_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="folder to write receipt-<sequence>.json files to (for sov-audit verify)")
+def receipts(home: str, passphrase_env: str, out: Path) -> None:
+    """Write the ledger receipts of the anchored access-log heads, one file per head."""
+    from agent_node.accesslog import anchored_heads, queue_counts
+
+    node = _open(home, passphrase_env)
+    with Vault(node.vault_path, node.keys).connection() as conn:
+        heads = anchored_heads(conn)
+        pending = queue_counts(conn)[1]
+    out.mkdir(parents=True, exist_ok=True)
+    for anchored in heads:
+        (out / f"receipt-{anchored.sequence}.json").write_text(
+            json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {len(heads)} receipt(s) to {out}; {pending} head(s) pending")
 
 
 @main.command()

@@ -92,12 +92,44 @@ class GrantStatus:
 
 
 @dataclass(frozen=True)
+class AnchorClaim:
+    """The node's claim that its chain head at ``sequence`` is in the ledger.
+
+    ``on_chain`` says the claimed head hash is the node's own chain hash at that sequence (on
+    the chain that ends at the signed head); ``receipt`` is the ledger receipt as the node
+    kept it, still to be verified with the log's public key (wallet.anchoring does).
+    """
+
+    sequence: int
+    hash: str
+    receipt: Any
+    on_chain: bool
+
+
+@dataclass(frozen=True)
 class AccessLog:
     """Events that touched the caller; ``verified`` per event, chain head signature checked."""
 
     events: list[dict[str, Any]]
     head: dict[str, Any]
     chain_intact: bool
+    anchors: list[AnchorClaim] = field(default_factory=list)
+
+
+def _anchor_claims(raw: Any, chain: list[list[Any]], intact: bool) -> list[AnchorClaim]:
+    """Parse the node's anchors leniently: a malformed one becomes a claim that fails later."""
+    if not isinstance(raw, list):
+        return []
+    links = {int(seq): hash_ for seq, _, hash_ in chain}
+    claims = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("sequence"), int) \
+                or not isinstance(item.get("hash"), str):
+            continue
+        sequence = item["sequence"]
+        claims.append(AnchorClaim(sequence, item["hash"], item.get("receipt"),
+                                  intact and links.get(sequence) == item["hash"]))
+    return sorted(claims, key=lambda c: c.sequence)
 
 
 def _time(moment: datetime) -> str:
@@ -194,8 +226,14 @@ class NodeClient:
         """The node-signed response document; its ``body.answer`` holds the aggregates."""
         return self.call("Query", {"query": query})
 
-    def submit_grant(self, credential: dict[str, Any]) -> GrantAck:
-        document = self.call("SubmitGrant", {"credential": credential})
+    def submit_grant(self, credential: dict[str, Any], *,
+                     subject_salt: str | None = None) -> GrantAck:
+        """Deliver a signed grant; ``subject_salt`` (hex) lets the node name the subject in
+        the ledger only by its salted commitment (docs/audit.md)."""
+        body: dict[str, Any] = {"credential": credential}
+        if subject_salt is not None:
+            body["subject_salt"] = subject_salt
+        document = self.call("SubmitGrant", body)
         body = document["body"]
         return GrantAck(body["grant_id"], body["accepted_at"], body["expires"],
                         self.node_info().did, document)
@@ -224,7 +262,9 @@ class NodeClient:
         events = [{**e["body"], "prev_hash": e["prev_hash"], "hash": e["hash"],
                    "verified": check.verified.get(int(e["body"]["seq"]), False)}
                   for e in reply["events"]]
-        return AccessLog(events=events, head=head, chain_intact=check.chain_intact)
+        anchors = _anchor_claims(reply.get("anchors"), reply["chain"], check.chain_intact)
+        return AccessLog(events=events, head=head, chain_intact=check.chain_intact,
+                         anchors=anchors)
 
     def export(self) -> dict[str, Any]:
         return self.call("Export", {})["body"]["export"]

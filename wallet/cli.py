@@ -171,21 +171,70 @@ def _node_json(node: Any) -> dict[str, Any]:
 
 @cli.group(cls=WalletGroup)
 def ledger() -> None:
-    """The ledger that anchors your grants' hashes (optional)."""
+    """The ledger that anchors your grants and checks the nodes' access logs (optional)."""
+
+
+def _ledger_json(info: service.LedgerInfo) -> dict[str, Any]:
+    return {"ledger": info.address, "origin": info.origin, "hash": info.hash_algorithm,
+            "fingerprint": info.fingerprint}
+
+
+def _load_log_key(path: Path) -> Any:
+    from ledger.models import LogPublicKey
+
+    return LogPublicKey.load(path)
 
 
 @ledger.command("set")
 @click.argument("address")
 @click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PEM CA certificate of the ledger's TLS certificate.")
+@click.option("--log-key", "log_key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The log's public key file (log-public.json) got out of band: the ledger "
+                   "must serve exactly this key.")
 @json_option
 @pass_ctx
-def ledger_set(ctx: Context, address: str, ca_file: Path, as_json: bool) -> None:
-    """Anchor the hash of every grant delivered from now on in the ledger at ADDRESS."""
+def ledger_set(ctx: Context, address: str, ca_file: Path, log_key_file: Path | None,
+               as_json: bool) -> None:
+    """Pin the ledger at ADDRESS and its log key; anchor grants and revocations there."""
     ca_pem = service.read_ca(ca_file)
+    expected = _load_log_key(log_key_file) if log_key_file else None
     with _open(ctx) as wallet:
-        wallet.set_ledger(address, ca_pem)
-    _emit(as_json, {"ledger": address}, lambda: click.echo(f"Ledger set to {address}."))
+        info = wallet.set_ledger(address, ca_pem, expected_key=expected)
+    _emit(as_json, _ledger_json(info), lambda: click.echo(
+        f"Ledger set to {address}.\n  log: {info.origin} ({info.hash_algorithm})\n"
+        f"  key fingerprint: {info.fingerprint}\n"
+        "Compare the fingerprint with the one the ledger operator publishes "
+        "(`consent-wallet ledger fingerprint log-public.json` computes it from their file)."
+        + ("\n  matches the log key file you gave." if expected else "")
+    ))
+
+
+@ledger.command("show")
+@json_option
+@pass_ctx
+def ledger_show(ctx: Context, as_json: bool) -> None:
+    """The configured ledger and the fingerprint of its pinned log key."""
+    with _open(ctx) as wallet:
+        info = wallet.ledger_info()
+    if info is None:
+        raise click.ClickException("No ledger is set: run `consent-wallet ledger set ADDR --ca "
+                                   "FILE`.")
+    _emit(as_json, _ledger_json(info), lambda: click.echo(
+        f"{info.address}  {info.origin} ({info.hash_algorithm})\n"
+        f"  key fingerprint: {info.fingerprint}"))
+
+
+@ledger.command("fingerprint")
+@click.argument("log_key_file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def ledger_fingerprint(log_key_file: Path, as_json: bool) -> None:
+    """The fingerprint of a log public-key file (log-public.json), to compare out of band."""
+    from wallet.anchoring import fingerprint
+
+    key = _load_log_key(log_key_file)
+    _emit(as_json, {"origin": key.origin, "fingerprint": fingerprint(key)},
+          lambda: click.echo(f"{fingerprint(key)}  {key.origin}"))
 
 
 @cli.command()
@@ -306,7 +355,8 @@ def sync(ctx: Context, as_json: bool) -> None:
         report = wallet.sync()
     data = {"delivered_grants": report.delivered_grants,
             "delivered_revocations": report.delivered_revocations,
-            "anchored_grants": report.anchored_grants, "failed": report.failed}
+            "anchored_grants": report.anchored_grants,
+            "anchored_revocations": report.anchored_revocations, "failed": report.failed}
 
     def human() -> None:
         for gid in report.delivered_grants:
@@ -315,7 +365,10 @@ def sync(ctx: Context, as_json: bool) -> None:
             click.echo(f"Delivered revocation of {gid}")
         for gid in report.anchored_grants:
             click.echo(f"Anchored grant {gid} in the ledger")
-        if not (report.delivered_grants or report.delivered_revocations or report.failed):
+        for gid in report.anchored_revocations:
+            click.echo(f"Anchored the revocation of {gid} in the ledger")
+        if not (report.delivered_grants or report.delivered_revocations or report.failed
+                or report.anchored_grants or report.anchored_revocations):
             click.echo("Nothing pending.")
 
     _emit(as_json, data, human)
@@ -346,8 +399,7 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
         for e in view.events:
             ev = e.event
             mark = "verified" if e.verified else "NOT VERIFIED"
-            if e.ledger_verified is not None:
-                mark += ", ledger ok" if e.ledger_verified else ", LEDGER MISMATCH"
+            mark += _ledger_mark(e)
             click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
                        f"{ev.get('outcome')}  grants={','.join(ev.get('grant_ids', []))}  "
                        f"[{mark}]")
@@ -355,9 +407,20 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
     _emit(as_json, data, human)
 
 
+def _ledger_mark(e: Any) -> str:
+    if e.ledger_status == "verified":
+        return ", in the ledger"
+    if e.ledger_status == "failed":
+        return f", LEDGER VERIFICATION FAILED: {e.ledger_detail}"
+    if e.ledger_status == "not-anchored":
+        return ", not yet anchored"
+    return ""
+
+
 def _event_json(e: Any) -> dict[str, Any]:
     return {"node": e.node_address, "seq": e.seq, "time": iso(e.time), "event": e.event,
-            "verified": e.verified, "ledger_verified": e.ledger_verified}
+            "verified": e.verified, "ledger_verified": e.ledger_verified,
+            "ledger_status": e.ledger_status, "ledger_detail": e.ledger_detail}
 
 
 @cli.command()

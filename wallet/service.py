@@ -4,8 +4,10 @@ A ``Wallet`` holds the customer's identity (a did:key in a ``consent.keystore`` 
 ``WalletStore``. It signs W3C Verifiable Credential consent grants and revocations with the
 consent kernel, delivers them to agent nodes over TLS gRPC (``agent_node.client.NodeClient``),
 keeps every signed statement locally before delivery (so an unreachable node loses nothing and
-delivery can be retried), reads grant status and access events back, and anchors grant hashes
-in the ledger when one is configured.
+delivery can be retried), reads grant status and access events back, and anchors grant and
+revocation digests in the ledger when one is configured. The ledger's log key is pinned at
+``set_ledger`` and every receipt (the wallet's own and those a node hands over for its
+access-log heads) is verified with it (``wallet.anchoring``).
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
 
         errors.append(NodeError)
     except ImportError:  # purely local commands still work without the node client
+        pass
+    try:
+        from ledger.errors import LedgerError
+
+        errors.append(LedgerError)
+    except ImportError:  # the ledger is optional
         pass
     return tuple(errors)
 
@@ -188,7 +196,18 @@ class SyncReport:
     delivered_grants: list[str] = field(default_factory=list)
     delivered_revocations: list[str] = field(default_factory=list)
     anchored_grants: list[str] = field(default_factory=list)
+    anchored_revocations: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerInfo:
+    """The configured ledger and the log key pinned for it."""
+
+    address: str
+    origin: str
+    hash_algorithm: str
+    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -369,7 +388,9 @@ class Wallet:
         NodeError, NodeUnreachable = _node_errors()
         record = self._grant(grant_id)
         try:
-            ack = self._client(record.node_address).submit_grant(record.credential)
+            # The salt lets the node name us in its ledger heads by commitment only.
+            ack = self._client(record.node_address).submit_grant(
+                record.credential, subject_salt=self._subject_salt().hex())
         except NodeUnreachable as exc:
             self.store.mark_grant_failed(grant_id, str(exc))
             return GrantOutcome(
@@ -413,9 +434,53 @@ class Wallet:
 
     # ledger ---------------------------------------------------------------------------------
 
-    def set_ledger(self, address: str, ca_pem: bytes) -> None:
-        self.store.set_setting("ledger_address", address)
-        self.store.set_setting("ledger_ca_pem", ca_pem.decode("ascii"))
+    def set_ledger(self, address: str, ca_pem: bytes, *, expected_key: Any = None
+                   ) -> LedgerInfo:
+        """Fetch the log's public key from the ledger and pin it with the address and CA.
+
+        With ``expected_key`` (a ``LogPublicKey`` got out of band) the ledger's key must be
+        exactly that one. Nothing is saved when the ledger cannot be reached or disagrees.
+        """
+        from ledger.client import LedgerClient
+
+        with LedgerClient(address, ca_pem) as client:
+            key = client.log_key
+            client.latest_tree_head()  # the ledger can sign with that key, right now
+        if expected_key is not None and key != expected_key:
+            raise InvalidInput(
+                f"the ledger at {address} serves a different log key than the file you gave; "
+                "nothing was changed: check the address and the file with the ledger operator"
+            )
+        with self.store.transaction() as db:
+            for name, value in (("ledger_address", address),
+                                ("ledger_ca_pem", ca_pem.decode("ascii")),
+                                ("ledger_log_key", json.dumps(key.to_json()))):
+                db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                           "DO UPDATE SET value = excluded.value", (name, value))
+        info = self.ledger_info()
+        assert info is not None  # written just above
+        return info
+
+    def ledger_info(self) -> LedgerInfo | None:
+        key = self.ledger_key()
+        address = self.store.get_setting("ledger_address")
+        if key is None or address is None:
+            return None
+        from wallet.anchoring import fingerprint
+
+        return LedgerInfo(address, key.origin, key.hash_algorithm, fingerprint(key))
+
+    def ledger_key(self) -> Any | None:
+        """The pinned ``LogPublicKey``, or None when no ledger is set."""
+        raw = self.store.get_setting("ledger_log_key")
+        if raw is None:
+            return None
+        from ledger.models import LogPublicKey
+
+        return LogPublicKey.from_json(json.loads(raw))
+
+    def _ledger_configured(self) -> bool:
+        return self.store.get_setting("ledger_address") is not None
 
     def _ledger(self) -> Any | None:
         address = self.store.get_setting("ledger_address")
@@ -424,7 +489,13 @@ class Wallet:
             return None
         from ledger.client import LedgerClient
 
-        return LedgerClient(address, ca_pem.encode("ascii"))
+        key = self.ledger_key()
+        client = LedgerClient(address, ca_pem.encode("ascii"), log_key=key)
+        if key is None:
+            # A ledger set by an older wallet: pin the key on first contact (trust on first
+            # use), so that every later receipt is checked against this same key.
+            self.store.set_setting("ledger_log_key", json.dumps(client.log_key.to_json()))
+        return client
 
     def _subject_salt(self) -> bytes:
         """The wallet's 32-byte salt: the ledger sees only salted commitments to our DID."""
@@ -440,12 +511,15 @@ class Wallet:
         Returns a sentence when anchoring failed: the grant is delivered either way, and
         ``sync`` retries the anchoring later.
         """
-        ledger = self._ledger()
-        if ledger is None:
-            return None
         from ledger.errors import LedgerError
         from ledger.events import make_event, subject_commitment
 
+        try:
+            ledger = self._ledger()
+        except LedgerError as exc:
+            return f"the grant is delivered, but the ledger could not be reached: {exc}"
+        if ledger is None:
+            return None
         record = self._grant(grant_id)
         event = make_event(
             "grant", grant_digest=record.digest,
@@ -459,6 +533,40 @@ class Wallet:
         except LedgerError as exc:
             return f"the grant is delivered, but anchoring it in the ledger failed: {exc}"
         self.store.set_grant_receipt(grant_id, _receipt_json(receipt))
+        return None
+
+    def _anchor_revocation(self, grant_id: str) -> str | None:
+        """Append a delivered revocation's digest to the ledger (event type ``revocation``).
+
+        Returns a sentence when anchoring failed; the revocation is in effect at the node
+        either way, and ``sync`` retries the anchoring.
+        """
+        from consent.grants import verify_revocation
+        from ledger.errors import LedgerError
+        from ledger.events import make_event, subject_commitment
+
+        try:
+            ledger = self._ledger()
+        except LedgerError as exc:
+            return f"the revocation is in effect, but the ledger could not be reached: {exc}"
+        if ledger is None:
+            return None
+
+        record = self._grant(grant_id)
+        revocation = self.store.revocation(grant_id)
+        assert revocation is not None
+        event = make_event(
+            "revocation", revocation_digest=verify_revocation(revocation.document).digest,
+            grant_digest=record.digest,
+            subject_commitment=subject_commitment(self.identity.did, self._subject_salt()),
+            node=record.node_did,
+        )
+        try:
+            with ledger:
+                receipt = ledger.append(event)
+        except LedgerError as exc:
+            return f"the revocation is in effect, but anchoring it in the ledger failed: {exc}"
+        self.store.set_revocation_receipt(grant_id, _receipt_json(receipt))
         return None
 
     # views ----------------------------------------------------------------------------------
@@ -531,7 +639,13 @@ class Wallet:
             ) from None
         revoked_at = _as_time(getattr(ack, "revoked_at", None))
         self.store.mark_revocation_confirmed(grant_id, revoked_at)
-        return RevokeOutcome(grant_id, True, revoked_at, "confirmed by the node's signed ack")
+        message = "confirmed by the node's signed ack"
+        warning = self._anchor_revocation(grant_id)
+        if warning:
+            message += f"; {warning} (`consent-wallet sync` retries)"
+        elif self._ledger_configured():
+            message += "; anchored in the ledger"
+        return RevokeOutcome(grant_id, True, revoked_at, message)
 
     def sync(self) -> SyncReport:
         """Deliver every pending grant and revocation; report what is still pending."""
@@ -545,7 +659,7 @@ class Wallet:
                 report.delivered_grants.append(record.id)
             else:
                 report.failed[record.id] = outcome.message or "not delivered"
-        if self._ledger() is not None:
+        if self._ledger_configured():
             for record in self.store.grants():
                 if record.delivery == DELIVERED and record.ledger_receipt is None:
                     warning = self._anchor_grant(record.id)
@@ -561,7 +675,21 @@ class Wallet:
                 report.delivered_revocations.append(revocation.grant_id)
             except DeliveryPending as exc:
                 report.failed[revocation.grant_id] = str(exc)
+        if self._ledger_configured():
+            self._sync_revocation_anchors(report)
         return report
+
+    def _sync_revocation_anchors(self, report: SyncReport) -> None:
+        delivered = {g.id for g in self.store.grants() if g.delivered_at is not None}
+        for revocation in self.store.revocations():
+            if (revocation.delivery != DELIVERED or revocation.ledger_receipt is not None
+                    or revocation.grant_id not in delivered):
+                continue
+            warning = self._anchor_revocation(revocation.grant_id)
+            if warning:
+                report.failed[revocation.grant_id] = warning
+            else:
+                report.anchored_revocations.append(revocation.grant_id)
 
     def access_log(self, *, since: datetime | None = None) -> AccessView:
         """Access events from every node holding our grants, each verified; cached if offline."""
@@ -571,12 +699,22 @@ class Wallet:
         unreachable: dict[str, str] = {}
         for address in addresses:
             try:
-                log = self._client(address).access_events(since)
+                client = self._client(address)
+                log = client.access_events(since)
+                node_did = client.node_info().did
             except NodeError as exc:
                 unreachable[address] = str(exc)
                 continue
-            self.store.put_access_events(address, _access_records(address, log))
+            checks = self._ledger_checks(log, node_did)
+            self.store.put_access_events(address, _access_records(address, log, checks))
         return AccessView(self.store.access_events(since), unreachable)
+
+    def _ledger_checks(self, log: Any, node_did: str) -> dict[int, Any]:
+        """Per event seq, the ledger verdict on the node's anchored heads (wallet.anchoring)."""
+        from wallet.anchoring import check_events
+
+        events = [_flat_event(e) for e in log.events]
+        return check_events(events, getattr(log, "anchors", []), node_did, self.ledger_key())
 
     def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
         """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
@@ -649,13 +787,17 @@ def _event_verified(log: Any, index: int, event: dict[str, Any]) -> bool:
     return bool(verified)
 
 
-def _access_records(address: str, log: Any) -> list[AccessRecord]:
+def _access_records(address: str, log: Any, checks: dict[int, Any]) -> list[AccessRecord]:
     records = []
     for index, raw in enumerate(log.events):
         event = _flat_event(raw)
+        check = checks.get(int(event["seq"]))
         records.append(AccessRecord(
             node_address=address, seq=int(event["seq"]), time=_as_time(event.get("time")),
-            event=event, verified=_event_verified(log, index, event), ledger_verified=None,
+            event=event, verified=_event_verified(log, index, event),
+            ledger_verified=check.verified if check else None,
+            ledger_status=check.status if check else None,
+            ledger_detail=check.detail if check else None,
         ))
     return records
 

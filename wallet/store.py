@@ -35,14 +35,23 @@ CREATE TABLE IF NOT EXISTS grants (
 );
 CREATE TABLE IF NOT EXISTS revocations (
     grant_id TEXT PRIMARY KEY, document TEXT NOT NULL, issued TEXT NOT NULL,
-    delivery TEXT NOT NULL DEFAULT 'pending', delivery_error TEXT, confirmed_at TEXT
+    delivery TEXT NOT NULL DEFAULT 'pending', delivery_error TEXT, confirmed_at TEXT,
+    ledger_receipt TEXT
 );
 CREATE TABLE IF NOT EXISTS access_events (
     node_address TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, event TEXT NOT NULL,
     verified INTEGER NOT NULL, ledger_verified INTEGER, fetched_at TEXT NOT NULL,
+    ledger_status TEXT, ledger_detail TEXT,
     PRIMARY KEY (node_address, seq)
 );
 """
+
+# Columns added after the first release: (table, column, type). Added in place on open.
+MIGRATIONS = (
+    ("access_events", "ledger_status", "TEXT"),
+    ("access_events", "ledger_detail", "TEXT"),
+    ("revocations", "ledger_receipt", "TEXT"),
+)
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -110,6 +119,7 @@ class RevocationRecord:
     delivery: str
     delivery_error: str | None
     confirmed_at: datetime | None
+    ledger_receipt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,8 @@ class AccessRecord:
     event: dict[str, Any]
     verified: bool
     ledger_verified: bool | None
+    ledger_status: str | None = None  # verified | failed | not-anchored | no-ledger
+    ledger_detail: str | None = None
 
 
 def _opt_time(value: str | None) -> datetime | None:
@@ -141,6 +153,13 @@ class WalletStore:
             os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, kind in MIGRATIONS:
+            names = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in names:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -318,7 +337,15 @@ class WalletStore:
             grant_id=row["grant_id"], document=json.loads(row["document"]),
             issued=from_iso(row["issued"]), delivery=row["delivery"],
             delivery_error=row["delivery_error"], confirmed_at=_opt_time(row["confirmed_at"]),
+            ledger_receipt=_loads(row["ledger_receipt"]),
         )
+
+    def set_revocation_receipt(self, grant_id: str, receipt: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE revocations SET ledger_receipt = ? WHERE grant_id = ?",
+                (json.dumps(receipt), grant_id),
+            )
 
     # access events --------------------------------------------------------------------------
 
@@ -328,11 +355,13 @@ class WalletStore:
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO access_events(node_address, seq, time, event, verified, "
-                "ledger_verified, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "ledger_verified, fetched_at, ledger_status, ledger_detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         node_address, e.seq, iso(e.time), json.dumps(e.event), int(e.verified),
                         None if e.ledger_verified is None else int(e.ledger_verified), now,
+                        e.ledger_status, e.ledger_detail,
                     )
                     for e in events
                 ],
@@ -349,6 +378,7 @@ class WalletStore:
                 event=json.loads(row["event"]), verified=bool(row["verified"]),
                 ledger_verified=None if row["ledger_verified"] is None
                 else bool(row["ledger_verified"]),
+                ledger_status=row["ledger_status"], ledger_detail=row["ledger_detail"],
             )
             for row in rows
         ]

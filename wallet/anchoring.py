@@ -1,0 +1,121 @@
+"""The wallet's ledger checks: the pinned log key and its fingerprint, and the verification of
+a node's access-log anchors against the hash ledger (RFC 9162 receipts with C2SP signed tree
+heads, verified offline by ``ledger.verify``).
+
+A node claims "my chain head at sequence N, hash H, is in the ledger" and hands over the
+ledger's receipt for the ``access_head`` event (docs/audit.md). The wallet accepts the claim
+only when all of these hold:
+
+1. H is the node's own chain hash at N, on the chain that ends at the node-signed head
+   (checked by ``agent_node.client``: ``AnchorClaim.on_chain``);
+2. the receipt's tree head is signed by the log key the wallet pinned at ``ledger set``, and
+   its inclusion proof leads from the entry to that tree head;
+3. the entry is an ``access_head`` event naming this node's DID, hash H and sequence N.
+
+An access event with ``seq <= N`` that is itself verified on the chain is then covered: the
+head's hash commits to the whole chain up to it. Events after the last anchored head are
+"not yet anchored" (the node anchors on a schedule), which is not a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from consent.canonical import canonicalize
+from ledger.errors import LedgerError
+from ledger.models import LogPublicKey, Receipt
+from ledger.verify import verify_receipt
+
+VERIFIED = "verified"
+FAILED = "failed"
+NOT_ANCHORED = "not-anchored"
+NO_LEDGER = "no-ledger"
+
+
+def fingerprint(key: LogPublicKey) -> str:
+    """SHA-256 of the log key's RFC 8785 canonical JSON, shown in groups of four for reading
+    aloud; ``consent-wallet ledger fingerprint log-public.json`` prints the same value."""
+    digest = hashlib.sha256(canonicalize(key.to_json())).hexdigest()
+    return "SHA256:" + ":".join(digest[i:i + 4] for i in range(0, 64, 4))
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """The ledger verdict for one access event."""
+
+    status: str  # verified | failed | not-anchored | no-ledger
+    detail: str
+    sequence: int | None = None  # the anchored head that covers the event
+    index: int | None = None  # that head's index in the ledger
+
+    @property
+    def verified(self) -> bool | None:
+        """True or False when checked against the ledger, None when it could not be."""
+        return {VERIFIED: True, FAILED: False}.get(self.status)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    sequence: int
+    ok: bool
+    detail: str
+    index: int | None = None
+
+
+def check_claim(claim: Any, node_did: str, log_key: LogPublicKey) -> ClaimResult:
+    """Verify one ``agent_node.client.AnchorClaim``; the detail names the check that failed."""
+    if not claim.on_chain:
+        return ClaimResult(claim.sequence, False,
+                           f"the anchored head {claim.sequence} is not on the node's hash chain")
+    try:
+        receipt = Receipt.from_json(claim.receipt)
+        verify_receipt(receipt, log_key)
+    except LedgerError as exc:
+        return ClaimResult(claim.sequence, False, f"ledger receipt for head {claim.sequence}: "
+                                                  f"{exc}")
+    event = receipt.event
+    expected = {"type": "access_head", "node": node_did, "head": claim.hash,
+                "sequence": claim.sequence}
+    wrong = sorted(k for k, v in expected.items() if event.get(k) != v)
+    if wrong:
+        return ClaimResult(claim.sequence, False,
+                           f"the ledger entry for head {claim.sequence} records another "
+                           f"{', '.join(wrong)}")
+    return ClaimResult(claim.sequence, True, "signed tree head and inclusion verified",
+                       receipt.index)
+
+
+def check_events(
+    events: Sequence[dict[str, Any]], claims: Sequence[Any], node_did: str,
+    log_key: LogPublicKey | None,
+) -> dict[int, LedgerCheck]:
+    """The ledger verdict per event ``seq`` (events as from ``NodeClient.access_events``)."""
+    if log_key is None:
+        detail = ("no ledger key is pinned: run `consent-wallet ledger set ADDR --ca FILE`"
+                  if claims else "no ledger configured")
+        return {int(e["seq"]): LedgerCheck(NO_LEDGER, detail) for e in events}
+    results = [check_claim(c, node_did, log_key) for c in claims]
+    verdicts = {}
+    for event in events:
+        seq = int(event["seq"])
+        verdicts[seq] = _verdict(seq, bool(event.get("verified")), results)
+    return verdicts
+
+
+def _verdict(seq: int, on_chain: bool, results: list[ClaimResult]) -> LedgerCheck:
+    covering = [r for r in results if r.sequence >= seq]
+    if not covering:
+        return LedgerCheck(NOT_ANCHORED, "not yet anchored: the node anchors its log on a "
+                                         "schedule; look again later")
+    good = [r for r in covering if r.ok]
+    if good and on_chain:
+        best = good[0]
+        return LedgerCheck(VERIFIED, f"covered by head {best.sequence} at ledger index "
+                                     f"{best.index}", best.sequence, best.index)
+    if good:
+        return LedgerCheck(FAILED, "the event is not on the node's verified hash chain",
+                           good[0].sequence, good[0].index)
+    return LedgerCheck(FAILED, covering[0].detail, covering[0].sequence)
