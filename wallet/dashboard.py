@@ -51,7 +51,8 @@ def dashboard_state(home: Path) -> dict[str, Any]:
             {"node": e.node_address, "seq": e.seq, "time": iso(e.time),
              "requester": e.event.get("requester"), "purpose": e.event.get("purpose"),
              "grant_ids": e.event.get("grant_ids", []), "outcome": e.event.get("outcome"),
-             "verified": e.verified, "ledger_verified": e.ledger_verified}
+             "verified": e.verified, "ledger_verified": e.ledger_verified,
+             "ledger_status": e.ledger_status}
             for e in reversed(events)
         ],
     }
