@@ -239,44 +239,65 @@ def remember_salt(conn: sqlite3.Connection, did: str, salt_hex: Any, now: str) -
 
 
 def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[str]]:
-    """Commitments of the subjects and digests of the grants used by events (after, upto]."""
-    commitments = sorted({
-        subject_commitment(did, bytes.fromhex(salt)) for did, salt in conn.execute(
-            "SELECT DISTINCT b.did, t.salt FROM access_subjects s "
-            "JOIN bindings b ON b.sid = s.sid JOIN subject_salts t ON t.did = b.did "
-            "WHERE s.seq > ? AND s.seq <= ?", (after, upto))})
-    digests = sorted({r[0] for r in conn.execute(
-        "SELECT DISTINCT g.digest FROM access_grants a JOIN grants g ON g.grant_id = a.grant_id "
-        "WHERE a.seq > ? AND a.seq <= ?", (after, upto))})
+    """Commitments of the subjects and digests of the grants used by events (after, upto].
+
+    Read-only and bounded: subjects are probed from the (few) salted ones through the
+    (sid, seq) key of access_subjects, grants are read from the event bodies in the range; a
+    list longer than MAX_LISTED is left out rather than built in full.
+    """
     listed: dict[str, list[str]] = {}
-    if commitments and len(commitments) <= MAX_LISTED:
-        listed["subject_commitments"] = commitments
-    if digests and len(digests) <= MAX_LISTED:
+    if _has_ledger_tables(conn):
+        salted = conn.execute(
+            "SELECT DISTINCT b.did, t.salt FROM subject_salts t JOIN bindings b ON b.did = t.did "
+            "WHERE EXISTS (SELECT 1 FROM access_subjects s WHERE s.sid = b.sid "
+            "AND s.seq > ? AND s.seq <= ?) LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
+        if salted and len(salted) <= MAX_LISTED:
+            listed["subject_commitments"] = sorted(
+                {subject_commitment(did, bytes.fromhex(salt)) for did, salt in salted})
+    grant_ids: set[str] = set()
+    for (body,) in conn.execute("SELECT body FROM access_log WHERE seq > ? AND seq <= ?",
+                                (after, upto)):
+        grant_ids.update(json.loads(body).get("grant_ids") or [])
+        if len(grant_ids) > MAX_LISTED:
+            return listed
+    digests = sorted({r[0] for r in conn.execute(
+        "SELECT digest FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(grant_ids)),))})
+    if digests:
         listed["grant_digests"] = digests
     return listed
 
 
-def enqueue_head(conn: sqlite3.Connection, node_did: str) -> int | None:
-    """Queue the current chain head as an ``access_head`` event, once per head.
-
-    Runs inside the caller's write transaction. Returns the queued sequence, or None when the
-    chain is empty or this head is already queued.
-    """
-    ensure_ledger_tables(conn)
+def head_event(conn: sqlite3.Connection, node_did: str) -> dict[str, Any] | None:
+    """The ``access_head`` event for the current chain head, or None when the chain is empty
+    or this head is queued already. Read-only: run it outside the write lock."""
     current = head(conn)
     if current["seq"] == 0:
         return None
-    if conn.execute("SELECT 1 FROM ledger_heads WHERE sequence = ?",
-                    (current["seq"],)).fetchone():
-        return None
-    row = conn.execute("SELECT max(sequence) FROM ledger_heads").fetchone()
-    after = int(row[0] or 0)
-    event = make_event("access_head", node=node_did, head=current["hash"],
-                       sequence=current["seq"], **_listed(conn, after, current["seq"]))
-    conn.execute("INSERT INTO ledger_heads (sequence, hash, event, queued_at) VALUES (?, ?, ?, ?)",
-                 (current["seq"], current["hash"], json.dumps(event, sort_keys=True),
-                  event["time"]))
-    return int(current["seq"])
+    after = 0
+    if _has_ledger_tables(conn):
+        if conn.execute("SELECT 1 FROM ledger_heads WHERE sequence = ?",
+                        (current["seq"],)).fetchone():
+            return None
+        after = int(conn.execute("SELECT max(sequence) FROM ledger_heads").fetchone()[0] or 0)
+    return make_event("access_head", node=node_did, head=current["hash"],
+                      sequence=current["seq"], **_listed(conn, after, current["seq"]))
+
+
+def queue_head(conn: sqlite3.Connection, event: dict[str, Any]) -> int | None:
+    """Queue a head event (inside the caller's write transaction); None if queued already."""
+    ensure_ledger_tables(conn)
+    cursor = conn.execute(
+        "INSERT OR IGNORE INTO ledger_heads (sequence, hash, event, queued_at) "
+        "VALUES (?, ?, ?, ?)",
+        (event["sequence"], event["head"], json.dumps(event, sort_keys=True), event["time"]))
+    return int(event["sequence"]) if cursor.rowcount else None
+
+
+def enqueue_head(conn: sqlite3.Connection, node_did: str) -> int | None:
+    """Build and queue the current head in one go (inside the caller's write transaction)."""
+    event = head_event(conn, node_did)
+    return None if event is None else queue_head(conn, event)
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,17 @@ class LedgerPusher:
         log.info(json.dumps({"event": "ledger-key-pinned", "origin": client.log_key.origin}))
 
     def enqueue(self) -> int | None:
-        """Queue the current head (once per head); durable before this returns."""
+        """Queue the current head (once per head); durable before this returns.
+
+        The event is built in a read snapshot and only inserted under the write lock, so the
+        group-committed access-log appends of queries never wait for it.
+        """
+        with self.vault.snapshot() as conn:
+            event = accesslog.head_event(conn, self.home.identity.did)
+        if event is None:
+            return None
         with self.vault.transaction() as conn:
-            return accesslog.enqueue_head(conn, self.home.identity.did)
+            return accesslog.queue_head(conn, event)
 
     def flush(self) -> PushResult:
         """Push every queued head, oldest first, in batches; keep each verified receipt."""

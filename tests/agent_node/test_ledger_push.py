@@ -78,6 +78,8 @@ def node(tmp_path: Path, bank_rows: list[dict[str, Any]], ledger: RestartableLed
 
 def heads(home: Path) -> list[tuple[int, str, str | None, int, str | None]]:
     with sqlite3.connect(home / "vault.sqlite") as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ledger_heads'").fetchone():
+            return []  # the node creates the queue when it first queues a head
         return db.execute("SELECT sequence, hash, receipt, attempts, last_error FROM ledger_heads "
                           "ORDER BY sequence").fetchall()
 

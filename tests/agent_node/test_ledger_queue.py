@@ -26,7 +26,8 @@ NOW = "2026-01-01T00:00:00.000000Z"
 
 
 def _append(vault: Vault, sids: list[int], grant_ids: list[str]) -> int:
-    body = {"requester": NODE_DID, "purpose": "quote-generation", "time": NOW}
+    body = {"requester": NODE_DID, "purpose": "quote-generation", "time": NOW,
+            "grant_ids": sorted(grant_ids)}  # as agent_node.engine writes it
     with vault.transaction() as conn:
         return accesslog.append(conn, body, sids, grant_ids)[0]
 
