@@ -11,15 +11,18 @@ from typing import Any
 
 import grpc
 import pytest
+import tomli_w
 
 from agent_node import accesslog
 from agent_node.client import NodeError
+from agent_node.errors import ConfigError
+from agent_node.home import load_config
 from agent_node.vault import Vault
 from agent_node.vaultcrypto import VaultKeys
 from consent.grants import issue_grant
 from consent.identity import Identity
 from ledger.events import subject_commitment, validate_event
-from tests.agent_node.conftest import NodeProcess
+from tests.agent_node.conftest import NodeProcess, run_cli
 
 NODE_DID = Identity.generate().did
 NOW = "2026-01-01T00:00:00.000000Z"
@@ -135,3 +138,24 @@ def test_a_malformed_subject_salt_is_refused_and_changes_nothing(
         # The same grant with a good salt is accepted.
         assert client.submit_grant(credential, subject_salt=os.urandom(32).hex()).grant_id \
             == credential["id"]
+
+
+def test_log_push_without_a_ledger_says_how_to_configure_one(sqlite_node: NodeProcess) -> None:
+    result = run_cli("sov-node", "log", "push", "--home", str(sqlite_node.home), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no ledger is configured: set ledger_address and ledger_ca in node.toml" \
+        in result.stderr
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"ledger_push_seconds": 0.0}, "'ledger_push_seconds': must be 0.1 to 86400"),
+    ({"ledger_address": "127.0.0.1:1"}, "'ledger_ca': set it to the ledger's CA"),
+    ({"ledger_push_seconds": "often"}, "'ledger_push_seconds' must be a float"),
+])
+def test_bad_ledger_settings_are_refused(tmp_path: Path, settings: dict[str, Any],
+                                         message: str) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(tomli_w.dumps({"node": settings}))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert message in str(refused.value)
