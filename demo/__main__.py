@@ -272,7 +272,7 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
 
         say("6. Alice asks her wallet who used her data, and checks it against the ledger")
         wallet = ["consent-wallet", "--home", str(alice_home)]
-        run(["sov-node", "log", "push", "--home", str(node_home)], env, check=False)
+        run(["sov-node", "log", "push", "--home", str(node_home)], env)
         run([*wallet, "access-log"], env)
 
         say("7. Alice revokes her grant; the next question under it is refused")
@@ -282,6 +282,8 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         run([*wallet, "grants"], env)
 
     say("8. A compliance officer verifies every receipt offline")
+    run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
+         str(work / "node-receipts")], env)
     audit(work, env, ledger_home, alice_home)
 
 
@@ -308,7 +310,8 @@ def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr:
     run(["sov-node", "subjects", "bind", "--home", str(node_home),
          customers[0]["customerID"], did], env)
     run([*wallet, "nodes", "add", node_addr, "--ca", str(node_ca)], env)
-    run([*wallet, "ledger", "set", ledger_addr, "--ca", str(ledger_ca)], env)
+    run([*wallet, "ledger", "set", ledger_addr, "--ca", str(ledger_ca), "--log-key",
+         str(ledger_ca.parent.parent / "log-public.json")], env)
     granted = run([*wallet, "grant", "--node", node_addr, "--requester", crm_did,
                    "--purpose", "quote-generation", "--scope", "transaction", "--ttl", "24h",
                    "--json"], env)
@@ -335,8 +338,16 @@ def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr:
 
 def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) -> None:
     receipts = export_receipts(work, alice_home)
+    receipts += sorted((work / "node-receipts").glob("*.json"))
     log_key = ledger_home / "log-public.json"
     run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, receipts)], env)
+    bundle, report = work / "audit-bundle.json", work / "audit-report.html"
+    run(["sov-audit", "bundle", "--log-key", str(log_key), "-o", str(bundle),
+         *map(str, receipts)], env)
+    run(["sov-audit", "report", "--log-key", str(log_key), "-o", str(report), str(bundle)], env)
+    kept = Path.cwd() / "demo-audit-report.html"
+    shutil.copyfile(report, kept)
+    print(f"  the HTML report is kept at {kept}")
     tampered = work / "tampered-receipt.json"
     document = json.loads(receipts[0].read_text())
     document["entry"]["purpose"] = "marketing-analytics"
