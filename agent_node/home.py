@@ -98,7 +98,14 @@ def load_config(path: Path) -> NodeConfig:
         raise ConfigError(f"{path} does not exist: run 'sov-node init' first") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    stray = sorted(set(raw) - {"node"})
+    if stray:
+        # A setting outside [node] would otherwise be silently ignored (e.g. a ledger address).
+        raise ConfigError(f"node.toml key {stray[0]!r} is outside the [node] table; "
+                          "every setting belongs under [node]")
     node = raw.get("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError("node.toml key 'node' must be a table")
     known = {f.name: f for f in fields(NodeConfig)}
     values: dict[str, Any] = {}
     for key, value in node.items():

@@ -159,3 +159,19 @@ def test_bad_ledger_settings_are_refused(tmp_path: Path, settings: dict[str, Any
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"ledger_address": "127.0.0.1:1"}, "'ledger_address' is outside the [node] table"),
+    ({"node": {}, "metrics": {"port": 1}}, "'metrics' is outside the [node] table"),
+    ({"node": "k=5"}, "'node' must be a table"),
+])
+def test_settings_outside_the_node_table_are_refused(tmp_path: Path, document: dict[str, Any],
+                                                     message: str) -> None:
+    # A stray setting would otherwise be ignored silently: the operator believes a ledger is
+    # configured while nothing is ever anchored.
+    path = tmp_path / "node.toml"
+    path.write_text(tomli_w.dumps(document))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert message in str(refused.value)
