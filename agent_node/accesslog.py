@@ -25,13 +25,16 @@ import json
 import sqlite3
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_node.errors import AgentNodeError
 from consent.canonical import canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
 from ledger.events import make_event, subject_commitment
+
+if TYPE_CHECKING:
+    from agent_node.vault import Batch
 
 GENESIS = "00" * 32
 HEAD_TYPE = "AccessLogHead"
@@ -104,23 +107,64 @@ def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> Pre
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],
            grant_ids: list[str]) -> tuple[int, str]:
     """Append one event inside the caller's transaction; returns (seq, hash)."""
-    event = body if isinstance(body, PreparedEvent) else prepare(body)
-    row = conn.execute("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-    text = event.canonical(seq)
-    digest = hashlib.sha256(text).hexdigest()
-    new_hash = chain_hash(prev, digest)
-    conn.execute("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash) "
-                 "VALUES (?, ?, ?, ?, ?, ?)",
-                 (seq, event.time, text.decode(), digest, prev, new_hash))
-    # Index rows in one statement each (the JSON array is expanded inside SQLite).
-    if sids:
-        conn.execute("INSERT OR IGNORE INTO access_subjects (sid, seq) "
-                     "SELECT value, ? FROM json_each(?)", (seq, json.dumps(sids)))
-    if grant_ids:
-        conn.execute("INSERT OR IGNORE INTO access_grants (grant_id, seq) "
-                     "SELECT value, ? FROM json_each(?)", (seq, json.dumps(grant_ids)))
+    pending = _Pending(_last(conn))
+    seq, new_hash = pending.add(body, sids, grant_ids)
+    pending.write(conn)
     return seq, new_hash
+
+
+def append_batched(conn: sqlite3.Connection, batch: Batch,
+                   body: dict[str, Any] | PreparedEvent, sids: list[int],
+                   grant_ids: list[str]) -> tuple[int, str]:
+    """Append one event in a group-commit batch (``agent_node.vault.Batch``); returns
+    (seq, hash). The chain head is read once per batch and the rows of every event are
+    written together just before the batch commits, in the same transaction."""
+    pending = batch.memo.get("accesslog")
+    if pending is None:
+        pending = batch.memo["accesslog"] = _Pending(_last(conn))
+        batch.before_commit("accesslog", pending.write)
+    return pending.add(body, sids, grant_ids)
+
+
+def _last(conn: sqlite3.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else (0, GENESIS)
+
+
+PAIRS = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+
+
+class _Pending:
+    """Events chained in memory from a known head, written in three statements."""
+
+    def __init__(self, last: tuple[int, str]) -> None:
+        self.seq, self.hash = last
+        self.events: list[tuple[int, str, str, str, str, str]] = []
+        self.subjects: list[tuple[int, int]] = []
+        self.grants: list[tuple[str, int]] = []
+
+    def add(self, body: dict[str, Any] | PreparedEvent, sids: list[int],
+            grant_ids: list[str]) -> tuple[int, str]:
+        event = body if isinstance(body, PreparedEvent) else prepare(body)
+        seq, prev = self.seq + 1, self.hash
+        text = event.canonical(seq)
+        digest = hashlib.sha256(text).hexdigest()
+        self.seq, self.hash = seq, chain_hash(prev, digest)
+        self.events.append((seq, event.time, text.decode(), digest, prev, self.hash))
+        self.subjects += [(sid, seq) for sid in sids]
+        self.grants += [(gid, seq) for gid in grant_ids]
+        return seq, self.hash
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", self.events)
+        # Index rows in one statement each (the JSON arrays are expanded inside SQLite).
+        if self.subjects:
+            conn.execute(f"INSERT OR IGNORE INTO access_subjects (sid, seq) {PAIRS}",
+                         (json.dumps(self.subjects),))
+        if self.grants:
+            conn.execute(f"INSERT OR IGNORE INTO access_grants (grant_id, seq) {PAIRS}",
+                         (json.dumps(self.grants),))
 
 
 def head(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from agent_node.errors import (
     RequestError,
 )
 from agent_node.query import Filter, Query, query_from_dict
-from agent_node.vault import Vault, encrypted_column, iso, plain_column, table_name
+from agent_node.vault import Batch, Vault, encrypted_column, iso, plain_column, table_name
 from agent_node.vaultcrypto import decrypt_cell
 from consent.errors import UnknownPurpose
 from consent.grants import check_purpose
@@ -110,6 +110,7 @@ class _GrantRow:
     scopes: frozenset[str]
     dp_epsilon: float | None
     epsilon_spent: float
+    limited: bool = False  # carries max_queries
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class QueryEngine:
         for gid, subject, granted, _, _, max_q, eps in active:
             used, spent = live.get(gid, (0, 0.0))
             if max_q is None or used < max_q:
-                grants.append(_GrantRow(gid, subject, granted, eps, spent))
+                grants.append(_GrantRow(gid, subject, granted, eps, spent, max_q is not None))
         if not grants:
             raise PermissionDenied(
                 "no active grant at this node lets this requester use "
@@ -269,7 +270,8 @@ class QueryEngine:
         if max_q is not None and used >= max_q:
             raise BudgetExhausted(f"grant {gid} has used all {max_q} of its queries",
                                   reason="queries-exhausted")
-        return _GrantRow(gid, subject, frozenset(granted.split(",")), eps, spent)
+        return _GrantRow(gid, subject, frozenset(granted.split(",")), eps, spent,
+                         max_q is not None)
 
     def _apply_dp_budget(self, query: Query, grants: list[_GrantRow]
                          ) -> tuple[list[_GrantRow], float | None]:
@@ -305,7 +307,8 @@ class QueryEngine:
             plan = self._read(query, dataset, columns, scopes, requester, now)
             try:
                 seq, released, suppressed = self.vault.commit(
-                    lambda conn, plan=plan: self._commit(conn, plan, query, requester, now))
+                    lambda conn, batch, plan=plan: self._commit(conn, batch, plan, query,
+                                                                requester, now))
             except _Stale:
                 continue  # consent or a budget changed under the read: answer afresh
             return self._reply(plan, query, dataset, columns, requester, now, seq, released,
@@ -345,26 +348,36 @@ class QueryEngine:
         return _Plan(version, used_grants, epsilon, used, candidates, digests, blobs,
                      len(groups) - len(candidates), exact, event)
 
-    def _commit(self, conn: sqlite3.Connection, plan: _Plan, query: Query, requester: str,
-                now: datetime) -> tuple[int, list[tuple[Any, ...]], int]:
-        """The write phase, inside the group-committed transaction: confirm that consent did
-        not shrink since the read, debit budgets atomically, apply the overlap control and
-        append the access event. Few statements: the writer is shared by every query."""
-        if _consent_version(conn) != plan.consent_version:
+    def _commit(self, conn: sqlite3.Connection, batch: Batch, plan: _Plan, query: Query,
+                requester: str, now: datetime) -> tuple[int, list[tuple[Any, ...]], int]:
+        """The write phase, one job of a group-commit batch: confirm that consent did not
+        shrink since the read, debit budgets atomically, apply the overlap control and
+        append the access event. Every check comes before the first write (a refusal leaves
+        nothing behind); writes that cannot fail a check are deferred to the batch's end."""
+        version = batch.memo.get("consent_version")
+        if version is None:  # only other connections change consent, never this batch
+            version = batch.memo["consent_version"] = _consent_version(conn)
+        if version != plan.consent_version:
             raise _Stale
-        _debit(conn, [g.grant_id for g in plan.used_grants if not g.dp_epsilon], 0.0)
-        _debit(conn, [g.grant_id for g in plan.used_grants if g.dp_epsilon],
-               plan.epsilon or 0.0)
+        limited = [g.grant_id for g in plan.used_grants if g.limited or g.dp_epsilon]
+        spend = plan.epsilon or 0.0
+        _check_budgets(conn, limited, spend)
         released, suppressed = [], plan.suppressed
         for (key, group), digest, blob in zip(plan.candidates, plan.digests, plan.blobs,
                                               strict=True):
-            if _releasable(conn, requester, query.dataset, group, digest, blob,
-                           self.settings.k, now):
+            # blob None: the snapshot showed this very set released, and releases are final.
+            if blob is None or _releasable(conn, requester, query.dataset, group, digest,
+                                           blob, self.settings.k, now):
                 released.append(key)
             else:
                 suppressed += 1
-        seq, _ = accesslog.append(conn, plan.event, plan.used_sids,
-                                  [g.grant_id for g in plan.used_grants])
+        _debit(conn, [g.grant_id for g in plan.used_grants if g.dp_epsilon], spend)
+        _debit(conn, [g.grant_id for g in plan.used_grants if g.limited and not g.dp_epsilon],
+               0.0)
+        _debit_later(batch, [g.grant_id for g in plan.used_grants
+                             if not g.limited and not g.dp_epsilon])
+        seq, _ = accesslog.append_batched(conn, batch, plan.event, plan.used_sids,
+                                          [g.grant_id for g in plan.used_grants])
         return seq, released, suppressed
 
     def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec,
@@ -584,13 +597,13 @@ class QueryEngine:
             query = None
         grant_ids = list(query.grant_ids) if query else []
 
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: sqlite3.Connection, batch: Batch) -> None:
             # Only grant ids the node actually holds are linked, so a subject sees refusals
             # that named its grants, and made-up ids do not pollute the index.
             known = [g for g in grant_ids if conn.execute(
                 "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
             event = self._event(conn, query, requester, now, "refused", exc.reason, [], known)
-            accesslog.append(conn, event, [], sorted(known))
+            accesslog.append_batched(conn, batch, event, [], sorted(known))
 
         self.vault.commit(record)
 
@@ -624,19 +637,44 @@ def _subject_refs(conn: sqlite3.Connection, sids: list[int]) -> dict[int, str]:
                              "(SELECT value FROM json_each(?))", (json.dumps(sids),)))
 
 
-def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
-    """Debit one query (and ``epsilon``) from each grant, only where the budget allows;
-    if any grant could not be debited a concurrent query spent it: read again."""
+def _check_budgets(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
+    """Inside the write transaction: every limited grant still has a query (and ``epsilon``)
+    left, else a concurrent query spent it and the query is read again (and then refused or
+    answered without that grant)."""
     if not grant_ids:
         return
-    cursor = conn.execute(
-        "UPDATE grants SET queries_used = queries_used + 1, epsilon_spent = epsilon_spent + ?1 "
-        "WHERE grant_id IN (SELECT value FROM json_each(?2)) "
-        "AND (max_queries IS NULL OR queries_used < max_queries) "
-        f"AND (dp_epsilon IS NULL OR epsilon_spent + ?1 <= dp_epsilon + {EPS_TOLERANCE})",
-        (epsilon, json.dumps(grant_ids)))
-    if cursor.rowcount != len(set(grant_ids)):
-        raise _Stale
+    for _, used, max_q, spent, eps in conn.execute(
+            "SELECT grant_id, queries_used, max_queries, epsilon_spent, dp_epsilon FROM grants "
+            "WHERE grant_id IN (SELECT value FROM json_each(?))", (json.dumps(grant_ids),)):
+        if max_q is not None and used >= max_q:
+            raise _Stale
+        if eps and spent + epsilon > eps + EPS_TOLERANCE:
+            raise _Stale
+
+
+def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
+    """Debit one query (and ``epsilon``) from each grant (checked by ``_check_budgets``)."""
+    if grant_ids:
+        conn.execute("UPDATE grants SET queries_used = queries_used + 1, "
+                     "epsilon_spent = epsilon_spent + ? WHERE grant_id IN "
+                     "(SELECT value FROM json_each(?))", (epsilon, json.dumps(grant_ids)))
+
+
+def _debit_later(batch: Batch, grant_ids: list[str]) -> None:
+    """Count a query against grants without limits, once per batch (one UPDATE)."""
+    counts: dict[str, int] | None = batch.memo.get("debits")
+    if counts is None:
+        counts = batch.memo["debits"] = {}
+
+        def flush(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE grants SET queries_used = queries_used + c.n FROM "
+                         "(SELECT json_extract(value, '$[0]') AS gid, "
+                         "json_extract(value, '$[1]') AS n FROM json_each(?)) AS c "
+                         "WHERE grants.grant_id = c.gid", (json.dumps(list(counts.items())),))
+
+        batch.before_commit("debits", flush)
+    for gid in grant_ids:
+        counts[gid] = counts.get(gid, 0) + 1
 
 
 def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:

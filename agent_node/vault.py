@@ -121,10 +121,37 @@ def covering_columns(dataset: DatasetSpec) -> list[str]:
             if c.numeric and not c.encrypted]
 
 
+@dataclass(frozen=True)
+class SyncStats:
+    dataset: str
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+
+
+class Batch:
+    """What the jobs of one group-commit transaction share: a memo (values that only the
+    batch's own jobs can change, such as the access-log head) and writes deferred to just
+    before COMMIT, so that a batch issues a few statements instead of a few per job."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, Any] = {}
+        self._deferred: dict[str, Callable[[sqlite3.Connection], None]] = {}
+
+    def before_commit(self, key: str, fn: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``fn`` once, inside the transaction, after the last job (first ``key`` wins)."""
+        self._deferred.setdefault(key, fn)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        for fn in self._deferred.values():
+            fn(conn)
+
+
 class _Job:
     __slots__ = ("done", "error", "fn", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection, Batch], Any]) -> None:
         self.fn = fn
         self.done = threading.Event()
         self.result: Any = None
@@ -132,14 +159,16 @@ class _Job:
 
 
 class GroupCommitter:
-    """Durable group commit: a writer thread runs queued jobs in one IMMEDIATE transaction,
-    each inside its own SAVEPOINT, then COMMITs once (one WAL fsync under synchronous=FULL).
+    """Durable group commit: a writer thread runs the queued jobs one after another in one
+    IMMEDIATE transaction, then COMMITs once (one WAL fsync under synchronous=FULL).
 
     ``submit`` returns only after the transaction holding the job's writes is committed, so a
     caller that answers after ``submit`` never releases anything whose record could be lost.
-    A job that raises is rolled back to its savepoint alone; the others still commit. Jobs run
-    one after another, so each sees the writes of the jobs before it (what makes checks such as
-    the overlap control and budget debits race-free).
+    Jobs run one after another, so each sees the writes of the jobs before it (what makes
+    checks such as the overlap control and budget debits race-free). A job refuses by raising
+    before it writes anything; the others still commit. A job that raises after writing makes
+    the whole batch roll back (every job then fails with ``VaultError``): nothing partial is
+    ever committed.
     """
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
@@ -148,7 +177,7 @@ class GroupCommitter:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def submit(self, fn: Callable[[sqlite3.Connection, Batch], T]) -> T:
         job = _Job(fn)
         self._start()
         self._queue.put(job)
@@ -167,46 +196,44 @@ class GroupCommitter:
     def _run(self) -> None:
         conn = self._connect()
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH:
+            jobs = [self._queue.get()]
+            while len(jobs) < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    jobs.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(conn, batch)
+            self._commit(conn, jobs)
 
     @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _commit(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        batch = Batch()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
+            for job in jobs:
+                changes = conn.total_changes
                 try:
-                    job.result = job.fn(conn)
+                    job.result = job.fn(conn, batch)
                 except BaseException as exc:  # handed to the job's caller, not swallowed
-                    conn.execute("ROLLBACK TO job")
                     job.error = exc
-                conn.execute("RELEASE job")
+                    if conn.total_changes != changes:
+                        raise _PartialJob from exc
+            batch.flush(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # every job gets the failure; the writer thread lives on
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = VaultError(f"the vault could not commit ({exc.__class__.__name__}); "
                                  "nothing was recorded, retry")
-            for job in batch:
+            for job in jobs:
                 job.error = job.error or failure
+                job.result = None
         finally:
-            for job in batch:
+            for job in jobs:
                 job.done.set()
 
 
-@dataclass(frozen=True)
-class SyncStats:
-    dataset: str
-    inserted: int
-    updated: int
-    deleted: int
-    unchanged: int
+class _PartialJob(Exception):
+    """A job raised after writing: the batch must not commit."""
 
 
 class Vault:
@@ -219,6 +246,7 @@ class Vault:
         with self.connection() as conn:
             conn.executescript(SCHEMA)
         self.committer = GroupCommitter(self._open)
+        self._layouts: dict[int, tuple[DatasetSpec, str]] = {}
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -266,7 +294,7 @@ class Vault:
         """Run ``callback`` once the current snapshot on ``conn`` ends without error."""
         self._local.after.append(callback)
 
-    def commit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def commit(self, fn: Callable[[sqlite3.Connection, Batch], T]) -> T:
         """Run ``fn`` in the group-committed write transaction; returns once it is durable."""
         return self.committer.submit(fn)
 
@@ -328,7 +356,13 @@ class Vault:
     def dataset_ready(self, conn: sqlite3.Connection, dataset: DatasetSpec) -> bool:
         row = conn.execute("SELECT layout FROM datasets WHERE name = ?",
                            (dataset.name,)).fetchone()
-        return bool(row) and row[0] == _layout(dataset)
+        return bool(row) and row[0] == self._layout(dataset)
+
+    def _layout(self, dataset: DatasetSpec) -> str:
+        cached = self._layouts.get(id(dataset))
+        if cached is None or cached[0] is not dataset:
+            cached = self._layouts[id(dataset)] = (dataset, _layout(dataset))
+        return cached[1]
 
 
 def _layout(dataset: DatasetSpec) -> str:
