@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from wallet import service
-from wallet.parsing import format_duration, parse_duration, parse_time
+from wallet.parsing import check_purpose_text, format_duration, parse_duration, parse_time
 from wallet.store import iso, utcnow
 
 PASSPHRASE_ENV = "CONSENT_WALLET_PASSPHRASE"
@@ -39,9 +39,14 @@ class WalletGroup(click.Group):
             raise click.ClickException(f"cannot access {name}: {exc.strerror}") from None
 
 
-def _sentence(exc: Exception) -> str:
+def _sentence(exc: Exception | str) -> str:
+    """One sentence starting with a capital, unless it starts with a name (``--ttl``,
+    ``purposeText``, a quoted value) whose spelling must be kept."""
     text = str(exc).strip() or exc.__class__.__name__
-    return text[0].upper() + text[1:] if text else text
+    first = text.split(" ", 1)[0]
+    if first.isalpha() and first.islower():
+        return text[0].upper() + text[1:]
+    return text
 
 
 class Context:
@@ -268,6 +273,7 @@ def grant(
         duration = parse_duration(ttl)
         service.check_ttl(duration)  # refused before the passphrase is even asked
         service.check_purpose(purpose)
+        check_purpose_text(purpose_text)
         ca_pem = service.read_ca(node_ca) if node_ca else None
     with _open(ctx) as wallet:
         if retry_id is not None:
@@ -290,8 +296,9 @@ def grant(
         + (f"\n  note: {outcome.message}" if outcome.delivered and outcome.message else "")
     ))
     if not outcome.delivered and record.delivery != "delivered":
-        exc = click.ClickException(outcome.message or "the grant was not delivered")
-        exc.exit_code = EXIT_PENDING
+        exc = click.ClickException(_sentence(outcome.message or "the grant was not delivered"))
+        # A refused grant is not pending: `sync` will not deliver it, so it is a plain failure.
+        exc.exit_code = 1 if record.delivery == service.REFUSED else EXIT_PENDING
         raise exc
 
 
@@ -303,10 +310,10 @@ def grants(ctx: Context, offline: bool, as_json: bool) -> None:
     """Your grants: status, remaining budget, and where the data lives."""
     with _open(ctx) as wallet:
         views = wallet.grants(refresh=not offline)
-    _emit(as_json, [v.to_json() for v in views], lambda: _print_grants(views))
+    _emit(as_json, [v.to_json() for v in views], lambda: _print_grants(views, offline))
 
 
-def _print_grants(views: list[service.GrantView]) -> None:
+def _print_grants(views: list[service.GrantView], offline: bool = False) -> None:
     if not views:
         click.echo("No grants yet.")
         return
@@ -327,7 +334,10 @@ def _print_grants(views: list[service.GrantView]) -> None:
                 f" (last known {iso(v.status_at)})" if v.status_at else " (never read from node)")
             click.echo(f"  budget: {', '.join(budget)}{when}")
         elif not v.status_fresh and v.delivery == "delivered":
-            click.echo("  status: last known (node not reachable)")
+            click.echo("  status: last known" + ("" if offline else " (node not reachable)"))
+        if v.status == service.REVOCATION_PENDING:
+            click.echo("  your revocation is NOT yet in effect at the node: run "
+                       "`consent-wallet sync`")
 
 
 @cli.command()
@@ -393,7 +403,7 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
 
     def human() -> None:
         for address, message in view.unreachable.items():
-            click.echo(f"! {address} unreachable, showing cached events: {message}")
+            click.echo(f"! {_sentence(message)}; showing the events cached from {address}")
         if not view.events:
             click.echo("No recorded use of your data.")
         for e in view.events:
@@ -468,6 +478,9 @@ def dashboard(ctx: Context, port: int, refresh: bool, as_json: bool) -> None:
 
 
 def main() -> None:
+    # gRPC's C core logs TLS handshake failures to stderr at INFO by default; the wallet
+    # already says what went wrong in one sentence, so keep only real errors from the core.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     cli(prog_name="consent-wallet")
 
 

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 from consent.did import resolve
 from consent.errors import DIDError
-from consent.grants import PURPOSES, Scope
+from consent.grants import MAX_PURPOSE_TEXT, PURPOSES, Scope
 from wallet.errors import (
     InvalidDuration,
+    InvalidInput,
     InvalidPurpose,
     InvalidRequester,
     InvalidScope,
@@ -99,6 +100,15 @@ def check_purpose(purpose: str) -> str:
         else f"known purposes are {', '.join(sorted(PURPOSES))}."
     )
     raise InvalidPurpose(f"{purpose!r} is not a known purpose; {hint}")
+
+
+def check_purpose_text(text: str) -> str:
+    """The free text beside the purpose is bounded, as the kernel's grant schema requires."""
+    if len(text) > MAX_PURPOSE_TEXT:
+        raise InvalidInput(
+            f"--purpose-text may be at most {MAX_PURPOSE_TEXT} characters; shorten it"
+        )
+    return text
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:

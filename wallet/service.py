@@ -42,6 +42,7 @@ __all__ = [
 from wallet.parsing import (
     MAX_TTL,
     check_purpose,
+    check_purpose_text,
     check_requester,
     check_scopes,
     check_ttl,
@@ -61,6 +62,7 @@ from wallet.store import (
 KEYSTORE_FILE = "keystore.json"
 REFUSED = "refused"
 CANCELLED = "cancelled"
+REVOCATION_PENDING = "revocation-pending"  # revoked in the wallet, not yet at the node
 
 # (address, ca_pem, caller) -> a node client; the real one is agent_node.client.NodeClient.
 ClientFactory = Callable[[str, bytes, Identity], Any]
@@ -136,7 +138,8 @@ class GrantView:
     """One grant as the customer sees it (``grants`` command and dashboard)."""
 
     id: str
-    status: str  # active | expired | revoked | not-yet-valid | pending-delivery | refused
+    status: str  # active | expired | revoked | revocation-pending | not-yet-valid |
+    #              pending-delivery | refused
     requester: str
     purpose: str
     scopes: tuple[str, ...]
@@ -298,9 +301,7 @@ class Wallet:
 
     def close(self) -> None:
         for client in self._clients.values():
-            close = getattr(client, "close", None)
-            if close is not None:
-                close()
+            _close(client)
         self._clients.clear()
         self.store.close()
 
@@ -316,13 +317,44 @@ class Wallet:
     # nodes ----------------------------------------------------------------------------------
 
     def add_node(self, address: str, ca_pem: bytes) -> NodeRecord:
-        """Remember a node's CA, then fetch and record its verified NodeInfo."""
-        self.store.put_node(address, ca_pem)
-        self._clients.pop(address, None)
-        self.refresh_node(address)
+        """Fetch the node's verified NodeInfo with ``ca_pem``, then remember both.
+
+        Nothing is saved unless the node answered over TLS with that CA: a wrong CA file or an
+        unreachable address must not replace the CA of a node the wallet already talks to.
+        """
+        self._remember_node(address, ca_pem)
         record = self.store.node(address)
-        assert record is not None  # written just above
+        assert record is not None  # written by _remember_node
         return record
+
+    def _remember_node(self, address: str, ca_pem: bytes) -> None:
+        """Save ``ca_pem`` for ``address`` only after the node was reached and verified with it."""
+        NodeError, _ = _node_errors()
+        client = self._client_factory(address, ca_pem, self.identity)
+        try:
+            info = client.node_info()
+        except NodeError as exc:
+            _close(client)
+            raise type(exc)(
+                f"{_node_problem(address, exc)}; nothing was saved: check the address, that "
+                "the node is running, and that the CA file is the node's own",
+                exc.code,  # type: ignore[attr-defined]
+            ) from None
+        self.store.put_node(address, ca_pem)
+        self.store.put_node_info(address, info)
+        old = self._clients.pop(address, None)
+        if old is not None:
+            _close(old)
+        self._clients[address] = client
+
+    def _use_node_ca(self, address: str, ca_pem: bytes | None) -> None:
+        """``--node-ca``: a CA equal to the remembered one needs no check; a new one does."""
+        if ca_pem is None:
+            return
+        known = self.store.node(address)
+        if known is not None and known.ca_pem == ca_pem and known.did is not None:
+            return
+        self._remember_node(address, ca_pem)
 
     def refresh_node(self, address: str) -> None:
         info = self._client(address).node_info()
@@ -360,9 +392,8 @@ class Wallet:
             raise InvalidInput("--max-queries must be a whole number of at least 1")
         if dp_epsilon is not None and not 0 < dp_epsilon <= 10:
             raise InvalidInput("--dp-epsilon must be a number above 0 and at most 10, like 1.0")
-        if node_ca is not None:
-            self.store.put_node(node, node_ca)
-            self._clients.pop(node, None)
+        check_purpose_text(purpose_text)
+        self._use_node_ca(node, node_ca)
         record = self._node(node)
         _, NodeUnreachable = _node_errors()
         try:
@@ -395,7 +426,8 @@ class Wallet:
             self.store.mark_grant_failed(grant_id, str(exc))
             return GrantOutcome(
                 self._grant(grant_id), False,
-                f"{exc}; the signed grant is saved as pending delivery: run "
+                f"{_node_problem(record.node_address, exc)}; the signed grant is saved as "
+                "pending delivery: run "
                 f"`consent-wallet sync` (or `grant --retry {grant_id}`) when the node is back",
             )
         except NodeError as exc:
@@ -603,6 +635,12 @@ class Wallet:
         """Sign a revocation, save it, deliver it and wait for the node's signed confirmation."""
         now = now or utcnow()
         record = self._grant(grant_id)
+        pending = self.store.revocation(grant_id)
+        if pending is not None and pending.delivery == PENDING:
+            raise GrantAlreadyRevoked(
+                f"your revocation of grant {grant_id} is saved but not yet delivered to the "
+                "node: run `consent-wallet sync` to deliver it"
+            )
         if record.revoked_at is not None or (record.last_status or {}).get("status") == "revoked":
             raise GrantAlreadyRevoked(f"grant {grant_id} is already revoked")
         if record.expires <= now:
@@ -628,7 +666,8 @@ class Wallet:
         except NodeUnreachable as exc:
             self.store.mark_revocation_failed(grant_id, str(exc))
             raise DeliveryPending(
-                f"{exc}; the signed revocation is saved but NOT yet in effect: run "
+                f"{_node_problem(record.node_address, exc)}; the signed revocation is saved "
+                "but NOT yet in effect: run "
                 "`consent-wallet sync` when the node is back"
             ) from None
         except NodeError as exc:
@@ -693,17 +732,22 @@ class Wallet:
 
     def access_log(self, *, since: datetime | None = None) -> AccessView:
         """Access events from every node holding our grants, each verified; cached if offline."""
-        NodeError, _ = _node_errors()
-        addresses = sorted({g.node_address for g in self.store.grants() if g.delivery in
-                            (DELIVERED, CANCELLED) or g.revoked_at})
+        NodeError, NodeUnreachable = _node_errors()
+        # Only nodes that accepted one of our grants hold events about us; a node that refused
+        # or never received a grant would only answer "not bound".
+        addresses = sorted({g.node_address for g in self.store.grants()
+                            if g.delivered_at is not None})
         unreachable: dict[str, str] = {}
         for address in addresses:
             try:
                 client = self._client(address)
                 log = client.access_events(since)
                 node_did = client.node_info().did
+            except NodeUnreachable as exc:
+                unreachable[address] = _node_problem(address, exc)
+                continue
             except NodeError as exc:
-                unreachable[address] = str(exc)
+                unreachable[address] = f"the node at {address} refused to list events: {exc}"
                 continue
             checks = self._ledger_checks(log, node_did)
             self.store.put_access_events(address, _access_records(address, log, checks))
@@ -718,9 +762,8 @@ class Wallet:
 
     def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
         """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
-        if node_ca is not None:
-            self.store.put_node(node, node_ca)
-            self._clients.pop(node, None)
+        _refuse_wallet_file(self.home, Path(out))
+        self._use_node_ca(node, node_ca)
         data = self._client(node).export()
         document = {
             "format": "sovereign-fabric-export",
@@ -733,6 +776,37 @@ class Wallet:
         # The export is the customer's own data: written 0600 and atomically, like the keystore.
         write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
         return document
+
+
+def _close(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
+
+
+def _node_problem(address: str, exc: Exception) -> str:
+    """The node error as a clause of our own sentence (the client's own text may claim that
+    "nothing was changed", which is not true once the wallet saved a signed statement)."""
+    _, NodeUnreachable = _node_errors()
+    if isinstance(exc, NodeUnreachable):
+        code = getattr(getattr(exc, "code", None), "name", "UNAVAILABLE")
+        return f"the node at {address} cannot be reached ({code})"
+    return f"the node at {address} refused: {exc}"
+
+
+# The wallet's own files: an export must never be written over them.
+WALLET_FILES = (KEYSTORE_FILE, WalletStore.FILENAME, WalletStore.FILENAME + "-wal",
+                WalletStore.FILENAME + "-shm", WalletStore.FILENAME + "-journal")
+
+
+def _refuse_wallet_file(home: Path, out: Path) -> None:
+    target = out.expanduser().resolve()
+    for name in WALLET_FILES:
+        if target == (home / name).resolve():
+            raise InvalidInput(
+                f"--out {out} is your wallet's own {name}, which the export would destroy; "
+                "choose another file"
+            )
 
 
 def iso_seconds(moment: datetime) -> str:
@@ -802,9 +876,14 @@ def _access_records(address: str, log: Any, checks: dict[int, Any]) -> list[Acce
     return records
 
 
-def _status_of(record: GrantRecord, now: datetime) -> str:
+def _status_of(record: GrantRecord, now: datetime, revocation_pending: bool = False) -> str:
     node_status = (record.last_status or {}).get("status")
-    if record.revoked_at is not None or node_status == "revoked":
+    if node_status == "revoked":
+        return "revoked"
+    if revocation_pending and record.delivery == DELIVERED:
+        # Signed and saved, but the node has not applied it: the grant still works there.
+        return "expired" if record.expires <= now else REVOCATION_PENDING
+    if record.revoked_at is not None:
         return "revoked"
     if record.delivery == REFUSED:
         return "refused"
@@ -825,12 +904,14 @@ def grant_views(
     now = now or datetime.now(UTC)
     fresh = fresh or set()
     nodes = {n.address: n for n in store.nodes()}
+    pending = {r.grant_id for r in store.revocations() if r.delivery == PENDING}
     views = []
     for record in store.grants():
         node = nodes.get(record.node_address)
         status = record.last_status or {}
         views.append(GrantView(
-            id=record.id, status=_status_of(record, now), requester=record.requester,
+            id=record.id, status=_status_of(record, now, record.id in pending),
+            requester=record.requester,
             purpose=record.purpose, scopes=record.scopes, node_address=record.node_address,
             node_name=node.name if node else None, node_region=node.region if node else None,
             node_residency=node.residency if node else None, issued=record.issued,
