@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import random
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 from ledger.events import encode_event, make_event  # noqa: E402
 from ledger.home import init_home, open_log  # noqa: E402
+from ledger.log import connect  # noqa: E402
 from ledger.merkle import SHA256, verify_inclusion  # noqa: E402
 
 BATCH = 10_000
@@ -45,10 +45,13 @@ def make_events(n: int) -> list[dict]:
 
 
 def floor_append(path: Path, entries: list[bytes]) -> float:
-    """hashlib leaf + node hashes and one executemany per batch, same pragmas, one commit."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    """hashlib leaf + node hashes and one executemany per batch, one commit per batch.
+
+    The connection comes from ``ledger.log.connect``, so the floor runs with exactly the
+    log's settings (page size, WAL, synchronous=FULL, cache size) and writes the same rows as
+    the log's ``entries`` table: neither side gets pragmas the other lacks.
+    """
+    db = connect(path)
     db.execute("CREATE TABLE entries (idx INTEGER PRIMARY KEY, leaf_hash BLOB, entry BLOB)")
     sha = hashlib.sha256
     start = time.perf_counter()
@@ -62,7 +65,7 @@ def floor_append(path: Path, entries: list[bytes]) -> float:
                 h = sha(b"\x01" + frontier.pop() + h).digest()
                 index >>= 1
             frontier.append(h)
-        db.execute("BEGIN")
+        db.execute("BEGIN IMMEDIATE")
         rows = zip(range(b, b + len(chunk)), leaves, chunk, strict=True)
         db.executemany("INSERT INTO entries VALUES (?, ?, ?)", rows)
         db.execute("COMMIT")

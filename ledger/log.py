@@ -5,10 +5,12 @@ Durability: the database runs in WAL mode with ``synchronous=FULL``, and a batch
 and the signed tree head covering them) is one transaction, so a batch is either wholly on
 disk before any receipt is returned or not there at all; a crash cannot leave half an entry.
 
-Speed: SQLite keeps each entry with its leaf hash; the interior nodes of the tree live in
-memory as one packed ``bytearray`` per level (``ledger.merkle.MemoryTree``), rebuilt from the
-leaf hashes when the log opens and checked against the last signed tree head. Proofs are then
-slices plus a few hashes on the right edge, with no database round trip.
+Speed: SQLite keeps each entry with its leaf hash and nothing else (no secondary index), in
+16 KiB pages; the interior nodes of the tree live in memory as one packed ``bytearray`` per
+level (``ledger.merkle.MemoryTree``), rebuilt from the leaf hashes when the log opens and
+checked against the last signed tree head. Proofs are then slices plus a few hashes on the
+right edge, with no database round trip. Lookups by entry hash (receipts, and the duplicate
+check of every append) use ``ledger.leafindex``, derived from the same in-memory leaf hashes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from ledger.errors import ConsistencyProofError, EventError, LedgerError, StorageError
 from ledger.events import encode_event
+from ledger.leafindex import LeafIndex
 from ledger.merkle import MemoryTree, consistency_proof, hasher_for
 from ledger.models import Anchor, AnchorLink, ConsistencyProof, LogPublicKey, Receipt
 from ledger.note import Checkpoint, NoteSigner, open_note, sign_note
@@ -31,31 +34,29 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY,
     leaf_hash BLOB NOT NULL,
-    entry BLOB NOT NULL,
-    leaf_key INTEGER NOT NULL
+    entry BLOB NOT NULL
 );
--- Lookups by entry hash go through the first 8 bytes as an integer: an index of integers is
--- a third the size of one of 32-byte blobs, which keeps appends fast at millions of entries.
-CREATE INDEX IF NOT EXISTS entries_by_leaf_key ON entries (leaf_key);
+-- No index by entry hash: lookups by hash go through ledger.leafindex, derived in memory
+-- from the leaf hashes (an index with random keys here halved append throughput at 1M).
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     note TEXT NOT NULL,
     created TEXT NOT NULL
 );
 """
+# Layout 1 kept an 8-byte hash prefix in ``entries.leaf_key`` with an index on it; such
+# databases are converted when opened (``_upgrade``).
+LAYOUT = "2"
+# Pages of 16 KiB: fewer, larger pages mean fewer B-tree splits and WAL frames per batch.
+# SQLite takes it only when the file is created; older files keep their page size.
+PAGE_SIZE = 16384
 MAX_BATCH = 10_000
-
-
-_from_bytes = int.from_bytes
-
-
-def _leaf_key(leaf_hash: bytes) -> int:
-    return _from_bytes(leaf_hash[:8], "big", signed=True)
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the ledger database with the durability settings the log relies on."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: a new file takes it
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a committed batch survives power loss, not just a process crash.
     conn.execute("PRAGMA synchronous=FULL")
@@ -79,9 +80,7 @@ class Log:
         self._db.executescript(SCHEMA)
         self._check_meta()
         self.tree = MemoryTree(self.hasher)
-        # 8-byte prefixes of every leaf hash: a duplicate check costs a set lookup, and the
-        # database is asked only on a (rare) prefix hit.
-        self._keys: set[int] = set()
+        self.leaf_index = LeafIndex(self.tree.levels[0], self.hasher.size)
         self._load()
 
     # -- opening ---------------------------------------------------------------------------
@@ -90,25 +89,42 @@ class Log:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         wanted = {"origin": self.origin, "hash": self.public_key.hash_algorithm}
         if not meta:
-            self._db.executemany("INSERT INTO meta VALUES (?, ?)", wanted.items())
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [*wanted.items(), ("layout", LAYOUT)]
+            )
         elif {k: meta.get(k) for k in wanted} != wanted:
             raise StorageError(
                 f"the database {self.path} belongs to another log (origin or hash differs)"
             )
+        elif meta.get("layout") != LAYOUT:
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Drop a layout-1 database's ``entries.leaf_key`` column and its index."""
+        columns = [r[1] for r in self._db.execute("PRAGMA table_info(entries)")]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            if "leaf_key" in columns:
+                self._db.execute("DROP INDEX IF EXISTS entries_by_leaf_key")
+                self._db.execute("ALTER TABLE entries DROP COLUMN leaf_key")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('layout', ?)", (LAYOUT,))
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StorageError(f"could not upgrade the ledger database {self.path}: {exc}") from exc
 
     def _load(self) -> None:
-        rows = self._db.execute("SELECT idx, leaf_hash, leaf_key FROM entries ORDER BY idx")
-        batch: list[bytes] = []
-        keys = self._keys
-        for expected, (idx, leaf, key) in enumerate(rows):
-            if idx != expected:
-                raise StorageError(f"the database {self.path} is missing entry {expected}")
-            batch.append(leaf)
-            keys.add(key)
-            if len(batch) == 65536:
-                self.tree.append_leaf_hashes(batch)
-                batch = []
-        self.tree.append_leaf_hashes(batch)
+        count, last = self._db.execute("SELECT count(*), max(idx) FROM entries").fetchone()
+        # idx is the primary key (unique): count == max + 1 with no negative index means
+        # 0..count-1 are all there.
+        first = self._db.execute("SELECT min(idx) FROM entries").fetchone()[0]
+        if count and (first != 0 or last != count - 1):
+            raise StorageError(f"the database {self.path} is missing entries")
+        rows = self._db.execute("SELECT leaf_hash FROM entries ORDER BY idx")
+        while chunk := rows.fetchmany(65536):
+            self.tree.append_leaf_hashes([r[0] for r in chunk])
+        self.leaf_index.rebuild(self.tree.size)
         latest = self._latest_note()
         if latest is None:
             if self.tree.size:
@@ -176,63 +192,57 @@ class Log:
         with self._lock:
             return self._append_entries(list(entries)), self.latest_note()
 
-    def _known(self, leaves: list[bytes], leaf_keys: list[int]) -> dict[bytes, int]:
-        """Indexes of the leaves already in the log, looked up in chunks."""
-        known: dict[bytes, int] = {}
-        wanted = set(leaves)
-        keys = [k for k in set(leaf_keys) if k in self._keys]
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT leaf_hash, idx FROM entries WHERE leaf_key IN ({marks}) ORDER BY idx",
-                chunk,
-            )
-            for leaf_hash, idx in rows:
-                if leaf_hash in wanted:
-                    known.setdefault(bytes(leaf_hash), idx)
-        return known
-
     def _append_entries(self, entries: list[bytes]) -> list[int]:
         leaf = self.hasher.leaf
         leaves = [leaf(e) for e in entries]
-        leaf_keys = [_leaf_key(h) for h in leaves]
+        start = self.tree.size
+        seen = self.leaf_index.find_many(leaves)
+        if not seen and len(set(leaves)) == len(leaves):
+            # Nothing in the log already and nothing twice in the batch (the common case):
+            # skip the per-entry bookkeeping.
+            self._commit(leaves, entries)
+            return list(range(start, start + len(entries)))
         indexes: list[int] = []
-        new_rows: list[tuple[int, bytes, bytes, int]] = []
-        seen = self._known(leaves, leaf_keys)
-        next_index = self.tree.size
-        for entry, leaf_hash, key in zip(entries, leaves, leaf_keys, strict=True):
+        new_leaves: list[bytes] = []
+        new_entries: list[bytes] = []
+        next_index = start
+        for entry, leaf_hash in zip(entries, leaves, strict=True):
             existing = seen.get(leaf_hash)
             if existing is None:
-                existing = next_index
+                existing = seen[leaf_hash] = next_index
                 next_index += 1
-                new_rows.append((existing, leaf_hash, entry, key))
-                seen[leaf_hash] = existing
+                new_leaves.append(leaf_hash)
+                new_entries.append(entry)
             indexes.append(existing)
-        if new_rows:
-            self._commit(new_rows)
-            self._keys.update(row[3] for row in new_rows)
+        if new_leaves:
+            self._commit(new_leaves, new_entries)
         return indexes
 
-    def _commit(self, rows: list[tuple[int, bytes, bytes, int]]) -> None:
-        new_tree_size = self.tree.size + len(rows)
-        # Work on the in-memory tree first; undo it if the transaction fails.
+    def _commit(self, leaves: list[bytes], entries: list[bytes]) -> None:
+        """Write new entries and the signed tree head (and maybe a merge) in one transaction."""
         old_size = self.tree.size
-        self.tree.append_leaf_hashes([r[1] for r in rows])
-        note = self._sign(new_tree_size)
+        new_size = old_size + len(leaves)
+        # Work on the in-memory tree first; undo it if the transaction fails.
+        self.tree.append_leaf_hashes(leaves)
+        note = self._sign(new_size)
+        db = self._db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?)", rows)
-            self._db.execute(
-                "INSERT INTO checkpoints VALUES (?, ?, ?)",
-                (new_tree_size, note, datetime.now(UTC).isoformat()),
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?)",
+                zip(range(old_size, new_size), leaves, entries, strict=True),
             )
-            self._db.execute("COMMIT")
+            db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?)",
+                (new_size, note, datetime.now(UTC).isoformat()),
+            )
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self.tree.truncate(old_size)
             raise StorageError(f"could not write to the ledger database: {exc}") from exc
+        self.leaf_index.add(leaves, old_size)
 
     def _sign(self, size: int) -> str:
         checkpoint = Checkpoint(self.origin, size, self.tree.root(size))
@@ -241,11 +251,8 @@ class Log:
     # -- reading ---------------------------------------------------------------------------
 
     def index_of(self, leaf_hash: bytes) -> int | None:
-        row = self._db.execute(
-            "SELECT idx FROM entries WHERE leaf_key = ? AND leaf_hash = ? ORDER BY idx LIMIT 1",
-            (_leaf_key(leaf_hash), leaf_hash),
-        ).fetchone()
-        return row[0] if row else None
+        with self._lock:
+            return self.leaf_index.find(leaf_hash)
 
     def entry(self, index: int) -> bytes:
         row = self._db.execute("SELECT entry FROM entries WHERE idx = ?", (index,)).fetchone()
