@@ -12,7 +12,11 @@ Chains:
   process and forgets its chain on restart, so its anchors prove nothing after that: use it
   for tests and the demo only.
 - any JSON-RPC URL: anvil (``node_modules/.bin/anvil --state FILE`` keeps its chain), a dev
-  chain, or a production chain. The account must be unlocked on the node (``eth_accounts``).
+  chain, or a production chain. With an operator key (``AnchorKey``, kept encrypted in the
+  ledger home in the Web3 Secret Storage v3 format), transactions are built here (nonce,
+  EIP-155 chain id, gas estimate, EIP-1559 fees when the chain has a base fee), signed locally
+  (eth-account) and sent with ``eth_sendRawTransaction``: the node never holds the key. Without
+  one, the node's first unlocked account (``eth_accounts[0]``) signs: dev chains only.
 
 Requests go through a durable queue in SQLite: when the chain is unreachable, they stay queued
 with the error and are retried on the next run, so no anchor request is lost.
@@ -21,6 +25,7 @@ with the error and are retried on the next run, so no anchor request is lost.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -28,6 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3.exceptions import Web3Exception
 
 from ledger.errors import AnchorError
@@ -144,11 +152,26 @@ class AnchorStore:
 
 
 class Anchorer:
-    """Writes queued tree heads to a chain; ``run_once`` never raises on chain failures."""
+    """Writes queued tree heads to a chain; ``run_once`` never raises on chain failures.
 
-    def __init__(self, store: AnchorStore, web3_factory: Callable[[], Any], origin: str) -> None:
+    ``account``: the operator's key (signs locally); None uses the node's ``eth_accounts[0]``.
+    ``chain_id``: the chain the operator means to anchor to; an RPC serving another chain is
+    refused before anything is signed.
+    """
+
+    def __init__(
+        self,
+        store: AnchorStore,
+        web3_factory: Callable[[], Any],
+        origin: str,
+        *,
+        account: LocalAccount | None = None,
+        chain_id: int | None = None,
+    ) -> None:
         self.store = store
         self.origin = origin
+        self.account = account
+        self.chain_id = chain_id
         self._factory = web3_factory
         self._w3: Any = None
         self._lock = threading.Lock()
@@ -179,12 +202,20 @@ class Anchorer:
         payload = anchor_payload(self.origin, checkpoint.size, checkpoint.root)
         try:
             w3 = self._web3()
-            account = w3.eth.accounts[0]
-            tx_hash = w3.eth.send_transaction(
-                {"from": account, "to": account, "value": 0, "data": payload}
-            )
-            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RPC_TIMEOUT_SECONDS * 3)
             chain_id = int(w3.eth.chain_id)
+            if self.chain_id is not None and chain_id != self.chain_id:
+                raise AnchorError(
+                    f"the RPC serves chain id {chain_id} but anchors are configured for chain id "
+                    f"{self.chain_id}: fix --chain-rpc or the anchor key's chain id"
+                )
+            if self.account is None:
+                sender = w3.eth.accounts[0]
+                tx_hash = w3.eth.send_transaction(
+                    {"from": sender, "to": sender, "value": 0, "data": payload}
+                )
+            else:
+                tx_hash = self._send_signed(w3, chain_id, payload)
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RPC_TIMEOUT_SECONDS * 3)
         except CHAIN_ERRORS as exc:
             # Any of these means "not anchored this time": the request stays queued.
             raise AnchorError(
@@ -195,8 +226,116 @@ class Anchorer:
         return Anchor(chain_id, "0x" + bytes(tx_hash).hex(), int(receipt["blockNumber"]),
                       checkpoint.size, checkpoint.root, note)
 
+    def _send_signed(self, w3: Any, chain_id: int, payload: bytes) -> bytes:
+        """Build, sign locally and send the anchor transaction from the operator's account."""
+        assert self.account is not None
+        address = self.account.address
+        tx: dict[str, Any] = {"from": address, "to": address, "value": 0, "data": payload}
+        # Estimated before fees are set, so that an unfunded account gets the clear error below
+        # rather than the node's "insufficient funds" from the estimate.
+        tx["gas"] = int(w3.eth.estimate_gas(tx) * 6 // 5)  # 20% headroom over the estimate
+        tx.update(_fees(w3))
+        # "pending": a sent-but-unmined anchor of ours must not have its nonce reused.
+        tx["nonce"] = w3.eth.get_transaction_count(address, "pending")
+        tx["chainId"] = chain_id
+        price = tx.get("maxFeePerGas", tx.get("gasPrice", 0))
+        balance = int(w3.eth.get_balance(address))
+        if balance < tx["gas"] * price:
+            raise AnchorError(
+                f"the anchoring account {address} holds {balance} wei on chain {chain_id} but "
+                f"an anchor may cost up to {tx['gas'] * price} wei: fund the account"
+            )
+        signed = self.account.sign_transaction(tx)
+        return bytes(w3.eth.send_raw_transaction(signed.raw_transaction))
+
     def verify(self, anchor: Anchor) -> None:
         verify_on_chain(anchor, self._web3(), self.origin)
+
+
+def _fees(w3: Any) -> dict[str, int]:
+    """EIP-1559 fees when the chain has a base fee (twice it, plus the tip), else a gas price."""
+    base_fee = w3.eth.get_block("latest").get("baseFeePerGas")
+    if base_fee is None:
+        return {"gasPrice": int(w3.eth.gas_price)}
+    tip = int(w3.eth.max_priority_fee)
+    return {"maxFeePerGas": 2 * int(base_fee) + tip, "maxPriorityFeePerGas": tip}
+
+
+class AnchorKey:
+    """The operator's anchoring account: a secp256k1 key in a Web3 Secret Storage (v3)
+    keystore file, the format geth, foundry (``cast wallet``) and most wallets read and write,
+    so an operator can bring an existing funded account or back the key up with those tools."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def address(self) -> str:
+        """The account's address (readable without the passphrase)."""
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            return to_checksum_address("0x" + str(doc["address"]).removeprefix("0x"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise AnchorError(f"{self.path} is not an anchor keystore") from exc
+
+    def save(self, private_key: bytes, passphrase: str) -> str:
+        """Encrypt ``private_key`` under ``passphrase`` (scrypt) and write it with mode 0600."""
+        from consent.keystore import write_private_file
+
+        if self.path.exists():
+            raise AnchorError(f"{self.path} exists already: the anchor key is never overwritten")
+        document = Account.encrypt(private_key, passphrase, kdf="scrypt")
+        write_private_file(self.path, (json.dumps(document, indent=2) + "\n").encode())
+        return Account.from_key(private_key).address
+
+    def generate(self, passphrase: str) -> str:
+        return self.save(bytes(Account.create().key), passphrase)
+
+    def load(self, passphrase: str) -> LocalAccount:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise AnchorError(
+                f"{self.path} is missing: create it with 'sov-ledger anchor-key generate'"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise AnchorError(f"cannot read {self.path} as a keystore") from exc
+        return Account.from_key(decrypt_keystore(document, passphrase, str(self.path)))
+
+
+def decrypt_keystore(document: Any, passphrase: str, name: str) -> bytes:
+    """The private key in a v3 keystore; one clear error for a wrong passphrase or bad file."""
+    try:
+        return bytes(Account.decrypt(document, passphrase))
+    except ValueError as exc:
+        if "MAC mismatch" in str(exc):
+            raise AnchorError(f"cannot open {name}: wrong passphrase") from exc
+        raise AnchorError(f"{name} is not a valid v3 keystore") from exc
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise AnchorError(f"{name} is not a valid v3 keystore") from exc
+
+
+def read_private_key(path: Path, passphrase: str) -> bytes:
+    """A private key from FILE: a v3 keystore (opened with ``passphrase``) or 64 hex digits."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise AnchorError(f"cannot read the key file {path}") from exc
+    if text.startswith("{"):
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise AnchorError(f"{path} is neither a v3 keystore nor a hex private key") from exc
+        return decrypt_keystore(document, passphrase, str(path))
+    hex_text = text.removeprefix("0x")
+    if len(hex_text) != 64:
+        raise AnchorError(f"{path} is neither a v3 keystore nor a 32-byte hex private key")
+    try:
+        return bytes.fromhex(hex_text)
+    except ValueError as exc:
+        raise AnchorError(f"{path} is neither a v3 keystore nor a 32-byte hex private key") from exc
 
 
 def _brief(exc: BaseException) -> str:

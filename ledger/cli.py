@@ -72,6 +72,9 @@ def main() -> None:
 @click.option("--hash", "hash_algorithm", type=click.Choice(["sha256", "sm3"]),
               help="Tree hash (default: sha256 for intl, sm3 for gm).")
 @click.option("--chain-rpc", help="JSON-RPC URL to anchor to (default: embedded EVM).")
+@click.option("--anchor-key", "anchor_key",
+              help="'generate' a new anchoring account, or FILE: a v3 keystore or hex key.")
+@click.option("--anchor-chain-id", type=int, help="Chain id the anchor key may sign for.")
 @passphrase_option
 def init(
     home: Path,
@@ -79,16 +82,19 @@ def init(
     profile: str,
     hash_algorithm: str | None,
     chain_rpc: str | None,
+    anchor_key: str | None,
+    anchor_chain_id: int | None,
     passphrase_file: Path | None,
 ) -> None:
     """Create a ledger home: log key (encrypted), public key, database, TLS material."""
     from ledger.home import PUBLIC, init_home
 
     def run() -> None:
+        passphrase = _passphrase(passphrase_file, confirm=True)
         public = init_home(
             home,
             origin=origin,
-            passphrase=_passphrase(passphrase_file, confirm=True),
+            passphrase=passphrase,
             profile=profile,
             hash_algorithm=hash_algorithm,
             chain_rpc=chain_rpc,
@@ -96,6 +102,52 @@ def init(
         click.echo(f"ledger home created at {home}")
         click.echo(f"log origin: {public.origin} ({public.hash_algorithm})")
         click.echo(f"give auditors this public key file: {home / PUBLIC}")
+        if anchor_key is not None:
+            _create_anchor_key(home, passphrase, anchor_key, anchor_chain_id, None)
+
+    _guard(run)
+
+
+def _create_anchor_key(
+    home: Path, passphrase: str, source: str, chain_id: int | None, source_pass: Path | None
+) -> None:
+    from ledger.home import ANCHOR_KEY, create_anchor_key
+
+    path = None if source == "generate" else Path(source)
+    source_passphrase = _passphrase(source_pass) if source_pass is not None else None
+    address = create_anchor_key(home, passphrase, source=path,
+                                source_passphrase=source_passphrase, chain_id=chain_id)
+    click.echo(f"anchoring account {address} (key encrypted in {home / ANCHOR_KEY})")
+    click.echo("fund this account on the anchoring chain; anchors are signed with it whenever "
+               "a --chain-rpc is used")
+
+
+@main.command("anchor-key")
+@home_option
+@click.argument("source")
+@click.option("--chain-id", type=int, help="Pin the chain id the key may sign for.")
+@click.option("--key-passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Passphrase of the keystore FILE (default: the ledger's passphrase).")
+@passphrase_option
+def anchor_key(
+    home: Path,
+    source: str,
+    chain_id: int | None,
+    key_passphrase_file: Path | None,
+    passphrase_file: Path | None,
+) -> None:
+    """Give the ledger its own anchoring account: SOURCE is 'generate' or a key FILE.
+
+    The key is stored encrypted under the ledger's passphrase (v3 keystore, scrypt) and
+    signs anchor transactions locally; the chain node never holds it.
+    """
+
+    def run() -> None:
+        from ledger.home import load_config
+
+        load_config(home)  # a clear error if HOME is not a ledger home
+        passphrase = _passphrase(passphrase_file)
+        _create_anchor_key(home, passphrase, source, chain_id, key_passphrase_file)
 
     _guard(run)
 
@@ -106,18 +158,25 @@ def _open(home: Path, passphrase_file: Path | None) -> Any:
     return open_log(home, _passphrase(passphrase_file))
 
 
-def _anchorer(home: Path, chain_rpc: str | None, origin: str) -> Any:
-    from ledger.anchor import Anchorer, AnchorStore, embedded_web3, rpc_web3
-    from ledger.home import ANCHORS, load_config
+def _anchorer(home: Path, chain_rpc: str | None, origin: str, passphrase: str) -> Any:
+    from ledger.anchor import Anchorer, AnchorKey, AnchorStore, embedded_web3, rpc_web3
+    from ledger.home import ANCHOR_KEY, ANCHORS, load_config
 
-    url = chain_rpc or load_config(home).chain_rpc
+    config = load_config(home)
+    url = chain_rpc or config.chain_rpc
+    key = AnchorKey(home / ANCHOR_KEY)
     if url is None:
         click.echo(EMBEDDED_WARNING, err=True)
-        factory = embedded_web3
-    else:
-        def factory() -> Any:
-            return rpc_web3(url)
-    return Anchorer(AnchorStore(home / ANCHORS), factory, origin)
+        # The embedded chain funds only its own dev accounts: the operator key is for real
+        # chains, so it stays unused (and locked) here.
+        return Anchorer(AnchorStore(home / ANCHORS), embedded_web3, origin)
+
+    def factory() -> Any:
+        return rpc_web3(url)
+
+    account = key.load(passphrase) if key.exists() else None
+    return Anchorer(AnchorStore(home / ANCHORS), factory, origin, account=account,
+                    chain_id=config.anchor_chain_id)
 
 
 @main.command()
@@ -139,9 +198,12 @@ def serve(
     from ledger.service import start_server
 
     def run() -> None:
-        log = _open(home, passphrase_file)
+        from ledger.home import open_log
+
+        passphrase = _passphrase(passphrase_file)
+        log = open_log(home, passphrase)
         config = load_config(home)
-        anchorer = _anchorer(home, chain_rpc, log.origin)
+        anchorer = _anchorer(home, chain_rpc, log.origin, passphrase)
         interval = anchor_interval or config.anchor_interval_seconds
         scheduler = AnchorScheduler(anchorer, log.latest_note, interval)
         try:
@@ -266,8 +328,11 @@ def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None) -> N
     """Anchor the latest tree head now, and retry anything queued."""
 
     def run() -> None:
-        with _open(home, passphrase_file) as log:
-            anchorer = _anchorer(home, chain_rpc, log.origin)
+        from ledger.home import open_log
+
+        passphrase = _passphrase(passphrase_file)
+        with open_log(home, passphrase) as log:
+            anchorer = _anchorer(home, chain_rpc, log.origin, passphrase)
             anchorer.store.request(log.latest_note())
             written, errors = anchorer.run_once()
         for a in written:

@@ -8,6 +8,7 @@ the SQLite database and the service's TLS material.
     HOME/log-public.json   LogPublicKey: what auditors pass to ``sov-audit --log-key``
     HOME/ledger.db         entries and signed tree heads (ledger.log)
     HOME/anchors.db        durable anchor queue and written anchors (ledger.anchor)
+    HOME/anchor-key.json   optional: the operator's anchoring account, a v3 keystore (0600)
     HOME/tls/              ca.pem, server.pem, server.key (0600)
 """
 
@@ -31,6 +32,7 @@ KEY = "log-key.json"
 PUBLIC = "log-public.json"
 DATABASE = "ledger.db"
 ANCHORS = "anchors.db"
+ANCHOR_KEY = "anchor-key.json"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class LedgerConfig:
     profile: str
     chain_rpc: str | None = None
     anchor_interval_seconds: float = 300.0
+    anchor_chain_id: int | None = None  # with an anchor key: the only chain it may sign for
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -84,8 +87,7 @@ def init_home(
     public = public_key_for(identity, origin, algorithm)
     (home / PUBLIC).write_text(json.dumps(public.to_json(), indent=2) + "\n", encoding="utf-8")
     _write_tls(home / "tls")
-    config = LedgerConfig(origin, algorithm, profile, chain_rpc)
-    (home / CONFIG).write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    save_config(home, LedgerConfig(origin, algorithm, profile, chain_rpc))
     return public
 
 
@@ -114,6 +116,40 @@ def load_config(home: Path) -> LedgerConfig:
         return LedgerConfig(**doc)
     except TypeError as exc:
         raise StorageError(f"{path} has unknown or missing settings") from exc
+
+
+def save_config(home: Path, config: LedgerConfig) -> None:
+    text = json.dumps(config.to_json(), indent=2) + "\n"
+    (Path(home) / CONFIG).write_text(text, encoding="utf-8")
+
+
+def create_anchor_key(
+    home: Path,
+    passphrase: str,
+    *,
+    source: Path | None = None,
+    source_passphrase: str | None = None,
+    chain_id: int | None = None,
+) -> str:
+    """Create the home's anchoring account: a new key, or the key in ``source`` (a v3
+    keystore opened with ``source_passphrase``, default ``passphrase``, or a hex key file).
+
+    The key is stored encrypted under the ledger's passphrase; ``chain_id`` pins the chain it
+    signs for. Returns the account's address, which the operator must fund.
+    """
+    from ledger.anchor import AnchorKey, read_private_key
+
+    config = load_config(home)
+    if chain_id is not None and chain_id <= 0:
+        raise StorageError("the chain id must be a positive integer, e.g. 1 for Ethereum mainnet")
+    key = AnchorKey(Path(home) / ANCHOR_KEY)
+    if source is None:
+        address = key.generate(passphrase)
+    else:
+        address = key.save(read_private_key(source, source_passphrase or passphrase), passphrase)
+    if chain_id is not None:
+        save_config(home, LedgerConfig(**{**config.to_json(), "anchor_chain_id": chain_id}))
+    return address
 
 
 def open_log(home: Path, passphrase: str) -> Log:
