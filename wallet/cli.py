@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -37,6 +38,12 @@ class WalletGroup(click.Group):
         except OSError as exc:
             name = exc.filename or "a file"
             raise click.ClickException(f"cannot access {name}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
+            # e.g. wallet.db locked by another wallet process for longer than the timeout
+            raise click.ClickException(
+                f"the wallet database could not be used ({exc}); retry, and make sure no other "
+                "consent-wallet command is running on this wallet"
+            ) from None
 
 
 def _sentence(exc: Exception | str) -> str:

@@ -65,3 +65,7 @@ class DeliveryPending(WalletError):
 
 class LedgerNotConfigured(WalletError):
     """A ledger operation was asked for but no ledger address is configured."""
+
+
+class StoreDamaged(WalletError):
+    """The local database (wallet.db) is not readable as a wallet database."""

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wallet.errors import StoreDamaged
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -151,9 +153,16 @@ class WalletStore:
         if created:
             # The store names who the customer granted what: only the owner may read it.
             os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreDamaged(
+                f"{self.path} is damaged or not a wallet database ({exc}); restore it from a "
+                "backup (your keys are safe in keystore.json)"
+            ) from None
 
     def _migrate(self) -> None:
         for table, column, kind in MIGRATIONS:

@@ -192,3 +192,13 @@ def test_sentences_keep_the_spelling_of_names() -> None:
     assert _sentence(ValueError("--ttl is missing")) == "--ttl is missing"
     assert _sentence(ValueError("'x' is not a purpose")) == "'x' is not a purpose"
     assert _sentence("grant x is revoked") == "Grant x is revoked"
+
+
+def test_a_damaged_wallet_database_is_one_sentence(initialised: WalletCLI, home: Path) -> None:
+    (home / "wallet.db").write_bytes(b"not a database " * 100)
+    for suffix in ("-wal", "-shm"):
+        (home / f"wallet.db{suffix}").unlink(missing_ok=True)
+    for args in (("whoami",), ("grants", "--offline"), ("nodes", "list"), ("access-log",)):
+        assert_clean_error(initialised(*args), "is damaged or not a wallet database",
+                           "keystore.json")
+    assert (home / "wallet.db").read_bytes() == b"not a database " * 100  # left as it was
