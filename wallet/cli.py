@@ -472,7 +472,13 @@ def dashboard(ctx: Context, port: int, refresh: bool, as_json: bool) -> None:
         with _open(ctx) as wallet:
             wallet.grants(refresh=True)
             wallet.access_log()
-    server = serve_dashboard(ctx.home, port=port)
+    try:
+        server = serve_dashboard(ctx.home, port=port)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise click.ClickException(
+            f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another --port, or "
+            "--port 0 for any free one"
+        ) from None
     _emit(as_json, {"url": server.url}, lambda: click.echo(
         f"Dashboard at {server.url} (Ctrl-C to stop)"))
     sys.stdout.flush()

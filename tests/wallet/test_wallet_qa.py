@@ -202,3 +202,14 @@ def test_a_damaged_wallet_database_is_one_sentence(initialised: WalletCLI, home:
         assert_clean_error(initialised(*args), "is damaged or not a wallet database",
                            "keystore.json")
     assert (home / "wallet.db").read_bytes() == b"not a database " * 100  # left as it was
+
+
+def test_dashboard_on_a_taken_port(initialised: WalletCLI) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = initialised("dashboard", "--no-refresh", "--port", str(port))
+    assert_clean_error(result, f"cannot listen on 127.0.0.1:{port}", "choose another --port")
