@@ -69,3 +69,7 @@ class LedgerNotConfigured(WalletError):
 
 class StoreDamaged(WalletError):
     """The local database (wallet.db) is not readable as a wallet database."""
+
+
+class LedgerUnavailable(WalletError):
+    """The ledger could not be reached, or not verified with the CA given."""

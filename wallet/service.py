@@ -28,6 +28,7 @@ from wallet.errors import (
     GrantAlreadyExpired,
     GrantAlreadyRevoked,
     InvalidInput,
+    LedgerUnavailable,
     UnknownGrant,
     UnknownNode,
     WalletExists,
@@ -79,6 +80,12 @@ def _node_errors() -> tuple[type[Exception], type[Exception]]:
     from agent_node.client import NodeError, NodeUnreachable
 
     return NodeError, NodeUnreachable
+
+
+def grpc_error() -> type[Exception]:
+    import grpc
+
+    return grpc.RpcError  # type: ignore[no-any-return]
 
 
 def expected_errors() -> tuple[type[Exception], ...]:
@@ -474,10 +481,20 @@ class Wallet:
         exactly that one. Nothing is saved when the ledger cannot be reached or disagrees.
         """
         from ledger.client import LedgerClient
+        from ledger.errors import LedgerError
 
-        with LedgerClient(address, ca_pem) as client:
-            key = client.log_key
-            client.latest_tree_head()  # the ledger can sign with that key, right now
+        try:
+            with LedgerClient(address, ca_pem) as client:
+                key = client.log_key
+                client.latest_tree_head()  # the ledger can sign with that key, right now
+        except LedgerError as exc:
+            cause = exc.__cause__
+            code = cause.code().name if isinstance(cause, grpc_error()) else type(exc).__name__
+            raise LedgerUnavailable(
+                f"cannot get a verified log key from the ledger at {address} ({code}); nothing "
+                "was changed: check the address, that the ledger is running, and that the CA "
+                "file is the ledger's own"
+            ) from None
         if expected_key is not None and key != expected_key:
             raise InvalidInput(
                 f"the ledger at {address} serves a different log key than the file you gave; "

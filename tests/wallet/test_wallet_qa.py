@@ -213,3 +213,13 @@ def test_dashboard_on_a_taken_port(initialised: WalletCLI) -> None:
         port = taken.getsockname()[1]
         result = initialised("dashboard", "--no-refresh", "--port", str(port))
     assert_clean_error(result, f"cannot listen on 127.0.0.1:{port}", "choose another --port")
+
+
+def test_ledger_set_on_an_unreachable_ledger_changes_nothing(
+    initialised: WalletCLI, node: NodeProcess
+) -> None:
+    # A TLS server that is not a ledger (the node) and an address where nothing listens.
+    for address in (node.address, "127.0.0.1:9"):
+        result = initialised("ledger", "set", address, "--ca", str(node.ca_path))
+        assert_clean_error(result, "a verified log key from the ledger", "nothing was changed")
+    assert_clean_error(initialised("ledger", "show"), "No ledger is set")
