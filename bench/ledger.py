@@ -2,7 +2,9 @@
 same run, with the PyPI package pymerkle as a peer.
 
 1. Batched append throughput ÷ floor. Floor: the same leaf and node hashes with hashlib plus
-   a bare ``executemany`` of the same entries into SQLite (same durability pragmas).
+   a bare ``executemany`` of the same rows (index, leaf hash, entry) into SQLite, one
+   transaction per batch, on a connection from ``ledger.log.connect`` (the log's own page size,
+   WAL, synchronous=FULL and cache size).
    Target >= 0.5. Measured on pre-encoded entries (``Log.append_entries``); the figure with
    per-event validation and canonical encoding (``Log.append_batch``) is printed too.
 2. Inclusion-proof generation + verification rate ÷ the raw hashlib cost of the hashes in
