@@ -223,3 +223,32 @@ def test_ledger_set_on_an_unreachable_ledger_changes_nothing(
         result = initialised("ledger", "set", address, "--ca", str(node.ca_path))
         assert_clean_error(result, "a verified log key from the ledger", "nothing was changed")
     assert_clean_error(initialised("ledger", "show"), "No ledger is set")
+
+
+def test_an_altered_access_event_shows_not_verified(
+    initialised: WalletCLI, node: NodeProcess
+) -> None:
+    """The node operator rewrites the purpose of a logged access: the wallet's chain check
+    must show that event as NOT VERIFIED (issue 5: "shown as verified or not")."""
+    import sqlite3
+
+    from agent_node.requester import Requester
+
+    wallet = initialised
+    node.bind(_did(wallet))
+    crm = Identity.generate()
+    grant_id = json.loads(wallet.ok(*_grant_args(node, crm.did, "--node-ca", str(node.ca_path),
+                                                 "--json")).output)["grant_id"]
+    Requester(crm).ask(node.address, node.ca_pem, {
+        "dataset": "orders", "purpose": "quote-generation", "measures": ["count"],
+        "group_by": [], "grant_ids": [grant_id]})
+    [event] = json.loads(wallet.ok("access-log", "--json").output)["events"]
+    assert event["verified"] is True
+
+    with sqlite3.connect(node.home / "vault.sqlite") as db:
+        [(body,)] = db.execute("SELECT body FROM access_log").fetchall()
+        db.execute("UPDATE access_log SET body = ?",
+                   (body.replace("quote-generation", "fraud-prevention"),))
+    [event] = json.loads(wallet.ok("access-log", "--json").output)["events"]
+    assert event["verified"] is False
+    assert "NOT VERIFIED" in wallet.ok("access-log").output
