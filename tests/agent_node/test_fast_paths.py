@@ -1,0 +1,303 @@
+"""The node's fast paths keep their guarantees: group commit is durable and all-or-nothing,
+the prepared access event is RFC 8785 exact, the two-level SQL gives exact aggregates, and
+budgets, overlap control and revocation hold under concurrent queries (in-process engine
+over a real SQLite vault)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_node import accesslog
+from agent_node.engine import EngineSettings, QueryEngine
+from agent_node.errors import BudgetExhausted, VaultError
+from agent_node.grantstore import GrantStore
+from agent_node.home import NodeHome, init_home
+from agent_node.vault import Batch, Vault, sync
+from consent.canonical import canonicalize
+from consent.grants import issue_grant, issue_revocation
+from consent.identity import Identity
+from tests.agent_node.conftest import DATASET_TOML, PASSPHRASE, SUBJECTS, write_sqlite
+
+PURPOSE = "marketing-analytics"
+
+
+@dataclass
+class Env:
+    home: NodeHome
+    vault: Vault
+    engine: QueryEngine
+    store: GrantStore
+    wallets: list[Identity]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Env:
+    tmp = tmp_path_factory.mktemp("fast-paths")
+    write_sqlite(tmp / "crm.db", bank_rows)
+    home = init_home(tmp / "node", PASSPHRASE, name="fast")
+    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
+                                 + DATASET_TOML)
+    vault = Vault(home.vault_path, home.keys)
+    sync(vault, home.datamap())
+    wallets = [Identity.generate() for _ in range(SUBJECTS)]
+    for i, wallet in enumerate(wallets):
+        vault.bind([f"C{i:03d}"], wallet.did)
+    engine = QueryEngine(vault, home.datamap(), home.identity.did, EngineSettings(k=5))
+    store = GrantStore(vault, home.identity.did, max_ttl=timedelta(hours=72),
+                       clock_skew=timedelta(minutes=5))
+    return Env(home, vault, engine, store, wallets)
+
+
+def _grant(env: Env, wallet: Identity, requester: Identity, **kw: Any) -> str:
+    credential = issue_grant(wallet, requester=requester.did, nodes=[env.home.identity.did],
+                             purpose=kw.pop("purpose", PURPOSE), scopes=["transaction"],
+                             ttl=timedelta(hours=2), **kw)
+    return env.store.submit(credential)[0].id
+
+
+def _run_all(fn: Any, n: int) -> list[Any]:
+    results: list[Any] = [None] * n
+    start = threading.Barrier(n)
+
+    def call(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # collected and asserted on by the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+# -- group commit ---------------------------------------------------------------------------
+
+def test_group_commit_is_durable_and_refusals_leave_nothing(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "v.sqlite", init_home(tmp_path / "h", PASSPHRASE).keys)
+
+    def job(i: int) -> int:
+        def write(conn: sqlite3.Connection, batch: Batch) -> int:
+            if i % 5 == 0:
+                raise BudgetExhausted("refused before writing")
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{i}", str(i)))
+            return i
+        return vault.commit(write)
+
+    results = _run_all(job, 40)
+    assert [r for r in results if isinstance(r, int)] == [i for i in range(40) if i % 5]
+    assert all(isinstance(r, BudgetExhausted) for i, r in enumerate(results) if i % 5 == 0)
+    # Committed means on disk: a fresh connection sees every accepted write, no refused one.
+    fresh = sqlite3.connect(tmp_path / "v.sqlite")
+    keys = {r[0] for r in fresh.execute("SELECT key FROM meta WHERE key LIKE 'k%'")}
+    assert keys == {f"k{i}" for i in range(40) if i % 5}
+
+
+def test_a_job_failing_after_writing_rolls_the_whole_batch_back(tmp_path: Path) -> None:
+    vault = Vault(tmp_path / "v.sqlite", init_home(tmp_path / "h", PASSPHRASE).keys)
+    gate, running = threading.Event(), threading.Event()
+
+    def blocker(conn: sqlite3.Connection, batch: Batch) -> None:
+        running.set()
+        gate.wait(30)  # holds the writer so that the next two jobs queue up into one batch
+
+    def good(conn: sqlite3.Connection, batch: Batch) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('good', '1')")
+
+    def bad(conn: sqlite3.Connection, batch: Batch) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('bad', '1')")
+        raise RuntimeError("a bug after a write")
+
+    first = threading.Thread(target=vault.commit, args=(blocker,))
+    first.start()
+    assert running.wait(10)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def submit(name: str, fn: Any) -> None:
+        try:
+            vault.commit(fn)
+            outcomes[name] = None
+        except BaseException as exc:  # asserted below
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=submit, args=a) for a in (("good", good), ("bad", bad))]
+    for t in threads:
+        t.start()
+        while vault.committer._queue.qsize() < threads.index(t) + 1:  # queued in this order
+            threading.Event().wait(0.01)
+    gate.set()
+    for t in [first, *threads]:
+        t.join()
+    assert isinstance(outcomes["bad"], RuntimeError)
+    assert isinstance(outcomes["good"], VaultError)  # same batch: rolled back with the bad job
+    with vault.connection() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM meta WHERE key IN ('good', 'bad')"
+                            ).fetchone() == (0,)
+    # The writer survived: later jobs still commit.
+    vault.commit(lambda conn, batch: conn.execute("INSERT INTO meta VALUES ('later', '1')"))
+    with vault.connection() as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'later'").fetchone() == ("1",)
+
+
+# -- access log -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body", [
+    {"time": "2026-01-01T00:00:00Z", "purpose": None, "grant_ids": [], "subject_count": 0},
+    {"time": "t", "requester": "did:key:z6Mk", "reason": "ok", "grant_ids": ["b", "a"],
+     "dataset": "contacts", "outcome": "answered", "subjects_digest": "ab" * 32,
+     "node": "did:key:z6Mx", "purpose": "quote-generation", "subject_count": 12},
+])
+@pytest.mark.parametrize("seq", [1, 9, 10, 123456])
+def test_prepared_event_is_the_canonical_body(body: dict[str, Any], seq: int) -> None:
+    prepared = accesslog.prepare(body)
+    assert prepared.canonical(seq) == canonicalize({**body, "seq": seq})
+    with pytest.raises(ValueError):
+        accesslog.prepare({**body, "seq": 1})
+
+
+def test_batched_events_chain_like_single_appends(env: Env) -> None:
+    requester = Identity.generate()
+    _grant(env, env.wallets[0], requester)
+    for _ in range(3):
+        env.engine.run({"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"]},
+                       requester.did)
+    with env.vault.connection() as conn:
+        rows = conn.execute("SELECT seq, body, body_digest, prev_hash, hash FROM access_log "
+                            "ORDER BY seq").fetchall()
+    prev = accesslog.GENESIS
+    for seq, body, digest, prev_hash, hash_ in rows:
+        assert seq > 0
+        assert accesslog.body_digest(json.loads(body)) == digest
+        assert prev_hash == prev and accesslog.chain_hash(prev, digest) == hash_
+        prev = hash_
+
+
+# -- answers --------------------------------------------------------------------------------
+
+def test_two_level_sql_gives_exact_aggregates(env: Env, bank_rows: list[dict[str, Any]]
+                                              ) -> None:
+    requester = Identity.generate()
+    for wallet in env.wallets:
+        _grant(env, wallet, requester)
+    answer = env.engine.run({
+        "dataset": "contacts", "purpose": PURPOSE, "group_by": ["job"],
+        "measures": ["count", "sum:duration", "avg:age", "min:age", "max:duration",
+                     "median:age"],
+        "filters": [{"column": "age", "op": "ge", "value": 30}]}, requester.did)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in bank_rows:
+        if row["age"] >= 30:
+            groups[row["job"]].append(row)
+    expected = {job: rows for job, rows in groups.items()
+                if len({r["customer_id"] for r in rows}) >= 5}
+    got = {g["key"][0]: g["values"] for g in answer["groups"]}
+    assert set(got) == set(expected)
+    for job, rows in expected.items():
+        ages = sorted(r["age"] for r in rows)
+        assert got[job]["count"] == len(rows)
+        assert got[job]["sum:duration"] == sum(r["duration"] for r in rows)
+        assert got[job]["avg:age"] == pytest.approx(sum(ages) / len(ages))
+        assert got[job]["min:age"] == ages[0]
+        assert got[job]["max:duration"] == max(r["duration"] for r in rows)
+        mid = (len(ages) - 1) / 2
+        assert got[job]["quantile:age:0.5"] == pytest.approx(
+            ages[int(mid)] + (ages[min(int(mid) + 1, len(ages) - 1)] - ages[int(mid)])
+            * (mid - int(mid)))
+    assert answer["suppressed_groups"] == len(groups) - len(expected)
+
+
+def test_dp_answer_uses_bounded_contributions(env: Env) -> None:
+    requester = Identity.generate()
+    for wallet in env.wallets:
+        _grant(env, wallet, requester, purpose="service-improvement", dp_epsilon=5.0)
+    answer = env.engine.run({"dataset": "contacts", "purpose": "service-improvement",
+                             "measures": ["count", "avg:age"], "epsilon": 4.0}, requester.did)
+    values = answer["groups"][0]["values"]
+    # 50 subjects x at most 10 rows each: a count far above 500 would mean no bounding.
+    assert 0 <= values["count"] < 700
+    assert 17 <= values["avg:age"] <= 100  # clamped to the column's bounds
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+def test_query_budget_holds_under_concurrent_queries(env: Env) -> None:
+    requester = Identity.generate()
+    ids = [_grant(env, w, requester, purpose="churn-analysis", max_queries=3)
+           for w in env.wallets]
+    query = {"dataset": "contacts", "purpose": "churn-analysis", "measures": ["count"],
+             "grant_ids": ids}
+    results = _run_all(lambda i: env.engine.run(query, requester.did), 8)
+    answered = [r for r in results if isinstance(r, dict)]
+    assert len(answered) == 3
+    assert all(isinstance(r, BudgetExhausted) for r in results if not isinstance(r, dict))
+    status = env.store.status(env.wallets[0].did, [ids[0]])[0]
+    assert status["queries_used"] == 3
+
+
+def test_overlap_control_holds_under_concurrent_queries(env: Env,
+                                                        bank_rows: list[dict[str, Any]]
+                                                        ) -> None:
+    """Fired together, the whole total and the total without a handful of customers must
+    never both be released: the write phase serialises the overlap control."""
+    ages = sorted({r["age"] for r in bank_rows})
+    age = next(a for a in ages
+               if 0 < len({r["customer_id"] for r in bank_rows if r["age"] == a}) < 5)
+    for round_ in range(3):
+        attacker = Identity.generate()
+        for wallet in env.wallets:
+            _grant(env, wallet, attacker, purpose="renewal-warning")
+        base = {"dataset": "contacts", "purpose": "renewal-warning",
+                "measures": ["sum:duration"]}
+        queries = [base, {**base, "filters": [{"column": "age", "op": "ne", "value": age}]}]
+        results = _run_all(lambda i, q=queries, who=attacker.did: env.engine.run(q[i % 2], who),
+                           6)
+        released = {i % 2 for i, r in enumerate(results) if r["groups"]}
+        assert len(released) == 1, f"round {round_}: both totals were released"
+
+
+def test_revocation_between_read_and_write_is_honoured(env: Env, monkeypatch: Any) -> None:
+    """A revocation committed after a query's read phase but before its write phase makes
+    the query read again, so the revoked customer's rows are not in the answer. (The read
+    phase is wrapped, not mocked, only to place the revocation exactly there.)"""
+    requester = Identity.generate()
+    ids = [_grant(env, w, requester, purpose="quote-generation") for w in env.wallets]
+    query = {"dataset": "contacts", "purpose": "quote-generation", "measures": ["count"]}
+    real_read = env.engine._read
+    calls = []
+
+    def read_then_revoke(*args: Any) -> Any:
+        plan = real_read(*args)
+        if not calls:
+            env.store.revoke(issue_revocation(env.wallets[0], ids[0]))
+        calls.append(plan)
+        return plan
+
+    monkeypatch.setattr(env.engine, "_read", read_then_revoke)
+    after = env.engine.run(query, requester.did)
+    assert len(calls) == 2  # read again after the consent version moved
+    with env.vault.connection() as conn:
+        sid = conn.execute("SELECT sid FROM bindings WHERE did = ?",
+                           (env.wallets[0].did,)).fetchone()[0]
+        others = conn.execute("SELECT COUNT(*) FROM ds_contacts WHERE sid != ?",
+                              (sid,)).fetchone()[0]
+    assert after["groups"][0]["values"]["count"] == others
+
+
+def test_covering_index_serves_group_by(env: Env) -> None:
+    with env.vault.connection() as conn:
+        plan = " ".join(r[3] for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT c_job, sid, COUNT(*), SUM(rfp), SUM(c_duration) "
+            "FROM ds_contacts GROUP BY c_job, sid"))
+    assert "COVERING INDEX ds_contacts_job" in plan and "TEMP B-TREE" not in plan
