@@ -68,7 +68,9 @@ def suggest_purposes(purpose: str, limit: int = 3) -> list[str]:
     return difflib.get_close_matches(purpose, list(PURPOSES), n=limit, cutoff=0.4)
 
 
-def check_purpose(purpose: str) -> str:
+def check_purpose(purpose: Any) -> str:
+    if not isinstance(purpose, str):
+        raise UnknownPurpose(f"the purpose must be a string: one of {', '.join(PURPOSES)}")
     if purpose not in PURPOSES:
         hint = suggest_purposes(purpose)
         tail = f" Did you mean: {', '.join(hint)}?" if hint else ""
@@ -197,12 +199,21 @@ def issue_grant(
     return sign_document(credential, identity, created=issued)
 
 
+def _check_vc_context(document: dict[str, Any], error: type[Exception] = GrantError) -> None:
+    context = document.get("@context")
+    if not isinstance(context, list) or not context or context[0] != VC_CONTEXT:
+        raise error(f"the @context must be a list starting with {VC_CONTEXT}")
+
+
 def _parse_grant(credential: dict[str, Any]) -> Grant:
     if not isinstance(credential, dict):
         raise GrantError("a grant must be a JSON object")
+    _check_vc_context(credential)
     types = credential.get("type")
     if not isinstance(types, list) or GRANT_TYPE not in types:
         raise GrantError("the credential is not a ConsentGrant")
+    if "VerifiableCredential" not in types:
+        raise GrantError("a grant's type must include VerifiableCredential (VC Data Model 2.0)")
     body = credential.get("credentialSubject")
     if not isinstance(body, dict):
         raise GrantError("the grant has no credentialSubject")
@@ -337,6 +348,7 @@ def verify_revocation(document: dict[str, Any]) -> Revocation:
     """Verify a revocation's proof and shape. The caller checks it matches the grant's subject."""
     if not isinstance(document, dict) or document.get("type") != [REVOCATION_TYPE]:
         raise RevocationError("the statement is not a ConsentRevocation")
+    _check_vc_context(document, RevocationError)
     try:
         signer = verify_document(document)
     except SignatureError as exc:
