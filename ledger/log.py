@@ -122,8 +122,9 @@ class Log:
         if count and (first != 0 or last != count - 1):
             raise StorageError(f"the database {self.path} is missing entries")
         rows = self._db.execute("SELECT leaf_hash FROM entries ORDER BY idx")
-        while chunk := rows.fetchmany(65536):
-            self.tree.append_leaf_hashes([r[0] for r in chunk])
+        self.tree.load_leaf_hashes(
+            b"".join([r[0] for r in chunk]) for chunk in iter(lambda: rows.fetchmany(65536), [])
+        )
         self.leaf_index.rebuild(self.tree.size)
         latest = self._latest_note()
         if latest is None:

@@ -20,7 +20,7 @@ verifier must have the hash function's length.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ledger.errors import ConsistencyProofError, InclusionProofError, ProofError
@@ -336,6 +336,34 @@ class MemoryTree:
             frontier.append(h)
         self.size = size
         return created
+
+    def load_leaf_hashes(self, chunks: Iterable[bytes]) -> None:
+        """Fill an empty tree from leaf hashes packed back to back (when a log opens).
+
+        Level by level, one comprehension per level: about a third faster than
+        :meth:`append_leaf_hashes` for a whole log, with the same result.
+        """
+        if self.size:
+            raise ValueError("load_leaf_hashes fills an empty tree only")
+        n, digest, levels = self.hasher.size, self.hasher.digest, self.levels
+        for chunk in chunks:
+            levels[0] += chunk  # in place: others may hold a reference to level 0
+        if len(levels[0]) % n:
+            raise ValueError("the packed leaf hashes are not a whole number of hashes")
+        level, step = 0, 2 * n
+        while len(levels[level]) >= step:
+            if len(levels) <= level + 1:
+                levels.append(bytearray())
+            above = levels[level + 1]
+            end = len(levels[level]) - step + 1
+            # 64K pairs at a time, each chunk copied to bytes (slicing bytes is the fastest
+            # way to feed hashlib here): bounded extra memory.
+            for start in range(0, end, step << 16):
+                below = bytes(levels[level][start : start + (step << 16)])
+                pairs = range(0, min(end - start, len(below) - step + 1), step)
+                above += b"".join([digest(NODE_PREFIX + below[i : i + step]) for i in pairs])
+            level += 1
+        self.truncate(len(levels[0]) // n)  # sets the size and rebuilds the right-edge frontier
 
     def root(self, tree_size: int | None = None) -> bytes:
         return root_hash(self, self.size if tree_size is None else tree_size)
