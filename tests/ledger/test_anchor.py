@@ -38,17 +38,19 @@ def _free_port() -> int:
 class AnvilProcess:
     """A real anvil JSON-RPC node on 127.0.0.1 whose chain persists in ``state``."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, *extra_args: str) -> None:
         if not ANVIL.exists():
             raise RuntimeError(f"{ANVIL} is missing: run 'make anvil' to install it")
         self.state = state
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = list(extra_args)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(ANVIL), "--port", str(self.port), "--state", str(self.state), "--silent"],
+            [str(ANVIL), "--port", str(self.port), "--state", str(self.state), "--silent",
+             *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

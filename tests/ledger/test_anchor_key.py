@@ -53,7 +53,10 @@ def _home_with_entries(tmp_path: Path, *init_args: str) -> tuple[Path, str]:
 
 def _fund(url: str, address: str, wei: int) -> None:
     w3 = rpc_web3(url)
-    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": address, "value": wei})
+    # A legacy gas price: accepted before and after EIP-1559 (the berlin test needs it).
+    tx = w3.eth.send_transaction(
+        {"from": w3.eth.accounts[0], "to": address, "value": wei, "gasPrice": w3.eth.gas_price}
+    )
     assert w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
 
 
@@ -151,3 +154,18 @@ def test_bad_key_files_get_one_sentence(tmp_path: Path) -> None:
     assert "cannot read the key file" in output
     output = _run(["anchor-key", "--home", home, "generate", "--chain-id", "0"], code=1)
     assert "positive integer" in output and not (home / ANCHOR_KEY).exists()
+
+
+def test_chain_without_base_fee_gets_a_legacy_gas_price(tmp_path: Path) -> None:
+    # Berlin predates EIP-1559: no base fee, so the anchor must carry a legacy gasPrice.
+    node = AnvilProcess(tmp_path / "berlin-state.json", "--hardfork", "berlin")
+    node.start()
+    try:
+        home, address = _home_with_entries(tmp_path, "--anchor-key", "generate")
+        _fund(node.url, address, 10**17)
+        assert "anchored tree size 4" in _run(["anchor", "--home", home, "--chain-rpc", node.url])
+        [anchor] = AnchorStore(home / ANCHORS).anchors()
+        tx = rpc_web3(node.url).eth.get_transaction(anchor.tx_hash)
+        assert tx["from"] == address and tx["type"] == 0 and tx["gasPrice"] > 0
+    finally:
+        node.stop()
