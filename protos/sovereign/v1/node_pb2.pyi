@@ -19,12 +19,14 @@ class NodeInfoResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., document: _Optional[bytes] = ...) -> None: ...
 
 class SealedRequest(_message.Message):
-    __slots__ = ("version", "envelope")
+    __slots__ = ("version", "envelope", "key_binding")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_BINDING_FIELD_NUMBER: _ClassVar[int]
     version: int
     envelope: bytes
-    def __init__(self, version: _Optional[int] = ..., envelope: _Optional[bytes] = ...) -> None: ...
+    key_binding: bytes
+    def __init__(self, version: _Optional[int] = ..., envelope: _Optional[bytes] = ..., key_binding: _Optional[bytes] = ...) -> None: ...
 
 class SealedResponse(_message.Message):
     __slots__ = ("version", "envelope")
