@@ -39,6 +39,11 @@ digest and skips the SM2 work. Within a session each direction's counters are ac
 opening is accepted for ``open_window`` after its creation time; callers that need replay
 protection beyond a live session put a nonce and a timestamp in the plaintext
 (``consent.replay.ReplayGuard``), as in the ``intl`` profile.
+
+A node learns a sender's SM2 key without a registry through an ``SM2KeyBinding``: a statement
+``{"type": "SM2KeyBinding", "did", "sm2PublicKey", "created"}`` signed by the sender's did:key
+with one W3C Data Integrity ``eddsa-jcs-2022`` proof (``issue_key_binding``). The node checks it
+once per session (``verify_key_binding``) inside the lookup it hands to ``GMSessionCache.open``.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -67,7 +72,10 @@ __all__ = [
     "GMOpened",
     "GMSession",
     "GMSessionCache",
+    "KeyBindingError",
     "SM2PublicLookup",
+    "issue_key_binding",
+    "verify_key_binding",
 ]
 
 VERSION = 1
@@ -433,8 +441,13 @@ class GMSessionCache:
         self._check_times(opening, now)
         try:
             sender_public = lookup(opening.sender_did)
-        except (LookupError, ConsentError, ValueError):
-            sender_public = None
+        except (LookupError, ConsentError, ValueError) as exc:
+            # The lookup's own sentence (e.g. why a key binding was refused) says how to fix it.
+            reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+            raise EnvelopeError(
+                "no SM2 public key is registered for the sender of this gm envelope"
+                + (f": {reason}" if reason else "")
+            ) from None
         if not isinstance(sender_public, SM2PublicKey):
             raise EnvelopeError(
                 "no SM2 public key is registered for the sender of this gm envelope"
@@ -503,3 +516,90 @@ def _parse_opening(envelope: bytes) -> _Opening:
     return _Opening(
         created, expires, sender_did, recipient_did, wrapped, signature, signed, reader.offset
     )
+
+
+# --------------------------------------------------------------------------- SM2 key binding
+
+KEY_BINDING_TYPE = "SM2KeyBinding"
+KEY_BINDING_PURPOSE = "authentication"
+
+
+class KeyBindingError(EnvelopeError, LookupError):
+    """An SM2KeyBinding is missing, malformed, forged, stale or names another DID."""
+
+
+def issue_key_binding(identity: _GMIdentity, *, now: datetime | None = None) -> dict[str, Any]:
+    """The sender's did:key vouches for its SM2 key: one Ed25519 (eddsa-jcs-2022) proof.
+
+    Ed25519 only, on purpose: the verifier trusts nothing but the DID, and an Ed25519 check
+    costs microseconds where an SM2 one costs milliseconds.
+    """
+    from consent.identity import Identity
+    from consent.integrity import format_time, sign_document
+
+    sm2 = _sm2_key(identity, "sender")
+    if not isinstance(identity, Identity):
+        raise TypeError("issue_key_binding needs a consent.identity.Identity")
+    created = _now(now)
+    statement = {
+        "type": KEY_BINDING_TYPE,
+        "did": identity.did,
+        "sm2PublicKey": sm2.public_key().to_hex(),
+        "created": format_time(created),
+    }
+    ed25519_only = Identity(identity.signing_key)  # same DID, no SM2 proof in the chain
+    return sign_document(
+        statement, ed25519_only, proof_purpose=KEY_BINDING_PURPOSE, created=created
+    )
+
+
+def verify_key_binding(
+    document: Any,
+    sender_did: str,
+    *,
+    max_age: timedelta,
+    clock_skew: timedelta = timedelta(minutes=5),
+    now: datetime | None = None,
+) -> SM2PublicKey:
+    """The SM2 key that ``sender_did`` vouches for in ``document``; ``KeyBindingError`` if not.
+
+    ``max_age`` bounds how old the statement may be, so a binding of a retired SM2 key
+    cannot be replayed for long.
+    """
+    from consent.integrity import verify_document
+
+    if not isinstance(document, dict) or document.get("type") != KEY_BINDING_TYPE:
+        raise KeyBindingError(
+            "the gm session opening needs an SM2KeyBinding signed by the sender's did:key"
+        )
+    proof = document.get("proof")
+    if not isinstance(proof, dict) or proof.get("proofPurpose") != KEY_BINDING_PURPOSE:
+        raise KeyBindingError(
+            "the SM2KeyBinding must carry one eddsa-jcs-2022 proof for authentication"
+        )
+    try:
+        signer = verify_document(document)
+    except ConsentError as exc:
+        raise KeyBindingError(f"the SM2KeyBinding's signature is invalid ({exc})") from None
+    if signer != sender_did or document.get("did") != sender_did:
+        raise KeyBindingError("the SM2KeyBinding is signed by or for another DID than the sender")
+    _check_binding_time(document.get("created"), max_age, clock_skew, _now(now))
+    try:
+        return SM2PublicKey.from_hex(document.get("sm2PublicKey"))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise KeyBindingError("the SM2KeyBinding names no valid SM2 public key") from None
+
+
+def _check_binding_time(
+    value: Any, max_age: timedelta, clock_skew: timedelta, now: datetime
+) -> None:
+    try:
+        created = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise KeyBindingError("the SM2KeyBinding's created time is not RFC 3339") from None
+    if created.tzinfo is None:
+        raise KeyBindingError("the SM2KeyBinding's created time must be UTC (end it with Z)")
+    if created > now + clock_skew:
+        raise KeyBindingError("the SM2KeyBinding was created in the future: check the clock")
+    if now - created > max_age + clock_skew:
+        raise KeyBindingError("the SM2KeyBinding is too old: sign a fresh one for this session")

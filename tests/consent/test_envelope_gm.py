@@ -16,7 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consent.envelope_gm import KIND_OPEN, KIND_REQUEST, GMSession, GMSessionCache
+from consent.envelope_gm import (
+    KIND_OPEN,
+    KIND_REQUEST,
+    GMSession,
+    GMSessionCache,
+    KeyBindingError,
+    issue_key_binding,
+    verify_key_binding,
+)
 from consent.errors import EnvelopeError
 from consent.identity import Identity
 from consent.sm import SM2PrivateKey, SM2PublicKey
@@ -357,3 +365,61 @@ def test_cache_is_bounded(node: Identity, requester: Identity, lookup: Callable)
     with pytest.raises(EnvelopeError, match="re-establish"):
         cache.open(sessions[0].seal(b"again"), node, lookup)
     assert cache.open(sessions[2].seal(b"again"), node, lookup).plaintext == b"again"
+
+
+# --------------------------------------------------------------------------- SM2 key binding
+
+WINDOW = timedelta(minutes=5)
+
+
+def test_key_binding_round_trip_names_the_senders_sm2_key(requester: Identity) -> None:
+    binding = issue_key_binding(requester)
+    # Ed25519 only: checking it must cost no SM2 verification.
+    assert binding["proof"]["cryptosuite"] == "eddsa-jcs-2022"
+    assert binding["sm2PublicKey"] == requester.sm2.public_key().to_hex()
+    key = verify_key_binding(binding, requester.did, max_age=WINDOW)
+    assert key == requester.sm2.public_key()
+
+
+def test_key_binding_defects_are_refused(requester: Identity) -> None:
+    binding = issue_key_binding(requester)
+    other = Identity.generate("gm")
+    with pytest.raises(KeyBindingError, match="needs an SM2KeyBinding"):
+        verify_key_binding(None, requester.did, max_age=WINDOW)
+    with pytest.raises(KeyBindingError, match="another DID"):
+        verify_key_binding(binding, other.did, max_age=WINDOW)
+    swapped = {**binding, "sm2PublicKey": other.sm2.public_key().to_hex()}
+    with pytest.raises(KeyBindingError, match="signature is invalid"):
+        verify_key_binding(swapped, requester.did, max_age=WINDOW)
+    # A binding signed by another DID for the requester's DID is a forgery.
+    forged = issue_key_binding(other)
+    forged = {**forged, "did": requester.did}
+    with pytest.raises(KeyBindingError, match="signature is invalid"):
+        verify_key_binding(forged, requester.did, max_age=WINDOW)
+    chained = {**binding, "proof": [binding["proof"], binding["proof"]]}
+    with pytest.raises(KeyBindingError, match="one eddsa-jcs-2022 proof"):
+        verify_key_binding(chained, requester.did, max_age=WINDOW)
+    old = issue_key_binding(requester, now=datetime.now(UTC) - timedelta(hours=1))
+    with pytest.raises(KeyBindingError, match="too old"):
+        verify_key_binding(old, requester.did, max_age=WINDOW)
+    future = issue_key_binding(requester, now=datetime.now(UTC) + timedelta(hours=1))
+    with pytest.raises(KeyBindingError, match="in the future"):
+        verify_key_binding(future, requester.did, max_age=WINDOW)
+
+
+def test_lookup_reason_reaches_the_envelope_error(
+    opening_envelope: bytes, node: Identity, requester: Identity
+) -> None:
+    def refuse(did: str) -> SM2PublicKey:
+        return verify_key_binding({"type": "x"}, did, max_age=WINDOW)
+
+    cache = GMSessionCache()
+    with pytest.raises(EnvelopeError, match=r"registered for the sender.*needs an SM2KeyBinding"):
+        cache.open(opening_envelope, node, refuse)
+    assert len(cache) == 0
+
+    binding = issue_key_binding(requester)
+    opened = cache.open(
+        opening_envelope, node, lambda did: verify_key_binding(binding, did, max_age=WINDOW)
+    )
+    assert opened.sender_did == requester.did and opened.plaintext == b"first query"

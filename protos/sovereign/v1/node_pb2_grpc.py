@@ -76,10 +76,10 @@ class AgentNodeServicer:
 
     def GetNodeInfo(self, request, context):
         """The node's self-signed description: DID, name, region, residency, profile, k, max TTL,
-        access-log chain head; in the gm profile also "sm2PublicKey" (128 hex digits, x || y), the
-        key a gm session is opened to, and the document carries the SM2 + Ed25519 proof chain
-        (whose SM2 verification method names that same key). Not sealed: a caller needs the node
-        DID (and SM2 key) before it can seal.
+        access-log chain head; in the gm profile also "sm2PublicKey" (130 hex digits,
+        04 || x || y), the key a gm session is opened to, and the document carries the SM2 +
+        Ed25519 proof chain (whose SM2 verification method names that same key). Not sealed: a
+        caller needs the node DID (and SM2 key) before it can seal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
