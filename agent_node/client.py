@@ -4,14 +4,21 @@ The client trusts the node's TLS CA, fetches the node's self-signed NodeInfo (ve
 ``consent.integrity.verify_document``), seals every request to the node's did:key with a fresh
 random nonce and timestamp, and verifies that every response is signed by that same DID,
 answers this method and echoes this request's nonce.
+
+Requests are sealed in the node's crypto profile (protos/sovereign/v1/node.proto): a NaCl box
+in ``intl``; in ``gm`` an SM2-authenticated session (``consent.envelope_gm.GMSession``) opened
+to the SM2 key of the node's SM2-signed NodeInfo, whose opening travels with the caller's
+SM2KeyBinding. Only the first request of a session costs SM2 work; a session the node no
+longer knows is replaced and the request sent once more (the node had done nothing).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -19,14 +26,25 @@ import grpc
 from agent_node.accesslog import HEAD_TYPE, verify_events
 from consent.canonical import canonicalize
 from consent.envelope import open_sealed, seal
+from consent.envelope_gm import (
+    KIND_OPEN,
+    PROFILE_GM,
+    SESSION_ID_BYTES,
+    GMSession,
+    issue_key_binding,
+)
 from consent.errors import ConsentError
 from consent.identity import Identity
-from consent.integrity import verify_document
+from consent.integrity import SM2_FRAGMENT, verify_document
+from consent.sm import SM2PublicKey
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
 
 VERSION = 1
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+GM_SESSION_TTL = timedelta(minutes=30)
+GM_SESSION_MARGIN = timedelta(minutes=1)  # replace a session this long before it expires
+GM_SESSION_LOST = "unknown or expired gm session"  # the node's words for a session it lost
 
 
 class NodeError(Exception):
@@ -57,6 +75,20 @@ class NodeInfo:
     access_log_head: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)
     document: dict[str, Any] = field(default_factory=dict, repr=False)
+    sm2_public_key: SM2PublicKey | None = field(default=None, repr=False)  # gm nodes only
+
+
+def _node_sm2_key(document: dict[str, Any]) -> SM2PublicKey:
+    """A gm NodeInfo's session key: named in the document and by its (verified) SM2 proof."""
+    proof = document.get("proof")
+    method = proof[0].get("verificationMethod", "") if isinstance(proof, list) else ""
+    named = document.get("sm2PublicKey")
+    if not isinstance(named, str) or method != f"{document.get('did')}{SM2_FRAGMENT}{named}":
+        raise NodeProtocolError("the gm NodeInfo's sm2PublicKey is not the key of its SM2 proof")
+    try:
+        return SM2PublicKey.from_hex(named)
+    except ValueError:
+        raise NodeProtocolError("the gm NodeInfo names no valid SM2 public key") from None
 
 
 @dataclass(frozen=True)
@@ -145,6 +177,10 @@ class NodeClient:
         self._channel = secure_channel(address, ca_pem, max_message_bytes=max_message_bytes)
         self._stub = node_pb2_grpc.AgentNodeStub(self._channel)
         self._info: NodeInfo | None = None
+        self._gm_lock = threading.Lock()
+        self._gm_session: GMSession | None = None
+        self._gm_binding = b""  # the current session's SM2KeyBinding (canonical JSON)
+        self._gm_sessions: dict[bytes, GMSession] = {}  # by session id, current and previous
 
     def close(self) -> None:
         self._channel.close()
@@ -170,7 +206,10 @@ class NodeClient:
             reply = self._stub.GetNodeInfo(node_pb2.NodeInfoRequest(version=VERSION),
                                            timeout=self.timeout)
             document = json.loads(reply.document)
-            signer = verify_document(document)
+            gm = isinstance(document, dict) and document.get("profile") == "gm"
+            # A gm node's description must carry the SM2 proof chain: it vouches for the key
+            # sessions are opened to.
+            signer = verify_document(document, require_sm2=gm)
         except grpc.RpcError as exc:
             raise self._rpc_error(exc) from None
         except (ValueError, ConsentError) as exc:
@@ -182,41 +221,120 @@ class NodeClient:
             residency=document["residency"], profile=document["profile"],
             k_threshold=int(document["k_threshold"]), max_ttl_hours=int(document["max_ttl_hours"]),
             access_log_head=document.get("access_log_head", {}),
-            datasets=document.get("datasets", {}), document=document)
+            datasets=document.get("datasets", {}), document=document,
+            sm2_public_key=_node_sm2_key(document) if gm else None)
         return self._info
+
+    @property
+    def gm(self) -> bool:
+        """True when the node speaks the gm profile (so requests go through an SM2 session)."""
+        return self.node_info().profile == "gm"
+
+    def gm_session(self) -> tuple[GMSession, bytes]:
+        """The live gm session with the node and its key binding, opened when needed."""
+        with self._gm_lock:
+            session = self._gm_session
+            if session is None or datetime.now(UTC) >= session.expires - GM_SESSION_MARGIN:
+                session = self._open_gm_session()
+            return session, self._gm_binding
+
+    def _open_gm_session(self) -> GMSession:
+        info = self.node_info()
+        if self.caller.sm2 is None or info.sm2_public_key is None:
+            raise NodeError("this node uses the gm crypto profile, which needs a gm identity "
+                            "with an SM2 key: create one with 'sov-query init --profile gm' or "
+                            "'consent-wallet init --profile gm'",
+                            grpc.StatusCode.FAILED_PRECONDITION)
+        session = GMSession.open_to(info.did, info.sm2_public_key, self.caller,
+                                    ttl=GM_SESSION_TTL)
+        self._gm_binding = canonicalize(issue_key_binding(self.caller))
+        # Replies to requests still in flight in the previous session must stay openable.
+        self._gm_sessions = {sid: s for sid, s in self._gm_sessions.items()
+                             if s is self._gm_session}
+        self._gm_sessions[session.session_id] = session
+        self._gm_session = session
+        return session
+
+    def reset_gm_session(self) -> None:
+        """Forget the current session: the next request opens a new one."""
+        with self._gm_lock:
+            self._gm_session = None
 
     def sealed_request(self, method: str, body: dict[str, Any]) -> tuple[bytes, str]:
         """The sealed envelope for one call (exposed so tests can replay or tamper with it)."""
         nonce = secrets.token_hex(16)
-        message = {"v": VERSION, "method": method, "nonce": nonce,
-                   "ts": _time(datetime.now(UTC)), "body": body}
-        return seal(canonicalize(message), self.caller, self.node_info().did), nonce
+        message = canonicalize({"v": VERSION, "method": method, "nonce": nonce,
+                                "ts": _time(datetime.now(UTC)), "body": body})
+        if self.gm:
+            try:
+                return self.gm_session()[0].seal(message), nonce
+            except ConsentError as exc:
+                raise NodeError(f"cannot seal a gm request: {exc}") from None
+        return seal(message, self.caller, self.node_info().did), nonce
 
-    def send(self, method: str, envelope: bytes, nonce: str) -> dict[str, Any]:
-        """Send a sealed envelope and return the verified response document."""
+    def _key_binding_for(self, envelope: bytes) -> bytes:
+        """The SM2KeyBinding travels with session openings (gm kind 1) only."""
+        if len(envelope) > 2 and envelope[1] == PROFILE_GM and envelope[2] == KIND_OPEN:
+            with self._gm_lock:
+                return self._gm_binding
+        return b""
+
+    def send(self, method: str, envelope: bytes, nonce: str, *,
+             key_binding: bytes | None = None) -> dict[str, Any]:
+        """Send a sealed envelope and return the verified response document.
+
+        ``key_binding`` overrides the SM2KeyBinding sent with a gm session opening (tests).
+        """
+        if key_binding is None:
+            key_binding = self._key_binding_for(envelope)
         call = getattr(self._stub, method)
         try:
-            reply = call(node_pb2.SealedRequest(version=VERSION, envelope=envelope),
+            reply = call(node_pb2.SealedRequest(version=VERSION, envelope=envelope,
+                                                key_binding=key_binding),
                          timeout=self.timeout)
         except grpc.RpcError as exc:
             raise self._rpc_error(exc) from None
-        return self._verify_reply(method, reply.envelope, nonce)
+        return self._verify_reply(method, reply.envelope, nonce, envelope)
 
-    def _verify_reply(self, method: str, envelope: bytes, nonce: str) -> dict[str, Any]:
-        node_did = self.node_info().did
-        try:
+    def _open_reply(self, envelope: bytes, request: bytes) -> tuple[str, bytes]:
+        """(sender DID, plaintext) of a reply; in gm the session proves the sender is the node."""
+        if not self.gm:
             opened = open_sealed(envelope, self.caller)
-            document = json.loads(opened.plaintext)
-            signer = verify_document(document)
+            return opened.sender_did, opened.plaintext
+        with self._gm_lock:
+            session = self._gm_sessions.get(request[3:3 + SESSION_ID_BYTES])
+        if session is None:
+            raise NodeProtocolError("the reply belongs to a gm session this client closed")
+        return self.node_info().did, session.open_reply(envelope)
+
+    def _verify_reply(self, method: str, envelope: bytes, nonce: str,
+                      request: bytes = b"") -> dict[str, Any]:
+        node_did = self.node_info().did
+        # A gm node puts its SM2 proof on every reply but Query answers (node.proto).
+        require_sm2 = self.gm and method != "Query"
+        try:
+            sender, plaintext = self._open_reply(envelope, request)
+            document = json.loads(plaintext)
+            signer = verify_document(document, require_sm2=require_sm2)
         except (ValueError, ConsentError) as exc:
             raise NodeProtocolError(f"the node's reply does not verify: {exc}") from None
-        if opened.sender_did != node_did or signer != node_did:
+        if sender != node_did or signer != node_did:
             raise NodeProtocolError("the reply was not sealed and signed by the node")
         if document.get("method") != method or document.get("in_reply_to") != nonce:
             raise NodeProtocolError("the reply answers another request")
         return document
 
     def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        envelope, nonce = self.sealed_request(method, body)
+        try:
+            return self.send(method, envelope, nonce)
+        except NodeError as exc:
+            # The node lost the session (restart, expiry, eviction) and did nothing: open a
+            # new session and send the request once more, with a fresh nonce.
+            if not (self.gm and exc.code == grpc.StatusCode.UNAUTHENTICATED
+                    and GM_SESSION_LOST in str(exc)):
+                raise
+        self.reset_gm_session()
         envelope, nonce = self.sealed_request(method, body)
         return self.send(method, envelope, nonce)
 

@@ -59,6 +59,8 @@ class NodeConfig:
     ledger_log_key: str = ""       # the log's public key (log-public.json), got out of band;
     #                                empty: fetched on first contact and pinned in the vault
     ledger_push_seconds: float = 30.0
+    gm_sm2_answer_proofs: bool = False  # gm: SM2 proof on every Query answer too (one SM2
+    #                                     signature per query; off keeps SM2 off the hot path)
 
     @property
     def max_ttl(self) -> timedelta:

@@ -1,5 +1,9 @@
 """The requester side (the CRM application): seal an aggregate query to one node and verify
 the node's signed answer (W3C Data Integrity eddsa-jcs-2022 over RFC 8785 JSON).
+
+Sealing follows the node's crypto profile (``agent_node.client.NodeClient``): a NaCl box in
+``intl``; in ``gm`` an SM2-authenticated SM4-GCM session, so a requester that keeps one
+``NodeClient`` open pays the SM2 cost once and then only symmetric crypto per query.
 """
 
 from __future__ import annotations

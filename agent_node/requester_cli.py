@@ -55,14 +55,18 @@ def main() -> None:
 
 @main.command()
 @home_option
-def init(home: str) -> None:
-    """Create the requester's did:key in an encrypted keystore."""
+@click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl", show_default=True,
+              help="crypto profile: intl (Ed25519, NaCl box) or gm (SM2 + SM4 sessions beside "
+                   "Ed25519); use the profile of the nodes you ask")
+def init(home: str, profile: str) -> None:
+    """Create the requester's did:key (and SM2 key in gm) in an encrypted keystore."""
     path = Path(home) / "requester.key"
     if path.exists():
         _fail(f"{path} already exists; use another --home")
-    identity = Identity.generate()
+    identity = Identity.generate(profile)  # type: ignore[arg-type]
     save_identity(path, identity, _passphrase(confirm=True))
-    click.echo(f"requester DID: {identity.did}")
+    click.echo(f"profile: {identity.profile}")
+    click.echo(f"requester DID: {identity.did}")  # last, so scripts can take the last word
 
 
 def _table(answer: Answer) -> str:

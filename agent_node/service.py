@@ -1,8 +1,11 @@
 """The ``sovereign.v1.AgentNode`` gRPC service (protos/sovereign/v1/node.proto).
 
-Every call but GetNodeInfo carries a sealed envelope (consent.envelope): the node opens it
-with its own key, learns the caller's DID from the envelope, checks version, method, nonce
-and time (replay guard), runs the handler and seals a node-signed response back to the caller.
+Every call but GetNodeInfo carries a sealed envelope in the node's crypto profile: a NaCl box
+(consent.envelope) in ``intl``; in ``gm`` an SM2-authenticated session with SM4-GCM messages
+(consent.envelope_gm), whose SM2 work is done once per session, the caller's SM2 key being
+learnt from an SM2KeyBinding its did:key signed. The node opens the envelope with its own key,
+learns the caller's DID from it, checks version, method, nonce and time (replay guard), runs
+the handler and seals a node-signed response back to the caller (gm: in the same session).
 Refusals are gRPC statuses with a sentence saying what was wrong and how to fix it; nothing
 is changed by a refused call. Logs are structured (JSON) and carry DIDs, methods, codes and
 timings only: never a secret, a customer value or a query's filter values.
@@ -22,20 +25,31 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agent_node import accesslog
 from agent_node.engine import QueryEngine
-from agent_node.errors import InvalidRequest, PermissionDenied, RequestError, Unauthenticated
+from agent_node.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    PreconditionFailed,
+    RequestError,
+    Unauthenticated,
+)
 from agent_node.grantstore import GrantStore
 from agent_node.home import NodeHome
 from agent_node.vault import Vault, encrypted_column, iso, plain_column, table_name
 from agent_node.vaultcrypto import decrypt_cell
 from consent.canonical import canonicalize
-from consent.envelope import open_sealed, seal
+from consent.envelope import PROFILE_INTL, open_sealed, seal
+from consent.envelope_gm import PROFILE_GM, GMSessionCache, verify_key_binding
 from consent.errors import EnvelopeError, ReplayError
-from consent.integrity import sign_document
+from consent.identity import Identity
+from consent.integrity import SM2_JCS, sign_document
 from consent.replay import ReplayGuard
+from consent.sm import SM2PublicKey
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 
 VERSION = 1
 SERVICE_NAME = "sovereign.v1.AgentNode"
+PROFILE_BYTES = {"intl": PROFILE_INTL, "gm": PROFILE_GM}  # byte 1 of every envelope
+MAX_KEY_BINDING_BYTES = 4096
 log = logging.getLogger("agent_node.service")
 
 
@@ -71,20 +85,59 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         self.identity = home.identity
         self.replay = ReplayGuard(window=home.config.replay_window)
         self.metrics = metrics or Metrics()
+        self.profile = home.config.profile
+        self.sessions = GMSessionCache(open_window=home.config.replay_window,
+                                       clock_skew=home.config.clock_skew)
+        # Query answers skip the SM2 proof unless the operator asks for it: no SM2 per query.
+        self._answer_identity = (self.identity if home.config.gm_sm2_answer_proofs
+                                 else Identity(self.identity.signing_key))
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _open(self, method: str, request: node_pb2.SealedRequest) -> tuple[str, dict[str, Any]]:
-        if request.version != VERSION:
-            raise InvalidRequest(f"unsupported request version {request.version}; this node "
-                                 f"speaks version {VERSION}")
+    def _check_profile(self, envelope: bytes) -> None:
+        """Refuse the other profile's envelopes before any crypto runs (byte 1 names it)."""
+        expected = PROFILE_BYTES[self.profile]
+        if len(envelope) > 1 and envelope[1] != expected and envelope[1] in PROFILE_BYTES.values():
+            other = "gm" if envelope[1] == PROFILE_GM else "intl"
+            raise PreconditionFailed(
+                f"this node uses the {self.profile} crypto profile and refuses {other} "
+                "envelopes; use the node's profile, see GetNodeInfo", reason="wrong-profile")
+
+    def _unseal(self, request: node_pb2.SealedRequest) -> tuple[str, bytes, bytes | None]:
+        """(caller DID, plaintext, gm session id or None) of a request's envelope."""
+        self._check_profile(request.envelope)
         try:
+            if self.profile == "gm":
+                gm = self.sessions.open(request.envelope, self.identity,
+                                        self._sm2_key_lookup(request.key_binding))
+                return gm.sender_did, gm.plaintext, gm.session_id
             opened = open_sealed(request.envelope, self.identity)
         except EnvelopeError as exc:
             raise Unauthenticated(f"the envelope cannot be opened ({exc}); seal it to this "
                                   "node's DID from GetNodeInfo", reason="bad-envelope") from None
+        return opened.sender_did, opened.plaintext, None
+
+    def _sm2_key_lookup(self, key_binding: bytes) -> Callable[[str], SM2PublicKey]:
+        """The sender's SM2 key from its signed SM2KeyBinding; called once per new session."""
+        def lookup(sender_did: str) -> SM2PublicKey:
+            if len(key_binding) > MAX_KEY_BINDING_BYTES:
+                raise LookupError("the key_binding field is too large")
+            try:
+                document = json.loads(key_binding) if key_binding else None
+            except ValueError:
+                raise LookupError("the key_binding field is not JSON") from None
+            return verify_key_binding(document, sender_did, max_age=self.home.config.replay_window,
+                                      clock_skew=self.home.config.clock_skew)
+        return lookup
+
+    def _open(self, method: str, request: node_pb2.SealedRequest
+              ) -> tuple[str, dict[str, Any], bytes | None]:
+        if request.version != VERSION:
+            raise InvalidRequest(f"unsupported request version {request.version}; this node "
+                                 f"speaks version {VERSION}")
+        caller, plaintext, session_id = self._unseal(request)
         try:
-            message = json.loads(opened.plaintext)
+            message = json.loads(plaintext)
         except ValueError:
             raise InvalidRequest("the sealed request is not JSON") from None
         if not isinstance(message, dict) or message.get("v") != VERSION:
@@ -99,13 +152,21 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")))
         except ReplayError as exc:
             raise Unauthenticated(f"{exc}", reason="replay") from None
-        return opened.sender_did, message
+        return caller, message, session_id
 
-    def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any]
-                 ) -> node_pb2.SealedResponse:
+    def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any],
+                 session_id: bytes | None = None) -> node_pb2.SealedResponse:
+        signer = self._answer_identity if method == "Query" else self.identity
         document = sign_document({"v": VERSION, "method": method, "in_reply_to": nonce,
-                                  "issued": iso(datetime.now(UTC)), "body": body}, self.identity)
-        envelope = seal(canonicalize(document), self.identity, caller)
+                                  "issued": iso(datetime.now(UTC)), "body": body}, signer)
+        if session_id is None:
+            envelope = seal(canonicalize(document), self.identity, caller)
+        else:
+            try:
+                envelope = self.sessions.seal_reply(session_id, canonicalize(document))
+            except EnvelopeError as exc:
+                raise Unauthenticated(f"the reply cannot be sealed ({exc})",
+                                      reason="bad-envelope") from None
         return node_pb2.SealedResponse(version=VERSION, envelope=envelope)
 
     def _handle(self, method: str, request: node_pb2.SealedRequest, context: grpc.ServicerContext,
@@ -115,9 +176,9 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         caller = "-"
         code = grpc.StatusCode.OK
         try:
-            caller, message = self._open(method, request)
+            caller, message, session_id = self._open(method, request)
             body = handler(caller, message["body"])
-            return self._respond(method, caller, str(message["nonce"]), body)
+            return self._respond(method, caller, str(message["nonce"]), body, session_id)
         except RequestError as exc:
             code = exc.code
             if method == "Query" and caller != "-" and getattr(exc, "reason", "") == "replay":
@@ -146,12 +207,16 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         datasets = {name: {"columns": {c.name: {"type": c.type, "scope": c.scope}
                                        for c in ds.columns.values()}}
                     for name, ds in datamap.datasets.items()}
-        return sign_document({
+        document = {
             "type": "NodeInfo", "v": VERSION, "did": self.identity.did, "name": config.name,
             "region": config.region, "residency": config.residency, "profile": config.profile,
             "k_threshold": self.engine.settings.k, "max_ttl_hours": config.max_ttl_hours,
             "access_log_head": head, "datasets": datasets, "issued": iso(datetime.now(UTC)),
-        }, self.identity)
+        }
+        if self.profile == "gm" and self.identity.sm2 is not None:
+            # The key gm sessions are opened to; the chained proof binds it to the node's DID.
+            document["sm2PublicKey"] = self.identity.sm2.public_key().to_hex()
+        return sign_document(document, self.identity)
 
     def Query(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
               ) -> node_pb2.SealedResponse:
@@ -183,7 +248,24 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         answer = self.engine.run(body.get("query"), caller)
         return {"answer": answer}
 
+    def _require_sm2_chain(self, document: Any, what: str) -> None:
+        """A gm node's policy: grants and revocations carry the SM2 proof chain.
+
+        Only the shape is checked here; the grant store verifies every proof present (both of
+        a chain), so this equals ``verify_document(..., require_sm2=True)`` without paying the
+        SM2 verification twice.
+        """
+        if self.profile != "gm" or not isinstance(document, dict):
+            return
+        proof = document.get("proof")
+        if not (isinstance(proof, list) and proof and isinstance(proof[0], dict)
+                and proof[0].get("cryptosuite") == SM2_JCS):
+            raise Unauthenticated(f"this gm node requires the {what} to carry an SM2 proof "
+                                  f"({SM2_JCS}) beside the Ed25519 one; sign it with a gm "
+                                  "wallet (consent-wallet init --profile gm)", reason="no-sm2")
+
     def _submit_grant(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._require_sm2_chain(body.get("credential"), "grant")
         salt = body.get("subject_salt")  # optional: for salted commitments in ledger heads
         if salt is not None and not accesslog.valid_salt(salt):
             raise InvalidRequest("subject_salt must be 64 hex characters (32 random bytes)")
@@ -195,6 +277,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                 "expires": iso(grant.expires)}
 
     def _revoke(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._require_sm2_chain(body.get("revocation"), "revocation")
         grant_id, revoked_at = self.grants.revoke(body.get("revocation"))
         return {"grant_id": grant_id, "revoked_at": revoked_at}
 
