@@ -1,0 +1,13 @@
+"""The hash ledger: an RFC 9162 Merkle log of grants, revocations, access heads, models and
+erasure proofs, with C2SP signed tree heads, receipts and chain anchoring.
+
+- ``merkle``   RFC 9162 §2.1 hashing, inclusion and consistency proofs (SHA-256 or SM3)
+- ``events``   the event types the log accepts (digests and salted commitments only)
+- ``models``   data model: log public key, receipts, consistency proofs, anchors
+- ``note``     signed tree heads as C2SP checkpoints in signed notes
+- ``log``      the durable SQLite log; ``leafindex`` finds entries by leaf hash
+- ``verify``   offline verification used by clients and ``sov-audit``
+- ``anchor``   anchoring roots on an EVM chain through web3, with a durable retry queue
+- ``home``     a ledger's home folder; ``service`` / ``wire`` / ``client`` the gRPC service
+- ``audit`` / ``report``  the logic behind ``sov-audit``; ``cli`` / ``audit_cli`` the commands
+"""
