@@ -7,6 +7,12 @@ A subject receives its own events in full and, for every other event in between,
 ``(seq, body_digest, hash)``: enough to recompute the chain up to the node-signed head
 without learning anything about other people's accesses.
 
+Which events touched whom is indexed through sets, not per event: an event references one
+stored subject set (the sids whose data the answer used) and one grant set, each kept once
+under its digest (``access_sets``, members in ``access_set_subjects`` / ``access_set_grants``).
+A requester repeating questions over the same consenting population adds one ``access_log``
+row per query, whatever the population's size.
+
 Ledger anchoring (docs/audit.md, event type ``access_head``): chain heads are queued durably
 in ``ledger_heads`` (one row per head sequence, the exact event bytes fixed at enqueue time so
 a retry re-sends the same entry and the ledger deduplicates it), pushed when the ledger is
@@ -19,6 +25,7 @@ subjects whose data the events under it used, never the DIDs themselves.
 
 from __future__ import annotations
 
+import array
 import bisect
 import hashlib
 import json
@@ -28,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_node.errors import AgentNodeError
-from consent.canonical import canonicalize
+from consent.canonical import SAFE_INTEGER, canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
 from ledger.events import make_event, subject_commitment
@@ -80,6 +87,7 @@ class PreparedEvent:
 
     time: str
     members: tuple[tuple[str, bytes], ...]  # (key, canonical member "key":value), sorted
+    answered: bool = False  # outcome == "answered" (what GrantStatus counts as a query used)
 
     def canonical(self, seq: int) -> bytes:
         member = b'"seq":' + canonicalize(seq)
@@ -99,16 +107,47 @@ def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> Pre
         raise ValueError("the access log assigns seq itself")
     cached = cached or {}
     members = tuple(sorted(
-        ((key, canonicalize(key) + b":" + (cached.get(key) or canonicalize(value)))
+        ((key, fast_canonical(key) + b":" + (cached.get(key) or fast_canonical(value)))
          for key, value in body.items()), key=lambda m: _utf16(m[0])))
-    return PreparedEvent(str(body["time"]), members)
+    return PreparedEvent(str(body["time"]), members, body.get("outcome") == "answered")
+
+
+def _plain(value: Any) -> bool:
+    """A value whose RFC 8785 form equals compact ``json.dumps(ensure_ascii=False)``: null,
+    booleans, safe integers and strings (JCS escapes exactly what ``json`` escapes, with the
+    same lowercase ``\\u00xx`` form for other control characters, and writes the rest as
+    UTF-8), and lists of those."""
+    if value is None or type(value) is bool or type(value) is str:
+        return True
+    if type(value) is int:
+        return abs(value) <= SAFE_INTEGER
+    if type(value) is list:
+        return all(_plain(item) for item in value)
+    return False
+
+
+def fast_canonical(value: Any) -> bytes:
+    """``consent.canonical.canonicalize`` for the access event's value kinds, at C speed.
+
+    The event body is a known schema of strings, integers, null and lists of strings; those
+    go through the C ``json`` encoder (byte-identical to RFC 8785 for them, checked against
+    ``rfc8785`` by a property test); anything else (floats, objects) takes the library.
+    """
+    if not _plain(value):
+        return canonicalize(value)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not representable, as canonicalize says
+        raise ValueError("value cannot be canonicalised as JSON (non-UTF-8 code point)") \
+            from None
 
 
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],
            grant_ids: list[str]) -> tuple[int, str]:
     """Append one event inside the caller's transaction; returns (seq, hash)."""
     pending = _Pending(_last(conn))
-    seq, new_hash = pending.add(body, sids, grant_ids)
+    seq, new_hash = pending.add(body, set_id(conn, None, SUBJECT_SET, sids),
+                                set_id(conn, None, GRANT_SET, grant_ids))
     pending.write(conn)
     return seq, new_hash
 
@@ -118,12 +157,15 @@ def append_batched(conn: sqlite3.Connection, batch: Batch,
                    grant_ids: list[str]) -> tuple[int, str]:
     """Append one event in a group-commit batch (``agent_node.vault.Batch``); returns
     (seq, hash). The chain head is read once per batch and the rows of every event are
-    written together just before the batch commits, in the same transaction."""
+    written together just before the batch commits, in the same transaction. The event's
+    subject set and grant set are stored once each (``set_id``): a requester asking again
+    over the same population adds one access_log row and nothing else."""
     pending = batch.memo.get("accesslog")
     if pending is None:
         pending = batch.memo["accesslog"] = _Pending(_last(conn))
         batch.before_commit("accesslog", pending.write)
-    return pending.add(body, sids, grant_ids)
+    return pending.add(body, set_id(conn, batch, SUBJECT_SET, sids),
+                       set_id(conn, batch, GRANT_SET, grant_ids))
 
 
 def _last(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -131,40 +173,148 @@ def _last(conn: sqlite3.Connection) -> tuple[int, str]:
     return (row[0], row[1]) if row else (0, GENESIS)
 
 
-PAIRS = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
-
-
 class _Pending:
-    """Events chained in memory from a known head, written in three statements."""
+    """Events chained in memory from a known head, written in one statement."""
 
     def __init__(self, last: tuple[int, str]) -> None:
         self.seq, self.hash = last
-        self.events: list[tuple[int, str, str, str, str, str]] = []
-        self.subjects: list[tuple[int, int]] = []
-        self.grants: list[tuple[str, int]] = []
+        self.events: list[tuple[Any, ...]] = []
 
-    def add(self, body: dict[str, Any] | PreparedEvent, sids: list[int],
-            grant_ids: list[str]) -> tuple[int, str]:
+    def add(self, body: dict[str, Any] | PreparedEvent, subject_set: int | None,
+            grant_set: int | None) -> tuple[int, str]:
         event = body if isinstance(body, PreparedEvent) else prepare(body)
         seq, prev = self.seq + 1, self.hash
         text = event.canonical(seq)
         digest = hashlib.sha256(text).hexdigest()
         self.seq, self.hash = seq, chain_hash(prev, digest)
-        self.events.append((seq, event.time, text.decode(), digest, prev, self.hash))
-        self.subjects += [(sid, seq) for sid in sids]
-        self.grants += [(gid, seq) for gid in grant_ids]
+        self.events.append((seq, event.time, text.decode(), digest, prev, self.hash,
+                            subject_set, grant_set, int(event.answered)))
         return seq, self.hash
 
     def write(self, conn: sqlite3.Connection) -> None:
-        conn.executemany("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", self.events)
-        # Index rows in one statement each (the JSON arrays are expanded inside SQLite).
-        if self.subjects:
-            conn.execute(f"INSERT OR IGNORE INTO access_subjects (sid, seq) {PAIRS}",
-                         (json.dumps(self.subjects),))
-        if self.grants:
-            conn.execute(f"INSERT OR IGNORE INTO access_grants (grant_id, seq) {PAIRS}",
-                         (json.dumps(self.grants),))
+        conn.executemany("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash, "
+                         "subject_set, grant_set, answered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         self.events)
+
+
+# -- subject and grant sets ---------------------------------------------------------------------
+
+SUBJECT_SET = "s"
+GRANT_SET = "g"
+SET_CACHE_SIZE = 65536
+
+
+def set_digest(kind: str, members: list[int] | list[str]) -> str:
+    """Identity of a set of subjects (sids) or grants (ids), independent of order."""
+    if kind == SUBJECT_SET:
+        data = array.array("q", sorted(set(members))).tobytes()  # type: ignore[arg-type]
+    else:
+        data = "\n".join(sorted(set(members))).encode()  # type: ignore[arg-type]
+    return hashlib.sha256(kind.encode() + b"\0" + data).hexdigest()
+
+
+def set_id(conn: sqlite3.Connection, batch: Batch | None, kind: str,
+           members: list[int] | list[str]) -> int | None:
+    """The id of the stored set with exactly these members, storing it if new (None when
+    empty). Sets are append-only and never renumbered, so an id learnt from a committed
+    batch stays valid: it is cached for the committer's lifetime (``Batch.cache``)."""
+    if not members:
+        return None
+    digest = set_digest(kind, members)
+    key = f"set:{kind}:{digest}"
+    if batch is not None:
+        known = batch.cache.get(key) or batch.memo.get(key)
+        if known is not None:
+            return int(known)
+    row = conn.execute("SELECT id FROM access_sets WHERE kind = ? AND digest = ?",
+                       (kind, digest)).fetchone()
+    if row is not None:
+        found = int(row[0])
+    else:
+        unique = sorted(set(members))  # type: ignore[type-var]
+        found = int(conn.execute("INSERT INTO access_sets (kind, digest, size) VALUES (?, ?, ?)",
+                                 (kind, digest, len(unique))).lastrowid or 0)
+        table, column = ("access_set_subjects", "sid") if kind == SUBJECT_SET \
+            else ("access_set_grants", "grant_id")
+        conn.executemany(f"INSERT INTO {table} ({column}, set_id) VALUES (?, ?)",
+                         [(member, found) for member in unique])
+    if batch is not None:
+        batch.memo[key] = found
+        batch.after_commit(lambda: _remember(batch.cache, key, found))
+    return found
+
+
+def _remember(cache: dict[str, Any], key: str, value: int) -> None:
+    if len(cache) >= SET_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
+def answered_with(conn: sqlite3.Connection, grant_id: str) -> int:
+    """How many answered queries used ``grant_id`` (the count for grants without a budget;
+    budgeted grants keep an exact counter in ``grant_usage``)."""
+    row = conn.execute("SELECT COUNT(*) FROM access_log WHERE answered = 1 AND grant_set IN "
+                       "(SELECT set_id FROM access_set_grants WHERE grant_id = ?)",
+                       (grant_id,)).fetchone()
+    return int(row[0])
+
+
+LOG_INDEXES = """
+CREATE INDEX IF NOT EXISTS access_log_subject_set ON access_log(subject_set);
+CREATE INDEX IF NOT EXISTS access_log_grant_set ON access_log(grant_set);
+"""
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a vault's access log to the set layout (idempotent; outside a transaction).
+
+    Vaults written before it kept one (sid, seq) row per subject and one (grant, seq) row per
+    grant of every event, and usage counters on every grant row: both are rebuilt here once,
+    inside one transaction, so a crash leaves the old layout intact.
+    """
+    if not _old_layout(conn):
+        conn.executescript(LOG_INDEXES)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _old_layout(conn):  # another process may have upgraded it meanwhile
+            _upgrade_rows(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.executescript(LOG_INDEXES)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _old_layout(conn: sqlite3.Connection) -> bool:
+    return "subject_set" not in _columns(conn, "access_log")
+
+
+def _upgrade_rows(conn: sqlite3.Connection) -> None:
+    for column in ("subject_set INTEGER", "grant_set INTEGER",
+                   "answered INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(f"ALTER TABLE access_log ADD COLUMN {column}")
+    conn.execute("UPDATE access_log SET answered = "
+                 "(json_extract(body, '$.outcome') IS 'answered')")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table, column, kind, key in (("access_subjects", "subject_set", SUBJECT_SET, "sid"),
+                                     ("access_grants", "grant_set", GRANT_SET, "grant_id")):
+        if table not in tables:
+            continue
+        members: dict[int, list[Any]] = {}
+        for member, seq in conn.execute(f"SELECT {key}, seq FROM {table}"):
+            members.setdefault(seq, []).append(member)
+        conn.executemany(f"UPDATE access_log SET {column} = ? WHERE seq = ?",
+                         [(set_id(conn, None, kind, m), seq) for seq, m in members.items()])
+        conn.execute(f"DROP TABLE {table}")
+    if "queries_used" in _columns(conn, "grants"):
+        conn.execute("INSERT OR IGNORE INTO grant_usage (grant_id, queries_used, epsilon_spent) "
+                     "SELECT grant_id, queries_used, epsilon_spent FROM grants "
+                     "WHERE max_queries IS NOT NULL OR dp_epsilon IS NOT NULL")
 
 
 def head(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -185,12 +335,16 @@ def events_for(conn: sqlite3.Connection, sids: list[int], grant_ids: list[str],
                since: str | None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
     """Events touching ``sids`` or ``grant_ids`` (full) and the chain skeleton after them."""
     seqs: set[int] = set()
-    for sid in sids:
+    if sids:
         seqs.update(r[0] for r in conn.execute(
-            "SELECT seq FROM access_subjects WHERE sid = ?", (sid,)))
-    for gid in grant_ids:
+            "SELECT seq FROM access_log WHERE subject_set IN (SELECT set_id FROM "
+            "access_set_subjects WHERE sid IN (SELECT value FROM json_each(?)))",
+            (json.dumps(sids),)))
+    if grant_ids:
         seqs.update(r[0] for r in conn.execute(
-            "SELECT seq FROM access_grants WHERE grant_id = ?", (gid,)))
+            "SELECT seq FROM access_log WHERE grant_set IN (SELECT set_id FROM "
+            "access_set_grants WHERE grant_id IN (SELECT value FROM json_each(?)))",
+            (json.dumps(grant_ids),)))
     events = []
     for seq in sorted(seqs):
         time, body, prev, hash_ = conn.execute(
@@ -285,16 +439,17 @@ def remember_salt(conn: sqlite3.Connection, did: str, salt_hex: Any, now: str) -
 def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[str]]:
     """Commitments of the subjects and digests of the grants used by events (after, upto].
 
-    Read-only and bounded: subjects are probed from the (few) salted ones through the
-    (sid, seq) key of access_subjects, grants are read from the event bodies in the range; a
-    list longer than MAX_LISTED is left out rather than built in full.
+    Read-only and bounded: subjects are probed from the (few) salted ones through their
+    sets' (subject_set, seq) index entries, grants are read from the event bodies in the
+    range; a list longer than MAX_LISTED is left out rather than built in full.
     """
     listed: dict[str, list[str]] = {}
     if _has_ledger_tables(conn):
         salted = conn.execute(
             "SELECT DISTINCT b.did, t.salt FROM subject_salts t JOIN bindings b ON b.did = t.did "
-            "WHERE EXISTS (SELECT 1 FROM access_subjects s WHERE s.sid = b.sid "
-            "AND s.seq > ? AND s.seq <= ?) LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
+            "WHERE EXISTS (SELECT 1 FROM access_set_subjects m JOIN access_log l "
+            "ON l.subject_set = m.set_id WHERE m.sid = b.sid AND l.seq > ? AND l.seq <= ?) "
+            "LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
         if salted and len(salted) <= MAX_LISTED:
             listed["subject_commitments"] = sorted(
                 {subject_commitment(did, bytes.fromhex(salt)) for did, salt in salted})

@@ -200,7 +200,7 @@ class QueryEngine:
         active = [g for g in view.grants if g[3] <= ts < g[4] and scopes <= g[2]]
         budgeted = [g[0] for g in active if g[5] is not None or g[6]]
         live = {r[0]: r[1:] for r in conn.execute(
-            "SELECT grant_id, queries_used, epsilon_spent FROM grants WHERE grant_id IN "
+            "SELECT grant_id, queries_used, epsilon_spent FROM grant_usage WHERE grant_id IN "
             "(SELECT value FROM json_each(?))", (json.dumps(budgeted),))} if budgeted else {}
         grants = []
         for gid, subject, granted, _, _, max_q, eps in active:
@@ -241,8 +241,9 @@ class QueryEngine:
                      scopes: set[str], ts: float) -> _GrantRow:
         row = conn.execute(
             "SELECT subject, requester, purpose, scopes, not_before, expires, revoked_at, "
-            "max_queries, queries_used, dp_epsilon, epsilon_spent FROM grants "
-            "WHERE grant_id = ?", (gid,)).fetchone()
+            "max_queries, COALESCE(u.queries_used, 0), dp_epsilon, COALESCE(u.epsilon_spent, 0) "
+            "FROM grants g LEFT JOIN grant_usage u USING (grant_id) WHERE grant_id = ?",
+            (gid,)).fetchone()
         if row is None:
             raise NotFound(f"this node holds no grant {gid}; the customer's wallet must submit "
                            "it first", reason="unknown-grant")
@@ -339,6 +340,9 @@ class QueryEngine:
             exact = {key: self._values(conn, source, query, columns, key, group)
                      for key, group in candidates} if epsilon is None else {}
             digests, blobs = _digests(conn, requester, query.dataset, candidates)
+            # Used = the subjects with rows matching the query (all groups, also those then
+            # withheld: whether a group reaches k is computed from their rows), never every
+            # consenting subject; their grants are the ones named and debited.
             used = sorted({sid for g in groups.values() for sid in g.sids})
             used_set = set(used)
             used_grants = [g for g in grants
@@ -371,11 +375,11 @@ class QueryEngine:
                 released.append(key)
             else:
                 suppressed += 1
+        # Only grants with a budget keep a counter (narrow grant_usage rows); the others'
+        # use is counted from the access log's grant sets when a wallet asks.
         _debit(conn, [g.grant_id for g in plan.used_grants if g.dp_epsilon], spend)
         _debit(conn, [g.grant_id for g in plan.used_grants if g.limited and not g.dp_epsilon],
                0.0)
-        _debit_later(batch, [g.grant_id for g in plan.used_grants
-                             if not g.limited and not g.dp_epsilon])
         seq, _ = accesslog.append_batched(conn, batch, plan.event, plan.used_sids,
                                           [g.grant_id for g in plan.used_grants])
         return seq, released, suppressed
@@ -644,8 +648,10 @@ def _check_budgets(conn: sqlite3.Connection, grant_ids: list[str], epsilon: floa
     if not grant_ids:
         return
     for _, used, max_q, spent, eps in conn.execute(
-            "SELECT grant_id, queries_used, max_queries, epsilon_spent, dp_epsilon FROM grants "
-            "WHERE grant_id IN (SELECT value FROM json_each(?))", (json.dumps(grant_ids),)):
+            "SELECT grant_id, COALESCE(u.queries_used, 0), max_queries, "
+            "COALESCE(u.epsilon_spent, 0), dp_epsilon FROM grants g LEFT JOIN grant_usage u "
+            "USING (grant_id) WHERE grant_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(grant_ids),)):
         if max_q is not None and used >= max_q:
             raise _Stale
         if eps and spent + epsilon > eps + EPS_TOLERANCE:
@@ -653,28 +659,14 @@ def _check_budgets(conn: sqlite3.Connection, grant_ids: list[str], epsilon: floa
 
 
 def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
-    """Debit one query (and ``epsilon``) from each grant (checked by ``_check_budgets``)."""
+    """Debit one query and ``epsilon`` from each budgeted grant (checked by
+    ``_check_budgets`` earlier in the same transaction)."""
     if grant_ids:
-        conn.execute("UPDATE grants SET queries_used = queries_used + 1, "
-                     "epsilon_spent = epsilon_spent + ? WHERE grant_id IN "
-                     "(SELECT value FROM json_each(?))", (epsilon, json.dumps(grant_ids)))
-
-
-def _debit_later(batch: Batch, grant_ids: list[str]) -> None:
-    """Count a query against grants without limits, once per batch (one UPDATE)."""
-    counts: dict[str, int] | None = batch.memo.get("debits")
-    if counts is None:
-        counts = batch.memo["debits"] = {}
-
-        def flush(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE grants SET queries_used = queries_used + c.n FROM "
-                         "(SELECT json_extract(value, '$[0]') AS gid, "
-                         "json_extract(value, '$[1]') AS n FROM json_each(?)) AS c "
-                         "WHERE grants.grant_id = c.gid", (json.dumps(list(counts.items())),))
-
-        batch.before_commit("debits", flush)
-    for gid in grant_ids:
-        counts[gid] = counts.get(gid, 0) + 1
+        conn.execute("INSERT INTO grant_usage (grant_id, queries_used, epsilon_spent) "
+                     "SELECT value, 1, ? FROM json_each(?) WHERE true "
+                     "ON CONFLICT (grant_id) DO UPDATE SET queries_used = queries_used + 1, "
+                     "epsilon_spent = epsilon_spent + excluded.epsilon_spent",
+                     (epsilon, json.dumps(grant_ids)))
 
 
 def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:

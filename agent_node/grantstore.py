@@ -14,6 +14,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent_node import accesslog
 from agent_node.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -137,7 +138,17 @@ class GrantStore:
             else:
                 rows = [_as_dict(conn, r) for r in conn.execute(
                     "SELECT * FROM grants WHERE subject = ? ORDER BY received_at", (caller,))]
-        return [_status(row, now) for row in rows]
+            return [_status(row, _usage(conn, row), now) for row in rows]
+
+
+def _usage(conn: sqlite3.Connection, row: dict[str, Any]) -> tuple[int, float]:
+    """(queries used, epsilon spent): budgeted grants keep exact counters in grant_usage
+    (debited atomically with each answer); the others count their answered access events."""
+    if row["max_queries"] is None and not row["dp_epsilon"]:
+        return accesslog.answered_with(conn, row["grant_id"]), 0.0
+    found = conn.execute("SELECT queries_used, epsilon_spent FROM grant_usage "
+                         "WHERE grant_id = ?", (row["grant_id"],)).fetchone()
+    return (int(found[0]), float(found[1])) if found else (0, 0.0)
 
 
 def _as_dict(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -150,7 +161,7 @@ def _grant_row(conn: sqlite3.Connection, grant_id: str) -> dict[str, Any] | None
     return _as_dict(conn, row) if row else None
 
 
-def _status(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _status(row: dict[str, Any], usage: tuple[int, float], now: datetime) -> dict[str, Any]:
     if row["revoked_at"]:
         state = "revoked"
     elif now.timestamp() >= row["expires"]:
@@ -162,8 +173,8 @@ def _status(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {
         "grant_id": row["grant_id"], "status": state, "requester": row["requester"],
         "purpose": row["purpose"], "scopes": row["scopes"].split(","),
-        "queries_used": row["queries_used"], "max_queries": row["max_queries"],
-        "epsilon_spent": row["epsilon_spent"], "dp_epsilon": row["dp_epsilon"],
+        "queries_used": usage[0], "max_queries": row["max_queries"],
+        "epsilon_spent": usage[1], "dp_epsilon": row["dp_epsilon"],
         "expires": iso(datetime.fromtimestamp(row["expires"], UTC)),
         "revoked_at": row["revoked_at"],
     }

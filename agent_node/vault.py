@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from agent_node import accesslog
 from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
 from agent_node.sources import read_rows
@@ -52,18 +53,27 @@ CREATE TABLE IF NOT EXISTS datasets (
 CREATE TABLE IF NOT EXISTS grants (
   grant_id TEXT PRIMARY KEY, subject TEXT NOT NULL, requester TEXT NOT NULL,
   purpose TEXT NOT NULL, scopes TEXT NOT NULL, not_before REAL NOT NULL, expires REAL NOT NULL,
-  max_queries INTEGER, dp_epsilon REAL, queries_used INTEGER NOT NULL DEFAULT 0,
-  epsilon_spent REAL NOT NULL DEFAULT 0, digest TEXT NOT NULL, credential TEXT NOT NULL,
+  max_queries INTEGER, dp_epsilon REAL, digest TEXT NOT NULL, credential TEXT NOT NULL,
   received_at TEXT NOT NULL, revoked_at TEXT, revocation TEXT);
+CREATE TABLE IF NOT EXISTS grant_usage (
+  grant_id TEXT PRIMARY KEY, queries_used INTEGER NOT NULL DEFAULT 0,
+  epsilon_spent REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grants_requester ON grants(requester, purpose);
 CREATE INDEX IF NOT EXISTS grants_subject ON grants(subject);
 CREATE TABLE IF NOT EXISTS access_log (
   seq INTEGER PRIMARY KEY, time TEXT NOT NULL, body TEXT NOT NULL, body_digest TEXT NOT NULL,
-  prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS access_subjects (
-  sid INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (sid, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS access_grants (
-  grant_id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grant_id, seq)) WITHOUT ROWID;
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, subject_set INTEGER, grant_set INTEGER,
+  answered INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS access_sets (
+  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+  UNIQUE (kind, digest));
+CREATE TABLE IF NOT EXISTS access_set_subjects (
+  sid INTEGER NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (sid, set_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS access_set_grants (
+  grant_id TEXT NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (grant_id, set_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS replay_nonces (
+  nonce TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS replay_nonces_expires ON replay_nonces(expires);
 CREATE TABLE IF NOT EXISTS released_sets (
   id INTEGER PRIMARY KEY, requester TEXT NOT NULL, dataset TEXT NOT NULL, size INTEGER NOT NULL,
   digest TEXT NOT NULL, members BLOB NOT NULL, released_at TEXT NOT NULL);
@@ -135,17 +145,29 @@ class Batch:
     batch's own jobs can change, such as the access-log head) and writes deferred to just
     before COMMIT, so that a batch issues a few statements instead of a few per job."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache: dict[str, Any] | None = None) -> None:
         self.memo: dict[str, Any] = {}
+        #: Lives as long as the committer: only for facts that a rollback cannot undo, i.e.
+        #: filled from ``after_commit`` callbacks (such as ids of append-only rows).
+        self.cache: dict[str, Any] = cache if cache is not None else {}
         self._deferred: dict[str, Callable[[sqlite3.Connection], None]] = {}
+        self._committed: list[Callable[[], None]] = []
 
     def before_commit(self, key: str, fn: Callable[[sqlite3.Connection], None]) -> None:
         """Run ``fn`` once, inside the transaction, after the last job (first ``key`` wins)."""
         self._deferred.setdefault(key, fn)
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the batch is durably committed (never after a rollback)."""
+        self._committed.append(fn)
+
     def flush(self, conn: sqlite3.Connection) -> None:
         for fn in self._deferred.values():
             fn(conn)
+
+    def committed(self) -> None:
+        for fn in self._committed:
+            fn()
 
 
 class _Job:
@@ -176,6 +198,7 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._cache: dict[str, Any] = {}
 
     def submit(self, fn: Callable[[sqlite3.Connection, Batch], T]) -> T:
         job = _Job(fn)
@@ -204,9 +227,8 @@ class GroupCommitter:
                     break
             self._commit(conn, jobs)
 
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        batch = Batch()
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        batch = Batch(self._cache)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in jobs:
@@ -219,6 +241,7 @@ class GroupCommitter:
                         raise _PartialJob from exc
             batch.flush(conn)
             conn.execute("COMMIT")
+            batch.committed()
         except Exception as exc:  # every job gets the failure; the writer thread lives on
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -245,6 +268,7 @@ class Vault:
         self._local = threading.local()
         with self.connection() as conn:
             conn.executescript(SCHEMA)
+            accesslog.upgrade(conn)
         self.committer = GroupCommitter(self._open)
         self._layouts: dict[int, tuple[DatasetSpec, str]] = {}
 
