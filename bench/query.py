@@ -10,7 +10,12 @@ ones (identity, sentiment), then measures
   (`sov-node serve`, and this script with --echo-server) built by protos.transport.serve
   with the same TLS certificate and worker count; 32 client threads each with its own
   channel; the echo request and reply are as large as the node's sealed request and reply;
-- the idle resident memory of a `sov-node serve` process.
+- the idle resident memory of a `sov-node serve` process;
+- with --profile gm, the same vault and node DID served again in the gm profile (SM2 key
+  added, SM2-authenticated SM4-GCM sessions, gm wallets and requester): the group-by end to
+  end against raw sqlite3, and gm small-query throughput against the intl throughput just
+  measured (gm_throughput_vs_intl; the gm hot path does no SM2 per query, so the target
+  is 0.8). Each gm client opens its session during the warm-up, before the clock starts.
 The synced node home is cached under the temp dir, keyed by a hash of every input (rows,
 subjects, data map, source file, vault and sync code), so reruns skip the build.
 Prints medians and ends with one JSON line.
@@ -44,13 +49,14 @@ sys.path.insert(0, str(REPO))
 
 from agent_node.client import NodeClient  # noqa: E402
 from agent_node.grantstore import GrantStore  # noqa: E402
-from agent_node.home import NodeHome, init_home, load_home  # noqa: E402
+from agent_node.home import NodeHome, init_home, load_home, save_config  # noqa: E402
 from agent_node.requester import Requester  # noqa: E402
 from agent_node.vault import Vault, sync  # noqa: E402
 from consent.canonical import canonicalize  # noqa: E402
 from consent.envelope import HEADER_LENGTH, NONCE_LENGTH  # noqa: E402
 from consent.grants import issue_grant  # noqa: E402
 from consent.identity import Identity  # noqa: E402
+from consent.keystore import save_identity  # noqa: E402
 from protos.transport import secure_channel, serve  # noqa: E402
 
 PASS = "bench-passphrase"
@@ -227,21 +233,30 @@ def grant_everyone(home: NodeHome, subjects: int, requester: Identity) -> None:
     store = GrantStore(vault, home.identity.did, max_ttl=home.config.max_ttl,
                        clock_skew=home.config.clock_skew)
     for i in range(subjects):
-        wallet = Identity.generate()
+        wallet = Identity.generate(requester.profile)  # gm: grants carry SM2 proofs too
         vault.bind([f"C{i:05d}"], wallet.did)
         store.submit(issue_grant(wallet, requester=requester.did, nodes=[home.identity.did],
                                  purpose="marketing-analytics", scopes=["transaction"],
                                  ttl=timedelta(hours=24)))
 
 
-def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float
-            ) -> dict[str, Any]:
+def make_gm(home_dir: Path) -> None:
+    """The same node (DID, vault, TLS) in the gm profile: an SM2 key added to its identity."""
+    home = load_home(home_dir, PASS)
+    save_identity(home_dir / "node.key",
+                  Identity.from_seed(home.identity.signing_key.encode(), "gm"), PASS)
+    home.config.profile = "gm"
+    save_config(home_dir / "node.toml", home.config)
+
+
+def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
+            profile: str = "intl", echo: bool = True) -> dict[str, Any]:
     home = load_home(home_dir, PASS)
     proc, port = start_node(home_dir)
     time.sleep(1.0)
     idle = rss_mib(proc.pid)
-    print(f"idle node RSS {idle:.1f} MiB")
-    requester = Identity.generate()
+    print(f"[{profile}] idle node RSS {idle:.1f} MiB")
+    requester = Identity.generate(profile)  # type: ignore[arg-type]
     grant_everyone(home, subjects, requester)  # through the vault, as SubmitGrant stores them
     address = f"127.0.0.1:{port}"
     try:
@@ -255,7 +270,8 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float
         sql = "SELECT job, COUNT(*), SUM(duration), AVG(age) FROM contacts GROUP BY job"
         raw.execute(sql).fetchall()
         baseline = median_time(lambda: raw.execute(sql).fetchall(), 7)
-        print(f"group-by e2e median {e2e * 1000:.1f} ms, raw sqlite3 {baseline * 1000:.1f} ms")
+        print(f"[{profile}] group-by e2e median {e2e * 1000:.1f} ms, raw sqlite3 "
+              f"{baseline * 1000:.1f} ms")
 
         small = {"dataset": "contacts", "purpose": "marketing-analytics",
                  "measures": ["count"], "filters": [{"column": "age", "op": "eq", "value": 30}]}
@@ -269,9 +285,14 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float
         loaded = rss_mib(proc.pid)
     finally:
         stop(proc)
+    if not echo:
+        print(f"[{profile}] small queries {node_qps:.0f}/s ({CLIENTS} clients, one session "
+              f"each); RSS under load {loaded:.0f} MiB")
+        return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle}
     base_qps = echo_qps(home_dir, len(envelope), reply_bytes, seconds)
-    print(f"small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} clients, "
-          f"request {len(envelope)} B, reply ~{reply_bytes} B); RSS under load {loaded:.0f} MiB")
+    print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
+          f"clients, request {len(envelope)} B, reply ~{reply_bytes} B); RSS under load "
+          f"{loaded:.0f} MiB")
     return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "echo_qps": base_qps,
             "idle": idle}
 
@@ -280,6 +301,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--profile", choices=["intl", "gm"], default="intl",
+                        help="gm: also serve the same vault in the gm profile and compare")
     parser.add_argument("--echo-server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reply-bytes", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
@@ -297,11 +320,22 @@ def main() -> None:
         home_dir = Path(tmp) / "node"
         shutil.copytree(cached, home_dir)
         result = measure(home_dir, cached / "crm.db", subjects, seconds)
-    print(json.dumps({"bench": "query", "rows": rows,
-                      "e2e_vs_sqlite": round(result["e2e"] / result["baseline"], 3),
-                      "target": 1.5,
-                      "throughput_vs_echo": round(result["node_qps"] / result["echo_qps"], 3),
-                      "throughput_target": 0.5, "idle_rss_mib": round(result["idle"], 1)}))
+        summary = {"bench": "query", "rows": rows,
+                   "e2e_vs_sqlite": round(result["e2e"] / result["baseline"], 3),
+                   "target": 1.5,
+                   "throughput_vs_echo": round(result["node_qps"] / result["echo_qps"], 3),
+                   "throughput_target": 0.5, "idle_rss_mib": round(result["idle"], 1)}
+        if args.profile == "gm":
+            gm_dir = Path(tmp) / "gm-node"
+            shutil.copytree(cached, gm_dir)
+            make_gm(gm_dir)
+            gm = measure(gm_dir, cached / "crm.db", subjects, seconds, "gm", echo=False)
+            summary.update({
+                "gm_e2e_vs_sqlite": round(gm["e2e"] / gm["baseline"], 3),
+                "gm_qps": round(gm["node_qps"]), "intl_qps": round(result["node_qps"]),
+                "gm_throughput_vs_intl": round(gm["node_qps"] / result["node_qps"], 3),
+                "gm_throughput_target": 0.8})
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
