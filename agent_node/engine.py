@@ -51,9 +51,18 @@ from agent_node.errors import (
     RequestError,
 )
 from agent_node.query import Filter, Query, query_from_dict
-from agent_node.vault import Batch, Vault, encrypted_column, iso, plain_column, table_name
+from agent_node.vault import (
+    Batch,
+    DurableReplayGuard,
+    Nonce,
+    Vault,
+    encrypted_column,
+    iso,
+    plain_column,
+    table_name,
+)
 from agent_node.vaultcrypto import decrypt_cell
-from consent.errors import UnknownPurpose
+from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
 dp.enable_features("contrib")
@@ -150,14 +159,16 @@ class QueryEngine:
 
     # -- entry point --------------------------------------------------------------------------
 
-    def run(self, raw_query: Any, requester: str, now: datetime | None = None) -> dict[str, Any]:
-        """Answer or refuse; either way one access event is appended."""
+    def run(self, raw_query: Any, requester: str, now: datetime | None = None,
+            nonce: Nonce | None = None) -> dict[str, Any]:
+        """Answer or refuse; either way one access event is appended. ``nonce`` (from
+        ``DurableReplayGuard``) is spent in the same transaction as that event."""
         now = now or datetime.now(UTC)
         try:
             query = query_from_dict(raw_query)
-            return self._answer(query, requester, now)
+            return self._answer(query, requester, now, nonce)
         except RequestError as exc:
-            self.log_refusal(raw_query, requester, now, exc)
+            self.log_refusal(raw_query, requester, now, exc, nonce)
             raise
 
     # -- validation ---------------------------------------------------------------------------
@@ -302,14 +313,15 @@ class QueryEngine:
 
     # -- execution ------------------------------------------------------------------------------
 
-    def _answer(self, query: Query, requester: str, now: datetime) -> dict[str, Any]:
+    def _answer(self, query: Query, requester: str, now: datetime,
+                nonce: Nonce | None) -> dict[str, Any]:
         dataset, columns, scopes = self._validate(query)
         for _ in range(MAX_ATTEMPTS):
             plan = self._read(query, dataset, columns, scopes, requester, now)
             try:
                 seq, released, suppressed = self.vault.commit(
                     lambda conn, batch, plan=plan: self._commit(conn, batch, plan, query,
-                                                                requester, now))
+                                                                requester, now, nonce))
             except _Stale:
                 continue  # consent or a budget changed under the read: answer afresh
             return self._reply(plan, query, dataset, columns, requester, now, seq, released,
@@ -353,7 +365,8 @@ class QueryEngine:
                      len(groups) - len(candidates), exact, event)
 
     def _commit(self, conn: sqlite3.Connection, batch: Batch, plan: _Plan, query: Query,
-                requester: str, now: datetime) -> tuple[int, list[tuple[Any, ...]], int]:
+                requester: str, now: datetime, nonce: Nonce | None
+                ) -> tuple[int, list[tuple[Any, ...]], int]:
         """The write phase, one job of a group-commit batch: confirm that consent did not
         shrink since the read, debit budgets atomically, apply the overlap control and
         append the access event. Every check comes before the first write (a refusal leaves
@@ -366,6 +379,8 @@ class QueryEngine:
         limited = [g.grant_id for g in plan.used_grants if g.limited or g.dp_epsilon]
         spend = plan.epsilon or 0.0
         _check_budgets(conn, limited, spend)
+        if nonce is not None:  # the last check and the first write: spent with the event
+            _spend(conn, nonce)
         released, suppressed = [], plan.suppressed
         for (key, group), digest, blob in zip(plan.candidates, plan.digests, plan.blobs,
                                               strict=True):
@@ -594,7 +609,7 @@ class QueryEngine:
         return accesslog.prepare(body)
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
-                    exc: RequestError) -> None:
+                    exc: RequestError, nonce: Nonce | None = None) -> None:
         try:
             query: Query | None = query_from_dict(raw_query)
         except RequestError:
@@ -607,6 +622,9 @@ class QueryEngine:
             known = [g for g in grant_ids if conn.execute(
                 "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
             event = self._event(conn, query, requester, now, "refused", exc.reason, [], known)
+            if nonce is not None:  # spent by the refusal too (unless that was the refusal)
+                conn.execute("INSERT OR IGNORE INTO replay_nonces (nonce, expires) "
+                             "VALUES (?, ?)", (nonce.value, nonce.expires))
             accesslog.append_batched(conn, batch, event, [], sorted(known))
 
         self.vault.commit(record)
@@ -667,6 +685,20 @@ def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> No
                      "ON CONFLICT (grant_id) DO UPDATE SET queries_used = queries_used + 1, "
                      "epsilon_spent = epsilon_spent + excluded.epsilon_spent",
                      (epsilon, json.dumps(grant_ids)))
+
+
+class Replayed(RequestError):
+    """Another process (or this one before a restart) already answered this nonce."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "replayed-nonce"
+
+
+def _spend(conn: sqlite3.Connection, nonce: Nonce) -> None:
+    try:
+        DurableReplayGuard.record(conn, nonce)
+    except ReplayError as exc:
+        raise Replayed(f"{exc}; seal a new request", reason="replayed-nonce") from None
 
 
 def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:

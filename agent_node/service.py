@@ -34,7 +34,14 @@ from agent_node.errors import (
 )
 from agent_node.grantstore import GrantStore
 from agent_node.home import NodeHome
-from agent_node.vault import Vault, encrypted_column, iso, plain_column, table_name
+from agent_node.vault import (
+    DurableReplayGuard,
+    Vault,
+    encrypted_column,
+    iso,
+    plain_column,
+    table_name,
+)
 from agent_node.vaultcrypto import decrypt_cell
 from consent.canonical import canonicalize
 from consent.envelope import PROFILE_INTL, open_sealed, seal
@@ -42,7 +49,6 @@ from consent.envelope_gm import PROFILE_GM, GMSessionCache, verify_key_binding
 from consent.errors import EnvelopeError, ReplayError
 from consent.identity import Identity
 from consent.integrity import SM2_JCS, sign_document
-from consent.replay import ReplayGuard
 from consent.sm import SM2PublicKey
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 
@@ -83,7 +89,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                  metrics: Metrics | None = None) -> None:
         self.home, self.vault, self.engine, self.grants = home, vault, engine, grants
         self.identity = home.identity
-        self.replay = ReplayGuard(window=home.config.replay_window)
+        self.replay = DurableReplayGuard(vault, home.config.replay_window)  # across workers
         self.metrics = metrics or Metrics()
         self.profile = home.config.profile
         self.sessions = GMSessionCache(open_window=home.config.replay_window,
@@ -149,7 +155,9 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             raise InvalidRequest("the sealed request needs a body object")
         nonce = message.get("nonce")
         try:
-            self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")))
+            # A Query's nonce is spent with its access event (engine), others' right here.
+            self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")),
+                              record=method != "Query")
         except ReplayError as exc:
             raise Unauthenticated(f"{exc}", reason="replay") from None
         return caller, message, session_id
@@ -245,7 +253,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     # -- handlers -------------------------------------------------------------------------------
 
     def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
-        answer = self.engine.run(body.get("query"), caller)
+        answer = self.engine.run(body.get("query"), caller, nonce=self.replay.pending())
         return {"answer": answer}
 
     def _require_sm2_chain(self, document: Any, what: str) -> None:

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,8 @@ from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
 from agent_node.sources import read_rows
 from agent_node.vaultcrypto import VaultKeys, encrypt_cell
+from consent.errors import ReplayError
+from consent.replay import ReplayGuard
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -387,6 +389,73 @@ class Vault:
         if cached is None or cached[0] is not dataset:
             cached = self._layouts[id(dataset)] = (dataset, _layout(dataset))
         return cached[1]
+
+
+@dataclass(frozen=True)
+class Nonce:
+    """A request nonce claimed by the replay guard, kept in the vault until ``expires``."""
+
+    value: str
+    expires: float
+
+
+class DurableReplayGuard:
+    """Replay protection shared by every process serving one vault, surviving restarts.
+
+    ``check`` refuses what ``consent.replay.ReplayGuard`` refuses (bad window, a nonce this
+    process saw) and a nonce already recorded in ``replay_nonces`` by any process. A Query's
+    nonce is then recorded by the query engine in the same group-committed transaction as
+    its access event (``record``: an insert that fails if another process got there first),
+    so an answer is never released for a nonce that is not durably spent; other calls record
+    theirs at once (``record=True``). Expired nonces are swept at most once a minute.
+    """
+
+    SWEEP_SECONDS = 60.0
+
+    def __init__(self, vault: Vault, window: timedelta) -> None:
+        self.vault, self.window = vault, window
+        self._memory = ReplayGuard(window=window)
+        self._local = threading.local()
+        self._swept = 0.0
+
+    def check(self, nonce: str, timestamp: datetime, *, record: bool = False) -> None:
+        now = datetime.now(UTC)
+        self._local.pending = None
+        self._memory.check(nonce, timestamp, now)
+        with self.vault.connection() as conn:
+            seen = conn.execute("SELECT 1 FROM replay_nonces WHERE nonce = ?",
+                                (nonce,)).fetchone()
+        if seen:
+            raise ReplayError("this request was already received (replayed nonce)")
+        claimed = Nonce(nonce, max(timestamp, now).timestamp() + 2 * self.window.total_seconds())
+        self._sweep(now.timestamp())
+        if record:
+            self.vault.commit(lambda conn, batch: self.record(conn, claimed))
+        else:
+            self._local.pending = claimed
+
+    def pending(self) -> Nonce | None:
+        """The nonce this thread's last ``check`` left for the caller to record, once."""
+        claimed = getattr(self._local, "pending", None)
+        self._local.pending = None
+        return claimed  # type: ignore[no-any-return]
+
+    @staticmethod
+    def record(conn: sqlite3.Connection, nonce: Nonce) -> None:
+        """Spend ``nonce`` inside the caller's write transaction; ``ReplayError`` (before
+        any write) when some process spent it already."""
+        try:
+            conn.execute("INSERT INTO replay_nonces (nonce, expires) VALUES (?, ?)",
+                         (nonce.value, nonce.expires))
+        except sqlite3.IntegrityError:
+            raise ReplayError("this request was already received (replayed nonce)") from None
+
+    def _sweep(self, now: float) -> None:
+        if now - self._swept < self.SWEEP_SECONDS:
+            return
+        self._swept = now
+        self.vault.commit(lambda conn, batch: conn.execute(
+            "DELETE FROM replay_nonces WHERE expires < ?", (now,)))
 
 
 def _layout(dataset: DatasetSpec) -> str:
