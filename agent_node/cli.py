@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -181,20 +182,77 @@ def receipts(home: str, passphrase_env: str, out: Path) -> None:
 @click.option("--listen", default=None, help="override node.toml's listen address")
 @click.option("--port-file", type=click.Path(), default=None,
               help="write the bound port here once serving (useful with port 0)")
-def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="server processes sharing the port (SO_REUSEPORT) and the vault")
+def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | None,
+          workers: int) -> None:
     """Serve the AgentNode gRPC API over TLS until interrupted."""
     from agent_node.server import start
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     node = _open(home, passphrase_env)
-    running = start(node, address=listen)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    click.echo(f"serving {node.config.name} ({node.identity.did}) on port {running.port}")
+    address = listen or node.config.listen
+    children: list[int] = []
+    reservation = None
+    if workers > 1:
+        # Fixed before forking (port 0 resolved), so every worker binds the same port; the
+        # forks happen before any gRPC or SQLite object exists in this process.
+        reservation, address = _reserve(address)
+        children = [_fork_worker(node, address) for _ in range(workers - 1)]
+    running = start(node, address=address)
+    if reservation is not None:
+        reservation.close()
+    stop = _stop_on_signals()
+    click.echo(f"serving {node.config.name} ({node.identity.did}) on port {running.port}"
+               + (f" with {workers} workers" if workers > 1 else ""))
     if port_file:
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text(str(running.port))
         tmp.replace(port_file)
     stop.wait()
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
     running.stop(grace=2.0)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _reserve(address: str) -> tuple[socket.socket, str]:
+    """Bind (not listen) ``address`` with SO_REUSEPORT, resolving port 0 to a free port."""
+    host, _, port = address.rpartition(":")
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((bare, int(port)))
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {address}: {exc}") from None
+    return sock, f"{host}:{sock.getsockname()[1]}"
+
+
+def _fork_worker(node: NodeHome, address: str) -> int:
+    """A worker process serving ``address`` beside this one until SIGTERM."""
+    from agent_node.server import start
+
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        running = start(node, address=address, primary=False)
+        _stop_on_signals().wait()
+        running.stop(grace=2.0)
+    except BaseException as exc:  # a worker must not return into the parent's code
+        logging.getLogger("agent_node.cli").error(
+            json.dumps({"event": "worker-failed", "error": type(exc).__name__}))
+        code = 1
+    os._exit(code)

@@ -173,7 +173,9 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
-def start(home: NodeHome, *, address: str | None = None) -> RunningNode:
+def start(home: NodeHome, *, address: str | None = None, primary: bool = True) -> RunningNode:
+    """Serve ``home``. With several worker processes on one port (``sov-node serve
+    --workers``) only the ``primary`` one exports metrics and anchors heads in the ledger."""
     service = build_service(home)
     config = home.config
     cert_pem, key_pem = home.server_tls()
@@ -181,10 +183,10 @@ def start(home: NodeHome, *, address: str | None = None) -> RunningNode:
                     cert_pem=cert_pem, key_pem=key_pem,
                     max_message_bytes=config.max_message_bytes, max_workers=config.max_workers)
     stop = threading.Event()
-    if config.metrics_port:
+    if config.metrics_port and primary:
         start_http_server(config.metrics_port, addr=config.metrics_address,
                           registry=service.metrics.registry)
-    if config.ledger_address:
+    if config.ledger_address and primary:
         pusher = LedgerPusher(home, service.vault)
         threading.Thread(target=pusher.run, args=(stop,), name="ledger-pusher",
                          daemon=True).start()
