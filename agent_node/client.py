@@ -44,7 +44,10 @@ VERSION = 1
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 GM_SESSION_TTL = timedelta(minutes=30)
 GM_SESSION_MARGIN = timedelta(minutes=1)  # replace a session this long before it expires
-GM_SESSION_LOST = "unknown or expired gm session"  # the node's words for a session it lost
+# The node's words for a session it lost or an opening that waited too long (e.g. while the
+# node was down): in both cases it did nothing, and a new session fixes it.
+GM_SESSION_RETRY = ("unknown or expired gm session", "gm session opening is too old",
+                    "SM2KeyBinding is too old")
 
 
 class NodeError(Exception):
@@ -332,7 +335,7 @@ class NodeClient:
             # The node lost the session (restart, expiry, eviction) and did nothing: open a
             # new session and send the request once more, with a fresh nonce.
             if not (self.gm and exc.code == grpc.StatusCode.UNAUTHENTICATED
-                    and GM_SESSION_LOST in str(exc)):
+                    and any(reason in str(exc) for reason in GM_SESSION_RETRY)):
                 raise
         self.reset_gm_session()
         envelope, nonce = self.sealed_request(method, body)

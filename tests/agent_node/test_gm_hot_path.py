@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from agent_node.home import load_home
 from agent_node.requester import Requester
 from agent_node.server import RunningNode, start
 from consent import sm
+from consent.envelope_gm import GMSession
 from consent.grants import issue_grant
 from consent.identity import Identity
 from consent.integrity import EDDSA_JCS, SM2_JCS, verify_document
@@ -156,3 +157,26 @@ def test_operator_can_ask_for_sm2_proofs_on_every_answer(
     assert sm2_calls["sign"] == 1 and sm2_calls["verify"] == 1
     assert [p["cryptosuite"] for p in answer.document["proof"]] == [SM2_JCS, EDDSA_JCS]
     assert verify_document(answer.document, require_sm2=True) == node.service.identity.did
+
+
+def test_a_stale_opening_is_replaced_once(
+    running: RunningNode, gm_home: tuple[Path, list[Identity], Identity],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An opening that waited longer than the node's window (say, while the node was down) is
+    refused as too old; the client opens a fresh session and the query is answered."""
+    requester = gm_home[2]
+    real_open_to = GMSession.open_to
+    created: list[GMSession] = []
+
+    def first_one_stale(*args: Any, **kwargs: Any) -> GMSession:
+        if not created:  # a real session, only dated ten minutes back
+            kwargs["now"] = datetime.now(UTC) - timedelta(minutes=10)
+        created.append(real_open_to(*args, **kwargs))
+        return created[-1]
+
+    monkeypatch.setattr(GMSession, "open_to", first_one_stale)
+    with _client(running, requester) as client:
+        answer = Requester(requester).ask_with(client, QUERY)
+    assert len(created) == 2 and created[1].established and not created[0].established
+    assert answer.groups[0]["values"]["count"] == 6 * WALLETS
