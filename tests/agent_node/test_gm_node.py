@@ -8,6 +8,8 @@ profile mismatch both ways, and the gm node's SM2-proof policy on grants and rev
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,10 +38,12 @@ from consent.sm import SM2PrivateKey
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 from protos.transport import secure_channel
 from tests.agent_node.conftest import (
+    BIN,
     DATASET_TOML,
     PASSPHRASE,
     NodeProcess,
     bind_all,
+    env,
     run_cli,
     serve,
     stop,
@@ -328,3 +332,34 @@ def test_gm_node_requires_sm2_proofs_on_grants_and_revocations(
         assert "requires the revocation to carry an SM2 proof" in str(caught.value)
         status = {g.grant_id: g.status for g in client.grant_status([granted[1]])}
         assert status[granted[1]] == "active"
+
+
+def test_gm_sessions_with_several_worker_processes(
+    gm_node: NodeProcess, requester: Identity, granted: list[str]
+) -> None:
+    """``sov-node serve --workers 2``: sessions live in one worker's memory, and a client's
+    channel stays on one worker, so every client opens once and then queries symmetrically
+    (a reconnect to another worker would cost one retried opening, see NodeClient.call)."""
+    port_file = gm_node.home / "port-workers"
+    process = subprocess.Popen(
+        [str(BIN / "sov-node"), "serve", "--home", str(gm_node.home), "--listen", "127.0.0.1:0",
+         "--port-file", str(port_file), "--workers", "2"], env=env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.05)
+        address = f"127.0.0.1:{port_file.read_text()}"
+        clients = [NodeClient(address, gm_node.ca_pem, requester) for _ in range(6)]
+        try:
+            counts = {Requester(requester).ask_with(c, COUNT).groups[0]["values"]["count"]
+                      for c in clients for _ in range(3)}
+            assert all(c.gm_session()[0].established for c in clients)
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert counts == {6 * GM_WALLETS}
