@@ -344,13 +344,16 @@ def issue_revocation(
     return sign_document(statement, identity, created=issued)
 
 
-def verify_revocation(document: dict[str, Any]) -> Revocation:
-    """Verify a revocation's proof and shape. The caller checks it matches the grant's subject."""
+def verify_revocation(document: dict[str, Any], *, require_sm2: bool = False) -> Revocation:
+    """Verify a revocation's proof and shape. The caller checks it matches the grant's subject.
+
+    ``require_sm2`` is a ``gm``-profile verifier's policy that an SM2 proof is present.
+    """
     if not isinstance(document, dict) or document.get("type") != [REVOCATION_TYPE]:
         raise RevocationError("the statement is not a ConsentRevocation")
     _check_vc_context(document, RevocationError)
     try:
-        signer = verify_document(document)
+        signer = verify_document(document, require_sm2=require_sm2)
     except SignatureError as exc:
         raise RevocationError(f"the revocation's signature is invalid: {exc}") from exc
     if signer != document.get("issuer"):

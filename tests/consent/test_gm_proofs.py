@@ -134,3 +134,14 @@ def test_openssl_verifies_the_sm2_proof(grant: dict[str, Any], tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     assert "Signature Verified Successfully" in result.stdout
+
+
+def test_gm_revocation_requires_sm2_when_asked() -> None:
+    from consent.errors import RevocationError
+    from consent.grants import issue_revocation, verify_revocation
+
+    gm_statement = issue_revocation(SUBJECT, "urn:uuid:00000000-0000-4000-8000-000000000000")
+    assert verify_revocation(gm_statement, require_sm2=True).subject == SUBJECT.did
+    intl_statement = issue_revocation(REQUESTER, "urn:uuid:00000000-0000-4000-8000-000000000000")
+    with pytest.raises(RevocationError, match="SM2"):
+        verify_revocation(intl_statement, require_sm2=True)
