@@ -74,6 +74,7 @@ FP_MOD = 2**62
 FP_ROWS = 1_000_003  # per-subject fingerprint: rows * FP_ROWS + sum of row fingerprints
 MAX_ATTEMPTS = 5
 VIEW_CACHE_SIZE = 1024
+VIEW_MEMO_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,15 @@ class _ConsentView:
     grants: tuple[tuple[Any, ...], ...]  # (id, subject, scopes, nbf, exp, max_q, dp_eps)
     sids: dict[str, list[int]]  # subject DID -> sids
     refs: dict[int, str]  # sid -> subject ref
+    #: Values derived from the above alone (active grants per scope set until the next
+    #: validity boundary, eligible sids, event members), so they live exactly as long.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False)
+
+    def remember(self, key: Any, value: Any) -> Any:
+        if len(self.memo) >= VIEW_MEMO_SIZE:
+            self.memo.clear()
+        self.memo[key] = value
+        return value
 
 
 @dataclass(frozen=True)
@@ -208,13 +218,16 @@ class QueryEngine:
             return [self._named_grant(conn, gid, query, requester, scopes, ts)
                     for gid in dict.fromkeys(query.grant_ids)]
         view = self._view(conn, requester, query.purpose)
-        active = [g for g in view.grants if g[3] <= ts < g[4] and scopes <= g[2]]
-        budgeted = [g[0] for g in active if g[5] is not None or g[6]]
+        active = _active(view, frozenset(scopes), ts)
+        budgeted = [g[0] for g, row in active if row is None]
         live = {r[0]: r[1:] for r in conn.execute(
             "SELECT grant_id, queries_used, epsilon_spent FROM grant_usage WHERE grant_id IN "
             "(SELECT value FROM json_each(?))", (json.dumps(budgeted),))} if budgeted else {}
         grants = []
-        for gid, subject, granted, _, _, max_q, eps in active:
+        for (gid, subject, granted, _, _, max_q, eps), row in active:
+            if row is not None:  # no budget: nothing live to read
+                grants.append(row)
+                continue
             used, spent = live.get(gid, (0, 0.0))
             if max_q is None or used < max_q:
                 grants.append(_GrantRow(gid, subject, granted, eps, spent, max_q is not None))
@@ -425,17 +438,24 @@ class QueryEngine:
         filter); skipped when this thread's temp table already holds exactly that set."""
         if query.grant_ids:
             by_subject = _bound_sids(conn, {g.subject for g in grants})
+            listed = json.dumps(sorted({sid for v in by_subject.values() for sid in v}))
+            marker = hashlib.sha256(listed.encode()).digest()
         else:
             view = self._view(conn, requester, query.purpose)
-            by_subject = {g.subject: view.sids.get(g.subject, []) for g in grants}
-        sids = sorted({sid for v in by_subject.values() for sid in v})
-        marker = hashlib.sha256(json.dumps(sids).encode()).digest()
+            key = ("eligible", tuple(g.subject for g in grants))
+            found = view.memo.get(key)
+            if found is None:
+                by_subject = {g.subject: view.sids.get(g.subject, []) for g in grants}
+                listed = json.dumps(sorted({sid for v in by_subject.values() for sid in v}))
+                found = view.remember(key, (by_subject, listed,
+                                            hashlib.sha256(listed.encode()).digest()))
+            by_subject, listed, marker = found
         if getattr(self._local, "eligible", None) != marker:
             self._local.eligible = None  # unknown until the snapshot commits
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
             conn.execute("DELETE FROM temp._eligible")
             conn.execute("INSERT INTO temp._eligible (sid) SELECT value FROM json_each(?)",
-                         (json.dumps(sids),))
+                         (listed,))
             self.vault.after_snapshot(conn, lambda: setattr(self._local, "eligible", marker))
         return by_subject
 
@@ -594,19 +614,27 @@ class QueryEngine:
                grant_ids: list[str]) -> accesslog.PreparedEvent:
         """The access event, canonicalised outside the write transaction."""
         view = self._views.get((requester, query.purpose)) if query else None
-        known = view.refs if view is not None else {}
-        missing = [sid for sid in sids if sid not in known]
-        refs = [known[sid] for sid in sids if sid in known]
-        if missing:
-            refs += list(_subject_refs(conn, missing).values())
+        key = ("event", tuple(sids), tuple(grant_ids))
+        found = view.memo.get(key) if view is not None else None
+        if found is None:
+            known = view.refs if view is not None else {}
+            missing = [sid for sid in sids if sid not in known]
+            refs = [known[sid] for sid in sids if sid in known]
+            if missing:
+                refs += list(_subject_refs(conn, missing).values())
+            found = (len(refs), accesslog.subjects_digest(refs),
+                     accesslog.fast_canonical(sorted(grant_ids)))
+            if view is not None and not missing:  # only what the view alone determines
+                view.remember(key, found)
+        count, digest, listed = found
         body = {
             "time": iso(now), "node": self.node_did, "requester": requester,
             "purpose": query.purpose if query else None,
             "dataset": query.dataset if query else None,
             "grant_ids": sorted(grant_ids), "outcome": outcome, "reason": reason,
-            "subject_count": len(refs), "subjects_digest": accesslog.subjects_digest(refs),
+            "subject_count": count, "subjects_digest": digest,
         }
-        return accesslog.prepare(body)
+        return accesslog.prepare(body, cached={"grant_ids": listed})
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
                     exc: RequestError, nonce: Nonce | None = None) -> None:
@@ -631,6 +659,26 @@ class QueryEngine:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _active(view: _ConsentView, scopes: frozenset[str], ts: float
+            ) -> list[tuple[tuple[Any, ...], _GrantRow | None]]:
+    """The view's grants valid at ``ts`` covering ``scopes``, each with its ready row when it
+    has no budget (None: budgets are read live). Kept in the view until the next moment a
+    grant becomes valid or expires."""
+    found = view.memo.get(("active", scopes))
+    if found is not None and found[0] <= ts < found[1]:
+        return found[2]  # type: ignore[no-any-return]
+    active, until = [], float("inf")
+    for grant in view.grants:
+        gid, subject, granted, nbf, exp, max_q, eps = grant
+        until = min(until, *(t for t in (nbf, exp) if t > ts), float("inf"))
+        if nbf <= ts < exp and scopes <= granted:
+            budgeted = max_q is not None or bool(eps)
+            active.append((grant, None if budgeted
+                           else _GrantRow(gid, subject, granted, eps, 0.0, False)))
+    view.remember(("active", scopes), (ts, until, active))
+    return active
+
 
 def _versions(conn: sqlite3.Connection) -> str:
     """Both consent versions: grants or bindings added, and consent removed."""

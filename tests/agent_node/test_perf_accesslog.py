@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from agent_node import accesslog
 from agent_node.engine import EngineSettings, QueryEngine
+from agent_node.errors import PermissionDenied
 from agent_node.grantstore import GrantStore
 from agent_node.home import init_home
 from agent_node.vault import Vault, sync
@@ -219,3 +220,21 @@ def test_prepared_event_equals_rfc8785(body: dict[str, Any], seq: int) -> None:
     except rfc8785.CanonicalizationError:
         return
     assert accesslog.prepare(body).canonical(seq) == expected
+
+
+def test_cached_active_grants_follow_validity_boundaries(node: Any) -> None:
+    """The consent view keeps its active-grant list only until the next moment a grant
+    becomes valid or expires: a query after expiry is refused, one before it answered."""
+    _, engine, store, wallets, did = node
+    requester = Identity.generate()
+    for wallet in wallets[:8]:
+        _grant(store, did, wallet, requester, purpose="fraud-prevention")
+    query = {"dataset": "contacts", "purpose": "fraud-prevention", "measures": ["count"]}
+    now = datetime.now(UTC)
+    assert engine.run(query, requester.did, now=now)["groups"]
+    assert engine.run(query, requester.did, now=now + timedelta(minutes=30))["groups"]
+    with pytest.raises(PermissionDenied):
+        engine.run(query, requester.did, now=now + timedelta(hours=3))  # all expired
+    with pytest.raises(PermissionDenied):
+        engine.run(query, requester.did, now=now - timedelta(hours=1))  # none valid yet
+    assert engine.run(query, requester.did, now=now + timedelta(minutes=1))["groups"]
