@@ -403,11 +403,11 @@ class DurableReplayGuard:
     """Replay protection shared by every process serving one vault, surviving restarts.
 
     ``check`` refuses what ``consent.replay.ReplayGuard`` refuses (bad window, a nonce this
-    process saw) and a nonce already recorded in ``replay_nonces`` by any process. A Query's
-    nonce is then recorded by the query engine in the same group-committed transaction as
-    its access event (``record``: an insert that fails if another process got there first),
-    so an answer is never released for a nonce that is not durably spent; other calls record
-    theirs at once (``record=True``). Expired nonces are swept at most once a minute.
+    process saw). The nonce is then spent durably in ``replay_nonces`` by an insert that
+    fails when any process (or this one before a restart) spent it already: a Query's by the
+    query engine in the same group-committed transaction as its access event (``pending``
+    hands it over), so an answer is never released for a nonce that is not durably spent;
+    other calls' at once (``record=True``). Expired nonces are swept at most once a minute.
     """
 
     SWEEP_SECONDS = 60.0
@@ -422,11 +422,8 @@ class DurableReplayGuard:
         now = datetime.now(UTC)
         self._local.pending = None
         self._memory.check(nonce, timestamp, now)
-        with self.vault.connection() as conn:
-            seen = conn.execute("SELECT 1 FROM replay_nonces WHERE nonce = ?",
-                                (nonce,)).fetchone()
-        if seen:
-            raise ReplayError("this request was already received (replayed nonce)")
+        # No lookup here: the durable insert (now, or with the Query's access event) is the
+        # check, atomic across processes, and it refuses before anything is released.
         claimed = Nonce(nonce, max(timestamp, now).timestamp() + 2 * self.window.total_seconds())
         self._sweep(now.timestamp())
         if record:

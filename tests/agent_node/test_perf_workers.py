@@ -146,7 +146,8 @@ def test_a_replay_after_a_restart_is_refused(home: Path, workers: NodeProcess) -
         stop(restarted)
     with Vault(load_home(home, PASSPHRASE).vault_path,
                load_home(home, PASSPHRASE).keys).connection() as conn:
-        outcomes = [r[0] for r in conn.execute(
-            "SELECT json_extract(body, '$.outcome') FROM access_log WHERE seq > ? ORDER BY seq",
-            (before,))]
-    assert outcomes == ["answered"]  # only the fresh request: the replay was never answered
+        outcomes = [tuple(r) for r in conn.execute(
+            "SELECT json_extract(body, '$.outcome'), json_extract(body, '$.reason') "
+            "FROM access_log WHERE seq > ? ORDER BY seq", (before,))]
+    # The replayed Query was refused when its nonce proved spent (and logged), never answered.
+    assert outcomes == [("refused", "replayed-nonce"), ("answered", "ok")]
