@@ -356,7 +356,7 @@ class QueryEngine:
             grants, epsilon = self._apply_dp_budget(query, grants)
             if epsilon is not None:
                 _check_dp_bounds(query, columns)
-            sids_by_subject = self._eligible(conn, query, requester, grants)
+            owners = self._eligible(conn, query, requester, grants)
             source = self._source(conn, dataset, columns)
             groups = self._aggregate(conn, source, query, dataset, columns, epsilon)
             k = self.settings.k
@@ -369,9 +369,8 @@ class QueryEngine:
             # withheld: whether a group reaches k is computed from their rows), never every
             # consenting subject; their grants are the ones named and debited.
             used = sorted({sid for g in groups.values() for sid in g.sids})
-            used_set = set(used)
-            used_grants = [g for g in grants
-                           if used_set.intersection(sids_by_subject.get(g.subject, ()))]
+            used_subjects = {subject for sid in used for subject in owners.get(sid, ())}
+            used_grants = [g for g in grants if g.subject in used_subjects]
             event = self._event(conn, query, requester, now, "answered", "ok", used,
                                 [g.grant_id for g in used_grants])
         return _Plan(version, used_grants, epsilon, used, candidates, digests, blobs,
@@ -433,23 +432,21 @@ class QueryEngine:
         }
 
     def _eligible(self, conn: sqlite3.Connection, query: Query, requester: str,
-                  grants: list[_GrantRow]) -> dict[str, list[int]]:
+                  grants: list[_GrantRow]) -> dict[int, list[str]]:
         """Fill temp._eligible with the sids bound to the grants' subjects (the consent
-        filter); skipped when this thread's temp table already holds exactly that set."""
+        filter); skipped when this thread's temp table already holds exactly that set.
+        Returns each eligible sid's subject DIDs (a customer may be bound to several)."""
         if query.grant_ids:
-            by_subject = _bound_sids(conn, {g.subject for g in grants})
-            listed = json.dumps(sorted({sid for v in by_subject.values() for sid in v}))
-            marker = hashlib.sha256(listed.encode()).digest()
+            owners, listed, marker = _eligible_set(
+                _bound_sids(conn, {g.subject for g in grants}))
         else:
             view = self._view(conn, requester, query.purpose)
             key = ("eligible", tuple(g.subject for g in grants))
             found = view.memo.get(key)
             if found is None:
-                by_subject = {g.subject: view.sids.get(g.subject, []) for g in grants}
-                listed = json.dumps(sorted({sid for v in by_subject.values() for sid in v}))
-                found = view.remember(key, (by_subject, listed,
-                                            hashlib.sha256(listed.encode()).digest()))
-            by_subject, listed, marker = found
+                found = view.remember(key, _eligible_set(
+                    {g.subject: view.sids.get(g.subject, []) for g in grants}))
+            owners, listed, marker = found
         if getattr(self._local, "eligible", None) != marker:
             self._local.eligible = None  # unknown until the snapshot commits
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
@@ -457,7 +454,7 @@ class QueryEngine:
             conn.execute("INSERT INTO temp._eligible (sid) SELECT value FROM json_each(?)",
                          (listed,))
             self.vault.after_snapshot(conn, lambda: setattr(self._local, "eligible", marker))
-        return by_subject
+        return owners
 
     def _source(self, conn: sqlite3.Connection, dataset: DatasetSpec,
                 columns: dict[str, ColumnSpec]) -> str:
@@ -659,6 +656,16 @@ class QueryEngine:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+def _eligible_set(by_subject: dict[str, list[int]]) -> tuple[dict[int, list[str]], str, bytes]:
+    """(sid -> subject DIDs, the sids as a JSON list, its digest) for the consent filter."""
+    owners: dict[int, list[str]] = {}
+    for subject, sids in by_subject.items():
+        for sid in sids:
+            owners.setdefault(sid, []).append(subject)
+    listed = json.dumps(sorted(owners))
+    return owners, listed, hashlib.sha256(listed.encode()).digest()
+
 
 def _active(view: _ConsentView, scopes: frozenset[str], ts: float
             ) -> list[tuple[tuple[Any, ...], _GrantRow | None]]:

@@ -238,3 +238,17 @@ def test_cached_active_grants_follow_validity_boundaries(node: Any) -> None:
     with pytest.raises(PermissionDenied):
         engine.run(query, requester.did, now=now - timedelta(hours=1))  # none valid yet
     assert engine.run(query, requester.did, now=now + timedelta(minutes=1))["groups"]
+
+
+def test_a_customer_bound_to_two_wallets_names_both_grants(node: Any) -> None:
+    vault, engine, store, wallets, did = node
+    requester, second = Identity.generate(), Identity.generate()
+    vault.bind(["C000"], second.did)  # the same customer, a second wallet
+    ids = [_grant(store, did, w, requester, purpose="intent-model-training")
+           for w in (wallets[0], second, *wallets[1:6])]
+    answer = engine.run({"dataset": "contacts", "purpose": "intent-model-training",
+                         "measures": ["count"]}, requester.did)
+    with vault.connection() as conn:
+        [body] = [json.loads(r[0]) for r in conn.execute(
+            "SELECT body FROM access_log WHERE seq = ?", (answer["event_seq"],))]
+    assert body["grant_ids"] == sorted(ids) and body["subject_count"] == 6
