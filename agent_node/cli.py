@@ -199,7 +199,7 @@ def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | N
         # forks happen before any gRPC or SQLite object exists in this process.
         reservation, address = _reserve(address)
         children = [_fork_worker(node, address) for _ in range(workers - 1)]
-    running = start(node, address=address)
+    running = start(node, address=address, reuse_port=workers > 1)
     if reservation is not None:
         reservation.close()
     stop = _stop_on_signals()
@@ -248,7 +248,7 @@ def _fork_worker(node: NodeHome, address: str) -> int:
         return pid
     code = 0
     try:
-        running = start(node, address=address, primary=False)
+        running = start(node, address=address, primary=False, reuse_port=True)
         _stop_on_signals().wait()
         running.stop(grace=2.0)
     except BaseException as exc:  # a worker must not return into the parent's code

@@ -173,7 +173,8 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
-def start(home: NodeHome, *, address: str | None = None, primary: bool = True) -> RunningNode:
+def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
+          reuse_port: bool = False) -> RunningNode:
     """Serve ``home``. With several worker processes on one port (``sov-node serve
     --workers``) only the ``primary`` one exports metrics and anchors heads in the ledger."""
     service = build_service(home)
@@ -181,7 +182,8 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True) -
     cert_pem, key_pem = home.server_tls()
     running = serve(add_to_server(service), [SERVICE_NAME], address=address or config.listen,
                     cert_pem=cert_pem, key_pem=key_pem,
-                    max_message_bytes=config.max_message_bytes, max_workers=config.max_workers)
+                    max_message_bytes=config.max_message_bytes, max_workers=config.max_workers,
+                    reuse_port=reuse_port)
     stop = threading.Event()
     if config.metrics_port and primary:
         start_http_server(config.metrics_port, addr=config.metrics_address,

@@ -8,6 +8,7 @@ Ed25519 did:key also yields an X25519 key-agreement key, derived from the Ed2551
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,15 @@ class ResolvedKey:
 
 def resolve(did: str) -> ResolvedKey:
     """Decode a did:key, raising ``DIDError`` with the reason when it is malformed."""
-    if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX):
+    if not isinstance(did, str):
+        raise DIDError("a DID must be a did:key string (did:key:z6Mk... for Ed25519)")
+    return _resolve(did)
+
+
+@functools.lru_cache(maxsize=8192)
+def _resolve(did: str) -> ResolvedKey:
+    # Cached: resolving is pure, and the key conversions cost more than an envelope.
+    if not did.startswith(DID_KEY_PREFIX):
         raise DIDError("a DID must be a did:key (did:key:z6Mk... for Ed25519)")
     fingerprint = did[len(DID_KEY_PREFIX):]
     if not fingerprint or "#" in fingerprint or ":" in fingerprint:

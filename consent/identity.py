@@ -6,6 +6,7 @@ pair (GB/T 32918) whose signatures stand beside the Ed25519 ones.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import nacl.public
@@ -48,7 +49,7 @@ class Identity:
             sm2 = SM2PrivateKey.generate()
         return cls(nacl.signing.SigningKey(seed), profile=profile, sm2=sm2)
 
-    @property
+    @cached_property
     def did(self) -> str:
         return did_from_ed25519(bytes(self.signing_key.verify_key))
 
@@ -57,7 +58,7 @@ class Identity:
         fingerprint = self.did.removeprefix("did:key:")
         return f"{self.did}#{fingerprint}"
 
-    @property
+    @cached_property
     def box_key(self) -> nacl.public.PrivateKey:
         """The X25519 private key matching the keyAgreement key of this did:key."""
         return self.signing_key.to_curve25519_private_key()

@@ -41,6 +41,12 @@ def _message_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _server_options(max_message_bytes: int, reuse_port: bool) -> list[tuple[str, int]]:
+    # gRPC turns SO_REUSEPORT on by default, which lets a second server start silently on a
+    # port that is already served; only deliberate worker processes may share a port.
+    return [*_message_options(max_message_bytes), ("grpc.so_reuseport", int(reuse_port))]
+
+
 def serve(
     services: Callable[[grpc.Server], None],
     service_names: list[str],
@@ -51,16 +57,18 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     client_ca_pem: bytes | None = None,
     max_workers: int = 16,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Start a TLS gRPC server with ``services`` registered, plus health and reflection.
 
     ``service_names`` are the full names (``sovereign.v1.AgentNode``) reported SERVING by the
     health service and listed by reflection. With ``client_ca_pem`` clients must present a
-    certificate from that CA (mutual TLS).
+    certificate from that CA (mutual TLS). ``reuse_port`` lets several worker processes
+    serve one port; otherwise binding a port in use fails.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=_message_options(max_message_bytes),
+        options=_server_options(max_message_bytes, reuse_port),
     )
     services(server)
     health_servicer = health.HealthServicer()
@@ -75,7 +83,10 @@ def serve(
         root_certificates=client_ca_pem,
         require_client_auth=client_ca_pem is not None,
     )
-    port = server.add_secure_port(address, credentials)
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
     if port == 0:
         raise OSError(f"could not bind {address}: is the port already in use?")
     server.start()
