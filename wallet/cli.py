@@ -406,6 +406,7 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
     start: datetime | None = parse_time(since) if since else None
     with _open(ctx) as wallet:
         view = wallet.access_log(since=start)
+        mine = {grant.id for grant in wallet.store.grants()}
     data = {"events": [_event_json(e) for e in view.events], "unreachable": view.unreachable}
 
     def human() -> None:
@@ -418,10 +419,18 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
             mark = "verified" if e.verified else "NOT VERIFIED"
             mark += _ledger_mark(e)
             click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
-                       f"{ev.get('outcome')}  grants={','.join(ev.get('grant_ids', []))}  "
+                       f"{ev.get('outcome')}  {_grants_line(ev.get('grant_ids', []), mine)}  "
                        f"[{mark}]")
 
     _emit(as_json, data, human)
+
+
+def _grants_line(grant_ids: list[str], mine: set[str]) -> str:
+    """Your own grants by id; other customers' only as a count (they are theirs, not yours)."""
+    own = [g for g in grant_ids if g in mine]
+    others = len(grant_ids) - len(own)
+    text = "under your grant " + ", ".join(own) if own else "under none of your grants"
+    return text + (f" (+{others} other customers' grants)" if others else "")
 
 
 def _ledger_mark(e: Any) -> str:

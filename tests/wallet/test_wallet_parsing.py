@@ -92,3 +92,14 @@ def test_format_duration() -> None:
     assert format_duration(timedelta(days=2, hours=3, minutes=4)) == "2d 3h 4m"
     assert format_duration(timedelta(seconds=30)) == "<1m"
     assert format_duration(timedelta(seconds=-5)) == "0m"
+
+
+def test_access_log_names_only_your_own_grants() -> None:
+    # Another customer's grant id is theirs: the wallet shows only a count of them.
+    from wallet.cli import _grants_line
+
+    line = _grants_line(["urn:uuid:a", "urn:uuid:b", "urn:uuid:c"], {"urn:uuid:b"})
+    assert line == "under your grant urn:uuid:b (+2 other customers' grants)"
+    assert "urn:uuid:a" not in line and "urn:uuid:c" not in line
+    assert _grants_line(["urn:uuid:a"], set()) == (
+        "under none of your grants (+1 other customers' grants)")
