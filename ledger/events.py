@@ -67,7 +67,13 @@ def _token(value: Any) -> bool:
 
 
 def _time(value: Any) -> bool:
-    return isinstance(value, str) and _TIME.fullmatch(value) is not None
+    if not isinstance(value, str) or _TIME.fullmatch(value) is None:
+        return False
+    try:  # the pattern alone lets through impossible dates such as month 13
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _count(value: Any) -> bool:

@@ -199,11 +199,15 @@ class Receipt:
         anchors = doc.get("anchors", [])
         if not isinstance(anchors, list):
             raise ReceiptError("the receipt's anchors must be a list")
+        try:
+            entry = canonicalize(doc["entry"])
+        except ValueError as exc:  # NaN, infinities, numbers beyond IEEE doubles
+            raise ReceiptError(f"the receipt's entry is not canonical JSON: {exc}") from exc
         receipt = cls(
             origin=_require(doc, "origin", str, ReceiptError),
             hash_algorithm=algorithm,
             index=_require(doc, "index", int, ReceiptError),
-            entry=canonicalize(doc["entry"]),
+            entry=entry,
             checkpoint=_require(doc, "checkpoint", str, ReceiptError),
             inclusion_proof=tuple(unb64(p, "inclusion proof hash") for p in proof),
             anchors=tuple(AnchorLink.from_json(a) for a in anchors),

@@ -34,7 +34,8 @@ class ReportItem:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    # Event times may carry fractional seconds (ledger.events._TIME); fromisoformat reads both.
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _mentions(event: dict[str, Any], commitment: str) -> bool:

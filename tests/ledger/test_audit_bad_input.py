@@ -1,0 +1,75 @@
+"""sov-audit on inputs found by QA: receipts it must read without a traceback, and event times
+the ledger must refuse before they reach the log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ledger.audit_cli import main as audit
+from ledger.errors import EventError
+from ledger.events import encode_event
+from ledger.log import Log
+from ledger.models import LogPublicKey
+
+from .conftest import grant_event
+
+
+def _audit(args: list[str], code: int) -> str:
+    result = CliRunner().invoke(audit, args, catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def _write_receipt(log: Log, event: dict, path: Path) -> Path:
+    receipt = log.append([event])[0]
+    path.write_text(receipt.dumps(), encoding="utf-8")
+    return path
+
+
+def _key_file(public: LogPublicKey, tmp_path: Path) -> Path:
+    path = tmp_path / "log-public.json"
+    path.write_text(json.dumps(public.to_json()), encoding="utf-8")
+    return path
+
+
+def test_report_reads_event_times_with_fractional_seconds(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path
+) -> None:
+    # ledger.events accepts "...:00.5Z"; the report used to crash parsing such a time.
+    event = {**grant_event(1), "time": "2026-03-03T10:00:00.5Z"}
+    receipt = _write_receipt(log, event, tmp_path / "r.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    out = tmp_path / "report.html"
+    text = _audit(["report", "--log-key", str(key), "-o", str(out), str(receipt),
+                   "--since", "2026-03-03", "--until", "2026-03-04"], 0)
+    assert "1 event(s)" in text
+    assert "grant" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("time", ["2026-13-01T10:00:00Z", "2026-02-30T10:00:00Z",
+                                  "2026-03-01T25:00:00Z"])
+def test_impossible_event_times_are_refused(time: str) -> None:
+    with pytest.raises(EventError, match="'time'"):
+        encode_event({**grant_event(1), "time": time})
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400"])
+def test_receipt_with_a_non_canonical_number_is_a_format_failure(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path, value: str
+) -> None:
+    good = _write_receipt(log, grant_event(2), tmp_path / "good.json")
+    doc = json.loads(good.read_text(encoding="utf-8"))
+    doc.pop("entry_hash")
+    text = json.dumps(doc).replace('"purpose": "quote-generation"', f'"purpose": {value}')
+    assert value in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(text, encoding="utf-8")
+    key = _key_file(ledger_home[1], tmp_path)
+    output = _audit(["verify", "--log-key", str(key), str(bad)], 1)
+    assert "FAIL receipt format" in output
+    assert "NOT VERIFIED" in output
