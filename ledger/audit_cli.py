@@ -8,6 +8,7 @@ check and why); 2 for usage errors. No tracebacks.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from ledger.events import subject_commitment as make_commitment
 from ledger.models import ConsistencyProof, LogPublicKey, Receipt
 from ledger.verify import CheckFailed, verify_consistency_proof
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 LOG_KEY_HELP = "The log's public-key file (log-public.json), obtained out of band."
 
 
@@ -44,6 +46,14 @@ def _log_key(path: Path) -> LogPublicKey:
     except LedgerError as exc:
         _fail(str(exc))
         raise AssertionError from exc  # unreachable: _fail exits
+
+
+def _write(out: Path, text: str) -> None:
+    """Write an output file, or exit 2 with one sentence (e.g. a missing folder)."""
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror}; give -o a path in an existing folder")
 
 
 def _report(outcome: Outcome) -> None:
@@ -108,7 +118,7 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None) -
 @click.option("--proof", "proof_path", type=click.Path(path_type=Path),
               help="Consistency proof JSON (from 'sov-ledger consistency').")
 @click.option("--ledger", "address", help="Fetch the proof from this ledger service (host:port).")
-@click.option("--ca", "ca_path", type=click.Path(path_type=Path),
+@click.option("--ca", "ca_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CA certificate of the ledger service (with --ledger).")
 def consistency(
     old: Path,
@@ -197,7 +207,7 @@ def bundle(
     outcome.passed.extend(checks.passed)
     outcome.failed.extend(checks.failed)
     if outcome.ok:
-        out.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        _write(out, json.dumps(result.to_json(), indent=2) + "\n")
         click.echo(f"wrote {out}: {len(loaded)} receipt(s), {len(proofs)} consistency proof(s)")
     else:
         click.echo("no bundle written: some items did not verify")
@@ -253,7 +263,7 @@ def report(
         selection=selection,
         failures=[f"{f.check}: {f.reason}" for f in outcome.failed],
     )
-    out.write_text(html, encoding="utf-8")
+    _write(out, html)
     click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
     _report(outcome)
 
@@ -276,7 +286,11 @@ def _commitment(commitment: str | None, did: str | None, salt: str | None) -> st
             _fail("--subject-did needs --salt: the subject's 32-byte salt as 64 hex characters")
     if salt is not None and did is None:
         _fail("--salt only makes sense with --subject-did")
-    return commitment.lower() if commitment else None
+    if commitment is None:
+        return None
+    if _HEX64.fullmatch(commitment.lower()) is None:
+        _fail("--subject-commitment must be the subject's commitment: 64 hex characters")
+    return commitment.lower()
 
 
 def _selection_text(commitment: str | None, since: datetime | None, until: datetime | None) -> str:

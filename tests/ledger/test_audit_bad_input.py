@@ -73,3 +73,45 @@ def test_receipt_with_a_non_canonical_number_is_a_format_failure(
     output = _audit(["verify", "--log-key", str(key), str(bad)], 1)
     assert "FAIL receipt format" in output
     assert "NOT VERIFIED" in output
+
+
+@pytest.mark.parametrize("command", ["bundle", "report"])
+def test_an_unwritable_output_path_is_one_sentence_and_exit_2(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path, command: str
+) -> None:
+    receipt = _write_receipt(log, grant_event(3), tmp_path / "r.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    out = tmp_path / "no-such-folder" / "out"
+    result = CliRunner().invoke(audit, [command, "--log-key", str(key), "-o", str(out),
+                                        str(receipt)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"cannot write {out}" in result.output
+    assert not out.exists()
+
+
+def test_a_missing_ca_file_is_a_usage_error(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path
+) -> None:
+    receipt = _write_receipt(log, grant_event(4), tmp_path / "r.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    result = CliRunner().invoke(audit, ["consistency", str(receipt), str(receipt), "--log-key",
+                                        str(key), "--ledger", "127.0.0.1:1", "--ca",
+                                        str(tmp_path / "missing-ca.pem")])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "missing-ca.pem" in result.output and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("commitment", ["<script>alert(1)</script>", "ab" * 31, "g" * 64])
+def test_a_malformed_subject_commitment_is_refused_before_writing(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path, commitment: str
+) -> None:
+    receipt = _write_receipt(log, grant_event(5), tmp_path / "r.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(audit, ["report", "--log-key", str(key), "-o", str(out),
+                                        "--subject-commitment", commitment, str(receipt)])
+    assert result.exit_code == 2, result.output
+    assert "64 hex characters" in result.output
+    assert not out.exists()
