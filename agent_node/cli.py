@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from agent_node.errors import AgentNodeError
-from agent_node.home import PASSPHRASE_ENV, NodeHome, init_home, load_home
+from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, load_home
 from agent_node.vault import Vault, sync
 from consent.did import resolve
 from consent.errors import ConsentError
@@ -108,10 +108,27 @@ def subjects() -> None:
 def bind(home: str, passphrase_env: str, subject_key: str, did: str) -> None:
     """Bind SUBJECT_KEY (a JSON array for composite keys) to the wallet DID."""
     resolve(did)
-    values = json.loads(subject_key) if subject_key.startswith("[") else [subject_key]
+    values = _subject_key(subject_key)
     node = _open(home, passphrase_env)
     ref = Vault(node.vault_path, node.keys).bind([str(v) for v in values], did)
     click.echo(f"bound subject {ref} to {did}")
+
+
+def _subject_key(text: str) -> list[str]:
+    """A plain key, or a composite key written as a JSON array of strings and numbers."""
+    if not text.startswith("["):
+        return [text]
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        values = None
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                           for v in values)):
+        # The key itself is customer data: say what shape is wanted, never echo it.
+        raise AgentNodeError("SUBJECT_KEY starting with '[' must be a JSON array of "
+                               "strings or numbers, e.g. '[\"acme\", \"1042\"]'")
+    return [str(v) for v in values]
 
 
 @main.group(name="log")
@@ -191,7 +208,7 @@ def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | N
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     node = _open(home, passphrase_env)
-    address = listen or node.config.listen
+    address = check_listen(listen, "--listen") if listen else node.config.listen
     children: list[int] = []
     reservation = None
     if workers > 1:

@@ -75,6 +75,7 @@ class NodeConfig:
         return timedelta(seconds=self.replay_window_seconds)
 
     def validate(self) -> NodeConfig:
+        check_listen(self.listen, "node.toml key 'listen'")
         if self.k < 2:
             raise ConfigError("node.toml key 'k': must be at least 2 (small groups re-identify)")
         if not 1 <= self.max_ttl_hours <= 72:
@@ -91,6 +92,18 @@ class NodeConfig:
             raise ConfigError("node.toml key 'ledger_ca': set it to the ledger's CA certificate "
                               "(PEM) when 'ledger_address' is set")
         return self
+
+
+def check_listen(address: str, what: str = "listen address") -> str:
+    """``address`` if it is HOST:PORT with a port 0-65535, else ConfigError.
+
+    gRPC would take port 99999 modulo 65536 and serve somewhere nobody asked for.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what}: {address[:80]!r} is not HOST:PORT with a port 0-65535, "
+                          "e.g. 127.0.0.1:7443 or [::]:7443")
+    return address
 
 
 def load_config(path: Path) -> NodeConfig:
@@ -164,6 +177,8 @@ def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = 
         raise ConfigError(f"{home} already holds a node; use another --home or remove it")
     if not passphrase:
         raise ConfigError(f"a passphrase is required: set {PASSPHRASE_ENV} or answer the prompt")
+    # Checked before anything is written: a refused init must leave no half-made home behind.
+    config = NodeConfig(name=name, region=region, profile=profile, listen=listen).validate()
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     identity = Identity.generate(profile)  # type: ignore[arg-type]
@@ -179,7 +194,6 @@ def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = 
     write_private_pem(tls / "ca.key", ca.key_pem)
     (tls / "server.pem").write_bytes(server.cert_pem)
     write_private_pem(tls / "server.key", server.key_pem)
-    config = NodeConfig(name=name, region=region, profile=profile, listen=listen).validate()
     save_config(home / "node.toml", config)
     if not (home / "datamap.toml").exists():
         (home / "datamap.toml").write_text(TEMPLATE, encoding="utf-8")

@@ -221,7 +221,24 @@ def parse_filter_text(text: str) -> dict[str, Any]:
             raise InvalidRequest("an 'in' filter lists values in parentheses: 'x in (a, b)'")
         lexer = shlex.shlex(inner[1:-1], posix=True, punctuation_chars=",")
         lexer.whitespace_split = True
-        values = [_number_or_text(t) for t in lexer if t != ","]
+        values = [_number_or_text(t) for t in _tokens(lexer)]
         return {"column": column, "op": op, "value": values}
-    value = shlex.split(rest)[0] if rest[:1] in "\"'" else rest
+    value = _tokens(_plain_lexer(rest))[0] if rest[:1] in "\"'" else rest
     return {"column": column, "op": op, "value": _number_or_text(value)}
+
+
+def _plain_lexer(text: str) -> shlex.shlex:
+    """A lexer splitting like ``shlex.split`` (no '#' comments)."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.commenters = ""
+    return lexer
+
+
+def _tokens(lexer: shlex.shlex) -> list[str]:
+    """The lexer's tokens without commas; an unbalanced quote is the caller's error, not ours."""
+    lexer.whitespace_split = True
+    try:
+        return [token for token in lexer if token != ","]
+    except ValueError:  # shlex: "No closing quotation" / "No escaped character"
+        raise InvalidRequest("a filter value has an unbalanced quote: close it, e.g. "
+                             "\"job = 'blue-collar'\"") from None
