@@ -139,8 +139,8 @@ def consistency(
         if old_head.size > new_head.size:
             raise CheckFailed("consistency", "OLD is a larger tree than NEW: swap them")
         proof = _load_proof(proof_path, address, ca_path, log_key, old_head.size, new_head.size)
+        verify_consistency_proof(proof, log_key)  # signatures first, then compare heads
         check_heads_match(proof, old_head, new_head)
-        verify_consistency_proof(proof, log_key)
         return f"tree size {old_head.size} is a prefix of tree size {new_head.size}"
 
     outcome.run("consistency", run)

@@ -184,7 +184,10 @@ class Checkpoint:
         if len(lines) < 4 or lines[-1] != "" or any(line == "" for line in lines[:-1]):
             raise CheckpointError("the tree head is not a checkpoint: origin, size, root lines")
         origin, size_text, root_text, *extensions = lines[:-1]
-        if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
+        # isascii: str.isdigit also accepts digits such as "²" that int() refuses.
+        if not (size_text.isascii() and size_text.isdigit()) or (
+            size_text.startswith("0") and size_text != "0"
+        ):
             raise CheckpointError("the tree head's size line is not a decimal number")
         try:
             root = base64.b64decode(root_text, validate=True)

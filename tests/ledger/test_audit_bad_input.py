@@ -115,3 +115,20 @@ def test_a_malformed_subject_commitment_is_refused_before_writing(
     assert result.exit_code == 2, result.output
     assert "64 hex characters" in result.output
     assert not out.exists()
+
+
+def test_a_proof_with_a_forged_unicode_size_fails_the_signature_check(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path
+) -> None:
+    # The proof's tree heads used to be parsed before their signatures were checked, and a
+    # size line of "²" (str.isdigit but not int()) crashed sov-audit with a traceback.
+    old = _write_receipt(log, grant_event(6), tmp_path / "old.json")
+    new = _write_receipt(log, grant_event(7), tmp_path / "new.json")
+    proof = log.consistency(1, 2).to_json()
+    proof["old_checkpoint"] = f"{log.origin}\n\u00b2\nAAAA\n\n\u2014 x AAAAAAAA\n"
+    proof_path = tmp_path / "proof.json"
+    proof_path.write_text(json.dumps(proof), encoding="utf-8")
+    key = _key_file(ledger_home[1], tmp_path)
+    output = _audit(["consistency", str(old), str(new), "--log-key", str(key),
+                     "--proof", str(proof_path)], 1)
+    assert "FAIL tree-head signature" in output
