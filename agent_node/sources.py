@@ -55,6 +55,7 @@ def _sqlite_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
     # Read-only URI: a sync must never modify the operator's own database.
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            _check_sqlite_columns(conn, source, dataset)
             cursor = conn.execute(_select(dataset, '"'))
             while batch := cursor.fetchmany(FETCH_BATCH):
                 for row in batch:
@@ -62,6 +63,24 @@ def _sqlite_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
     except sqlite3.Error as exc:
         raise SourceError(f"source {source.name!r}: cannot read table {dataset.table!r}: {exc}")\
             from None
+
+
+def _check_sqlite_columns(conn: sqlite3.Connection, source: SourceSpec,
+                          dataset: DatasetSpec) -> None:
+    """Refuse a mapped column the table lacks.
+
+    SQLite reads a double-quoted name that matches no column as a string literal, so a typo
+    in the data map would otherwise copy the column's name into every row of the vault.
+    """
+    schema, _, table = dataset.table.rpartition(".")
+    present = {r[0] for r in conn.execute("SELECT name FROM pragma_table_xinfo(?, ?)",
+                                          (table, schema or "main"))}
+    if not present:
+        return  # no such table: the SELECT itself says so
+    missing = [n for n in needed_columns(dataset) if n not in present]
+    if missing:
+        raise SourceError(f"source {source.name!r}: table {dataset.table!r} has no column "
+                          f"{missing[0]!r}; check the data map's column names against the table")
 
 
 def _csv_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path

@@ -23,6 +23,15 @@ def _vault_rows(home: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM ds_contacts").fetchone()[0])
 
 
+def _vault_rows_or_none(home: Path) -> int | None:
+    node = load_home(home, PASSPHRASE)
+    with Vault(node.vault_path, node.keys).connection() as conn:
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'ds_contacts'").fetchone()
+        if exists is None:
+            return None
+        return int(conn.execute("SELECT count(*) FROM ds_contacts").fetchone()[0])
+
+
 def test_sync_adds_once_updates_changes_and_removes_deletions(
         tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
     source = tmp_path / "crm.db"
@@ -69,3 +78,19 @@ def test_vault_holds_no_plaintext_identity_or_sentiment_and_deletes_securely(
     assert marker_identity.encode() not in stored
     assert marker_sentiment.encode() not in stored
     assert b"C000" not in stored  # subjects are opaque references, not source keys
+
+
+def test_a_misspelt_sqlite_column_is_refused_not_copied_as_text(
+        tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    # SQLite would read "jobb" (no such column) as the string 'jobb' for every row.
+    source = tmp_path / "crm.db"
+    write_sqlite(source, bank_rows[:20])
+    home = make_home(tmp_path, f'[sources.crm]\nkind = "sqlite"\npath = "{source}"\n')
+    datamap = home / "datamap.toml"
+    datamap.write_text(datamap.read_text().replace(
+        'job = { type = "text", scope = "transaction", index = true }',
+        'job = { type = "text", scope = "transaction", source_column = "jobb" }'))
+    result = run_cli("sov-node", "sync", "--home", str(home), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "has no column 'jobb'" in result.stderr
+    assert _vault_rows_or_none(home) is None  # nothing synced
