@@ -168,6 +168,9 @@ class NodeHome:
         return self.path / Path(configured).expanduser()
 
 
+MIN_PASSPHRASE = 12
+
+
 def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = "unspecified",
               profile: str = "intl", listen: str = "127.0.0.1:7443",
               hostnames: list[str] | None = None) -> NodeHome:
@@ -175,8 +178,10 @@ def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = 
     home = Path(home)
     if (home / "node.key").exists():
         raise ConfigError(f"{home} already holds a node; use another --home or remove it")
-    if not passphrase:
-        raise ConfigError(f"a passphrase is required: set {PASSPHRASE_ENV} or answer the prompt")
+    if len(passphrase) < MIN_PASSPHRASE:
+        # It alone protects the node's keys and the vault master key at rest.
+        raise ConfigError(f"the passphrase must be at least {MIN_PASSPHRASE} characters: set "
+                          f"{PASSPHRASE_ENV} or answer the prompt")
     # Checked before anything is written: a refused init must leave no half-made home behind.
     config = NodeConfig(name=name, region=region, profile=profile, listen=listen).validate()
     home.mkdir(parents=True, exist_ok=True)

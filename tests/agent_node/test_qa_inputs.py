@@ -3,6 +3,7 @@ nothing written (filter quoting, composite subject keys, listen addresses)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from agent_node.home import check_listen, load_home
 from agent_node.query import parse_filter_text
 from agent_node.vault import Vault
 from consent.identity import Identity
-from tests.agent_node.conftest import PASSPHRASE, run_cli
+from tests.agent_node.conftest import BIN, PASSPHRASE, env, run_cli
 
 
 @pytest.mark.parametrize("text", ["job = 'x'' OR 1=1 --", 'job = "open', "job in ('a, b)"])
@@ -92,3 +93,14 @@ def test_bind_refuses_a_malformed_composite_key_and_binds_nothing(tmp_path: Path
         # Only the good composite key was bound: the refused one left no row.
         rows = conn.execute("SELECT count(*) FROM bindings WHERE did = ?", (did,)).fetchone()
     assert rows[0] == 1
+
+
+def test_init_refuses_a_short_passphrase_and_writes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    result = subprocess.run([str(BIN / "sov-node"), "init", "--home", str(home)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**env(), "SOV_NODE_PASSPHRASE": "short"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "at least 12 characters" in result.stderr
+    assert "short" not in result.stderr  # the passphrase is never echoed
+    assert not home.exists()
