@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,8 +221,10 @@ def bundle(
 @click.option("--subject-commitment", help="Only events of this subject commitment (hex).")
 @click.option("--subject-did", help="Only events of this subject (needs --salt).")
 @click.option("--salt", help="The subject's 32-byte commitment salt, hex (from their wallet).")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]))
-@click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]))
+@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="First day or second included (UTC).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Last day (whole day, UTC) or second included.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report(
     files: tuple[Path, ...],
@@ -253,7 +255,7 @@ def report(
             if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
                 verified.append((receipt, verify_receipt(receipt, log_key).checkpoint.size))
     since_utc = since.replace(tzinfo=UTC) if since else None
-    until_utc = until.replace(tzinfo=UTC) if until else None
+    until_utc = _end_of(until) if until else None
     chosen = select(verified, subject_commitment=commitment, since=since_utc, until=until_utc)
     selection = _selection_text(commitment, since, until)
     html = render(
@@ -266,6 +268,13 @@ def report(
     _write(out, html)
     click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
     _report(outcome)
+
+
+def _end_of(until: datetime) -> datetime:
+    """--until 2026-03-31 means to the end of that day (the docs' one-month example);
+    a time given to the second means that second (events may carry fractions of it)."""
+    step = timedelta(days=1) if until.time() == datetime.min.time() else timedelta(seconds=1)
+    return until.replace(tzinfo=UTC) + step - timedelta(microseconds=1)
 
 
 def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:

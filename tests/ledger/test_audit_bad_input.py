@@ -132,3 +132,20 @@ def test_a_proof_with_a_forged_unicode_size_fails_the_signature_check(
     output = _audit(["consistency", str(old), str(new), "--log-key", str(key),
                      "--proof", str(proof_path)], 1)
     assert "FAIL tree-head signature" in output
+
+
+@pytest.mark.parametrize(("until", "count"), [("2026-03-31", 2), ("2026-03-30", 0),
+                                             ("2026-03-31T10:00:00", 1)])
+def test_until_a_date_includes_that_whole_day(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path, until: str, count: int
+) -> None:
+    # docs/audit.md reports March with --until 2026-03-31: events later on the 31st count.
+    first = _write_receipt(log, {**grant_event(8), "time": "2026-03-31T10:00:00.5Z"},
+                           tmp_path / "a.json")
+    last = _write_receipt(log, {**grant_event(9), "time": "2026-03-31T23:59:59Z"},
+                          tmp_path / "b.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    out = tmp_path / "march.html"
+    text = _audit(["report", "--log-key", str(key), "-o", str(out), str(first), str(last),
+                   "--since", "2026-03-31", "--until", until], 0)
+    assert f"{count} event(s)" in text
