@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ from ledger.wire import (
 )
 from protos.sovereign.v1 import ledger_pb2 as pb
 from protos.sovereign.v1 import ledger_pb2_grpc as pb_grpc
-from protos.transport import RunningServer, serve
+from protos.transport import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, serve
 
 SERVICE_NAME = "sovereign.v1.LedgerService"
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ def _parse_event(raw: bytes, position: int) -> dict[str, Any]:
     return event
 
 
+def _receipts_bytes(events: Sequence[bytes], tree_size: int, note: str) -> int:
+    """An upper bound on the AppendResponse size: each receipt repeats its entry and the tree
+    head and carries one 32-byte hash (plus framing) per tree level."""
+    levels = (tree_size + len(events)).bit_length() + 1
+    per_receipt = len(note.encode()) + levels * 36 + 256
+    return sum(len(e) for e in events) + len(events) * per_receipt
+
+
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
     def __init__(self, ledger_log: Log, anchors: AnchorStore | None = None) -> None:
         self.log = ledger_log
@@ -58,6 +67,16 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         self, request: pb.AppendRequest, context: grpc.ServicerContext
     ) -> pb.AppendResponse:
         _check_version(request, context)
+        expected = _receipts_bytes(request.events, self.log.size, self.log.latest_note())
+        if expected > DEFAULT_MAX_MESSAGE_BYTES:
+            # Refuse before writing: an appended batch whose receipts cannot be sent back would
+            # leave the client with an error for entries that are in the log.
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"nothing was appended: the receipts for {len(request.events)} events would "
+                f"exceed the {DEFAULT_MAX_MESSAGE_BYTES // 2**20} MiB message limit; "
+                "split the batch into smaller ones",
+            )
         try:
             events = [_parse_event(raw, i) for i, raw in enumerate(request.events)]
             receipts = self.log.append(events)

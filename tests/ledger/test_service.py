@@ -134,3 +134,19 @@ def test_health_and_anchors_with_receipt_links(server, log: Log, ledger_home) ->
         linked = client.receipt(receipt.entry_hash, with_anchors=True)
         assert [link.anchor.size for link in linked.anchors] == [5]
         anchorer.verify(linked.anchors[0].anchor)
+
+
+def test_a_batch_whose_receipts_cannot_be_sent_back_is_refused_before_writing(
+    server, log: Log, ledger_home
+) -> None:
+    # QA: 5,000 events (under the log's 10,000 batch limit) were appended, then the ~5 MB
+    # answer exceeded gRPC's 4 MiB message limit: the client saw RESOURCE_EXHAUSTED for
+    # entries that were in the log. Now the service refuses such a batch up front.
+    address, ca, _ = server
+    events = [grant_event(i) for i in range(5000)]
+    with LedgerClient(address, ca, log_key=ledger_home[1]) as client:
+        with pytest.raises(LedgerClientError, match=r"INVALID_ARGUMENT.*split the batch"):
+            client.append_many(events)
+        assert log.size == 0
+        receipts = client.append_many(events[:2000])
+    assert len(receipts) == 2000 and log.size == 2000
