@@ -74,11 +74,16 @@ class Bundle:
             raise CheckFailed(
                 "bundle format", f"unsupported bundle version: expected {BUNDLE_VERSION}"
             )
+        receipts, proofs = doc.get("receipts", []), doc.get("consistency_proofs", [])
+        if not isinstance(receipts, list) or not isinstance(proofs, list):
+            raise CheckFailed("bundle format", "receipts and consistency_proofs must be lists")
+        if not receipts and not proofs:
+            raise CheckFailed("bundle format", "the bundle holds nothing to verify")
         try:
             return cls(
                 LogPublicKey.from_json(doc.get("log_key")),
-                tuple(Receipt.from_json(r) for r in doc.get("receipts", [])),
-                tuple(ConsistencyProof.from_json(c) for c in doc.get("consistency_proofs", [])),
+                tuple(Receipt.from_json(r) for r in receipts),
+                tuple(ConsistencyProof.from_json(c) for c in proofs),
             )
         except LedgerError as exc:
             raise CheckFailed("bundle format", str(exc)) from exc

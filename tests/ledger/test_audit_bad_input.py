@@ -149,3 +149,21 @@ def test_until_a_date_includes_that_whole_day(
     text = _audit(["report", "--log-key", str(key), "-o", str(out), str(first), str(last),
                    "--since", "2026-03-31", "--until", until], 0)
     assert f"{count} event(s)" in text
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"receipts": 5}, "must be lists"),
+    ({"consistency_proofs": None}, "must be lists"),
+    ({"receipts": [], "consistency_proofs": []}, "nothing to verify"),
+])
+def test_a_malformed_bundle_is_a_bundle_format_failure(
+    log: Log, ledger_home: tuple[Path, LogPublicKey], tmp_path: Path, change: dict, reason: str
+) -> None:
+    receipt = _write_receipt(log, grant_event(10), tmp_path / "r.json")
+    key = _key_file(ledger_home[1], tmp_path)
+    bundle = tmp_path / "bundle.json"
+    _audit(["bundle", "--log-key", str(key), "-o", str(bundle), str(receipt)], 0)
+    doc = {**json.loads(bundle.read_text(encoding="utf-8")), **change}
+    bundle.write_text(json.dumps(doc), encoding="utf-8")
+    output = _audit(["verify", "--log-key", str(key), str(bundle)], 1)
+    assert "FAIL bundle format" in output and reason in output
