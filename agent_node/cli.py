@@ -89,8 +89,12 @@ def init(home: str, passphrase_env: str, name: str, region: str, profile: str, l
 def sync_command(home: str, passphrase_env: str, datasets: tuple[str, ...]) -> None:
     """Copy mapped source data into the vault (incremental)."""
     node = _open(home, passphrase_env)
+    datamap = node.datamap()
+    if not datamap.datasets:
+        _fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
+              "(see docs/operator.md, section 2)")
     vault = Vault(node.vault_path, node.keys)
-    for stats in sync(vault, node.datamap(), list(datasets) or None):
+    for stats in sync(vault, datamap, list(datasets) or None):
         click.echo(f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
                    f"{stats.deleted} removed, {stats.unchanged} unchanged")
 

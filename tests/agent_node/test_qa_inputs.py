@@ -104,3 +104,12 @@ def test_init_refuses_a_short_passphrase_and_writes_nothing(tmp_path: Path) -> N
     assert "at least 12 characters" in result.stderr
     assert "short" not in result.stderr  # the passphrase is never echoed
     assert not home.exists()
+
+
+def test_sync_with_an_empty_data_map_says_so(tmp_path: Path) -> None:
+    # A fresh home's data map holds only comments: syncing it must not look like success.
+    home = tmp_path / "node"
+    run_cli("sov-node", "init", "--home", str(home))
+    result = run_cli("sov-node", "sync", "--home", str(home), check=False)
+    assert result.returncode == 1
+    assert "maps no datasets" in result.stderr and "Traceback" not in result.stderr
