@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from agent_node.client import NodeClient
-from agent_node.home import load_home
-from agent_node.vault import Vault
+from agent_node.engine import EngineSettings, QueryEngine
+from agent_node.grantstore import GrantStore
+from agent_node.home import NodeHome, init_home, load_home
+from agent_node.vault import Vault, sync
 from consent.grants import issue_grant
 from consent.identity import Identity
 
@@ -164,3 +166,31 @@ def sqlite_node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[s
     node.wallets = wallets
     yield node
     stop(node)
+
+
+@dataclass
+class InProcessNode:
+    """A node's parts without the gRPC server, for engine-level tests."""
+
+    home: NodeHome
+    vault: Vault
+    engine: QueryEngine
+    store: GrantStore
+    wallets: list[Identity]
+
+
+def in_process_node(tmp: Path, rows: list[dict[str, Any]], name: str) -> InProcessNode:
+    """A synced vault over a SQLite source, every customer bound to a fresh wallet."""
+    write_sqlite(tmp / "crm.db", rows)
+    home = init_home(tmp / "node", PASSPHRASE, name=name)
+    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
+                                 + DATASET_TOML)
+    vault = Vault(home.vault_path, home.keys)
+    sync(vault, home.datamap())
+    wallets = [Identity.generate() for _ in range(SUBJECTS)]
+    for i, wallet in enumerate(wallets):
+        vault.bind([f"C{i:03d}"], wallet.did)
+    engine = QueryEngine(vault, home.datamap(), home.identity.did, EngineSettings(k=5))
+    store = GrantStore(vault, home.identity.did, max_ttl=timedelta(hours=72),
+                       clock_skew=timedelta(minutes=5))
+    return InProcessNode(home, vault, engine, store, wallets)

@@ -9,7 +9,6 @@ import json
 import sqlite3
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,44 +16,23 @@ from typing import Any
 import pytest
 
 from agent_node import accesslog
-from agent_node.engine import EngineSettings, QueryEngine
 from agent_node.errors import BudgetExhausted, VaultError
-from agent_node.grantstore import GrantStore
-from agent_node.home import NodeHome, init_home
-from agent_node.vault import Batch, Vault, sync
+from agent_node.home import init_home
+from agent_node.vault import Batch, Vault
 from consent.canonical import canonicalize
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
-from tests.agent_node.conftest import DATASET_TOML, PASSPHRASE, SUBJECTS, write_sqlite
+from tests.agent_node.conftest import PASSPHRASE, InProcessNode, in_process_node
 
 PURPOSE = "marketing-analytics"
 
 
-@dataclass
-class Env:
-    home: NodeHome
-    vault: Vault
-    engine: QueryEngine
-    store: GrantStore
-    wallets: list[Identity]
+Env = InProcessNode
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Env:
-    tmp = tmp_path_factory.mktemp("fast-paths")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = init_home(tmp / "node", PASSPHRASE, name="fast")
-    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
-                                 + DATASET_TOML)
-    vault = Vault(home.vault_path, home.keys)
-    sync(vault, home.datamap())
-    wallets = [Identity.generate() for _ in range(SUBJECTS)]
-    for i, wallet in enumerate(wallets):
-        vault.bind([f"C{i:03d}"], wallet.did)
-    engine = QueryEngine(vault, home.datamap(), home.identity.did, EngineSettings(k=5))
-    store = GrantStore(vault, home.identity.did, max_ttl=timedelta(hours=72),
-                       clock_skew=timedelta(minutes=5))
-    return Env(home, vault, engine, store, wallets)
+    return in_process_node(tmp_path_factory.mktemp("fast-paths"), bank_rows, "fast")
 
 
 def _grant(env: Env, wallet: Identity, requester: Identity, **kw: Any) -> str:

@@ -18,14 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent_node import accesslog
-from agent_node.engine import EngineSettings, QueryEngine
+from agent_node.engine import QueryEngine
 from agent_node.errors import PermissionDenied
 from agent_node.grantstore import GrantStore
 from agent_node.home import init_home
-from agent_node.vault import Vault, sync
+from agent_node.vault import Vault
 from consent.grants import issue_grant
 from consent.identity import Identity
-from tests.agent_node.conftest import DATASET_TOML, PASSPHRASE, SUBJECTS, write_sqlite
+from tests.agent_node.conftest import PASSPHRASE, in_process_node
 
 PURPOSE = "marketing-analytics"
 
@@ -33,20 +33,8 @@ PURPOSE = "marketing-analytics"
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
          ) -> tuple[Vault, QueryEngine, GrantStore, list[Identity], str]:
-    tmp = tmp_path_factory.mktemp("perf-log")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = init_home(tmp / "node", PASSPHRASE, name="perf")
-    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
-                                 + DATASET_TOML)
-    vault = Vault(home.vault_path, home.keys)
-    sync(vault, home.datamap())
-    wallets = [Identity.generate() for _ in range(SUBJECTS)]
-    for i, wallet in enumerate(wallets):
-        vault.bind([f"C{i:03d}"], wallet.did)
-    engine = QueryEngine(vault, home.datamap(), home.identity.did, EngineSettings(k=5))
-    store = GrantStore(vault, home.identity.did, max_ttl=timedelta(hours=72),
-                       clock_skew=timedelta(minutes=5))
-    return vault, engine, store, wallets, home.identity.did
+    parts = in_process_node(tmp_path_factory.mktemp("perf-log"), bank_rows, "perf")
+    return parts.vault, parts.engine, parts.store, parts.wallets, parts.home.identity.did
 
 
 def _grant(store: GrantStore, node_did: str, wallet: Identity, requester: Identity,
