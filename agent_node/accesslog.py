@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_node.errors import AgentNodeError
-from consent.canonical import SAFE_INTEGER, canonicalize
+from consent.canonical import canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
 from ledger.events import make_event, subject_commitment
@@ -107,39 +107,9 @@ def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> Pre
         raise ValueError("the access log assigns seq itself")
     cached = cached or {}
     members = tuple(sorted(
-        ((key, fast_canonical(key) + b":" + (cached.get(key) or fast_canonical(value)))
+        ((key, canonicalize(key) + b":" + (cached.get(key) or canonicalize(value)))
          for key, value in body.items()), key=lambda m: _utf16(m[0])))
     return PreparedEvent(str(body["time"]), members, body.get("outcome") == "answered")
-
-
-def _plain(value: Any) -> bool:
-    """A value whose RFC 8785 form equals compact ``json.dumps(ensure_ascii=False)``: null,
-    booleans, safe integers and strings (JCS escapes exactly what ``json`` escapes, with the
-    same lowercase ``\\u00xx`` form for other control characters, and writes the rest as
-    UTF-8), and lists of those."""
-    if value is None or type(value) is bool or type(value) is str:
-        return True
-    if type(value) is int:
-        return abs(value) <= SAFE_INTEGER
-    if type(value) is list:
-        return all(_plain(item) for item in value)
-    return False
-
-
-def fast_canonical(value: Any) -> bytes:
-    """``consent.canonical.canonicalize`` for the access event's value kinds, at C speed.
-
-    The event body is a known schema of strings, integers, null and lists of strings; those
-    go through the C ``json`` encoder (byte-identical to RFC 8785 for them, checked against
-    ``rfc8785`` by a property test); anything else (floats, objects) takes the library.
-    """
-    if not _plain(value):
-        return canonicalize(value)
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: not representable, as canonicalize says
-        raise ValueError("value cannot be canonicalised as JSON (non-UTF-8 code point)") \
-            from None
 
 
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],

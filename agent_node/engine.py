@@ -62,6 +62,7 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
+from consent.canonical import canonicalize
 from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
@@ -620,7 +621,7 @@ class QueryEngine:
             if missing:
                 refs += list(_subject_refs(conn, missing).values())
             found = (len(refs), accesslog.subjects_digest(refs),
-                     accesslog.fast_canonical(sorted(grant_ids)))
+                     canonicalize(sorted(grant_ids)))
             if view is not None and not missing:  # only what the view alone determines
                 view.remember(key, found)
         count, digest, listed = found

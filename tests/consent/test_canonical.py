@@ -200,3 +200,36 @@ def test_signed_document_with_large_number_verifies_after_transport() -> None:
     signed = sign_document({"id": "urn:uuid:1", "budget": 1e20}, identity)
     # Sent (or stored) as its canonical bytes, as the ledger and the node store statements.
     assert verify_document(json.loads(canonicalize(signed))) == identity.did
+
+
+# The fast path (C json encoder) must give exactly the library's RFC 8785 bytes. Keys include
+# ASCII, BMP and astral-plane text, where code-point and UTF-16 orders differ.
+PLAIN_KEYS = st.text(max_size=6) | st.sampled_from(["a", "\ue000", "\U0001f600", "é", "Z"])
+PLAIN_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(PLAIN_KEYS, children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(PLAIN_VALUES)
+def test_fast_path_equals_rfc8785(value: Any) -> None:
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:  # e.g. a lone surrogate: both must refuse
+        with pytest.raises(ValueError):
+            canonicalize(value)
+        return
+    assert canonicalize(value) == expected
+
+
+def test_fast_path_orders_keys_by_utf16_units() -> None:
+    # U+E000 sorts after U+1F600 in UTF-16 (a surrogate pair starts with 0xD83D) but before it
+    # in code points: such keys must take the RFC 8785 library's order.
+    value = {"\ue000": 1, "\U0001f600": 2}
+    assert canonicalize(value) == '{"\U0001f600":2,"\ue000":1}'.encode()
