@@ -5,7 +5,9 @@ over a real SQLite vault)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -127,6 +129,39 @@ def test_a_job_failing_after_writing_rolls_the_whole_batch_back(tmp_path: Path) 
     vault.commit(lambda conn, batch: conn.execute("INSERT INTO meta VALUES ('later', '1')"))
     with vault.connection() as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'later'").fetchone() == ("1",)
+
+
+def test_worker_processes_take_turns_on_the_write_lock(tmp_path: Path) -> None:
+    """Another worker process holding the vault's write lock makes this one's committer
+    wait (not fail, not spin in SQLite's busy handler), and the jobs that queue meanwhile
+    commit together in one batch once the lock is free."""
+    vault = Vault(tmp_path / "v.sqlite", init_home(tmp_path / "h", PASSPHRASE).keys)
+    other = os.open(tmp_path / "v.sqlite.write-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # as the committer of another `serve --workers` process
+    batches: list[int] = []
+
+    def job(i: int) -> int:
+        def write(conn: sqlite3.Connection, batch: Batch) -> int:
+            if "id" not in batch.memo:
+                batch.memo["id"] = len(batches)
+                batches.append(0)
+            batches[batch.memo["id"]] += 1
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"w{i}", str(i)))
+            return i
+        return vault.commit(write)
+
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(job(i))) for i in range(8)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.5)
+    assert results == [] and batches == []  # nothing committed while the other holds the lock
+    fcntl.flock(other, fcntl.LOCK_UN)
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == list(range(8))
+    assert len(batches) <= 2 and sum(batches) == 8  # the waiting jobs went in one batch
+    os.close(other)
 
 
 # -- access log -----------------------------------------------------------------------------
