@@ -26,7 +26,6 @@ subjects whose data the events under it used, never the DIDs themselves.
 from __future__ import annotations
 
 import array
-import bisect
 import hashlib
 import json
 import sqlite3
@@ -80,36 +79,34 @@ def subjects_digest(subject_refs: list[str]) -> str:
 class PreparedEvent:
     """An event body canonicalised ahead of time, all but its ``seq``.
 
-    RFC 8785 serialises an object as its members sorted by key, each member on its own, so
-    the members can be serialised outside the write transaction and only ``seq`` (known once
-    the chain is locked) is added inside it: the bytes equal ``canonicalize(body)``.
+    RFC 8785 serialises an object as its members sorted by key, so the members before and
+    after ``seq`` can be serialised outside the write transaction, and ``seq`` (known once
+    the chain is locked) is put between them inside it: the bytes equal ``canonicalize(body)``.
     """
 
     time: str
-    members: tuple[tuple[str, bytes], ...]  # (key, canonical member "key":value), sorted
+    before: bytes  # the canonical members sorting before "seq", without braces
+    after: bytes  # and those after it
     answered: bool = False  # outcome == "answered" (what GrantStatus counts as a query used)
 
     def canonical(self, seq: int) -> bytes:
-        member = b'"seq":' + canonicalize(seq)
-        parts = [m for _, m in self.members]
-        at = bisect.bisect([_utf16(k) for k, _ in self.members], _utf16("seq"))
-        parts.insert(at, member)
-        return b"{" + b",".join(parts) + b"}"
+        members = [part for part in (self.before, b'"seq":' + canonicalize(seq), self.after)
+                   if part]
+        return b"{" + b",".join(members) + b"}"
 
 
-def _utf16(key: str) -> bytes:
-    return key.encode("utf-16-be")  # RFC 8785 sorts member names by UTF-16 code units
+_SEQ = "seq".encode("utf-16-be")
 
 
-def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> PreparedEvent:
-    """Canonicalise ``body`` (without ``seq``); ``cached`` may hold ready canonical values."""
+def prepare(body: dict[str, Any]) -> PreparedEvent:
+    """Canonicalise ``body`` (without ``seq``) in two halves around where ``seq`` goes."""
     if "seq" in body:
         raise ValueError("the access log assigns seq itself")
-    cached = cached or {}
-    members = tuple(sorted(
-        ((key, canonicalize(key) + b":" + (cached.get(key) or canonicalize(value)))
-         for key, value in body.items()), key=lambda m: _utf16(m[0])))
-    return PreparedEvent(str(body["time"]), members, body.get("outcome") == "answered")
+    # RFC 8785 orders member names by UTF-16 code units.
+    before = {key: value for key, value in body.items() if key.encode("utf-16-be") < _SEQ}
+    after = {key: value for key, value in body.items() if key not in before}
+    return PreparedEvent(str(body["time"]), canonicalize(before)[1:-1],
+                         canonicalize(after)[1:-1], body.get("outcome") == "answered")
 
 
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],

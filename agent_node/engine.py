@@ -62,7 +62,6 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
-from consent.canonical import canonicalize
 from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
@@ -620,8 +619,7 @@ class QueryEngine:
             refs = [known[sid] for sid in sids if sid in known]
             if missing:
                 refs += list(_subject_refs(conn, missing).values())
-            found = (len(refs), accesslog.subjects_digest(refs),
-                     canonicalize(sorted(grant_ids)))
+            found = (len(refs), accesslog.subjects_digest(refs), tuple(sorted(grant_ids)))
             if view is not None and not missing:  # only what the view alone determines
                 view.remember(key, found)
         count, digest, listed = found
@@ -629,10 +627,10 @@ class QueryEngine:
             "time": iso(now), "node": self.node_did, "requester": requester,
             "purpose": query.purpose if query else None,
             "dataset": query.dataset if query else None,
-            "grant_ids": sorted(grant_ids), "outcome": outcome, "reason": reason,
+            "grant_ids": listed, "outcome": outcome, "reason": reason,
             "subject_count": count, "subjects_digest": digest,
         }
-        return accesslog.prepare(body, cached={"grant_ids": listed})
+        return accesslog.prepare(body)
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
                     exc: RequestError, nonce: Nonce | None = None) -> None:

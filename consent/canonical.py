@@ -1,7 +1,13 @@
-"""RFC 8785 JSON Canonicalization Scheme (JCS), via the maintained ``rfc8785`` library.
+"""RFC 8785 JSON Canonicalization Scheme (JCS).
 
 Every signed or hashed statement in the project is serialised here, so that two parties
 holding equal JSON values always hash and sign identical bytes.
+
+Two well-kept libraries do the work: ``orjson`` serialises (sorted keys, compact, raw UTF-8,
+the same string escapes as JCS), and ``rfc8785`` supplies what ``orjson`` would write
+differently, i.e. numbers with a fraction or exponent (JCS writes ECMAScript's form:
+``1.0`` is ``1``, ``1e16`` is ``10000000000000000``) and the member order of objects whose
+keys are not ASCII (JCS sorts by UTF-16 code units, ``orjson`` by code points).
 
 JCS treats every number as an IEEE 754 double (RFC 8785 §3.2.2.3), so ``1e20`` is written as
 ``100000000000000000000``, which a JSON parser reads back as an integer. ``rfc8785`` refuses
@@ -13,69 +19,141 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
+import orjson
 import rfc8785
 
 SAFE_INTEGER = 2**53 - 1
-
-
-def _as_ieee(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _as_ieee(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_as_ieee(item) for item in value]
-    if type(value) is int and abs(value) > SAFE_INTEGER:
-        try:
-            as_float = float(value)
-        except OverflowError:
-            raise ValueError("a number is too large for an IEEE 754 double") from None
-        if int(as_float) != value:
-            raise ValueError(
-                "an integer beyond 2**53 cannot be represented exactly in JSON: send it as a string"
-            )
-        return as_float
-    return value
-
-
-def _plain(value: Any) -> bool:
-    """True when compact, key-sorted ``json.dumps(ensure_ascii=False)`` already is RFC 8785:
-    null, booleans, safe integers, strings (JCS escapes exactly what ``json`` escapes, in the
-    same lowercase ``\\u00xx`` form) and lists / objects of those whose keys are ASCII (so
-    code-point order is UTF-16 order). Numbers with a fraction or exponent are not plain."""
-    kind = type(value)
-    if value is None or kind is bool or kind is str:
-        return True
-    if kind is int:
-        return abs(value) <= SAFE_INTEGER
-    if kind is list:
-        return all(_plain(item) for item in value)
-    if kind is dict:
-        return all(type(key) is str and key.isascii() and _plain(item)
-                   for key, item in value.items())
-    return False
+_BARE_NUMBER = b"-0123456789"  # a top-level number: rare, take the slower path
+# STRICT_INTEGER: integers beyond 2**53 (JCS writes them as doubles) take the slower path.
+_ORJSON = (orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
+           | orjson.OPT_PASSTHROUGH_DATACLASS)
+# A float token in orjson's compact output (JCS writes many of them otherwise: 1.0 is 1, 1e16
+# is 10000000000000000). Tokens sit between ``:[,`` and ``,]}``, so a match inside a string
+# (say ``"a:1.5,"``) only costs the slower path, never a wrong byte; a time such as
+# ``00:00.5Z`` does not match.
+_FLOAT_TOKEN = re.compile(rb"[:\[,]-?[0-9]+[.eE][0-9eE+-]+[,\]}]")
 
 
 def canonicalize(value: Any) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of a JSON value (dicts, lists, str, int, float...).
 
-    Values without floats and with ASCII keys (nearly every statement in this project) take
-    the C ``json`` encoder, which gives identical bytes for them (a property test checks it
-    against ``rfc8785``); everything else takes the ``rfc8785`` library.
+    Raises ``ValueError`` (naming the kind of problem, never the value) for what JSON cannot
+    hold exactly: NaN, infinities, inexact integers beyond 2**53, lone surrogates, non-string
+    keys, and objects that are not JSON values (bytes, sets, datetimes...).
     """
-    if _plain(value):
+    try:
+        out = orjson.dumps(value, option=_ORJSON)
+    except (TypeError, orjson.JSONEncodeError):
+        out = None
+    # The common case: no non-ASCII text (key order) and only integers JCS writes alike.
+    if out is not None and out.isascii() and out[:1] not in _BARE_NUMBER \
+            and _FLOAT_TOKEN.search(out) is None:
+        if b"null" not in out:
+            return out
+        # orjson writes NaN and infinities as null, which JCS refuses: the C json encoder
+        # writes the same bytes here and raises for those.
         try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                              sort_keys=True).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: not valid Unicode, refused below too
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
+                              allow_nan=False).encode("ascii")
+        except (TypeError, ValueError):
             pass
     try:
-        return rfc8785.dumps(_as_ieee(value))
+        prepared, ascii_keys = _prepare(value)
+        if ascii_keys:
+            return orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
+        return rfc8785.dumps(prepared)
     except rfc8785.CanonicalizationError as exc:
         # rfc8785's messages repeat the offending value; ours name only the kind of problem.
         raise ValueError(f"value cannot be canonicalised as JSON ({type(exc).__name__})") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"value cannot be canonicalised as JSON: {type(exc).__name__}") from None
+
+
+def _prepare(value: Any) -> tuple[Any, bool]:
+    """``value`` with every number in its JCS form (floats as pre-serialised fragments,
+    exact integers beyond 2**53 as doubles), and whether every object key is ASCII."""
+    ascii_keys = True
+
+    def walk(item: Any) -> Any:
+        nonlocal ascii_keys
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            return item
+        if kind is float:
+            return _number(item)
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise TypeError("object keys must be strings")
+                ascii_keys = ascii_keys and key.isascii()
+            return {key: walk(child) for key, child in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(child) for child in item]
+        if isinstance(item, bool) or item is None or isinstance(item, str):
+            return item
+        if isinstance(item, int):
+            return item if abs(item) <= SAFE_INTEGER else _number(_as_double(item))
+        if isinstance(item, float):
+            return _number(item)
+        raise TypeError(f"{type(item).__name__} is not a JSON value")
+
+    prepared = walk(value)
+    return (prepared if ascii_keys else _as_ieee(value)), ascii_keys
+
+
+def _number(value: float) -> orjson.Fragment:
+    return orjson.Fragment(es_number(value).encode("ascii"))
+
+
+def es_number(value: float) -> str:
+    """ECMAScript's Number::toString of a double (ECMA-262 §6.1.6.1.20), which RFC 8785
+    §3.2.2.3 prescribes: the shortest round-trip digits (``repr`` gives the same), placed by
+    ECMAScript's rules for where a decimal point or an exponent goes."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("NaN and infinities are not JSON numbers")
+    if value == 0:
+        return "0"  # also -0
+    if 1e-4 <= abs(value) < 1e16:  # repr writes no exponent here: ECMAScript's form but "x.0"
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    sign = "-" if value < 0 else ""
+    mantissa, _, exponent = repr(abs(value)).partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    digits = (whole + fraction.rstrip("0")).lstrip("0")
+    # value = 0.digits * 10**n
+    n = len(whole) + int(exponent or 0) - (len(whole + fraction.rstrip("0")) - len(digits))
+    digits = digits.rstrip("0")
+    k = len(digits)
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return f"{sign}{digits[:n]}.{digits[n:]}"
+    if -6 < n <= 0:
+        return f"{sign}0.{'0' * -n}{digits}"
+    e = f"e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+    return f"{sign}{digits}{e}" if k == 1 else f"{sign}{digits[0]}.{digits[1:]}{e}"
+
+
+def _as_double(value: int) -> float:
+    as_float = float(value)  # OverflowError beyond the double range
+    if int(as_float) != value:
+        raise ValueError(
+            "an integer beyond 2**53 cannot be represented exactly in JSON: send it as a string")
+    return as_float
+
+
+def _as_ieee(value: Any) -> Any:
+    """For ``rfc8785`` (non-ASCII keys): exact integers beyond 2**53 as doubles."""
+    if isinstance(value, dict):
+        return {key: _as_ieee(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_ieee(item) for item in value]
+    if type(value) is int and abs(value) > SAFE_INTEGER:
+        return _as_double(value)
+    return value
 
 
 def canonical_sha256(value: Any) -> str:

@@ -12,35 +12,32 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import base58
 import nacl.bindings
 import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from consent import multibase
 from consent.errors import DIDError
 
 DID_KEY_PREFIX = "did:key:"
 ED25519_PUB = b"\xed\x01"
 X25519_PUB = b"\xec\x01"
 KEY_LENGTH = 32
-BASE58_ALPHABET = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
+@functools.lru_cache(maxsize=4096)
 def multibase_encode(codec: bytes, key: bytes) -> str:
     """``z`` + base58btc(codec || key): the multibase form used in DIDs and Multikeys."""
-    return "z" + base58.b58encode(codec + key).decode("ascii")
+    return multibase.encode(codec + key)
 
 
 def multibase_decode(value: str) -> tuple[bytes, bytes]:
     """Split a base58btc multibase multikey into (codec, key bytes)."""
     if not value.startswith("z"):
         raise DIDError("multibase value must use base58btc (start with 'z')")
-    # base58 decoders skip whitespace; a second spelling of one key must not resolve.
-    if not set(value[1:]) <= BASE58_ALPHABET:
-        raise DIDError("multibase value holds characters outside the base58btc alphabet")
     try:
-        raw = base58.b58decode(value[1:])
+        raw = multibase.decode(value)
     except ValueError as exc:
         raise DIDError("multibase value is not valid base58btc") from exc
     codec, key = raw[:2], raw[2:]

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import base58
 import nacl.exceptions
 
+from consent import multibase
 from consent.canonical import canonicalize
 from consent.did import DID_KEY_PREFIX, verification_method_key
 from consent.errors import DIDError, SignatureError, UnsupportedCryptosuite
@@ -113,7 +113,7 @@ def _eddsa_proof(
 
 
 def _multibase(signature: bytes) -> str:
-    return "z" + base58.b58encode(signature).decode("ascii")
+    return multibase.encode(signature)
 
 
 def _signature(proof: dict[str, Any]) -> bytes:
@@ -121,7 +121,7 @@ def _signature(proof: dict[str, Any]) -> bytes:
     if not isinstance(value, str) or not value.startswith("z"):
         raise SignatureError("proofValue must be a base58btc multibase string")
     try:
-        signature = base58.b58decode(value[1:])
+        signature = multibase.decode(value)
     except ValueError as exc:
         raise SignatureError("proofValue is not valid base58btc") from exc
     if len(signature) != SIGNATURE_LENGTH:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consent.canonical import canonical_sha256, canonicalize
+from consent.canonical import canonical_sha256, canonicalize, es_number
 from consent.identity import Identity
 from consent.integrity import sign_document, verify_document
 
@@ -62,6 +62,9 @@ def test_appendix_b_numbers(bits: str, expected: str) -> None:
 def test_nan_and_infinity_refused(bits: str) -> None:
     with pytest.raises(ValueError, match="canonicalised"):
         canonicalize({"x": _double(bits)})
+    # orjson writes NaN as null: beside a real null it must still be refused, not written.
+    with pytest.raises(ValueError, match="canonicalised"):
+        canonicalize({"x": [None, _double(bits)], "y": None})
 
 
 def test_rfc_primitive_example() -> None:
@@ -226,6 +229,38 @@ def test_fast_path_equals_rfc8785(value: Any) -> None:
             canonicalize(value)
         return
     assert canonicalize(value) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(JSON_VALUES)
+def test_every_path_equals_rfc8785(value: Any) -> None:
+    """With floats, non-ASCII keys and text (the orjson path, the fragment path for numbers
+    and the library path for keys) the bytes are always the library's."""
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(ValueError):
+            canonicalize(value)
+        return
+    assert canonicalize(value) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False)
+       | st.integers(min_value=0, max_value=2**64 - 1).map(
+           lambda bits: struct.unpack(">d", bits.to_bytes(8, "big"))[0]).filter(
+           lambda x: x == x and abs(x) != float("inf")))
+def test_es_number_equals_rfc8785(number: float) -> None:
+    import rfc8785
+
+    assert es_number(number).encode() == rfc8785.dumps(number)
+
+
+@pytest.mark.parametrize(("bits", "expected"), APPENDIX_B, ids=[b for b, _ in APPENDIX_B])
+def test_es_number_appendix_b(bits: str, expected: str) -> None:
+    assert es_number(_double(bits)) == expected
 
 
 def test_fast_path_orders_keys_by_utf16_units() -> None:
