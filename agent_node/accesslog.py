@@ -95,18 +95,35 @@ class PreparedEvent:
         return b"{" + b",".join(members) + b"}"
 
 
-_SEQ = "seq".encode("utf-16-be")
+def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> PreparedEvent:
+    """Canonicalise ``body`` (without ``seq``) in two halves around where ``seq`` goes.
 
-
-def prepare(body: dict[str, Any]) -> PreparedEvent:
-    """Canonicalise ``body`` (without ``seq``) in two halves around where ``seq`` goes."""
+    ``cached`` holds ready canonical values of some members (a long grant list the engine
+    keeps per consent view), spliced in as they are rather than serialised again.
+    """
     if "seq" in body:
         raise ValueError("the access log assigns seq itself")
-    # RFC 8785 orders member names by UTF-16 code units.
-    before = {key: value for key, value in body.items() if key.encode("utf-16-be") < _SEQ}
-    after = {key: value for key, value in body.items() if key not in before}
-    return PreparedEvent(str(body["time"]), canonicalize(before)[1:-1],
-                         canonicalize(after)[1:-1], body.get("outcome") == "answered")
+    cached = cached or {}
+    halves: list[list[bytes]] = [[], []]
+    run: dict[str, Any] = {}
+    half = 0
+    # RFC 8785 orders member names by UTF-16 code units; consecutive plain members are
+    # serialised together, each cached one on its own.
+    for key in sorted([*body, "seq"], key=lambda k: k.encode("utf-16-be")):
+        if key in cached or key == "seq":
+            if run:
+                halves[half].append(canonicalize(run)[1:-1])
+                run = {}
+            if key == "seq":
+                half = 1
+            else:
+                halves[half].append(canonicalize(key) + b":" + cached[key])
+        else:
+            run[key] = body[key]
+    if run:
+        halves[half].append(canonicalize(run)[1:-1])
+    return PreparedEvent(str(body["time"]), b",".join(halves[0]), b",".join(halves[1]),
+                         body.get("outcome") == "answered")
 
 
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],

@@ -62,6 +62,7 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
+from consent.canonical import canonicalize
 from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
@@ -75,6 +76,7 @@ FP_ROWS = 1_000_003  # per-subject fingerprint: rows * FP_ROWS + sum of row fing
 MAX_ATTEMPTS = 5
 VIEW_CACHE_SIZE = 1024
 VIEW_MEMO_SIZE = 256
+RELEASED_CACHE_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,9 @@ class QueryEngine:
         self._views: dict[tuple[str, str], _ConsentView] = {}
         self._views_lock = threading.Lock()
         self._local = threading.local()  # which eligible set this thread's temp table holds
+        #: (requester, dataset, digest) of answer sets known to be durably released. Releases
+        #: are final, so an entry never goes stale; other processes' releases are found in SQL.
+        self._released: set[tuple[str, str, str]] = set()
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -212,12 +217,13 @@ class QueryEngine:
     # -- grants ---------------------------------------------------------------------------------
 
     def _grants(self, conn: sqlite3.Connection, query: Query, requester: str,
-                scopes: set[str], now: datetime) -> list[_GrantRow]:
+                scopes: set[str], now: datetime, versions: str | None = None
+                ) -> list[_GrantRow]:
         ts = now.timestamp()
         if query.grant_ids:
             return [self._named_grant(conn, gid, query, requester, scopes, ts)
                     for gid in dict.fromkeys(query.grant_ids)]
-        view = self._view(conn, requester, query.purpose)
+        view = self._view(conn, requester, query.purpose, versions)
         active = _active(view, frozenset(scopes), ts)
         budgeted = [g[0] for g, row in active if row is None]
         live = {r[0]: r[1:] for r in conn.execute(
@@ -238,10 +244,11 @@ class QueryEngine:
                 "grant covering that purpose and scope", reason="no-grant")
         return grants
 
-    def _view(self, conn: sqlite3.Connection, requester: str, purpose: str) -> _ConsentView:
+    def _view(self, conn: sqlite3.Connection, requester: str, purpose: str,
+              versions: str | None = None) -> _ConsentView:
         """The cached consent view, rebuilt when a grant or binding was added or removed
-        (trigger-maintained versions in ``meta``, read in this snapshot)."""
-        versions = _versions(conn)
+        (trigger-maintained ``versions`` in ``meta``, read in this snapshot)."""
+        versions = versions or _versions(conn)
         key = (requester, purpose)
         view = self._views.get(key)
         if view is not None and view.versions == versions:
@@ -348,15 +355,16 @@ class QueryEngine:
         k-suppression, exact values and the prepared access event. Nothing is written to the
         vault here (only this connection's temp tables)."""
         with self.vault.snapshot() as conn:
-            if not self.vault.dataset_ready(conn, dataset):
+            # One statement for what the snapshot must start with (each costs ~40 us).
+            layout, version, versions = _snapshot_state(conn, dataset.name)
+            if layout != self.vault.layout(dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
-            version = _consent_version(conn)
-            grants = self._grants(conn, query, requester, scopes, now)
+            grants = self._grants(conn, query, requester, scopes, now, versions)
             grants, epsilon = self._apply_dp_budget(query, grants)
             if epsilon is not None:
                 _check_dp_bounds(query, columns)
-            owners = self._eligible(conn, query, requester, grants)
+            owners = self._eligible(conn, query, requester, grants, versions)
             source = self._source(conn, dataset, columns)
             groups = self._aggregate(conn, source, query, dataset, columns, epsilon)
             k = self.settings.k
@@ -364,7 +372,8 @@ class QueryEngine:
                           if groups[key].subjects >= k]
             exact = {key: self._values(conn, source, query, columns, key, group)
                      for key, group in candidates} if epsilon is None else {}
-            digests, blobs = _digests(conn, requester, query.dataset, candidates)
+            digests, blobs = _digests(conn, requester, query.dataset, candidates,
+                                      self._released)
             # Used = the subjects with rows matching the query (all groups, also those then
             # withheld: whether a group reaches k is computed from their rows), never every
             # consenting subject; their grants are the ones named and debited.
@@ -400,6 +409,9 @@ class QueryEngine:
             if blob is None or _releasable(conn, requester, query.dataset, group, digest,
                                            blob, self.settings.k, now):
                 released.append(key)
+                if blob is not None:
+                    batch.after_commit(lambda d=digest: self._remember_release(
+                        requester, query.dataset, d))
             else:
                 suppressed += 1
         # Only grants with a budget keep a counter (narrow grant_usage rows); the others'
@@ -410,6 +422,11 @@ class QueryEngine:
         seq, _ = accesslog.append_batched(conn, batch, plan.event, plan.used_sids,
                                           [g.grant_id for g in plan.used_grants])
         return seq, released, suppressed
+
+    def _remember_release(self, requester: str, dataset: str, digest: str) -> None:
+        if len(self._released) >= RELEASED_CACHE_SIZE:
+            self._released.clear()
+        self._released.add((requester, dataset, digest))
 
     def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec,
                columns: dict[str, ColumnSpec], requester: str, now: datetime, seq: int,
@@ -432,7 +449,7 @@ class QueryEngine:
         }
 
     def _eligible(self, conn: sqlite3.Connection, query: Query, requester: str,
-                  grants: list[_GrantRow]) -> dict[int, list[str]]:
+                  grants: list[_GrantRow], versions: str | None = None) -> dict[int, list[str]]:
         """Fill temp._eligible with the sids bound to the grants' subjects (the consent
         filter); skipped when this thread's temp table already holds exactly that set.
         Returns each eligible sid's subject DIDs (a customer may be bound to several)."""
@@ -440,7 +457,7 @@ class QueryEngine:
             owners, listed, marker = _eligible_set(
                 _bound_sids(conn, {g.subject for g in grants}))
         else:
-            view = self._view(conn, requester, query.purpose)
+            view = self._view(conn, requester, query.purpose, versions)
             key = ("eligible", tuple(g.subject for g in grants))
             found = view.memo.get(key)
             if found is None:
@@ -619,7 +636,8 @@ class QueryEngine:
             refs = [known[sid] for sid in sids if sid in known]
             if missing:
                 refs += list(_subject_refs(conn, missing).values())
-            found = (len(refs), accesslog.subjects_digest(refs), tuple(sorted(grant_ids)))
+            found = (len(refs), accesslog.subjects_digest(refs),
+                     canonicalize(sorted(grant_ids)))
             if view is not None and not missing:  # only what the view alone determines
                 view.remember(key, found)
         count, digest, listed = found
@@ -627,10 +645,10 @@ class QueryEngine:
             "time": iso(now), "node": self.node_did, "requester": requester,
             "purpose": query.purpose if query else None,
             "dataset": query.dataset if query else None,
-            "grant_ids": listed, "outcome": outcome, "reason": reason,
+            "grant_ids": sorted(grant_ids), "outcome": outcome, "reason": reason,
             "subject_count": count, "subjects_digest": digest,
         }
-        return accesslog.prepare(body)
+        return accesslog.prepare(body, cached={"grant_ids": listed})
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
                     exc: RequestError, nonce: Nonce | None = None) -> None:
@@ -688,9 +706,17 @@ def _active(view: _ConsentView, scopes: frozenset[str], ts: float
 
 def _versions(conn: sqlite3.Connection) -> str:
     """Both consent versions: grants or bindings added, and consent removed."""
-    rows = conn.execute("SELECT key, value FROM meta WHERE key IN "
-                        "('consent_version', 'grants_version') ORDER BY key").fetchall()
-    return "|".join(str(v) for _, v in rows)
+    return _snapshot_state(conn, "")[2]
+
+
+def _snapshot_state(conn: sqlite3.Connection, dataset: str) -> tuple[str | None, str, str]:
+    """(the dataset's synced layout, the consent version, both consent versions)."""
+    layout, removed, added = conn.execute(
+        "SELECT (SELECT layout FROM datasets WHERE name = ?), "
+        "(SELECT value FROM meta WHERE key = 'consent_version'), "
+        "(SELECT value FROM meta WHERE key = 'grants_version')", (dataset,)).fetchone()
+    removed = "0" if removed is None else str(removed)
+    return layout, removed, f"{removed}|{added}"
 
 
 def _consent_version(conn: sqlite3.Connection) -> str:
@@ -786,16 +812,22 @@ def _changed_subjects(a: dict[int, int], b: dict[int, int]) -> int:
 
 
 def _digests(conn: sqlite3.Connection, requester: str, dataset: str,
-             candidates: list[tuple[tuple[Any, ...], _Group]]
-             ) -> tuple[list[str], list[bytes | None]]:
+             candidates: list[tuple[tuple[Any, ...], _Group]],
+             released: set[tuple[str, str, str]]) -> tuple[list[str], list[bytes | None]]:
     """Per candidate group: the SHA-256 of its sorted (subject, fingerprint) pairs, and the
-    compressed pairs unless this snapshot shows the same set already released."""
+    compressed pairs unless the same set is known released (``released``, else this
+    snapshot)."""
     packed = [_packed(group.members()) for _, group in candidates]
     digests = [hashlib.sha256(p).hexdigest() for p in packed]
-    known = {r[0] for r in conn.execute(
-        "SELECT digest FROM released_sets WHERE requester = ? AND dataset = ? AND digest IN "
-        "(SELECT value FROM json_each(?))", (requester, dataset, json.dumps(digests)))
-             } if digests else set()
+    known = {d for d in digests if (requester, dataset, d) in released}
+    unknown = [d for d in digests if d not in known]
+    if unknown:
+        for (digest,) in conn.execute(
+                "SELECT digest FROM released_sets WHERE requester = ? AND dataset = ? AND "
+                "digest IN (SELECT value FROM json_each(?))",
+                (requester, dataset, json.dumps(unknown))):
+            known.add(digest)
+            released.add((requester, dataset, digest))  # committed: this snapshot shows it
     blobs = [None if d in known else zlib.compress(p) for d, p in zip(digests, packed,
                                                                       strict=True)]
     return digests, blobs

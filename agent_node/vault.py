@@ -398,9 +398,10 @@ class Vault:
     def dataset_ready(self, conn: sqlite3.Connection, dataset: DatasetSpec) -> bool:
         row = conn.execute("SELECT layout FROM datasets WHERE name = ?",
                            (dataset.name,)).fetchone()
-        return bool(row) and row[0] == self._layout(dataset)
+        return bool(row) and row[0] == self.layout(dataset)
 
-    def _layout(self, dataset: DatasetSpec) -> str:
+    def layout(self, dataset: DatasetSpec) -> str:
+        """What the vault table of ``dataset`` must look like (a change rebuilds it)."""
         cached = self._layouts.get(id(dataset))
         if cached is None or cached[0] is not dataset:
             cached = self._layouts[id(dataset)] = (dataset, _layout(dataset))

@@ -173,8 +173,11 @@ def test_worker_processes_take_turns_on_the_write_lock(tmp_path: Path) -> None:
      "node": "did:key:z6Mx", "purpose": "quote-generation", "subject_count": 12},
 ])
 @pytest.mark.parametrize("seq", [1, 9, 10, 123456])
-def test_prepared_event_is_the_canonical_body(body: dict[str, Any], seq: int) -> None:
-    prepared = accesslog.prepare(body)
+@pytest.mark.parametrize("cached", [(), ("grant_ids",), ("grant_ids", "time", "subject_count")])
+def test_prepared_event_is_the_canonical_body(body: dict[str, Any], seq: int,
+                                              cached: tuple[str, ...]) -> None:
+    ready = {key: canonicalize(body[key]) for key in cached if key in body}
+    prepared = accesslog.prepare(body, cached=ready)
     assert prepared.canonical(seq) == canonicalize({**body, "seq": seq})
     with pytest.raises(ValueError):
         accesslog.prepare({**body, "seq": 1})
