@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent_node import accesslog
+from agent_node import engine as engine_module
 from agent_node.errors import BudgetExhausted, VaultError
 from agent_node.home import init_home
 from agent_node.vault import Batch, Vault
@@ -202,8 +203,12 @@ def test_batched_events_chain_like_single_appends(env: Env) -> None:
 
 # -- answers --------------------------------------------------------------------------------
 
-def test_two_level_sql_gives_exact_aggregates(env: Env, bank_rows: list[dict[str, Any]]
+@pytest.mark.parametrize("plan", ["seek-each-subject", "filter-then-check-consent"])
+def test_two_level_sql_gives_exact_aggregates(env: Env, bank_rows: list[dict[str, Any]],
+                                              plan: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
+    # The engine picks a plan by how many subjects consented; both must answer alike.
+    monkeypatch.setattr(engine_module, "DENSE_FRACTION", 0 if plan.startswith("seek") else 10**9)
     requester = Identity.generate()
     for wallet in env.wallets:
         _grant(env, wallet, requester)
