@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import orjson
 
 from agent_node.accesslog import HEAD_TYPE, verify_events
 from consent.canonical import canonicalize
@@ -317,7 +318,7 @@ class NodeClient:
         require_sm2 = self.gm and method != "Query"
         try:
             sender, plaintext = self._open_reply(envelope, request)
-            document = json.loads(plaintext)
+            document = orjson.loads(plaintext)
             signer = verify_document(document, require_sm2=require_sm2)
         except (ValueError, ConsentError) as exc:
             raise NodeProtocolError(f"the node's reply does not verify: {exc}") from None

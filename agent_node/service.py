@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from agent_node import accesslog
@@ -143,7 +144,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                                  f"speaks version {VERSION}")
         caller, plaintext, session_id = self._unseal(request)
         try:
-            message = json.loads(plaintext)
+            message = orjson.loads(plaintext)
         except ValueError:
             raise InvalidRequest("the sealed request is not JSON") from None
         if not isinstance(message, dict) or message.get("v") != VERSION:
@@ -169,7 +170,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                                   "issued": iso(datetime.now(UTC)), "body": body}, signer)
         # The signature covers the canonical form; the envelope carries plain JSON, which the
         # caller parses and re-canonicalises to verify (canonicalising twice cost ~0.1 ms).
-        payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        payload = orjson.dumps(document)
         if session_id is None:
             envelope = seal(payload, self.identity, caller)
         else:
@@ -200,8 +201,10 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(method, code.name).inc()
             self.metrics.latency.labels(method).observe(elapsed)
-            log.info(json.dumps({"event": "rpc", "method": method, "caller": caller,
-                                 "code": code.name, "ms": round(elapsed * 1000, 2)}))
+            if log.isEnabledFor(logging.INFO):
+                log.info(orjson.dumps({"event": "rpc", "method": method, "caller": caller,
+                                       "code": code.name, "ms": round(elapsed * 1000, 2)}
+                                      ).decode())
 
     # -- RPCs -----------------------------------------------------------------------------------
 
