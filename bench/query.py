@@ -10,6 +10,8 @@ ones (identity, sentiment), then measures
   (`sov-node serve`, and this script with --echo-server) built by protos.transport.serve
   with the same TLS certificate and worker count; 32 client threads each with its own
   channel; the echo request and reply are as large as the node's sealed request and reply;
+- the CPU each side spends per call in those throughput windows (node or echo server
+  processes from /proc, the client from this process), which says where the gap is;
 - the idle resident memory of a `sov-node serve` process;
 - with --profile gm, the same vault and node DID served again in the gm profile (SM2 key
   added, SM2-authenticated SM4-GCM sessions, gm wallets and requester): the group-by end to
@@ -38,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -143,6 +146,33 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+@dataclass
+class Load:
+    """A throughput window: calls per second, and CPU milliseconds per call spent by the
+    server processes and by this (client) process."""
+
+    qps: float
+    server_ms: float = 0.0
+    client_ms: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its worker processes so far (/proc, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def measured_load(call: Callable[[int], object], clients: int, seconds: float,
+                  server_pid: int) -> Load:
+    server, client = cpu_seconds(server_pid), time.process_time()
+    qps = throughput(call, clients, seconds)
+    calls = qps * seconds
+    return Load(qps, (cpu_seconds(server_pid) - server) * 1000 / calls,
+                (time.process_time() - client) * 1000 / calls)
+
+
 def throughput(call: Callable[[int], object], clients: int, seconds: float) -> float:
     """Calls per second of ``clients`` threads calling ``call(i)`` back to back."""
     for i in range(clients):
@@ -218,7 +248,7 @@ def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path) -> None:
     running.wait()
 
 
-def echo_qps(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float) -> float:
+def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float) -> Load:
     port_file = home_dir / "echo-port"
     proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(home_dir),
                              "--reply-bytes", str(reply_bytes), "--port-file", str(port_file)],
@@ -229,7 +259,10 @@ def echo_qps(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: floa
         calls = [secure_channel(f"127.0.0.1:{port}", ca).unary_unary("/bench.Echo/Echo")
                  for _ in range(CLIENTS)]
         payload = b"q" * request_bytes
-        return throughput(lambda i: calls[i](payload, timeout=30), CLIENTS, seconds)
+        for i in range(CLIENTS):
+            calls[i](payload, timeout=30)  # warm every channel before the CPU count starts
+        return measured_load(lambda i: calls[i](payload, timeout=30), CLIENTS, seconds,
+                             proc.pid)
     finally:
         stop(proc)
 
@@ -288,20 +321,28 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         reply_bytes = ENVELOPE_OVERHEAD + len(canonicalize(reply))
         clients = [NodeClient(address, home.ca_pem(), requester, timeout=60)
                    for _ in range(CLIENTS)]
-        node_qps = throughput(lambda i: clients[i].query(small), CLIENTS, seconds)
+        for client in clients:
+            client.query(small)  # warm every channel and session before the CPU count
+        node = measured_load(lambda i: clients[i].query(small), CLIENTS, seconds, proc.pid)
+        node_qps = node.qps
         loaded = rss_mib(proc.pid)
     finally:
         stop(proc)
     if not echo:
         print(f"[{profile}] small queries {node_qps:.0f}/s ({CLIENTS} clients, one session "
               f"each); RSS under load {loaded:.0f} MiB")
-        return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle}
-    base_qps = echo_qps(home_dir, len(envelope), reply_bytes, seconds)
+        return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle,
+                "node": node}
+    echo = echo_load(home_dir, len(envelope), reply_bytes, seconds)
+    base_qps = echo.qps
     print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
           f"clients, request {len(envelope)} B, reply ~{reply_bytes} B); RSS under load "
           f"{loaded:.0f} MiB")
+    print(f"[{profile}] CPU per call: node server {node.server_ms:.2f} ms + client "
+          f"{node.client_ms:.2f} ms; echo server {echo.server_ms:.2f} ms + client "
+          f"{echo.client_ms:.2f} ms")
     return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "echo_qps": base_qps,
-            "idle": idle}
+            "idle": idle, "node": node, "echo": echo}
 
 
 def main() -> None:
@@ -336,6 +377,10 @@ def main() -> None:
                    "target": 1.5,
                    "throughput_vs_echo": round(result["node_qps"] / result["echo_qps"], 3),
                    "throughput_target": 0.5, "workers": args.workers,
+                   "node_cpu_ms_per_query": round(result["node"].server_ms, 2),
+                   "echo_cpu_ms_per_call": round(result["echo"].server_ms, 2),
+                   "client_cpu_ms_per_query": round(result["node"].client_ms, 2),
+                   "echo_client_cpu_ms_per_call": round(result["echo"].client_ms, 2),
                    "idle_rss_mib": round(result["idle"], 1)}
         if args.profile == "gm":
             gm_dir = Path(tmp) / "gm-node"
