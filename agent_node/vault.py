@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -42,6 +43,8 @@ from agent_node.sources import read_rows
 from agent_node.vaultcrypto import VaultKeys, encrypt_cell
 from consent.errors import ReplayError
 from consent.replay import ReplayGuard
+
+log = logging.getLogger("agent_node.vault")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -224,8 +227,7 @@ class GroupCommitter:
 
     def _run(self) -> None:
         conn = self._connect()
-        lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600) \
-            if self._lock_path else None
+        lock = self._open_lock()
         while True:
             jobs = [self._queue.get()]
             if lock is not None:
@@ -243,6 +245,18 @@ class GroupCommitter:
             finally:
                 if lock is not None:
                     fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _open_lock(self) -> int | None:
+        """The write-lock file's descriptor; None (SQLite's own lock still orders the
+        writers, only less promptly) if it cannot be opened, e.g. on a read-only home."""
+        if self._lock_path is None:
+            return None
+        try:
+            return os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.warning(json.dumps({"event": "vault-write-lock-unavailable",
+                                    "error": type(exc).__name__}))
+            return None
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         batch = Batch(self._cache)

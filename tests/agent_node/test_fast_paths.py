@@ -165,6 +165,19 @@ def test_worker_processes_take_turns_on_the_write_lock(tmp_path: Path) -> None:
     os.close(other)
 
 
+def test_commits_go_on_when_the_write_lock_cannot_be_opened(tmp_path: Path) -> None:
+    """A lock file that cannot be opened (here a directory in its place) costs promptness,
+    never a hang: SQLite's own write lock still orders the writers."""
+    (tmp_path / "v.sqlite.write-lock").mkdir()
+    vault = Vault(tmp_path / "v.sqlite", init_home(tmp_path / "h", PASSPHRASE).keys)
+    done = threading.Event()
+    threading.Thread(target=lambda: (vault.commit(lambda conn, batch: conn.execute(
+        "INSERT INTO meta VALUES ('after', '1')")), done.set()), daemon=True).start()
+    assert done.wait(10)
+    with vault.connection() as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'after'").fetchone() == ("1",)
+
+
 # -- access log -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body", [
