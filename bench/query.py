@@ -386,7 +386,8 @@ def main() -> None:
             gm_dir = Path(tmp) / "gm-node"
             shutil.copytree(cached, gm_dir)
             make_gm(gm_dir)
-            gm = measure(gm_dir, cached / "crm.db", subjects, seconds, "gm", echo=False)
+            gm = measure(gm_dir, cached / "crm.db", subjects, seconds, "gm", echo=False,
+                         workers=args.workers)
             summary.update({
                 "gm_e2e_vs_sqlite": round(gm["e2e"] / gm["baseline"], 3),
                 "gm_qps": round(gm["node_qps"]), "intl_qps": round(result["node_qps"]),
