@@ -79,11 +79,12 @@ def _prepare(value: Any) -> tuple[Any, bool]:
 
     def walk(item: Any) -> Any:
         nonlocal ascii_keys
-        kind = type(item)
-        if kind is str or item is None or kind is bool:
+        if item is None or isinstance(item, str | bool):
             return item
-        if kind is float:
+        if isinstance(item, float):
             return _number(item)
+        if isinstance(item, int):
+            return item if abs(item) <= SAFE_INTEGER else _number(_as_double(item))
         if isinstance(item, dict):
             for key in item:
                 if not isinstance(key, str):
@@ -92,12 +93,6 @@ def _prepare(value: Any) -> tuple[Any, bool]:
             return {key: walk(child) for key, child in item.items()}
         if isinstance(item, list | tuple):
             return [walk(child) for child in item]
-        if isinstance(item, bool) or item is None or isinstance(item, str):
-            return item
-        if isinstance(item, int):
-            return item if abs(item) <= SAFE_INTEGER else _number(_as_double(item))
-        if isinstance(item, float):
-            return _number(item)
         raise TypeError(f"{type(item).__name__} is not a JSON value")
 
     prepared = walk(value)
