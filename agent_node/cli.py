@@ -24,6 +24,7 @@ from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, l
 from agent_node.vault import Vault, sync
 from consent.did import resolve
 from consent.errors import ConsentError
+from protos.transport import reserve_shared_port
 
 HOME_ENV = "SOV_NODE_HOME"
 
@@ -246,18 +247,10 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _reserve(address: str) -> tuple[socket.socket, str]:
-    """Bind (not listen) ``address`` with SO_REUSEPORT, resolving port 0 to a free port."""
-    host, _, port = address.rpartition(":")
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((bare, int(port)))
+        return reserve_shared_port(address)
     except (OSError, ValueError) as exc:
-        sock.close()
         raise click.ClickException(f"cannot listen on {address}: {exc}") from None
-    return sock, f"{host}:{sock.getsockname()[1]}"
 
 
 def _fork_worker(node: NodeHome, address: str) -> int:

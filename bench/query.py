@@ -6,9 +6,10 @@ ones (identity, sentiment), then measures
 - a group-by aggregate end to end (gRPC + TLS, sealing, consent filtering, signing) against
   the same aggregate in raw sqlite3 in-process on the source table (target <= 1.5);
 - small indexed queries from 32 concurrent clients against a bare grpcio echo server
-  (target >= 0.5). The harness is the same for both: each server is its own process
-  (`sov-node serve`, and this script with --echo-server) built by protos.transport.serve
-  with the same TLS certificate and worker count; 32 client threads each with its own
+  (target >= 0.5). The harness is the same for both: each server (`sov-node serve`, and
+  this script with --echo-server) is built by protos.transport.serve with the same TLS
+  certificate and thread count, and runs as the same number of processes sharing the
+  port (--workers, one per core by default); 32 client threads each with its own
   channel; the echo request and reply are as large as the node's sealed request and reply;
 - the CPU each side spends per call in those throughput windows (node or echo server
   processes from /proc, the client from this process), which says where the gap is;
@@ -32,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -60,7 +62,12 @@ from consent.envelope import HEADER_LENGTH, NONCE_LENGTH  # noqa: E402
 from consent.grants import issue_grant  # noqa: E402
 from consent.identity import Identity  # noqa: E402
 from consent.keystore import save_identity  # noqa: E402
-from protos.transport import secure_channel, serve  # noqa: E402
+from protos.transport import (  # noqa: E402
+    RunningServer,
+    reserve_shared_port,
+    secure_channel,
+    serve,
+)
 
 PASS = "bench-passphrase"
 CLIENTS = 32
@@ -231,27 +238,52 @@ def rss_mib(pid: int) -> float:
     return kib / 1024 + sum(rss_mib(int(child)) for child in children)
 
 
-def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path) -> None:
-    """--echo-server: the baseline, built exactly like the node's transport."""
+def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path, workers: int) -> None:
+    """--echo-server: the baseline, built exactly like the node's transport and served by as
+    many processes as the node (``sov-node serve --workers``: SO_REUSEPORT, forked before
+    any gRPC object exists)."""
     home = load_home(home_dir, PASS)
     reply = b"r" * reply_bytes
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: reply)})
     cert, key = home.server_tls()
-    running = serve(lambda s: s.add_generic_rpc_handlers((handler,)), ["bench.Echo"],
-                    address="127.0.0.1:0", cert_pem=cert, key_pem=key,
-                    max_message_bytes=home.config.max_message_bytes,
-                    max_workers=home.config.max_workers)
+    reservation, address = reserve_shared_port("127.0.0.1:0")
+    children = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            serve_echo(address, reply, cert, key, home.config, workers > 1).wait()
+            os._exit(0)
+        children.append(pid)
+    running = serve_echo(address, reply, cert, key, home.config, workers > 1)
+    reservation.close()
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(running.port))
     tmp.replace(port_file)
+
+    def stop_all(*_: object) -> None:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop_all)
     running.wait()
 
 
-def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float) -> Load:
+def serve_echo(address: str, reply: bytes, cert: bytes, key: bytes, config: Any,
+               reuse_port: bool) -> RunningServer:
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: reply)})
+    return serve(lambda s: s.add_generic_rpc_handlers((handler,)), ["bench.Echo"],
+                 address=address, cert_pem=cert, key_pem=key,
+                 max_message_bytes=config.max_message_bytes, max_workers=config.max_workers,
+                 reuse_port=reuse_port)
+
+
+def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float,
+              workers: int) -> Load:
     port_file = home_dir / "echo-port"
     proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(home_dir),
-                             "--reply-bytes", str(reply_bytes), "--port-file", str(port_file)],
+                             "--reply-bytes", str(reply_bytes), "--port-file", str(port_file),
+                             "--workers", str(workers)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port = wait_for_port(proc, port_file)
@@ -333,7 +365,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
               f"each); RSS under load {loaded:.0f} MiB")
         return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle,
                 "node": node}
-    echo = echo_load(home_dir, len(envelope), reply_bytes, seconds)
+    echo = echo_load(home_dir, len(envelope), reply_bytes, seconds, workers)
     base_qps = echo.qps
     print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
           f"clients, request {len(envelope)} B, reply ~{reply_bytes} B); RSS under load "
@@ -358,7 +390,8 @@ def main() -> None:
     parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
-        run_echo_server(Path(args.echo_server), args.reply_bytes, Path(args.port_file))
+        run_echo_server(Path(args.echo_server), args.reply_bytes, Path(args.port_file),
+                        args.workers)
         return
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     subjects = 100 if args.quick else 400

@@ -7,6 +7,7 @@ request is refused by the transport with RESOURCE_EXHAUSTED before any handler r
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -91,6 +92,26 @@ def serve(
         raise OSError(f"could not bind {address}: is the port already in use?")
     server.start()
     return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def reserve_shared_port(address: str) -> tuple[socket.socket, str]:
+    """Bind (not listen) ``address`` with SO_REUSEPORT, resolving port 0 to a free port.
+
+    Worker processes forked after this call can all ``serve(..., reuse_port=True)`` on the
+    returned address; close the socket once they are serving. ``OSError`` or ``ValueError``
+    if the address cannot be bound.
+    """
+    host, _, port = address.rpartition(":")
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((bare, int(port)))
+    except (OSError, ValueError):
+        sock.close()
+        raise
+    return sock, f"{host}:{sock.getsockname()[1]}"
 
 
 def secure_channel(
