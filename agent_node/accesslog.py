@@ -1,11 +1,19 @@
 """The node's hash-chained access log.
 
-Each event's body (requester, purpose, grant ids, dataset, outcome, reason, time, and a digest
-and count of the subject references used) is canonicalised with RFC 8785 and hashed with
-SHA-256; the chain hash is ``SHA-256(prev_hash || body_digest)`` starting from 32 zero bytes.
+Each event's body (requester, purpose, dataset, outcome, reason, time, and the grants and
+subject references the answer used) is canonicalised with RFC 8785 and hashed with SHA-256;
+the chain hash is ``SHA-256(prev_hash || body_digest)`` starting from 32 zero bytes.
 A subject receives its own events in full and, for every other event in between, only
 ``(seq, body_digest, hash)``: enough to recompute the chain up to the node-signed head
 without learning anything about other people's accesses.
+
+An event (format ``v`` = 2) names its grant set and its subject set only by their size and
+their RFC 9162 Merkle tree hash (``grants_root``, ``subjects_root``): the leaves are the
+members' UTF-8 bytes, distinct and in byte order, hashed ``SHA-256(0x00 || leaf)``. A
+subject listing its events gets, beside each, inclusion proofs (RFC 9162 §2.1.3) of its own
+grant ids and subject references, and never sees another customer's. Events written before
+(no ``v``) listed every grant id and a plain digest of the subject references; they still
+verify on the chain.
 
 Which events touched whom is indexed through sets, not per event: an event references one
 stored subject set (the sids whose data the answer used) and one grant set, each kept once
@@ -30,6 +38,7 @@ import hashlib
 import json
 import sqlite3
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +46,15 @@ from agent_node.errors import AgentNodeError
 from consent.canonical import canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
+from ledger.errors import InclusionProofError
 from ledger.events import make_event, subject_commitment
+from ledger.merkle import SHA256, MemoryTree, inclusion_proof, root_hash, verify_inclusion
 
 if TYPE_CHECKING:
     from agent_node.vault import Batch
 
 GENESIS = "00" * 32
+EVENT_VERSION = 2  # events commit to their grant and subject sets by Merkle roots
 HEAD_TYPE = "AccessLogHead"
 # A ledger event is at most 16 KiB (ledger.events.MAX_EVENT_BYTES), about 230 digests: the
 # optional lists are left out of a head that would name more (the chain hash still covers all).
@@ -71,8 +83,46 @@ def chain_hash(prev_hash: str, digest: str) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(digest)).hexdigest()
 
 
-def subjects_digest(subject_refs: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(subject_refs)).encode()).hexdigest()
+# -- set commitments (RFC 9162 Merkle trees over a set's members) --------------------------------
+
+def _set_tree(members: Iterable[str]) -> tuple[MemoryTree, list[bytes]]:
+    leaves = sorted({m.encode() for m in members})
+    tree = MemoryTree(SHA256)
+    tree.append_leaf_hashes([SHA256.leaf(leaf) for leaf in leaves])
+    return tree, leaves
+
+
+def set_commitment(members: Iterable[str]) -> tuple[int, str]:
+    """(size, Merkle tree hash in hex) of a set of strings; the empty set's root is
+    ``SHA-256("")``, as RFC 9162 defines the empty tree's."""
+    tree, leaves = _set_tree(members)
+    return len(leaves), root_hash(tree, len(leaves)).hex()
+
+
+def membership_proofs(members: Iterable[str], wanted: Iterable[str]) -> list[dict[str, Any]]:
+    """Inclusion proofs of those ``wanted`` strings that are members of the set:
+    ``{"member", "index", "path": [hex, ...]}`` each, leaf-side first."""
+    tree, leaves = _set_tree(members)
+    index = {leaf: i for i, leaf in enumerate(leaves)}
+    proofs = []
+    for member in sorted(set(wanted)):
+        at = index.get(member.encode())
+        if at is not None:
+            path = inclusion_proof(tree, at, len(leaves))
+            proofs.append({"member": member, "index": at, "path": [h.hex() for h in path]})
+    return proofs
+
+
+def verify_membership(proof: Any, size: Any, root: Any) -> bool:
+    """True if ``proof`` (from ``membership_proofs``) puts its member in the set of ``size``
+    members whose root is ``root`` (hex); False for any defect, malformed input included."""
+    try:
+        verify_inclusion(SHA256, int(proof["index"]), int(size),
+                         SHA256.leaf(str(proof["member"]).encode()),
+                         [bytes.fromhex(h) for h in proof["path"]], bytes.fromhex(root))
+    except (InclusionProofError, KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -95,34 +145,18 @@ class PreparedEvent:
         return b"{" + b",".join(members) + b"}"
 
 
-def prepare(body: dict[str, Any], cached: dict[str, bytes] | None = None) -> PreparedEvent:
-    """Canonicalise ``body`` (without ``seq``) in two halves around where ``seq`` goes.
+_SEQ_KEY = "seq".encode("utf-16-be")
 
-    ``cached`` holds ready canonical values of some members (a long grant list the engine
-    keeps per consent view), spliced in as they are rather than serialised again.
-    """
+
+def prepare(body: dict[str, Any]) -> PreparedEvent:
+    """Canonicalise ``body`` (without ``seq``) in two halves around where ``seq`` goes."""
     if "seq" in body:
         raise ValueError("the access log assigns seq itself")
-    cached = cached or {}
-    halves: list[list[bytes]] = [[], []]
-    run: dict[str, Any] = {}
-    half = 0
-    # RFC 8785 orders member names by UTF-16 code units; consecutive plain members are
-    # serialised together, each cached one on its own.
-    for key in sorted([*body, "seq"], key=lambda k: k.encode("utf-16-be")):
-        if key in cached or key == "seq":
-            if run:
-                halves[half].append(canonicalize(run)[1:-1])
-                run = {}
-            if key == "seq":
-                half = 1
-            else:
-                halves[half].append(canonicalize(key) + b":" + cached[key])
-        else:
-            run[key] = body[key]
-    if run:
-        halves[half].append(canonicalize(run)[1:-1])
-    return PreparedEvent(str(body["time"]), b",".join(halves[0]), b",".join(halves[1]),
+    # RFC 8785 orders member names by UTF-16 code units.
+    before = {k: v for k, v in body.items() if k.encode("utf-16-be") < _SEQ_KEY}
+    after = {k: v for k, v in body.items() if k not in before}
+    return PreparedEvent(str(body["time"]), canonicalize(before)[1:-1] if before else b"",
+                         canonicalize(after)[1:-1] if after else b"",
                          body.get("outcome") == "answered")
 
 
@@ -246,6 +280,8 @@ def answered_with(conn: sqlite3.Connection, grant_id: str) -> int:
 LOG_INDEXES = """
 CREATE INDEX IF NOT EXISTS access_log_subject_set ON access_log(subject_set);
 CREATE INDEX IF NOT EXISTS access_log_grant_set ON access_log(grant_set);
+CREATE INDEX IF NOT EXISTS access_set_subjects_members ON access_set_subjects(set_id, sid);
+CREATE INDEX IF NOT EXISTS access_set_grants_members ON access_set_grants(set_id, grant_id);
 """
 
 
@@ -317,7 +353,8 @@ def signed_head(conn: sqlite3.Connection, identity: Identity) -> dict[str, Any]:
 
 def events_for(conn: sqlite3.Connection, sids: list[int], grant_ids: list[str],
                since: str | None) -> tuple[list[dict[str, Any]], list[list[Any]]]:
-    """Events touching ``sids`` or ``grant_ids`` (full) and the chain skeleton after them."""
+    """Events touching ``sids`` or ``grant_ids`` (full, each with ``proofs`` of those
+    subjects' references and grant ids in its sets) and the chain skeleton after them."""
     seqs: set[int] = set()
     if sids:
         seqs.update(r[0] for r in conn.execute(
@@ -329,13 +366,22 @@ def events_for(conn: sqlite3.Connection, sids: list[int], grant_ids: list[str],
             "SELECT seq FROM access_log WHERE grant_set IN (SELECT set_id FROM "
             "access_set_grants WHERE grant_id IN (SELECT value FROM json_each(?)))",
             (json.dumps(grant_ids),)))
+    own_refs = [r[0] for r in conn.execute(
+        "SELECT subject_ref FROM subjects WHERE sid IN (SELECT value FROM json_each(?))",
+        (json.dumps(sids),))]
+    proofs = _SetProofs(conn, own_refs, grant_ids)
     events = []
     for seq in sorted(seqs):
-        time, body, prev, hash_ = conn.execute(
-            "SELECT time, body, prev_hash, hash FROM access_log WHERE seq = ?", (seq,)).fetchone()
+        time, body, prev, hash_, subject_set, grant_set = conn.execute(
+            "SELECT time, body, prev_hash, hash, subject_set, grant_set FROM access_log "
+            "WHERE seq = ?", (seq,)).fetchone()
         if since is not None and time < since:
             continue
-        events.append({"body": json.loads(body), "prev_hash": prev, "hash": hash_})
+        event = {"body": json.loads(body), "prev_hash": prev, "hash": hash_}
+        if event["body"].get("v") == EVENT_VERSION:
+            event["proofs"] = {"grants": proofs.of(GRANT_SET, grant_set),
+                               "subjects": proofs.of(SUBJECT_SET, subject_set)}
+        events.append(event)
     chain: list[list[Any]] = []
     if events:
         first = events[0]["body"]["seq"]
@@ -343,6 +389,35 @@ def events_for(conn: sqlite3.Connection, sids: list[int], grant_ids: list[str],
             "SELECT seq, body_digest, hash FROM access_log WHERE seq >= ? ORDER BY seq",
             (first,))]
     return events, chain
+
+
+class _SetProofs:
+    """Inclusion proofs of one caller's subject refs and grant ids in stored sets, each set
+    read and hashed once per listing."""
+
+    def __init__(self, conn: sqlite3.Connection, refs: list[str], grant_ids: list[str]) -> None:
+        self.conn = conn
+        self.wanted = {SUBJECT_SET: refs, GRANT_SET: grant_ids}
+        self.done: dict[tuple[str, int], list[dict[str, Any]]] = {}
+
+    def of(self, kind: str, set_id: int | None) -> list[dict[str, Any]]:
+        if set_id is None:
+            return []
+        key = (kind, set_id)
+        if key not in self.done:
+            self.done[key] = membership_proofs(set_members(self.conn, kind, set_id),
+                                               self.wanted[kind])
+        return self.done[key]
+
+
+def set_members(conn: sqlite3.Connection, kind: str, set_id: int) -> list[str]:
+    """A stored set's members as its event commits to them: grant ids, or subject refs."""
+    if kind == GRANT_SET:
+        sql = "SELECT grant_id FROM access_set_grants WHERE set_id = ?"
+    else:
+        sql = ("SELECT s.subject_ref FROM access_set_subjects m JOIN subjects s USING (sid) "
+               "WHERE m.set_id = ?")
+    return [r[0] for r in conn.execute(sql, (set_id,))]
 
 
 @dataclass(frozen=True)
@@ -424,8 +499,8 @@ def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[s
     """Commitments of the subjects and digests of the grants used by events (after, upto].
 
     Read-only and bounded: subjects are probed from the (few) salted ones through their
-    sets' (subject_set, seq) index entries, grants are read from the event bodies in the
-    range; a list longer than MAX_LISTED is left out rather than built in full.
+    sets' (subject_set, seq) index entries, grants are read from the grant sets of the events
+    in the range; a list longer than MAX_LISTED is left out rather than built in full.
     """
     listed: dict[str, list[str]] = {}
     if _has_ledger_tables(conn):
@@ -437,15 +512,14 @@ def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[s
         if salted and len(salted) <= MAX_LISTED:
             listed["subject_commitments"] = sorted(
                 {subject_commitment(did, bytes.fromhex(salt)) for did, salt in salted})
-    grant_ids: set[str] = set()
-    for (body,) in conn.execute("SELECT body FROM access_log WHERE seq > ? AND seq <= ?",
-                                (after, upto)):
-        grant_ids.update(json.loads(body).get("grant_ids") or [])
-        if len(grant_ids) > MAX_LISTED:
-            return listed
+    grant_ids = [r[0] for r in conn.execute(
+        "SELECT DISTINCT grant_id FROM access_set_grants WHERE set_id IN (SELECT grant_set "
+        "FROM access_log WHERE seq > ? AND seq <= ?) LIMIT ?", (after, upto, MAX_LISTED + 1))]
+    if len(grant_ids) > MAX_LISTED:
+        return listed
     digests = sorted({r[0] for r in conn.execute(
         "SELECT digest FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(sorted(grant_ids)),))})
+        (json.dumps(grant_ids),))})
     if digests:
         listed["grant_digests"] = digests
     return listed

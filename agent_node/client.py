@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import orjson
 
-from agent_node.accesslog import HEAD_TYPE, verify_events
+from agent_node.accesslog import EVENT_VERSION, HEAD_TYPE, verify_events, verify_membership
 from consent.canonical import canonicalize
 from consent.envelope import open_sealed, seal
 from consent.envelope_gm import (
@@ -166,6 +166,30 @@ def _anchor_claims(raw: Any, chain: list[list[Any]], intact: bool) -> list[Ancho
         claims.append(AnchorClaim(sequence, item["hash"], item.get("receipt"),
                                   intact and links.get(sequence) == item["hash"]))
     return sorted(claims, key=lambda c: c.sequence)
+
+
+def _checked_event(event: dict[str, Any], on_chain: bool) -> dict[str, Any]:
+    """An event as the caller sees it: the body, ``own_grants`` and ``own_subject_refs``
+    (the caller's members the node proved to be in the event's sets) and ``verified``: on
+    the signed chain and, for events that commit to their sets by Merkle roots (v2), every
+    membership proof holds and there is at least one."""
+    body = event["body"]
+    own: dict[str, list[str]] = {"grants": [], "subjects": []}
+    proven = on_chain
+    if body.get("v") == EVENT_VERSION:
+        proofs = event.get("proofs") if isinstance(event.get("proofs"), dict) else {}
+        for kind, size, root in (("grants", "grant_count", "grants_root"),
+                                 ("subjects", "subject_count", "subjects_root")):
+            listed = proofs.get(kind) if isinstance(proofs.get(kind), list) else []
+            for proof in listed:
+                if verify_membership(proof, body.get(size), body.get(root)):
+                    own[kind].append(str(proof["member"]))
+                else:
+                    proven = False
+        proven = proven and bool(own["grants"] or own["subjects"])
+    return {**body, "prev_hash": event["prev_hash"], "hash": event["hash"],
+            "own_grants": own["grants"], "own_subject_refs": own["subjects"],
+            "verified": proven}
 
 
 def _time(moment: datetime) -> str:
@@ -381,8 +405,7 @@ class NodeClient:
         if signer != node_did or head.get("type") != HEAD_TYPE:
             raise NodeProtocolError("the access-log head is not signed by the node")
         check = verify_events(reply["events"], reply["chain"], int(head["seq"]), head["hash"])
-        events = [{**e["body"], "prev_hash": e["prev_hash"], "hash": e["hash"],
-                   "verified": check.verified.get(int(e["body"]["seq"]), False)}
+        events = [_checked_event(e, check.verified.get(int(e["body"]["seq"]), False))
                   for e in reply["events"]]
         anchors = _anchor_claims(reply.get("anchors"), reply["chain"], check.chain_intact)
         return AccessLog(events=events, head=head, chain_intact=check.chain_intact,

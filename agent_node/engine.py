@@ -62,7 +62,6 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
-from consent.canonical import canonicalize
 from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
@@ -634,7 +633,9 @@ class QueryEngine:
     def _event(self, conn: sqlite3.Connection, query: Query | None, requester: str,
                now: datetime, outcome: str, reason: str, sids: list[int],
                grant_ids: list[str]) -> accesslog.PreparedEvent:
-        """The access event, canonicalised outside the write transaction."""
+        """The access event, canonicalised outside the write transaction. It names the grants
+        and subjects used by their sets' sizes and Merkle roots (accesslog.set_commitment),
+        so no customer's event shows another customer's grant ids."""
         view = self._views.get((requester, query.purpose)) if query else None
         key = ("event", tuple(sids), tuple(grant_ids))
         found = view.memo.get(key) if view is not None else None
@@ -644,19 +645,17 @@ class QueryEngine:
             refs = [known[sid] for sid in sids if sid in known]
             if missing:
                 refs += list(_subject_refs(conn, missing).values())
-            found = (len(refs), accesslog.subjects_digest(refs),
-                     canonicalize(sorted(grant_ids)))
+            found = (accesslog.set_commitment(refs), accesslog.set_commitment(grant_ids))
             if view is not None and not missing:  # only what the view alone determines
                 view.remember(key, found)
-        count, digest, listed = found
-        body = {
-            "time": iso(now), "node": self.node_did, "requester": requester,
-            "purpose": query.purpose if query else None,
-            "dataset": query.dataset if query else None,
-            "grant_ids": sorted(grant_ids), "outcome": outcome, "reason": reason,
-            "subject_count": count, "subjects_digest": digest,
-        }
-        return accesslog.prepare(body, cached={"grant_ids": listed})
+        (subject_count, subjects_root), (grant_count, grants_root) = found
+        return accesslog.prepare({
+            "v": accesslog.EVENT_VERSION, "time": iso(now), "node": self.node_did,
+            "requester": requester, "purpose": query.purpose if query else None,
+            "dataset": query.dataset if query else None, "outcome": outcome, "reason": reason,
+            "grant_count": grant_count, "grants_root": grants_root,
+            "subject_count": subject_count, "subjects_root": subjects_root,
+        })
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
                     exc: RequestError, nonce: Nonce | None = None) -> None:

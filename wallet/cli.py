@@ -419,16 +419,14 @@ def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
             mark = "verified" if e.verified else "NOT VERIFIED"
             mark += _ledger_mark(e)
             click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
-                       f"{ev.get('outcome')}  {_grants_line(ev.get('grant_ids', []), mine)}  "
+                       f"{ev.get('outcome')}  {_grants_line(*service.grants_used(ev, mine))}  "
                        f"[{mark}]")
 
     _emit(as_json, data, human)
 
 
-def _grants_line(grant_ids: list[str], mine: set[str]) -> str:
+def _grants_line(own: list[str], others: int) -> str:
     """Your own grants by id; other customers' only as a count (they are theirs, not yours)."""
-    own = [g for g in grant_ids if g in mine]
-    others = len(grant_ids) - len(own)
     text = "under your grant " + ", ".join(own) if own else "under none of your grants"
     return text + (f" (+{others} other customers' grants)" if others else "")
 

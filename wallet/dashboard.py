@@ -23,7 +23,14 @@ from typing import Any
 
 from consent.errors import ConsentError
 from wallet.errors import WalletError
-from wallet.service import Wallet, expected_errors, grant_views, open_store, whoami
+from wallet.service import (
+    Wallet,
+    expected_errors,
+    grant_views,
+    grants_used,
+    open_store,
+    whoami,
+)
 from wallet.store import iso
 
 BIND_HOST = "127.0.0.1"  # never reachable from another machine
@@ -47,15 +54,18 @@ def dashboard_state(home: Path) -> dict[str, Any]:
         "did": who.did,
         "profile": who.profile,
         "grants": [v.to_json() for v in views],
-        "events": [
-            {"node": e.node_address, "seq": e.seq, "time": iso(e.time),
-             "requester": e.event.get("requester"), "purpose": e.event.get("purpose"),
-             "grant_ids": e.event.get("grant_ids", []), "outcome": e.event.get("outcome"),
-             "verified": e.verified, "ledger_verified": e.ledger_verified,
-             "ledger_status": e.ledger_status}
-            for e in reversed(events)
-        ],
+        "events": [_event_row(e, {v.id for v in views}) for e in reversed(events)],
     }
+
+
+def _event_row(record: Any, mine: set[str]) -> dict[str, Any]:
+    own, others = grants_used(record.event, mine)
+    event = record.event
+    return {"node": record.node_address, "seq": record.seq, "time": iso(record.time),
+            "requester": event.get("requester"), "purpose": event.get("purpose"),
+            "grant_ids": own, "other_grants": others, "outcome": event.get("outcome"),
+            "verified": record.verified, "ledger_verified": record.ledger_verified,
+            "ledger_status": record.ledger_status}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -860,6 +860,21 @@ def _as_time(value: Any) -> datetime:
     return utcnow()
 
 
+def grants_used(event: dict[str, Any], mine: set[str]) -> tuple[list[str], int]:
+    """(your grants an access event used, how many other customers' grants it used).
+
+    Events that commit to their grant set by a Merkle root (v2) carry your grants as the
+    members the node proved (``own_grants``) and only a count of the rest; older events
+    listed every grant id, of which only yours (``mine``) are shown.
+    """
+    if "grant_count" in event:
+        own = [str(g) for g in event.get("own_grants") or []]
+        return own, max(int(event["grant_count"]) - len(own), 0)
+    listed = [str(g) for g in event.get("grant_ids") or []]
+    own = [g for g in listed if g in mine]
+    return own, len(listed) - len(own)
+
+
 def _flat_event(event: Any) -> dict[str, Any]:
     """An access event as one flat dict (the node nests the hashed fields under ``body``)."""
     event = dict(event) if isinstance(event, dict) else dict(vars(event))

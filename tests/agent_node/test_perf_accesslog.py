@@ -109,7 +109,16 @@ def test_events_for_keeps_subjects_apart(node: Any) -> None:
         stranger, _ = accesslog.events_for(conn, _sids(vault, wallets[9]), [], None)
     purposes = [e["body"]["purpose"] for e in own]
     assert "quote-generation" in purposes and "renewal-warning" not in purposes
-    assert all(others[0] not in e["body"]["grant_ids"] for e in own)
+    # Another customer's grant ids appear nowhere in what this one receives; its own grant
+    # is proven to be in each event's grant set.
+    assert not any(other in json.dumps(own) for other in others)
+    for event in [e for e in own if e["body"]["purpose"] == "quote-generation"]:
+        body, proofs = event["body"], event["proofs"]
+        assert body["grant_count"] == 1 and [p["member"] for p in proofs["grants"]] == [mine]
+        assert all(accesslog.verify_membership(p, body["grant_count"], body["grants_root"])
+                   for p in proofs["grants"])
+        assert [p["member"] for p in proofs["subjects"]] == vault.refs_for_sids(
+            conn, _sids(vault, wallets[0]))
     assert not [e for e in stranger if e["body"]["requester"] == requester.did]
     head = chain[-1]
     check = accesslog.verify_events(own, chain, int(head[0]), head[2])
@@ -240,4 +249,5 @@ def test_a_customer_bound_to_two_wallets_names_both_grants(node: Any) -> None:
     with vault.connection() as conn:
         [body] = [json.loads(r[0]) for r in conn.execute(
             "SELECT body FROM access_log WHERE seq = ?", (answer["event_seq"],))]
-    assert body["grant_ids"] == sorted(ids) and body["subject_count"] == 6
+    assert (body["grant_count"], body["grants_root"]) == accesslog.set_commitment(ids)
+    assert body["subject_count"] == 6 and "grant_ids" not in body

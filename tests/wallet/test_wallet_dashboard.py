@@ -57,6 +57,11 @@ def populated(initialised: WalletCLI, home: Path) -> dict[str, str]:
             NODE_ADDRESS, 1, from_iso("2025-01-01T10:00:00Z"),
             {"seq": 1, "time": "2025-01-01T10:00:00Z", "requester": requester,
              "purpose": "quote-generation", "grant_ids": [ids["keep"]], "outcome": "answered"},
+            verified=True, ledger_verified=None), AccessRecord(
+            NODE_ADDRESS, 2, from_iso("2025-01-01T11:00:00Z"),
+            {"v": 2, "seq": 2, "time": "2025-01-01T11:00:00Z", "requester": requester,
+             "purpose": "quote-generation", "grant_count": 5, "grants_root": "ab" * 32,
+             "own_grants": [ids["keep"]], "outcome": "answered"},
             verified=True, ledger_verified=None)])
     return ids
 
@@ -89,6 +94,9 @@ def test_dashboard_shows_grants_and_revokes_with_passphrase(
     timeline = browser.evaluate(
         "[...document.querySelectorAll('#events tbody td')].map(td => td.textContent)")
     assert "quote-generation" in timeline and "answered" in timeline and "verified" in timeline
+    # Your own grant by id, other customers' only as a count (events of either format).
+    assert f"{populated['keep']} (+4 other customers' grants)" in timeline
+    assert populated["keep"] in timeline
 
     def revoke(grant_id: str, passphrase: str) -> str:
         browser.evaluate(f"document.querySelector('tr[data-grant-id=\"{grant_id}\"] "

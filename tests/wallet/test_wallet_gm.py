@@ -76,7 +76,7 @@ def test_gm_wallet_grant_query_access_log_revoke(wallet_cli: WalletCLI,
     assert log["unreachable"] == {}
     [event] = log["events"]
     assert event["verified"] is True
-    assert event["event"]["requester"] == crm.did and grant_id in event["event"]["grant_ids"]
+    assert event["event"]["requester"] == crm.did and event["event"]["own_grants"] == [grant_id]
 
     revoked = json.loads(wallet.ok("revoke", grant_id, "--reason", "done", "--json").output)
     assert revoked["confirmed"] is True

@@ -71,7 +71,7 @@ def test_full_story(initialised: WalletCLI, node: NodeProcess, tmp_path: Path) -
     assert event["verified"] is True
     assert event["event"]["requester"] == crm.did
     assert event["event"]["purpose"] == "quote-generation"
-    assert grant_id in event["event"]["grant_ids"]
+    assert event["event"]["own_grants"] == [grant_id] and "grant_ids" not in event["event"]
     assert "[verified]" in wallet.ok("access-log", "--since", "1h").output
     later = json.loads(wallet.ok("access-log", "--since", "2999-01-01T00:00Z", "--json").output)
     assert later["events"] == []

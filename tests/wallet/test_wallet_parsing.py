@@ -95,11 +95,18 @@ def test_format_duration() -> None:
 
 
 def test_access_log_names_only_your_own_grants() -> None:
-    # Another customer's grant id is theirs: the wallet shows only a count of them.
+    # Another customer's grant id is theirs: the wallet shows only a count of them. Events
+    # now carry your proven grants and a count; older ones listed every id.
     from wallet.cli import _grants_line
+    from wallet.service import grants_used
 
-    line = _grants_line(["urn:uuid:a", "urn:uuid:b", "urn:uuid:c"], {"urn:uuid:b"})
-    assert line == "under your grant urn:uuid:b (+2 other customers' grants)"
-    assert "urn:uuid:a" not in line and "urn:uuid:c" not in line
-    assert _grants_line(["urn:uuid:a"], set()) == (
+    v2 = {"v": 2, "grant_count": 3, "own_grants": ["urn:uuid:b"]}
+    v1 = {"grant_ids": ["urn:uuid:a", "urn:uuid:b", "urn:uuid:c"]}
+    for event in (v2, v1):
+        assert grants_used(event, {"urn:uuid:b"}) == (["urn:uuid:b"], 2)
+        line = _grants_line(*grants_used(event, {"urn:uuid:b"}))
+        assert line == "under your grant urn:uuid:b (+2 other customers' grants)"
+        assert "urn:uuid:a" not in line and "urn:uuid:c" not in line
+    assert _grants_line(*grants_used({"grant_ids": ["urn:uuid:a"]}, set())) == (
         "under none of your grants (+1 other customers' grants)")
+    assert grants_used({"grant_count": 0, "own_grants": []}, set()) == ([], 0)
