@@ -24,6 +24,7 @@ from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, l
 from agent_node.vault import Vault, sync
 from consent.did import resolve
 from consent.errors import ConsentError
+from consent.passphrase import passphrase_file_option, read_passphrase
 from protos.transport import reserve_shared_port
 
 HOME_ENV = "SOV_NODE_HOME"
@@ -34,21 +35,17 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _passphrase(env_name: str, confirm: bool = False) -> str:
-    value = os.environ.get(env_name)
-    if value:
-        return value
-    return click.prompt("node passphrase", hide_input=True, confirmation_prompt=confirm)
+def _passphrase(file: Path | None, confirm: bool = False) -> str:
+    return read_passphrase(PASSPHRASE_ENV, file=file, what="node passphrase", confirm=confirm)
 
 
-def _open(home: str, env_name: str) -> NodeHome:
-    return load_home(Path(home), _passphrase(env_name))
+def _open(home: str, passphrase_file: Path | None) -> NodeHome:
+    return load_home(Path(home), _passphrase(passphrase_file))
 
 
 home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
                            help=f"node home folder (or ${HOME_ENV})")
-pass_option = click.option("--passphrase-env", default=PASSPHRASE_ENV, show_default=True,
-                           help="environment variable holding the passphrase")
+pass_option = passphrase_file_option(PASSPHRASE_ENV, "node passphrase")
 
 
 class _Group(click.Group):
@@ -72,10 +69,10 @@ def main() -> None:
 @click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl")
 @click.option("--listen", default="127.0.0.1:7443", show_default=True)
 @click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
-def init(home: str, passphrase_env: str, name: str, region: str, profile: str, listen: str,
+def init(home: str, passphrase_file: Path | None, name: str, region: str, profile: str, listen: str,
          hostnames: tuple[str, ...]) -> None:
     """Create a node home: keys, TLS certificates, node.toml, encrypted master key."""
-    node = init_home(Path(home), _passphrase(passphrase_env, confirm=True), name=name,
+    node = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
                      region=region, profile=profile, listen=listen,
                      hostnames=list(hostnames) or None)
     click.echo(f"node {name} created in {home}")
@@ -87,9 +84,9 @@ def init(home: str, passphrase_env: str, name: str, region: str, profile: str, l
 @home_option
 @pass_option
 @click.option("--dataset", "datasets", multiple=True, help="sync only these datasets")
-def sync_command(home: str, passphrase_env: str, datasets: tuple[str, ...]) -> None:
+def sync_command(home: str, passphrase_file: Path | None, datasets: tuple[str, ...]) -> None:
     """Copy mapped source data into the vault (incremental)."""
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     datamap = node.datamap()
     if not datamap.datasets:
         _fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
@@ -110,11 +107,11 @@ def subjects() -> None:
 @pass_option
 @click.argument("subject_key")
 @click.argument("did")
-def bind(home: str, passphrase_env: str, subject_key: str, did: str) -> None:
+def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str) -> None:
     """Bind SUBJECT_KEY (a JSON array for composite keys) to the wallet DID."""
     resolve(did)
     values = _subject_key(subject_key)
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     ref = Vault(node.vault_path, node.keys).bind([str(v) for v in values], did)
     click.echo(f"bound subject {ref} to {did}")
 
@@ -144,11 +141,11 @@ def log_group() -> None:
 @log_group.command()
 @home_option
 @pass_option
-def head(home: str, passphrase_env: str) -> None:
+def head(home: str, passphrase_file: Path | None) -> None:
     """Print the node-signed access-log chain head (JSON, for the ledger)."""
     from agent_node.accesslog import signed_head
 
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     with Vault(node.vault_path, node.keys).connection() as conn:
         click.echo(json.dumps(signed_head(conn, node.identity), indent=2))
 
@@ -156,11 +153,11 @@ def head(home: str, passphrase_env: str) -> None:
 @log_group.command()
 @home_option
 @pass_option
-def push(home: str, passphrase_env: str) -> None:
+def push(home: str, passphrase_file: Path | None) -> None:
     """Anchor the current access-log head (and every queued one) in the ledger now."""
     from agent_node.server import LedgerPusher
 
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     if not node.config.ledger_address:
         _fail("no ledger is configured: set ledger_address and ledger_ca in node.toml")
     pusher = LedgerPusher(node, Vault(node.vault_path, node.keys))
@@ -183,11 +180,11 @@ def push(home: str, passphrase_env: str) -> None:
 @pass_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="folder to write receipt-<sequence>.json files to (for sov-audit verify)")
-def receipts(home: str, passphrase_env: str, out: Path) -> None:
+def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
     """Write the ledger receipts of the anchored access-log heads, one file per head."""
     from agent_node.accesslog import anchored_heads, queue_counts
 
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     with Vault(node.vault_path, node.keys).connection() as conn:
         heads = anchored_heads(conn)
         pending = queue_counts(conn)[1]
@@ -206,13 +203,13 @@ def receipts(home: str, passphrase_env: str, out: Path) -> None:
               help="write the bound port here once serving (useful with port 0)")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="server processes sharing the port (SO_REUSEPORT) and the vault")
-def serve(home: str, passphrase_env: str, listen: str | None, port_file: str | None,
+def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file: str | None,
           workers: int) -> None:
     """Serve the AgentNode gRPC API over TLS until interrupted."""
     from agent_node.server import start
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    node = _open(home, passphrase_env)
+    node = _open(home, passphrase_file)
     address = check_listen(listen, "--listen") if listen else node.config.listen
     children: list[int] = []
     reservation = None

@@ -7,7 +7,6 @@ answer is verified (node signature) before it is printed as a table or ``--json`
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from agent_node.requester import Answer, Requester
 from consent.errors import ConsentError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
+from consent.passphrase import passphrase_file_option, read_passphrase
 
 PASSPHRASE_ENV = "SOV_QUERY_PASSPHRASE"
 HOME_ENV = "SOV_QUERY_HOME"
@@ -31,9 +31,9 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _passphrase(confirm: bool = False) -> str:
-    return os.environ.get(PASSPHRASE_ENV) or click.prompt(
-        "requester passphrase", hide_input=True, confirmation_prompt=confirm)
+def _passphrase(file: Path | None, confirm: bool = False) -> str:
+    return read_passphrase(PASSPHRASE_ENV, file=file, what="requester passphrase",
+                           confirm=confirm)
 
 
 class _Group(click.Group):
@@ -46,6 +46,7 @@ class _Group(click.Group):
 
 home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
                            help=f"requester home folder (or ${HOME_ENV})")
+pass_option = passphrase_file_option(PASSPHRASE_ENV, "requester passphrase")
 
 
 @click.group(cls=_Group)
@@ -55,16 +56,17 @@ def main() -> None:
 
 @main.command()
 @home_option
+@pass_option
 @click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl", show_default=True,
               help="crypto profile: intl (Ed25519, NaCl box) or gm (SM2 + SM4 sessions beside "
                    "Ed25519); use the profile of the nodes you ask")
-def init(home: str, profile: str) -> None:
+def init(home: str, passphrase_file: Path | None, profile: str) -> None:
     """Create the requester's did:key (and SM2 key in gm) in an encrypted keystore."""
     path = Path(home) / "requester.key"
     if path.exists():
         _fail(f"{path} already exists; use another --home")
     identity = Identity.generate(profile)  # type: ignore[arg-type]
-    save_identity(path, identity, _passphrase(confirm=True))
+    save_identity(path, identity, _passphrase(passphrase_file, confirm=True))
     click.echo(f"profile: {identity.profile}")
     click.echo(f"requester DID: {identity.did}")  # last, so scripts can take the last word
 
@@ -91,6 +93,7 @@ def _fmt(value: Any) -> str:
 
 @main.command()
 @home_option
+@pass_option
 @click.option("--node", required=True, help="node address host:port")
 @click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False),
               help="the node's TLS CA certificate (PEM)")
@@ -103,11 +106,11 @@ def _fmt(value: Any) -> str:
 @click.option("--grant", "grants", multiple=True, help="grant id(s) to use (default: all)")
 @click.option("--epsilon", type=float, default=None, help="privacy cost to spend")
 @click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
-def ask(home: str, node: str, ca: str, dataset: str, measures: tuple[str, ...],
-        group_by: tuple[str, ...], filters: tuple[str, ...], purpose: str,
-        grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
+def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: str,
+        measures: tuple[str, ...], group_by: tuple[str, ...], filters: tuple[str, ...],
+        purpose: str, grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
     """Seal one aggregate query to a node and print its verified answer."""
-    identity = load_identity(Path(home) / "requester.key", _passphrase())
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     query: dict[str, Any] = {
         "dataset": dataset, "purpose": purpose, "measures": list(measures),
         "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters],

@@ -7,7 +7,6 @@ else a prompt. Errors are one sentence on stderr with exit status 1; no tracebac
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import click
 
 from consent.errors import ConsentError
+from consent.passphrase import passphrase_file_option, read_passphrase
 from ledger.errors import LedgerError
 
 PASSPHRASE_ENV = "SOV_LEDGER_PASSPHRASE"
@@ -30,24 +30,11 @@ EMBEDDED_WARNING = (
 home_option = click.option(
     "--home", required=True, type=click.Path(path_type=Path), help="The ledger's home folder."
 )
-passphrase_option = click.option(
-    "--passphrase-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"File holding the log key's passphrase (else ${PASSPHRASE_ENV}, else a prompt).",
-)
+passphrase_option = passphrase_file_option(PASSPHRASE_ENV, "log key's passphrase")
 
 
 def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
-    if path is not None:
-        try:
-            return path.read_text(encoding="utf-8").rstrip("\n")
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot read the passphrase file {path}: {exc.strerror}"
-            ) from exc
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    return click.prompt("Log key passphrase", hide_input=True, confirmation_prompt=confirm)
+    return read_passphrase(PASSPHRASE_ENV, file=path, what="log key passphrase", confirm=confirm)
 
 
 def _guard(action: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from consent.passphrase import passphrase_file_option, read_passphrase
 from wallet import service
 from wallet.parsing import check_purpose_text, format_duration, parse_duration, parse_time
 from wallet.store import iso, utcnow
@@ -57,15 +58,14 @@ def _sentence(exc: Exception | str) -> str:
 
 
 class Context:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, passphrase_file: Path | None = None) -> None:
         self.home = home
+        self.passphrase_file = passphrase_file
 
 
-def _passphrase(confirm: bool = False) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value:
-        return value
-    return str(click.prompt("Wallet passphrase", hide_input=True, confirmation_prompt=confirm))
+def _passphrase(ctx: Context, confirm: bool = False) -> str:
+    return read_passphrase(PASSPHRASE_ENV, file=ctx.passphrase_file, what="wallet passphrase",
+                           confirm=confirm)
 
 
 def _open(ctx: Context) -> service.Wallet:
@@ -73,7 +73,7 @@ def _open(ctx: Context) -> service.Wallet:
         raise service.WalletNotFound(
             f"no wallet in {ctx.home}: run `consent-wallet init` first (or pass --home)"
         )
-    return service.Wallet.open(ctx.home, _passphrase())
+    return service.Wallet.open(ctx.home, _passphrase(ctx))
 
 
 def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
@@ -93,14 +93,16 @@ pass_ctx = click.make_pass_decorator(Context)
     default=service.default_home, show_default="~/.consent-wallet",
     help=f"Wallet folder (or {HOME_ENV}).",
 )
+@passphrase_file_option(PASSPHRASE_ENV, "wallet passphrase")
 @click.version_option(package_name="sovereign-fabric")
 @click.pass_context
-def cli(click_ctx: click.Context, home: Path) -> None:
+def cli(click_ctx: click.Context, home: Path, passphrase_file: Path | None) -> None:
     """Your consent wallet: grant, revoke and watch the use of your data.
 
-    The passphrase is asked for, or read from CONSENT_WALLET_PASSPHRASE.
+    The passphrase is read from --passphrase-file, else CONSENT_WALLET_PASSPHRASE, else
+    asked for.
     """
-    click_ctx.obj = Context(Path(home).expanduser())
+    click_ctx.obj = Context(Path(home).expanduser(), passphrase_file)
 
 
 @cli.command()
@@ -114,7 +116,7 @@ def init(ctx: Context, profile: str, as_json: bool) -> None:
         raise service.WalletExists(
             f"a wallet already exists in {ctx.home}; choose another --home to create a new one"
         )
-    wallet = service.Wallet.create(ctx.home, _passphrase(confirm=True), profile)
+    wallet = service.Wallet.create(ctx.home, _passphrase(ctx, confirm=True), profile)
     with wallet:
         who = wallet.whoami()
     _emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home}, lambda: click.echo(
