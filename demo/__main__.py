@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+from protos.transport import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 TELCO = SHARED / "datasets" / "telco_churn" / "WA_Fn-UseC_-Telco-Customer-Churn.csv"
@@ -83,14 +85,6 @@ def background(command: list[str], env: dict[str, str], port_file: Path) -> Iter
         process.terminate()
         process.wait(timeout=20)
         log.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def customer_rows() -> list[dict[str, str]]:

@@ -94,6 +94,14 @@ def serve(
     return RunningServer(server=server, port=port, health=health_servicer)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` at this moment, for a child process to bind (another
+    process may take it in between: prefer port 0 where the server reports its port)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def reserve_shared_port(address: str) -> tuple[socket.socket, str]:
     """Bind (not listen) ``address`` with SO_REUSEPORT, resolving port 0 to a free port.
 

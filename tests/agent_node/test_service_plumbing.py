@@ -5,7 +5,6 @@ carry no customer values or secrets."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import tomllib
@@ -27,7 +26,7 @@ from agent_node.home import load_home
 from agent_node.requester import Requester
 from consent.identity import Identity
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
-from protos.transport import secure_channel
+from protos.transport import free_port, secure_channel
 from tests.agent_node.conftest import (
     BIN,
     PASSPHRASE,
@@ -41,12 +40,6 @@ from tests.agent_node.conftest import (
 )
 
 SERVICE = "sovereign.v1.AgentNode"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

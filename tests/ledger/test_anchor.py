@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,17 +21,12 @@ from ledger.anchor import (
 from ledger.log import Log
 from ledger.models import Anchor
 from ledger.verify import CheckFailed, verify_receipt
+from protos.transport import free_port
 
 from .conftest import grant_event
 
 REPO = Path(__file__).resolve().parents[2]
 ANVIL = REPO / "node_modules" / ".bin" / "anvil"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class AnvilProcess:
@@ -42,7 +36,7 @@ class AnvilProcess:
         if not ANVIL.exists():
             raise RuntimeError(f"{ANVIL} is missing: run 'make anvil' to install it")
         self.state = state
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args = list(extra_args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from protos.transport import free_port
 from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 
 
@@ -58,12 +58,6 @@ email = { type = "text", scope = "identity" }
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 SOV_NODE = str(Path(sys.executable).with_name("sov-node"))
 
 
@@ -85,7 +79,7 @@ class NodeProcess:
     def __init__(self, root: Path, *, name: str = "distributor-eu", region: str = "eu-west"
                  ) -> None:
         self.home = root / "node"
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         _sov_node("init", "--home", str(self.home), "--name", name, "--region", region,
                   "--listen", self.address)
@@ -155,7 +149,7 @@ class LedgerProcess:
                     "PYTHONUNBUFFERED": "1"}
         subprocess.run([SOV_LEDGER, "init", "--home", str(self.home)], env=self.env,
                        capture_output=True, check=True, timeout=120)
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ca_path = self.home / "tls" / "ca.pem"
         self.proc = subprocess.Popen(
