@@ -42,7 +42,9 @@ def canonicalize(value: Any) -> bytes:
 
     Raises ``ValueError`` (naming the kind of problem, never the value) for what JSON cannot
     hold exactly: NaN, infinities, inexact integers beyond 2**53, lone surrogates, non-string
-    keys, and objects that are not JSON values (bytes, sets, datetimes...).
+    keys, and objects that are not JSON values (bytes, sets, datetimes, dataclasses...).
+    A few types ``orjson`` writes natively (UUIDs, enums) come out as the JSON string or
+    number they stand for, the bytes a peer gets by canonicalising the parsed value.
     """
     try:
         out = orjson.dumps(value, option=_ORJSON)

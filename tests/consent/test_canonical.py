@@ -132,6 +132,27 @@ def test_values_outside_i_json_refused(value: Any) -> None:
         canonicalize(value)
 
 
+def test_datetimes_and_dataclasses_refused_uuids_and_enums_written_as_their_json() -> None:
+    import dataclasses
+    import enum
+    import uuid
+    from datetime import UTC, datetime
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    class Colour(enum.Enum):
+        RED = "red"
+
+    for value in (datetime.now(UTC), Point(1), {"when": datetime.now(UTC)}):
+        with pytest.raises(ValueError, match="cannot be canonicalised"):
+            canonicalize(value)
+    ident = uuid.UUID(int=7)
+    assert canonicalize({"id": ident}) == canonicalize({"id": str(ident)})
+    assert canonicalize([Colour.RED]) == canonicalize(["red"]) == b'["red"]'
+
+
 def test_exact_large_integer_is_the_double_it_denotes() -> None:
     # JCS numbers are IEEE doubles: 2**53 parsed from the wire is the double 2.0**53.
     assert canonicalize(2**53) == canonicalize(2.0**53) == b"9007199254740992"
