@@ -337,7 +337,12 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             "subject": caller, "node": self.identity.did, "subject_refs": refs,
             "datasets": datasets, "grants": grants,
             "grant_status": self.grants.status(caller, []),
-            "access_events": [e["body"] for e in events], "exported_at": iso(datetime.now(UTC)),
+            "access_events": [e["body"] for e in events],
+            # Per event seq: inclusion proofs of this customer's grant ids and subject refs in
+            # the event's Merkle-committed sets (accesslog.membership_proofs).
+            "access_event_proofs": {str(e["body"]["seq"]): e["proofs"] for e in events
+                                    if "proofs" in e},
+            "exported_at": iso(datetime.now(UTC)),
         }}
 
     def _export_rows(self, conn: Any, dataset: Any, sids: list[int]) -> list[dict[str, Any]]:

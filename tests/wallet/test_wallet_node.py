@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_node import accesslog
 from agent_node.client import NodeError
 from agent_node.requester import Requester
 from consent.grants import verify_revocation
@@ -85,6 +86,16 @@ def test_full_story(initialised: WalletCLI, node: NodeProcess, tmp_path: Path) -
     amounts = sorted(row["amount"] for row in exported["data"]["datasets"]["orders"])
     assert amounts == [100.0, 101.0, 102.0]  # exactly this customer's three orders
     assert [g["id"] for g in exported["data"]["grants"]] == [grant_id]
+    # The export carries the events that used this customer's data, each with the proofs
+    # that its grant and customer record are in the event's committed sets.
+    [event] = exported["data"]["access_events"]
+    proofs = exported["data"]["access_event_proofs"][str(event["seq"])]
+    assert [p["member"] for p in proofs["grants"]] == [grant_id]
+    assert all(accesslog.verify_membership(p, event["grant_count"], event["grants_root"])
+               for p in proofs["grants"])
+    assert [p["member"] for p in proofs["subjects"]] == exported["data"]["subject_refs"]
+    assert all(accesslog.verify_membership(p, event["subject_count"], event["subjects_root"])
+               for p in proofs["subjects"])
 
     revoked = json.loads(wallet.ok("revoke", grant_id, "--reason", "order placed",
                                    "--json").output)
