@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -50,7 +49,6 @@ from consent.envelope import open_sealed, seal
 from consent.identity import Identity
 from consent.integrity import sign_document
 from protos.sovereign.v1 import node_pb2
-from protos.transport import reserve_shared_port, serve
 
 SQL = ('SELECT COUNT(*), COUNT(DISTINCT sid) FROM "ds_contacts" WHERE "c_age" = ? '
        "AND +sid IN (SELECT sid FROM temp._eligible)")
@@ -155,44 +153,20 @@ class _GroupCommit:
 
 def run_server(home_dir: Path, requester_did: str, port_file: Path, workers: int) -> None:
     home = load_home(home_dir, bench.PASS)
-    cert, key = home.server_tls()
-    reservation, address = reserve_shared_port("127.0.0.1:0")
-    children = []
-    for _ in range(workers - 1):
-        pid = os.fork()
-        if pid == 0:
-            _serve(home_dir, requester_did, address, cert, key, home.config).wait()
-            os._exit(0)
-        children.append(pid)
-    running = _serve(home_dir, requester_did, address, cert, key, home.config)
-    reservation.close()
-    tmp = port_file.with_suffix(".tmp")
-    tmp.write_text(str(running.port))
-    tmp.replace(port_file)
 
-    def stop_all(*_: object) -> None:
-        for pid in children:
-            os.kill(pid, signal.SIGKILL)
-        os._exit(0)
+    def start(address: str, reuse_port: bool) -> Any:
+        node = FloorNode(home_dir, requester_did)
+        handler = grpc.method_handlers_generic_handler("sovereign.v1.AgentNode", {
+            "GetNodeInfo": grpc.unary_unary_rpc_method_handler(
+                node.GetNodeInfo, request_deserializer=node_pb2.NodeInfoRequest.FromString,
+                response_serializer=node_pb2.NodeInfoResponse.SerializeToString),
+            "Query": grpc.unary_unary_rpc_method_handler(
+                node.Query, request_deserializer=node_pb2.SealedRequest.FromString,
+                response_serializer=node_pb2.SealedResponse.SerializeToString)})
+        return bench.serve_like_the_node(home, handler, "sovereign.v1.AgentNode", address,
+                                         reuse_port)
 
-    signal.signal(signal.SIGTERM, stop_all)
-    running.wait()
-
-
-def _serve(home_dir: Path, requester_did: str, address: str, cert: bytes, key: bytes,
-           config: Any) -> Any:
-    node = FloorNode(home_dir, requester_did)
-    handler = grpc.method_handlers_generic_handler("sovereign.v1.AgentNode", {
-        "GetNodeInfo": grpc.unary_unary_rpc_method_handler(
-            node.GetNodeInfo, request_deserializer=node_pb2.NodeInfoRequest.FromString,
-            response_serializer=node_pb2.NodeInfoResponse.SerializeToString),
-        "Query": grpc.unary_unary_rpc_method_handler(
-            node.Query, request_deserializer=node_pb2.SealedRequest.FromString,
-            response_serializer=node_pb2.SealedResponse.SerializeToString)})
-    return serve(lambda s: s.add_generic_rpc_handlers((handler,)), ["sovereign.v1.AgentNode"],
-                 address=address, cert_pem=cert, key_pem=key,
-                 max_message_bytes=config.max_message_bytes, max_workers=config.max_workers,
-                 reuse_port=True)
+    bench.serve_forked(start, workers, port_file)
 
 
 def main() -> None:

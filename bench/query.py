@@ -238,22 +238,20 @@ def rss_mib(pid: int) -> float:
     return kib / 1024 + sum(rss_mib(int(child)) for child in children)
 
 
-def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path, workers: int) -> None:
-    """--echo-server: the baseline, built exactly like the node's transport and served by as
-    many processes as the node (``sov-node serve --workers``: SO_REUSEPORT, forked before
-    any gRPC object exists)."""
-    home = load_home(home_dir, PASS)
-    reply = b"r" * reply_bytes
-    cert, key = home.server_tls()
+def serve_forked(start: Callable[[str, bool], RunningServer], workers: int,
+                 port_file: Path) -> None:
+    """Serve ``start(address, reuse_port)`` in ``workers`` processes sharing one port, as
+    ``sov-node serve --workers`` does (SO_REUSEPORT, forked before any gRPC object exists);
+    write the port to ``port_file`` and serve until SIGTERM."""
     reservation, address = reserve_shared_port("127.0.0.1:0")
     children = []
     for _ in range(workers - 1):
         pid = os.fork()
         if pid == 0:
-            serve_echo(address, reply, cert, key, home.config, workers > 1).wait()
+            start(address, True).wait()
             os._exit(0)
         children.append(pid)
-    running = serve_echo(address, reply, cert, key, home.config, workers > 1)
+    running = start(address, workers > 1)
     reservation.close()
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(running.port))
@@ -268,14 +266,26 @@ def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path, workers: 
     running.wait()
 
 
-def serve_echo(address: str, reply: bytes, cert: bytes, key: bytes, config: Any,
-               reuse_port: bool) -> RunningServer:
+def serve_like_the_node(home: NodeHome, handler: grpc.GenericRpcHandler, service: str,
+                        address: str, reuse_port: bool) -> RunningServer:
+    """A server built exactly like the node's transport: its TLS certificate, message limit
+    and thread count."""
+    cert, key = home.server_tls()
+    return serve(lambda s: s.add_generic_rpc_handlers((handler,)), [service],
+                 address=address, cert_pem=cert, key_pem=key,
+                 max_message_bytes=home.config.max_message_bytes,
+                 max_workers=home.config.max_workers, reuse_port=reuse_port)
+
+
+def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path, workers: int) -> None:
+    """--echo-server: the baseline, served like the node (same transport and processes)."""
+    home = load_home(home_dir, PASS)
+    reply = b"r" * reply_bytes
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: reply)})
-    return serve(lambda s: s.add_generic_rpc_handlers((handler,)), ["bench.Echo"],
-                 address=address, cert_pem=cert, key_pem=key,
-                 max_message_bytes=config.max_message_bytes, max_workers=config.max_workers,
-                 reuse_port=reuse_port)
+    serve_forked(lambda address, reuse: serve_like_the_node(home, handler, "bench.Echo",
+                                                            address, reuse),
+                 workers, port_file)
 
 
 def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float,
