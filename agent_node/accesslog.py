@@ -420,6 +420,43 @@ def set_members(conn: sqlite3.Connection, kind: str, set_id: int) -> list[str]:
     return [r[0] for r in conn.execute(sql, (set_id,))]
 
 
+def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int = 100
+                  ) -> list[dict[str, Any]]:
+    """The latest ``limit`` events (at or after ``since``), oldest first, as the node's
+    operator audits them: each body with the members of its sets (``grant_ids``,
+    ``subject_refs``), ``sets_match`` (the stored sets hash to the event's roots; None for
+    events from before set commitments) and ``chain_ok`` (its hash is SHA-256 of its
+    ``prev_hash`` and body, and ``prev_hash`` is the hash of the event before it)."""
+    rows = conn.execute(
+        "SELECT * FROM (SELECT seq, body, prev_hash, hash, subject_set, grant_set, "
+        "(SELECT hash FROM access_log p WHERE p.seq = a.seq - 1) FROM access_log a "
+        "WHERE ? IS NULL OR time >= ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        (since, since, limit)).fetchall()
+    members: dict[tuple[str, int], list[str]] = {}
+
+    def of(kind: str, set_id: int | None) -> list[str]:
+        if set_id is None:
+            return []
+        if (kind, set_id) not in members:
+            members[(kind, set_id)] = sorted(set_members(conn, kind, set_id))
+        return members[(kind, set_id)]
+
+    view = []
+    for seq, text, prev, hash_, subject_set, grant_set, before in rows:
+        body = json.loads(text)
+        grants, refs = of(GRANT_SET, grant_set), of(SUBJECT_SET, subject_set)
+        sets_match = None
+        if body.get("v") == EVENT_VERSION:
+            sets_match = (set_commitment(grants) == (body["grant_count"], body["grants_root"])
+                          and set_commitment(refs) == (body["subject_count"],
+                                                       body["subjects_root"]))
+        chain_ok = (chain_hash(prev, hashlib.sha256(text.encode()).hexdigest()) == hash_
+                    and prev == (before if seq > 1 else GENESIS))
+        view.append({**body, "hash": hash_, "grant_ids": grants, "subject_refs": refs,
+                     "sets_match": sets_match, "chain_ok": chain_ok})
+    return view
+
+
 @dataclass(frozen=True)
 class ChainCheck:
     """Which events are proven to lie on the chain that ends at the signed head."""

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,42 @@ def head(home: str, passphrase_file: Path | None) -> None:
     node = _open(home, passphrase_file)
     with Vault(node.vault_path, node.keys).connection() as conn:
         click.echo(json.dumps(signed_head(conn, node.identity), indent=2))
+
+
+@log_group.command()
+@home_option
+@pass_option
+@click.option("--since", default=None, help="only events at or after this ISO 8601 time")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="the latest N events")
+@click.option("--json", "as_json", is_flag=True, help="print the events as JSON")
+def events(home: str, passphrase_file: Path | None, since: str | None, limit: int,
+           as_json: bool) -> None:
+    """List access events with the grants and customers they used, each checked against the
+    event's Merkle roots and the hash chain."""
+    from agent_node.accesslog import operator_view
+    from agent_node.vault import iso
+
+    if since is not None:
+        try:
+            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            since = iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        except ValueError:
+            _fail("--since must be an ISO 8601 time such as 2026-03-01T00:00Z")
+    node = _open(home, passphrase_file)
+    with Vault(node.vault_path, node.keys).connection() as conn:
+        listed = operator_view(conn, since, limit)
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    for e in listed:
+        sets = {True: "sets ok", False: "SETS DO NOT MATCH", None: "v1 event"}[e["sets_match"]]
+        chain = "chain ok" if e["chain_ok"] else "CHAIN BROKEN"
+        click.echo(f"{e['seq']}  {e['time']}  {e['requester']}  {e['purpose']}  "
+                   f"{e['outcome']}/{e['reason']}  {len(e['grant_ids'])} grant(s), "
+                   f"{len(e['subject_refs'])} customer(s)  [{sets}, {chain}]")
+    if any(e["sets_match"] is False or not e["chain_ok"] for e in listed):
+        _fail("some events do not match their sets or the chain: the vault was altered")
 
 
 @log_group.command()
