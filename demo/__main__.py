@@ -268,6 +268,9 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         wallet = ["consent-wallet", "--home", str(alice_home)]
         run(["sov-node", "log", "push", "--home", str(node_home)], env)
         run([*wallet, "access-log"], env)
+        say("   The node's operator sees which grants and customers each event used, checked "
+            "against the event's Merkle roots and the chain")
+        run(["sov-node", "log", "events", "--home", str(node_home), "--limit", "3"], env)
 
         say("7. Alice revokes her grant; the next question under it is refused")
         run([*wallet, "revoke", alice_grant], env)

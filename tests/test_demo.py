@@ -20,6 +20,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "group(s) withheld" in out                        # k-suppression is visible
     assert "use sentiment data" in out                       # an ungranted scope is refused
     assert "in the ledger]" in out                           # access checked against the ledger
+    assert "(+13 other customers' grants)" in out            # others' grants only as a count
+    assert "14 grant(s), 14 customer(s)  [sets ok, chain ok]" in out  # the operator's view
     assert "was revoked by its subject" in out               # revocation took effect
     assert "OK: all" in out and "NOT VERIFIED" in out        # receipts pass, the tampered fails
     assert (tmp_path / "demo-audit-report.html").exists()
