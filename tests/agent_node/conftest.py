@@ -117,12 +117,13 @@ def bind_all(home: Path, wallets: list[Identity]) -> None:
         vault.bind([f"C{i:03d}"], wallet.did)
 
 
-def serve(home: Path) -> NodeProcess:
+def serve(home: Path, *, workers: int = 1, port: int = 0) -> NodeProcess:
+    """``sov-node serve`` as a real process (``workers`` processes sharing the port)."""
     port_file = home / f"port-{uuid.uuid4().hex}"
     process = subprocess.Popen(
-        [str(BIN / "sov-node"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",
-         "--port-file", str(port_file)], env=env(), stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+        [str(BIN / "sov-node"), "serve", "--home", str(home), "--listen", f"127.0.0.1:{port}",
+         "--port-file", str(port_file), "--workers", str(workers)], env=env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -5,9 +5,6 @@ request is answered once, whichever process receives it, before or after a resta
 
 from __future__ import annotations
 
-import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,38 +18,20 @@ from agent_node.home import load_home
 from agent_node.vault import Vault
 from consent.identity import Identity
 from tests.agent_node.conftest import (
-    BIN,
     PASSPHRASE,
     SUBJECTS,
     NodeProcess,
     bind_all,
-    env,
     grant_all,
     make_home,
     run_cli,
+    serve,
     stop,
     write_sqlite,
 )
 
 PURPOSE = "marketing-analytics"
 QUERY = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"]}
-
-
-def _serve(home: Path, workers: int, port: int = 0) -> NodeProcess:
-    port_file = home / f"port-{uuid.uuid4().hex}"
-    process = subprocess.Popen(
-        [str(BIN / "sov-node"), "serve", "--home", str(home), "--listen", f"127.0.0.1:{port}",
-         "--port-file", str(port_file), "--workers", str(workers)], env=env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("sov-node serve did not start")
-        time.sleep(0.05)
-    node = load_home(home, PASSPHRASE)
-    return NodeProcess(home, f"127.0.0.1:{port_file.read_text()}", node.ca_pem(),
-                       node.identity.did, process)
 
 
 def _children(pid: int) -> list[int]:
@@ -70,7 +49,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any
 
 @pytest.fixture(scope="module")
 def workers(home: Path) -> Iterator[NodeProcess]:
-    node = _serve(home, workers=3)
+    node = serve(home, workers=3)
     node.wallets = [Identity.generate() for _ in range(SUBJECTS)]
     bind_all(home, node.wallets)
     yield node
@@ -131,7 +110,7 @@ def test_a_replay_after_a_restart_is_refused(home: Path, workers: NodeProcess) -
     with Vault(load_home(home, PASSPHRASE).vault_path,
                load_home(home, PASSPHRASE).keys).connection() as conn:
         before = conn.execute("SELECT COUNT(*) FROM access_log").fetchone()[0]
-    restarted = _serve(home, workers=1)
+    restarted = serve(home, workers=1)
     try:
         with NodeClient(restarted.address, restarted.ca_pem, requester) as client:
             for method, sealed, once in (("Query", envelope, nonce),
