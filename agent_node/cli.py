@@ -113,8 +113,39 @@ def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str) ->
     resolve(did)
     values = _subject_key(subject_key)
     node = _open(home, passphrase_file)
-    ref = Vault(node.vault_path, node.keys).bind([str(v) for v in values], did)
+    ref = Vault(node.vault_path, node.keys).bind(values, did)
     click.echo(f"bound subject {ref} to {did}")
+
+
+@subjects.command()
+@home_option
+@pass_option
+@click.argument("subject_key")
+@click.argument("did")
+def unbind(home: str, passphrase_file: Path | None, subject_key: str, did: str) -> None:
+    """Remove the binding of SUBJECT_KEY to the wallet DID (its grants stop covering this
+    customer before the node's next answer)."""
+    values = _subject_key(subject_key)
+    node = _open(home, passphrase_file)
+    ref = Vault(node.vault_path, node.keys).unbind(values, did)
+    click.echo(f"unbound subject {ref} from {did}")
+
+
+@subjects.command(name="list")
+@home_option
+@pass_option
+@click.option("--json", "as_json", is_flag=True, help="print the bindings as JSON")
+def list_command(home: str, passphrase_file: Path | None, as_json: bool) -> None:
+    """List the bindings: subject reference, wallet DID, since when (no customer keys)."""
+    node = _open(home, passphrase_file)
+    bindings = Vault(node.vault_path, node.keys).bindings()
+    if as_json:
+        click.echo(json.dumps(bindings, indent=2))
+        return
+    if not bindings:
+        click.echo("no customer is bound to a wallet yet ('sov-node subjects bind')")
+    for b in bindings:
+        click.echo(f"{b['subject_ref']}  {b['did']}  since {b['bound_at']}")
 
 
 def _subject_key(text: str) -> list[str]:

@@ -397,6 +397,27 @@ class Vault:
                          (sid, did, iso(utcnow())))
         return ref
 
+    def unbind(self, subject_key: list[str], did: str) -> str:
+        """Remove the binding of the subject with ``subject_key`` to ``did``; returns the
+        subject ref. The wallet's grants stop covering this customer before the next answer
+        (the consent version moves). ``VaultError`` when there is no such binding."""
+        ref = self.keys.subject_ref(subject_key)
+        with self.transaction() as conn:
+            removed = conn.execute(
+                "DELETE FROM bindings WHERE did = ? AND sid = "
+                "(SELECT sid FROM subjects WHERE subject_ref = ?)", (did, ref)).rowcount
+        if not removed:
+            raise VaultError("that customer is not bound to this DID: nothing was changed "
+                             "('sov-node subjects list' shows the bindings)")
+        return ref
+
+    def bindings(self) -> list[dict[str, str]]:
+        """Every binding as (subject ref, DID, bound_at), by ref: no customer key or value."""
+        with self.connection() as conn:
+            return [{"subject_ref": ref, "did": did, "bound_at": at} for ref, did, at in
+                    conn.execute("SELECT s.subject_ref, b.did, b.bound_at FROM bindings b "
+                                 "JOIN subjects s USING (sid) ORDER BY s.subject_ref, b.did")]
+
     def sids_for_did(self, conn: sqlite3.Connection, did: str) -> list[int]:
         return [r[0] for r in conn.execute("SELECT sid FROM bindings WHERE did = ?", (did,))]
 

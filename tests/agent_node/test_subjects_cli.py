@@ -1,0 +1,58 @@
+"""``sov-node subjects list`` and ``unbind``: the operator sees every binding by subject
+reference (never a customer key) and can remove one; the wallet's grants stop covering that
+customer before the next answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from consent.grants import issue_grant
+from consent.identity import Identity
+from tests.agent_node.conftest import SUBJECTS, in_process_node, run_cli
+
+PURPOSE = "quote-generation"
+QUERY = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"]}
+
+
+def _cli(home: Any, *args: str, check: bool = True) -> Any:
+    return run_cli("sov-node", "subjects", *args, "--home", str(home.path), check=check)
+
+
+def _last_event(vault: Any) -> dict[str, Any]:
+    with vault.connection() as conn:
+        return json.loads(conn.execute(
+            "SELECT body FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()[0])
+
+
+def test_list_and_unbind(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    node = in_process_node(tmp_path, bank_rows, "subjects")
+    listed = json.loads(_cli(node.home, "list", "--json").stdout)
+    assert len(listed) == SUBJECTS
+    assert {b["did"] for b in listed} == {w.did for w in node.wallets}
+    human = _cli(node.home, "list").stdout
+    assert node.wallets[0].did in human and "C000" not in human  # refs, never customer keys
+
+    requester = Identity.generate()
+    for wallet in node.wallets[:12]:
+        node.store.submit(issue_grant(wallet, requester=requester.did,
+                                      nodes=[node.home.identity.did], purpose=PURPOSE,
+                                      scopes=["transaction"], ttl=timedelta(hours=2)))
+    assert node.engine.run(QUERY, requester.did)["groups"][0]["values"]["count"] > 0
+    assert _last_event(node.vault)["subject_count"] == 12
+
+    out = _cli(node.home, "unbind", "C000", node.wallets[0].did).stdout
+    assert "unbound subject" in out and "C000" not in out
+    # The next answer uses 11 customers; it differs from the earlier one by a single
+    # customer, so the overlap control withholds it (it would reveal that customer's count).
+    after = node.engine.run(QUERY, requester.did)
+    assert _last_event(node.vault)["subject_count"] == 11
+    assert after["groups"] == [] and after["suppressed_groups"] == 1
+    assert len(json.loads(_cli(node.home, "list", "--json").stdout)) == SUBJECTS - 1
+
+    again = _cli(node.home, "unbind", "C000", node.wallets[0].did, check=False)
+    assert again.returncode == 1 and "not bound to this DID: nothing was changed" in again.stderr
+    assert "Traceback" not in again.stderr and "C000" not in again.stderr
+    assert len(json.loads(_cli(node.home, "list", "--json").stdout)) == SUBJECTS - 1
