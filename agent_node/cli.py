@@ -165,6 +165,39 @@ def _subject_key(text: str) -> list[str]:
     return [str(v) for v in values]
 
 
+@main.group()
+def grants() -> None:
+    """The consent grants this node holds."""
+
+
+@grants.command(name="list")
+@home_option
+@pass_option
+@click.option("--status", "only", type=click.Choice(["active", "pending", "expired", "revoked"]),
+              default=None, help="only grants in this state")
+@click.option("--json", "as_json", is_flag=True, help="print the grants as JSON")
+def grants_list(home: str, passphrase_file: Path | None, only: str | None,
+                as_json: bool) -> None:
+    """List every grant: who granted whom what, for which purpose, its use and its state."""
+    from agent_node.grantstore import GrantStore
+
+    node = _open(home, passphrase_file)
+    store = GrantStore(Vault(node.vault_path, node.keys), node.identity.did,
+                       max_ttl=node.config.max_ttl, clock_skew=node.config.clock_skew)
+    listed = [g for g in store.overview() if only is None or g["status"] == only]
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    if not listed:
+        click.echo("no grants" + (f" in state {only}" if only else "") + " at this node")
+    for g in listed:
+        used = f"{g['queries_used']}/{g['max_queries']}" if g["max_queries"] else \
+            str(g["queries_used"])
+        click.echo(f"{g['grant_id']}  {g['status'].upper()}  {g['subject']} -> "
+                   f"{g['requester']}  {g['purpose']} [{','.join(g['scopes'])}]  "
+                   f"{used} queries  until {g['expires']}")
+
+
 @main.group(name="log")
 def log_group() -> None:
     """The hash-chained access log."""

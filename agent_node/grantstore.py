@@ -141,6 +141,17 @@ class GrantStore:
             return [_status(row, _usage(conn, row), now) for row in rows]
 
 
+    def overview(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every grant the node holds, as ``status`` gives it plus its ``subject`` DID, in the
+        order they arrived (the operator's view: ``sov-node grants list``)."""
+        now = now or datetime.now(UTC)
+        with self.vault.connection() as conn:
+            rows = [_as_dict(conn, r) for r in conn.execute(
+                "SELECT * FROM grants ORDER BY received_at, grant_id")]
+            return [{**_status(row, _usage(conn, row), now), "subject": row["subject"]}
+                    for row in rows]
+
+
 def _usage(conn: sqlite3.Connection, row: dict[str, Any]) -> tuple[int, float]:
     """(queries used, epsilon spent): budgeted grants keep exact counters in grant_usage
     (debited atomically with each answer); the others count their answered access events."""

@@ -1,6 +1,6 @@
-"""``sov-node subjects list`` and ``unbind``: the operator sees every binding by subject
-reference (never a customer key) and can remove one; the wallet's grants stop covering that
-customer before the next answer."""
+"""The operator's commands over consent: ``sov-node subjects list`` and ``unbind`` (every
+binding by subject reference, never a customer key; an unbinding takes effect before the next
+answer) and ``sov-node grants list`` (every grant with its state and use)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from consent.grants import issue_grant
+from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
 from tests.agent_node.conftest import SUBJECTS, in_process_node, run_cli
 
@@ -56,3 +56,31 @@ def test_list_and_unbind(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> Non
     assert again.returncode == 1 and "not bound to this DID: nothing was changed" in again.stderr
     assert "Traceback" not in again.stderr and "C000" not in again.stderr
     assert len(json.loads(_cli(node.home, "list", "--json").stdout)) == SUBJECTS - 1
+
+
+def test_grants_list_shows_state_and_use(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    node = in_process_node(tmp_path, bank_rows, "grants")
+    requester = Identity.generate()
+    issued = [node.store.submit(issue_grant(
+        wallet, requester=requester.did, nodes=[node.home.identity.did], purpose=PURPOSE,
+        scopes=["transaction"], ttl=timedelta(hours=2), max_queries=3))[0].id
+        for wallet in node.wallets[:6]]
+    node.engine.run(QUERY, requester.did)
+    revocation = issue_revocation(node.wallets[0], issued[0])
+    node.store.revoke(revocation)
+
+    def listed(*extra: str) -> list[dict[str, Any]]:
+        return json.loads(run_cli("sov-node", "grants", "list", "--home", str(node.home.path),
+                                  "--json", *extra).stdout)
+
+    everything = listed()
+    assert sorted(g["grant_id"] for g in everything) == sorted(issued)
+    by_id = {g["grant_id"]: g for g in everything}
+    assert by_id[issued[0]]["status"] == "revoked"
+    assert by_id[issued[1]]["status"] == "active" and by_id[issued[1]]["queries_used"] == 1
+    assert by_id[issued[1]]["subject"] == node.wallets[1].did
+    assert [g["grant_id"] for g in listed("--status", "revoked")] == [issued[0]]
+    assert len(listed("--status", "active")) == 5 and listed("--status", "expired") == []
+    human = run_cli("sov-node", "grants", "list", "--home", str(node.home.path)).stdout
+    assert f"{issued[1]}  ACTIVE  {node.wallets[1].did} -> {requester.did}" in human
+    assert "1/3 queries" in human
