@@ -124,20 +124,31 @@ def serve(home: Path, *, workers: int = 1, port: int = 0) -> NodeProcess:
         [str(BIN / "sov-node"), "serve", "--home", str(home), "--listen", f"127.0.0.1:{port}",
          "--port-file", str(port_file), "--workers", str(workers)], env=env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("sov-node serve did not start")
-        time.sleep(0.05)
-    node = load_home(home, PASSPHRASE)
-    return NodeProcess(home, f"127.0.0.1:{port_file.read_text()}", node.ca_pem(),
-                       node.identity.did, process)
+    try:  # whatever fails from here on, the server process must not outlive the test
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("sov-node serve did not start")
+            time.sleep(0.05)
+        node = load_home(home, PASSPHRASE)
+        return NodeProcess(home, f"127.0.0.1:{port_file.read_text()}", node.ca_pem(),
+                           node.identity.did, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
 
 
 def stop(node: NodeProcess) -> None:
+    """SIGTERM (a graceful stop); a server still running after 10 s is killed and the test
+    fails, since SIGTERM must stop it."""
     node.process.terminate()
-    node.process.wait(timeout=10)
+    try:
+        node.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        node.process.kill()
+        node.process.wait()
+        raise AssertionError("sov-node serve did not stop within 10 s of SIGTERM") from None
 
 
 def grant_all(node: NodeProcess, requester: Identity, wallets: list[Identity], *,
