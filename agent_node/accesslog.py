@@ -443,16 +443,21 @@ def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int
 
     view = []
     for seq, text, prev, hash_, subject_set, grant_set, before in rows:
-        body = json.loads(text)
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None  # an altered row: its chain link fails below
+        body = body if isinstance(body, dict) else {}
         grants, refs = of(GRANT_SET, grant_set), of(SUBJECT_SET, subject_set)
         sets_match = None
         if body.get("v") == EVENT_VERSION:
-            sets_match = (set_commitment(grants) == (body["grant_count"], body["grants_root"])
-                          and set_commitment(refs) == (body["subject_count"],
-                                                       body["subjects_root"]))
+            sets_match = (
+                set_commitment(grants) == (body.get("grant_count"), body.get("grants_root"))
+                and set_commitment(refs) == (body.get("subject_count"),
+                                             body.get("subjects_root")))
         chain_ok = (chain_hash(prev, hashlib.sha256(text.encode()).hexdigest()) == hash_
                     and prev == (before if seq > 1 else GENESIS))
-        view.append({**body, "hash": hash_, "grant_ids": grants, "subject_refs": refs,
+        view.append({**body, "seq": seq, "hash": hash_, "grant_ids": grants, "subject_refs": refs,
                      "sets_match": sets_match, "chain_ok": chain_ok})
     return view
 

@@ -244,8 +244,8 @@ def events(home: str, passphrase_file: Path | None, since: str | None, limit: in
     for e in listed:
         sets = {True: "sets ok", False: "SETS DO NOT MATCH", None: "v1 event"}[e["sets_match"]]
         chain = "chain ok" if e["chain_ok"] else "CHAIN BROKEN"
-        click.echo(f"{e['seq']}  {e['time']}  {e['requester']}  {e['purpose']}  "
-                   f"{e['outcome']}/{e['reason']}  {len(e['grant_ids'])} grant(s), "
+        click.echo(f"{e['seq']}  {e.get('time')}  {e.get('requester')}  {e.get('purpose')}  "
+                   f"{e.get('outcome')}/{e.get('reason')}  {len(e['grant_ids'])} grant(s), "
                    f"{len(e['subject_refs'])} customer(s)  [{sets}, {chain}]")
     if any(e["sets_match"] is False or not e["chain_ok"] for e in listed):
         _fail("some events do not match their sets or the chain: the vault was altered")

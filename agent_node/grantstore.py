@@ -140,7 +140,6 @@ class GrantStore:
                     "SELECT * FROM grants WHERE subject = ? ORDER BY received_at", (caller,))]
             return [_status(row, _usage(conn, row), now) for row in rows]
 
-
     def overview(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Every grant the node holds, as ``status`` gives it plus its ``subject`` DID, in the
         order they arrived (the operator's view: ``sov-node grants list``)."""

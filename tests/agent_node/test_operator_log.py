@@ -68,6 +68,8 @@ def test_events_show_their_members_checked_against_roots_and_chain(logged: dict[
      "access_set_grants LIMIT 1)", "SETS DO NOT MATCH"),
     ("UPDATE access_log SET body = replace(body, 'answered', 'refused') WHERE seq = 1",
      "CHAIN BROKEN"),
+    ("UPDATE access_log SET body = 'not json' WHERE seq = 1", "CHAIN BROKEN"),
+    ("UPDATE access_log SET body = '{\"v\": 2}' WHERE seq = 1", "SETS DO NOT MATCH"),
 ])
 def test_an_altered_vault_is_reported(logged: dict[str, Any], tamper: str, verdict: str) -> None:
     with sqlite3.connect(logged["home"].vault_path) as conn:
