@@ -22,8 +22,9 @@ browser:
 
 # anvil, a real EVM JSON-RPC node, from the npm package @foundry-rs/anvil.
 anvil: node_modules/.bin/anvil
-node_modules/.bin/anvil: package.json
-	npm install --no-audit --no-fund --silent
+# npm ci installs exactly the committed lock and never rewrites it (npm install would).
+node_modules/.bin/anvil: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
 	@touch $@
 
 protos: setup
