@@ -7,6 +7,8 @@ Messages name datasets, columns, grant ids and operators, never a customer value
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 
@@ -41,6 +43,10 @@ class RequestError(AgentNodeError):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+        #: set when the request was refused after its envelope opened: who sent it and the
+        #: query it carried, so the refusal can be written to the access log
+        self.caller: str | None = None
+        self.query: Any = None
 
 
 class InvalidRequest(RequestError):

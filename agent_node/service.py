@@ -144,6 +144,14 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                                  f"speaks version {VERSION}")
         caller, plaintext, session_id = self._unseal(request)
         try:
+            return caller, self._message(method, plaintext), session_id
+        except RequestError as exc:
+            exc.caller = caller  # known from here on: the refusal is logged under it
+            raise
+
+    def _message(self, method: str, plaintext: bytes) -> dict[str, Any]:
+        """The opened request, checked: JSON, version, method, body, and a fresh nonce."""
+        try:
             message = orjson.loads(plaintext)
         except ValueError:
             raise InvalidRequest("the sealed request is not JSON") from None
@@ -160,8 +168,10 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")),
                               record=method != "Query")
         except ReplayError as exc:
-            raise Unauthenticated(f"{exc}", reason="replay") from None
-        return caller, message, session_id
+            refused = Unauthenticated(f"{exc}", reason="replay")
+            refused.query = message["body"].get("query")
+            raise refused from None
+        return message
 
     def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any],
                  session_id: bytes | None = None) -> node_pb2.SealedResponse:
@@ -193,8 +203,8 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             return self._respond(method, caller, str(message["nonce"]), body, session_id)
         except RequestError as exc:
             code = exc.code
-            if method == "Query" and caller != "-" and getattr(exc, "reason", "") == "replay":
-                self.engine.log_refusal({}, caller, datetime.now(UTC), exc)
+            caller = exc.caller or caller
+            self._log_refused(method, caller, exc)
             context.abort(exc.code, str(exc))
             raise  # unreachable: abort raises
         finally:
@@ -205,6 +215,18 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                 log.info(orjson.dumps({"event": "rpc", "method": method, "caller": caller,
                                        "code": code.name, "ms": round(elapsed * 1000, 2)}
                                       ).decode())
+
+    def _log_refused(self, method: str, caller: str, exc: RequestError) -> None:
+        """Write a refusal to the access log when the engine did not: a Query or an Export
+        refused before its handler ran or by it, and a replay of any call. Refusals whose
+        sender is unknown (an envelope that does not open) have no one to log under."""
+        if caller == "-" or (method == "Query" and exc.caller is None):
+            return  # no known sender, or the engine logged it with the query
+        if exc.caller is not None and (method in ("Query", "Export") or exc.reason == "replay"):
+            self.engine.log_refusal(exc.query if method == "Query" else {}, caller,
+                                    datetime.now(UTC), exc)
+        elif method == "Export":
+            self.engine.log_refusal({}, caller, datetime.now(UTC), exc)
 
     # -- RPCs -----------------------------------------------------------------------------------
 

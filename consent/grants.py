@@ -304,6 +304,14 @@ def verify_grant(
         raise GrantNotYetValid("the grant claims to be issued in the future: check the clocks")
     if now + clock_skew < grant.not_before:
         raise GrantNotYetValid(f"the grant is not valid before {format_time(grant.not_before)}")
+    # Validity counts from the moment the verifier accepts the grant: an issue time up to
+    # clock_skew in the future must not stretch it past the 72-hour (or policy) limit.
+    limit = min(max_ttl, MAX_TTL)
+    if grant.expires - now > limit:
+        hours = int(limit.total_seconds() // 3600)
+        raise GrantWindowTooLong(
+            f"the grant would stay valid more than {hours} hours from now (it is dated in the "
+            "future): check the clocks, or grant a shorter time")
     # Skew is tolerated for start times only: the customer's expiry is a hard limit.
     if now >= grant.expires:
         raise GrantExpired(f"the grant expired at {format_time(grant.expires)}")

@@ -153,6 +153,54 @@ def test_oversized_malformed_and_replayed_envelopes(sqlite_node: NodeProcess) ->
     channel.close()
 
 
+def test_a_grant_dated_in_the_future_never_lasts_past_72_hours(sqlite_node: NodeProcess
+                                                               ) -> None:
+    """Issued a minute ahead (within the 5-minute skew) for the full 72 hours, the grant would
+    last 72 h + 1 min from acceptance: refused, nothing stored; 71 h 58 min is accepted."""
+    node, requester = sqlite_node, Identity.generate()
+    ahead = datetime.now(UTC) + timedelta(minutes=1)
+    message = _submit_refused(node, _grant(node, node.wallets[0], requester, now=ahead,
+                                           ttl=timedelta(hours=72)),
+                              grpc.StatusCode.INVALID_ARGUMENT)
+    assert "more than 72 hours from now" in message
+    shorter = _grant(node, node.wallets[0], requester, now=ahead,
+                     ttl=timedelta(hours=71, minutes=58))
+    with node.client(node.wallets[0]) as client:
+        assert client.submit_grant(shorter).expires
+
+
+def _refusals(node: NodeProcess) -> list[dict[str, Any]]:
+    """The refused events of the node's access log, as its operator lists them."""
+    listed = json.loads(run_cli("sov-node", "log", "events", "--home", str(node.home),
+                                "--limit", "100000", "--json").stdout)
+    return [e for e in listed if e.get("outcome") == "refused"]
+
+
+def test_every_replay_is_written_to_the_access_log(sqlite_node: NodeProcess) -> None:
+    """A replay refused by the in-memory check, of a Query (naming its grant) and of any other
+    call, is an access event like every other refusal, under the caller who sent it."""
+    node, requester = sqlite_node, Identity.generate()
+    [grant_id] = grant_all(node, requester, node.wallets[:1])
+    query = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"],
+             "grant_ids": [grant_id]}
+    before = len(_refusals(node))
+    with node.client(requester) as client:
+        envelope, nonce = client.sealed_request("Query", {"query": query})
+        client.send("Query", envelope, nonce)  # answered (or refused by k): logged either way
+        status, status_nonce = client.sealed_request("GrantStatus", {"grant_ids": []})
+        client.send("GrantStatus", status, status_nonce)
+        for method, sealed, once in (("Query", envelope, nonce),
+                                     ("GrantStatus", status, status_nonce)):
+            with pytest.raises(NodeError, match="already received"):
+                client.send(method, sealed, once)
+    refused = _refusals(node)
+    replays = [e for e in refused[before:] if e.get("requester") == requester.did
+               and e.get("reason") == "replay"]
+    assert len(replays) == 2, refused[before:]
+    assert grant_id in replays[0]["grant_ids"]  # the replayed Query names the grant it used
+    assert replays[1]["grant_ids"] == []
+
+
 def test_query_and_privacy_budgets_are_enforced(sqlite_node: NodeProcess) -> None:
     node, requester = sqlite_node, Identity.generate()
     ids = grant_all(node, requester, node.wallets, purpose="churn-analysis", max_queries=2)

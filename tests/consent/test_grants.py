@@ -226,6 +226,25 @@ def test_issued_in_the_future_within_skew() -> None:
     assert verify_grant(credential, now=NOW).issued == NOW + SKEW
 
 
+def test_validity_never_exceeds_72_hours_from_acceptance_at_the_edge() -> None:
+    """Dated up to the skew in the future, a 72-hour grant would last 72 h + skew from the
+    moment the node accepts it: refused; one ending exactly 72 h after acceptance passes."""
+    credential = _issue(now=NOW + SKEW, ttl=MAX_TTL)
+    with pytest.raises(GrantWindowTooLong, match="72 hours from now"):
+        verify_grant(credential, now=NOW)
+    with pytest.raises(GrantWindowTooLong, match="72 hours from now"):
+        verify_grant(credential, now=NOW + SKEW - SECOND)
+    assert verify_grant(credential, now=NOW + SKEW).expires - (NOW + SKEW) == MAX_TTL
+    edge = _issue(now=NOW + SKEW, ttl=MAX_TTL - SKEW)
+    assert verify_grant(edge, now=NOW).expires - NOW == MAX_TTL
+
+
+def test_node_policy_bounds_validity_from_acceptance() -> None:
+    credential = _issue(now=NOW + SECOND, ttl=timedelta(hours=24))
+    with pytest.raises(GrantWindowTooLong, match="24 hours from now"):
+        verify_grant(credential, now=NOW, max_ttl=timedelta(hours=24))
+
+
 def test_custom_clock_skew_bounds() -> None:
     credential = _issue(not_before=NOW + timedelta(minutes=30), ttl=timedelta(hours=1))
     assert verify_grant(credential, now=NOW, clock_skew=timedelta(minutes=30))
