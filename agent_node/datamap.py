@@ -76,6 +76,8 @@ class DatasetSpec:
     row_key: tuple[str, ...]
     columns: dict[str, ColumnSpec] = field(default_factory=dict)
     max_rows_per_subject: int = 10
+    #: What intent models may read (``fl.features.FeatureSpec``), if declared.
+    features: Any = None
 
     def column(self, name: str) -> ColumnSpec:
         try:
@@ -201,10 +203,20 @@ def _parse_dataset(name: str, raw: Any, sources: dict[str, SourceSpec]) -> Datas
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
         raise _fail(f"{key}.max_rows_per_subject", "must be a positive integer")
     unknown = set(raw) - {"source", "table", "subject_key", "row_key", "columns",
-                          "max_rows_per_subject"}
+                          "max_rows_per_subject", "features"}
     if unknown:
         raise _fail(f"{key}.{sorted(unknown)[0]}", "is not a known dataset option")
-    return DatasetSpec(name, source, str(table), subject_key, row_key, columns, bound)
+    features = None
+    if "features" in raw:
+        from fl.features import FeatureSpecError, parse_features  # pure: numpy and OpenDP
+
+        try:
+            features = parse_features(f"{key}.features", raw["features"],
+                                      {c: spec.bounds for c, spec in columns.items()})
+        except FeatureSpecError as exc:
+            raise DataMapError(str(exc)) from None
+    return DatasetSpec(name, source, str(table), subject_key, row_key, columns, bound,
+                       features)
 
 
 def parse_datamap(document: dict[str, Any], base_dir: Path) -> DataMap:

@@ -1,4 +1,7 @@
-"""Federated intent models trained with Flower over the nodes' vaults.
+"""Federated intent models (pure: no gRPC, no vault access).
 
-Not built yet: it arrives with its own issue, after the coordinator.
+``fl.features`` declares and encodes a dataset's features and computes the scaling statistics
+federatedly under DP; ``fl.models`` builds logistic regression and a small MLP (PyTorch, CPU);
+``fl.train`` trains locally, with DP-SGD (Opacus) when asked; ``fl.metrics`` has ROC-AUC. The
+Flower apps that move these between the nodes and the coordinator are built on top of them.
 """
