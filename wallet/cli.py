@@ -12,15 +12,15 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from consent import timespec
 from consent.passphrase import passphrase_file_option, read_passphrase
 from wallet import service
-from wallet.parsing import check_purpose_text, format_duration, parse_duration, parse_time
+from wallet.parsing import check_purpose_text, format_duration, parse_duration
 from wallet.store import iso, utcnow
 
 PASSPHRASE_ENV = "CONSENT_WALLET_PASSPHRASE"
@@ -400,23 +400,30 @@ def sync(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command("access-log")
-@click.option("--since", help="Only events after this time: ISO 8601, or 2h / 3d for 'ago'.")
+@timespec.since_option()
+@timespec.until_option()
 @json_option
 @pass_ctx
-def access_log(ctx: Context, since: str | None, as_json: bool) -> None:
+def access_log(ctx: Context, since: timespec.TimeBound | None,
+               until: timespec.TimeBound | None, as_json: bool) -> None:
     """Who used your data, when, for what, under which grant — each event verified."""
-    start: datetime | None = parse_time(since) if since else None
+    timespec.check_range(since, until)
     with _open(ctx) as wallet:
-        view = wallet.access_log(since=start)
+        view = wallet.access_log(since=since.start if since else None)
         mine = {grant.id for grant in wallet.store.grants()}
-    data = {"events": [_event_json(e) for e in view.events], "unreachable": view.unreachable}
+    events = [e for e in view.events if until is None or e.time < until.end]
+    selection = timespec.describe_range(since, until)
+    data = {"events": [_event_json(e) for e in events], "unreachable": view.unreachable,
+            "selection": selection or "all events"}
 
     def human() -> None:
         for address, message in view.unreachable.items():
             click.echo(f"! {_sentence(message)}; showing the events cached from {address}")
-        if not view.events:
+        if selection:
+            click.echo(f"Events {selection}:")
+        if not events:
             click.echo("No recorded use of your data.")
-        for e in view.events:
+        for e in events:
             ev = e.event
             mark = "verified" if e.verified else "NOT VERIFIED"
             mark += _ledger_mark(e)
@@ -464,6 +471,57 @@ def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bo
         wallet.export(node, out, node_ca=ca_pem)
     _emit(as_json, {"out": str(out), "node": node},
           lambda: click.echo(f"Wrote everything {node} holds about you to {out}"))
+
+
+@cli.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write the receipts into (created if missing).")
+@json_option
+@pass_ctx
+def receipts(ctx: Context, out: Path, as_json: bool) -> None:
+    """Write every ledger receipt you hold (grants, revocations) for `sov-audit verify`."""
+    result = service.write_receipts(ctx.home, out)
+    data = {"out": str(out), "written": [str(p) for p in result.written],
+            "not_anchored": result.pending}
+
+    def human() -> None:
+        click.echo(f"Wrote {len(result.written)} receipt(s) to {out}")
+        for item in result.pending:
+            click.echo(f"  not yet in the ledger: {item} (`consent-wallet sync` anchors it)")
+        if result.written:
+            click.echo(f"Check them: sov-audit verify --log-key log-public.json "
+                       f"{out}/*.json")
+
+    _emit(as_json, data, human)
+
+
+AUDIT_KEY_WARNING = (
+    "This shows your commitment salt. With it and your DID, anyone can pick out every grant, "
+    "revocation and access in the ledger that concerns you, for as long as the ledger exists; "
+    "give it only to someone you want to audit your data. Show it?"
+)
+
+
+@cli.command("audit-key")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@json_option
+@pass_ctx
+def audit_key(ctx: Context, yes: bool, as_json: bool) -> None:
+    """Reveal your DID and commitment salt for a compliance officer (`sov-audit report`)."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                "audit-key reveals your commitment salt only after you confirm: answer the "
+                "prompt in a terminal, or pass --yes in a script")
+        if not click.confirm(AUDIT_KEY_WARNING, default=False, err=True):
+            raise click.ClickException("Nothing was revealed.")
+    with _open(ctx) as wallet:
+        key = wallet.audit_key()
+    data = {"did": key.did, "salt": key.salt, "subject_commitment": key.subject_commitment}
+    _emit(as_json, data, lambda: click.echo(
+        f"DID:  {key.did}\nsalt: {key.salt}\ncommitment: {key.subject_commitment}\n"
+        f"Report: sov-audit report --log-key log-public.json --subject-did {key.did} "
+        f"--salt {key.salt} -o my-report.html RECEIPTS..."))
 
 
 @cli.command()

@@ -36,9 +36,9 @@ from wallet.errors import (
 )
 
 __all__ = [
-    "GrantOutcome", "GrantView", "RevokeOutcome", "SyncReport", "Wallet", "WalletExists",
-    "WalletNotFound", "check_purpose", "check_ttl", "grant_views", "open_store", "read_ca",
-    "wallet_exists", "whoami",
+    "AuditKey", "GrantOutcome", "GrantView", "ReceiptFiles", "RevokeOutcome", "SyncReport",
+    "Wallet", "WalletExists", "WalletNotFound", "check_purpose", "check_ttl", "grant_views",
+    "open_store", "read_ca", "wallet_exists", "whoami", "write_receipts",
 ]
 from wallet.parsing import (
     MAX_TTL,
@@ -554,6 +554,18 @@ class Wallet:
             self.store.set_setting("subject_salt", salt)
         return bytes.fromhex(salt)
 
+    def audit_key(self) -> AuditKey:
+        """The DID, commitment salt and commitment a compliance officer needs for
+        ``sov-audit report --subject-did DID --salt SALT`` (the CLI asks first)."""
+        from ledger.events import subject_commitment
+
+        raw = self.store.get_setting("subject_salt")
+        if raw is None:
+            raise InvalidInput("this wallet has no commitment salt yet: it is made when your "
+                               "first grant is delivered, and nothing in the ledger names you")
+        salt = bytes.fromhex(raw)
+        return AuditKey(self.identity.did, raw, subject_commitment(self.identity.did, salt))
+
     def _anchor_grant(self, grant_id: str) -> str | None:
         """Append the grant's digest to the ledger when one is configured.
 
@@ -793,6 +805,59 @@ class Wallet:
         # The export is the customer's own data: written 0600 and atomically, like the keystore.
         write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
         return document
+
+
+@dataclass(frozen=True)
+class ReceiptFiles:
+    """What ``write_receipts`` wrote, and what it could not because it is not anchored yet."""
+
+    written: list[Path]
+    pending: list[str]  # "grant ID" / "revocation of ID" not yet in the ledger
+
+
+@dataclass(frozen=True)
+class AuditKey:
+    """What a compliance officer needs to pick this customer's entries out of the ledger."""
+
+    did: str
+    salt: str  # 64 hex characters
+    subject_commitment: str
+
+
+def write_receipts(home: Path, out: Path) -> ReceiptFiles:
+    """Write every ledger receipt the wallet holds into the folder ``out``, one file each
+    (``grant-ID.json``, ``revocation-ID.json``), as ``sov-audit verify`` reads them.
+
+    Read-only on the wallet: no passphrase, since the receipts hold digests and the salted
+    commitment only. Each file is written whole (atomically), 0600.
+    """
+    store = open_store(home)
+    try:
+        items: list[tuple[str, str, dict[str, Any] | None]] = [
+            ("grant", g.id, g.ledger_receipt) for g in store.grants()
+            if g.delivered_at is not None]
+        items += [("revocation", r.grant_id, r.ledger_receipt) for r in store.revocations()
+                  if r.delivery == DELIVERED]
+    finally:
+        store.close()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"--out {out} is a file; give a folder (it is created if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    written, pending = [], []
+    for kind, grant_id, receipt in items:
+        if receipt is None:
+            pending.append(f"{kind} {grant_id}" if kind == "grant" else f"{kind} of {grant_id}")
+            continue
+        path = out / f"{kind}-{_file_safe(grant_id)}.json"
+        write_private_file(path, json.dumps(receipt, indent=2).encode())
+        written.append(path)
+    return ReceiptFiles(written, pending)
+
+
+def _file_safe(grant_id: str) -> str:
+    """``urn:uuid:X`` -> ``X``: a grant id as a file name on every system."""
+    return grant_id.removeprefix("urn:uuid:").replace(":", "-").replace("/", "-")
 
 
 def _close(client: Any) -> None:
