@@ -161,29 +161,34 @@ def prepare(body: dict[str, Any]) -> PreparedEvent:
 
 
 def append(conn: sqlite3.Connection, body: dict[str, Any] | PreparedEvent, sids: list[int],
-           grant_ids: list[str]) -> tuple[int, str]:
+           grant_ids: list[str], left_out: list[str] | None = None) -> tuple[int, str]:
     """Append one event inside the caller's transaction; returns (seq, hash)."""
     pending = _Pending(_last(conn))
     seq, new_hash = pending.add(body, set_id(conn, None, SUBJECT_SET, sids),
-                                set_id(conn, None, GRANT_SET, grant_ids))
+                                set_id(conn, None, GRANT_SET, grant_ids),
+                                set_id(conn, None, GRANT_SET, left_out or []))
     pending.write(conn)
     return seq, new_hash
 
 
 def append_batched(conn: sqlite3.Connection, batch: Batch,
                    body: dict[str, Any] | PreparedEvent, sids: list[int],
-                   grant_ids: list[str]) -> tuple[int, str]:
+                   grant_ids: list[str], left_out: list[str] | None = None
+                   ) -> tuple[int, str]:
     """Append one event in a group-commit batch (``agent_node.vault.Batch``); returns
     (seq, hash). The chain head is read once per batch and the rows of every event are
     written together just before the batch commits, in the same transaction. The event's
     subject set and grant set are stored once each (``set_id``): a requester asking again
-    over the same population adds one access_log row and nothing else."""
+    over the same population adds one access_log row and nothing else. ``left_out``: the
+    grants whose privacy budget was too small for this answer (their customers were left
+    out), stored as a grant set too."""
     pending = batch.memo.get("accesslog")
     if pending is None:
         pending = batch.memo["accesslog"] = _Pending(_last(conn))
         batch.before_commit("accesslog", pending.write)
     return pending.add(body, set_id(conn, batch, SUBJECT_SET, sids),
-                       set_id(conn, batch, GRANT_SET, grant_ids))
+                       set_id(conn, batch, GRANT_SET, grant_ids),
+                       set_id(conn, batch, GRANT_SET, left_out or []))
 
 
 def _last(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -199,19 +204,20 @@ class _Pending:
         self.events: list[tuple[Any, ...]] = []
 
     def add(self, body: dict[str, Any] | PreparedEvent, subject_set: int | None,
-            grant_set: int | None) -> tuple[int, str]:
+            grant_set: int | None, left_out_set: int | None = None) -> tuple[int, str]:
         event = body if isinstance(body, PreparedEvent) else prepare(body)
         seq, prev = self.seq + 1, self.hash
         text = event.canonical(seq)
         digest = hashlib.sha256(text).hexdigest()
         self.seq, self.hash = seq, chain_hash(prev, digest)
         self.events.append((seq, event.time, text.decode(), digest, prev, self.hash,
-                            subject_set, grant_set, int(event.answered)))
+                            subject_set, grant_set, int(event.answered), left_out_set))
         return seq, self.hash
 
     def write(self, conn: sqlite3.Connection) -> None:
         conn.executemany("INSERT INTO access_log (seq, time, body, body_digest, prev_hash, hash, "
-                         "subject_set, grant_set, answered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "subject_set, grant_set, answered, left_out_set) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          self.events)
 
 
@@ -292,6 +298,8 @@ def upgrade(conn: sqlite3.Connection) -> None:
     grant of every event, and usage counters on every grant row: both are rebuilt here once,
     inside one transaction, so a crash leaves the old layout intact.
     """
+    if "left_out_set" not in _columns(conn, "access_log"):
+        _add_left_out(conn)
     if not _old_layout(conn):
         conn.executescript(LOG_INDEXES)
         return
@@ -304,6 +312,19 @@ def upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.executescript(LOG_INDEXES)
+
+
+def _add_left_out(conn: sqlite3.Connection) -> None:
+    """Events from before privacy budgets had no left-out grant set: add the column (NULL
+    for them), once, even with several processes opening the vault."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "left_out_set" not in _columns(conn, "access_log"):
+            conn.execute("ALTER TABLE access_log ADD COLUMN left_out_set INTEGER")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -420,9 +441,10 @@ def set_members(conn: sqlite3.Connection, kind: str, set_id: int) -> list[str]:
     return [r[0] for r in conn.execute(sql, (set_id,))]
 
 
-def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int = 100
-                  ) -> list[dict[str, Any]]:
-    """The latest ``limit`` events (at or after ``since``), oldest first, as the node's
+def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int = 100,
+                  until: str | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` events (at or after ``since``, before ``until``: times written
+    as the log writes them, to the second), oldest first, as the node's
     operator audits them: each body with the members of its sets (``grant_ids``,
     ``subject_refs``), ``sets_match`` (the stored sets hash to the event's roots; None for
     events from before set commitments) and ``chain_ok`` (its hash is SHA-256 of its
@@ -430,8 +452,8 @@ def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int
     rows = conn.execute(
         "SELECT * FROM (SELECT seq, body, prev_hash, hash, subject_set, grant_set, "
         "(SELECT hash FROM access_log p WHERE p.seq = a.seq - 1) FROM access_log a "
-        "WHERE ? IS NULL OR time >= ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        (since, since, limit)).fetchall()
+        "WHERE (? IS NULL OR time >= ?) AND (? IS NULL OR time < ?) ORDER BY seq DESC LIMIT ?) "
+        "ORDER BY seq", (since, since, until, until, limit)).fetchall()
     members: dict[tuple[str, int], list[str]] = {}
 
     def of(kind: str, set_id: int | None) -> list[str]:

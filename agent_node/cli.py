@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import click
 from agent_node.errors import AgentNodeError
 from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, load_home
 from agent_node.vault import Vault, sync
+from consent import timespec
 from consent.did import resolve
 from consent.errors import ConsentError
 from consent.passphrase import passphrase_file_option, read_passphrase
@@ -218,29 +218,31 @@ def head(home: str, passphrase_file: Path | None) -> None:
 @log_group.command()
 @home_option
 @pass_option
-@click.option("--since", default=None, help="only events at or after this ISO 8601 time")
+@timespec.since_option()
+@timespec.until_option()
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True,
               help="the latest N events")
 @click.option("--json", "as_json", is_flag=True, help="print the events as JSON")
-def events(home: str, passphrase_file: Path | None, since: str | None, limit: int,
-           as_json: bool) -> None:
+def events(home: str, passphrase_file: Path | None, since: timespec.TimeBound | None,
+           until: timespec.TimeBound | None, limit: int, as_json: bool) -> None:
     """List access events with the grants and customers they used, each checked against the
     event's Merkle roots and the hash chain."""
     from agent_node.accesslog import operator_view
     from agent_node.vault import iso
 
-    if since is not None:
-        try:
-            moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            since = iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
-        except ValueError:
-            _fail("--since must be an ISO 8601 time such as 2026-03-01T00:00Z")
+    timespec.check_range(since, until)
+    # The log keeps times to the second: whole-second bounds select exactly since <= t < until.
+    start = iso(timespec.ceil_second(since.start)) if since else None
+    end = iso(timespec.ceil_second(until.end)) if until else None
     node = _open(home, passphrase_file)
     with Vault(node.vault_path, node.keys).connection() as conn:
-        listed = operator_view(conn, since, limit)
+        listed = operator_view(conn, start, limit, until=end)
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return
+    selection = timespec.describe_range(since, until)
+    if selection:
+        click.echo(f"events {selection}:")
     for e in listed:
         sets = {True: "sets ok", False: "SETS DO NOT MATCH", None: "v1 event"}[e["sets_match"]]
         chain = "chain ok" if e["chain_ok"] else "CHAIN BROKEN"

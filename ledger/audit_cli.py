@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from consent import timespec
 from ledger.audit import (
     Bundle,
     Outcome,
@@ -221,10 +221,8 @@ def bundle(
 @click.option("--subject-commitment", help="Only events of this subject commitment (hex).")
 @click.option("--subject-did", help="Only events of this subject (needs --salt).")
 @click.option("--salt", help="The subject's 32-byte commitment salt, hex (from their wallet).")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="First day or second included (UTC).")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-              help="Last day (whole day, UTC) or second included.")
+@timespec.since_option()
+@timespec.until_option()
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
 def report(
     files: tuple[Path, ...],
@@ -232,14 +230,15 @@ def report(
     subject_commitment: str | None,
     subject_did: str | None,
     salt: str | None,
-    since: datetime | None,
-    until: datetime | None,
+    since: timespec.TimeBound | None,
+    until: timespec.TimeBound | None,
     out: Path,
 ) -> None:
     """Write an HTML report (with a timeline) of verified events of a subject or a period."""
     from ledger.report import render, select
     from ledger.verify import verify_receipt
 
+    timespec.check_range(since, until)
     log_key = _log_key(log_key_path)
     commitment = _commitment(subject_commitment, subject_did, salt)
     outcome = Outcome()
@@ -254,9 +253,8 @@ def report(
             label = f"{path} entry {receipt.index}"
             if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
                 verified.append((receipt, verify_receipt(receipt, log_key).checkpoint.size))
-    since_utc = since.replace(tzinfo=UTC) if since else None
-    until_utc = _end_of(until) if until else None
-    chosen = select(verified, subject_commitment=commitment, since=since_utc, until=until_utc)
+    chosen = select(verified, subject_commitment=commitment,
+                    since=since.start if since else None, until=until.end if until else None)
     selection = _selection_text(commitment, since, until)
     html = render(
         chosen,
@@ -268,13 +266,6 @@ def report(
     _write(out, html)
     click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
     _report(outcome)
-
-
-def _end_of(until: datetime) -> datetime:
-    """--until 2026-03-31 means to the end of that day (the docs' one-month example);
-    a time given to the second means that second (events may carry fractions of it)."""
-    step = timedelta(days=1) if until.time() == datetime.min.time() else timedelta(seconds=1)
-    return until.replace(tzinfo=UTC) + step - timedelta(microseconds=1)
 
 
 def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:
@@ -302,14 +293,11 @@ def _commitment(commitment: str | None, did: str | None, salt: str | None) -> st
     return commitment.lower()
 
 
-def _selection_text(commitment: str | None, since: datetime | None, until: datetime | None) -> str:
-    parts = []
-    if commitment:
-        parts.append(f"subject commitment {commitment[:16]}...")
-    if since:
-        parts.append(f"since {since:%Y-%m-%d %H:%M}Z")
-    if until:
-        parts.append(f"until {until:%Y-%m-%d %H:%M}Z")
+def _selection_text(commitment: str | None, since: timespec.TimeBound | None,
+                    until: timespec.TimeBound | None) -> str:
+    parts = [f"subject commitment {commitment[:16]}..."] if commitment else []
+    if since or until:
+        parts.append(timespec.describe_range(since, until))
     return ", ".join(parts) or "all events"
 
 

@@ -51,14 +51,15 @@ def select(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> list[ReportItem]:
-    """Pick the (verified receipt, tree size) pairs of a subject and/or period, by time."""
+    """Pick the (verified receipt, tree size) pairs of a subject and/or period (``since``
+    inclusive, ``until`` exclusive), by time."""
     items = []
     for receipt, size in receipts:
         event = receipt.event
         moment = parse_time(event["time"])
         if subject_commitment and not _mentions(event, subject_commitment):
             continue
-        if (since and moment < since) or (until and moment > until):
+        if (since and moment < since) or (until and moment >= until):
             continue
         items.append(ReportItem(moment, event["type"], receipt.index, size, event))
     return sorted(items, key=lambda i: (i.time, i.index))

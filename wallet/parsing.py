@@ -1,18 +1,18 @@
 """Parsing of the wallet's human inputs: durations, times, purposes, scopes and requester DIDs.
 
-Durations follow the compact Go/systemd style (``24h``, ``90m``, ``3d``, ``1h30m``); times are
-ISO 8601 (RFC 3339) or a duration meaning "that long ago". Purposes and scopes come from the
-consent kernel's controlled vocabulary; a near miss gets the closest known names suggested
+Durations follow the compact Go/systemd style (``24h``, ``90m``, ``3d``, ``1h30m``), read by
+``consent.timespec`` like every tool's ``--since`` / ``--until``. Purposes and scopes come
+from the consent kernel's controlled vocabulary; a near miss gets the closest known names suggested
 (``difflib``), as the dynamic-authorisation rules require one concrete purpose per grant.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from consent import timespec
 from consent.did import resolve
 from consent.errors import DIDError
 from consent.grants import MAX_PURPOSE_TEXT, PURPOSES, Scope
@@ -28,21 +28,14 @@ from wallet.errors import (
 # Policy ceiling of the dynamic-authorisation gateway: no grant outlives 72 hours.
 MAX_TTL = timedelta(hours=72)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+)([smhdw])")
-
 
 def parse_duration(text: str) -> timedelta:
-    """``24h`` / ``90m`` / ``3d`` / ``1h30m`` -> timedelta; anything else is ``InvalidDuration``."""
-    cleaned = text.strip().lower().replace(" ", "")
-    if not cleaned or _PART.sub("", cleaned):
-        raise InvalidDuration(
-            f"cannot read the duration {text!r}: use a number and a unit, like 24h, 90m or 3d"
-        )
-    seconds = sum(int(n) * _UNITS[unit] for n, unit in _PART.findall(cleaned))
-    if seconds <= 0:
-        raise InvalidDuration("a duration must be longer than zero, like 24h")
-    return timedelta(seconds=seconds)
+    """``24h`` / ``90m`` / ``3d`` / ``1h30m`` -> timedelta (``consent.timespec``, the syntax
+    every tool shares); anything else is ``InvalidDuration``."""
+    try:
+        return timespec.parse_duration(text)
+    except timespec.TimeSpecError as exc:
+        raise InvalidDuration(str(exc)) from None
 
 
 def format_duration(delta: timedelta) -> str:
@@ -65,23 +58,6 @@ def check_ttl(ttl: timedelta, limit: timedelta = MAX_TTL) -> timedelta:
             f"a grant may last at most {hours:g} hours; choose a shorter --ttl, like 24h"
         )
     return ttl
-
-
-def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An ISO 8601 time (naive means UTC), or a duration meaning "that long ago" (``2h``)."""
-    now = now or datetime.now(UTC)
-    try:
-        return now - parse_duration(text)
-    except InvalidDuration:
-        pass
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidDuration(
-            f"cannot read the time {text!r}: use ISO 8601 like 2025-01-31T09:00Z, or 2h for "
-            "two hours ago"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def closest_purposes(purpose: str, n: int = 3) -> list[str]:

@@ -79,7 +79,35 @@ def test_an_altered_vault_is_reported(logged: dict[str, Any], tamper: str, verdi
     assert "the vault was altered" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_bad_since_is_a_clear_error(logged: dict[str, Any]) -> None:
-    result = _events(logged["home"], "--since", "yesterday", check=False)
-    assert result.returncode == 1 and "--since must be an ISO 8601 time" in result.stderr
+@pytest.mark.parametrize(("option", "value", "error"), [
+    ("--since", "yesterday", "cannot read the time 'yesterday'"),
+    ("--until", "2026-02-30", "cannot read the time '2026-02-30'"),
+    ("--since", "-3h", "cannot read the time '-3h'"),
+])
+def test_a_bad_time_is_a_clear_error(logged: dict[str, Any], option: str, value: str,
+                                     error: str) -> None:
+    result = _events(logged["home"], option, value, check=False)
+    assert result.returncode == 2 and error in result.stderr and option in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_since_and_until_share_the_tools_syntax(logged: dict[str, Any]) -> None:
+    """consent.timespec: a day, a date-time or a duration ago; a day as --until is whole."""
+    every = json.loads(_events(logged["home"], "--json").stdout)
+    day, moment = every[0]["time"][:10], every[0]["time"]
+
+    def seqs(*extra: str) -> list[int]:
+        return [e["seq"] for e in json.loads(_events(logged["home"], *extra, "--json").stdout)]
+
+    everything = [e["seq"] for e in every]
+    assert seqs("--since", "1h") == everything and seqs("--until", "1h") == []
+    assert seqs("--since", day, "--until", day) == everything  # the whole day
+    assert seqs("--until", moment) == [e["seq"] for e in every if e["time"] <= moment]
+    assert seqs("--since", "2999-01-01") == [] and seqs("--until", "2000-01-01T00:00Z") == []
+    human = _events(logged["home"], "--since", day, "--until", day).stdout.splitlines()
+    assert human[0].startswith(f"events since {day} (from {day}T00:00Z), until {day} "
+                               "(whole day, up to ")
+    assert len(human) == len(every) + 1
+    reversed_range = _events(logged["home"], "--since", day, "--until", "2000-01-01",
+                             check=False)
+    assert reversed_range.returncode == 2 and "is before --since" in reversed_range.stderr

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -21,7 +21,6 @@ from wallet.parsing import (
     check_ttl,
     format_duration,
     parse_duration,
-    parse_time,
 )
 
 
@@ -52,15 +51,6 @@ def test_ttl_limit_is_72_hours() -> None:
         check_ttl(parse_duration("73h"))
     with pytest.raises(TTLTooLong, match="at most 24 hours"):
         check_ttl(timedelta(hours=25), timedelta(hours=24))
-
-
-def test_parse_time_iso_and_relative() -> None:
-    now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-    assert parse_time("2h", now=now) == datetime(2025, 3, 1, 10, 0, tzinfo=UTC)
-    assert parse_time("2025-02-28T09:30Z", now=now) == datetime(2025, 2, 28, 9, 30, tzinfo=UTC)
-    assert parse_time("2025-02-28T09:30", now=now).tzinfo == UTC
-    with pytest.raises(InvalidDuration, match="ISO 8601"):
-        parse_time("last tuesday", now=now)
 
 
 def test_unknown_purpose_suggests_the_closest() -> None:
