@@ -334,9 +334,9 @@ def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr:
 
 
 def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) -> None:
-    receipts = export_receipts(work, alice_home)
-    receipts += sorted((work / "node-receipts").glob("*.json"))
     log_key = ledger_home / "log-public.json"
+    alice_receipts = own_audit(work, env, alice_home, log_key)
+    receipts = alice_receipts + sorted((work / "node-receipts").glob("*.json"))
     run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, receipts)], env)
     bundle, report = work / "audit-bundle.json", work / "audit-report.html"
     run(["sov-audit", "bundle", "--log-key", str(log_key), "-o", str(bundle),
@@ -356,20 +356,24 @@ def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) 
         sys.exit("the tampered receipt was accepted: the demo expected a rejection")
 
 
-def export_receipts(work: Path, alice_home: Path) -> list[Path]:
-    """The ledger receipts Alice's wallet keeps, written out one file each."""
-    from wallet.service import open_store
-
-    paths = []
-    kept = [g.ledger_receipt for g in open_store(alice_home).grants() if g.ledger_receipt]
-    for index, receipt in enumerate(kept):
-        path = work / f"receipt-{index}.json"
-        path.write_text(json.dumps(receipt, indent=2))
-        paths.append(path)
+def own_audit(work: Path, env: dict[str, str], alice_home: Path, log_key: Path) -> list[Path]:
+    """Alice audits her own data with the command line alone: her wallet writes out its
+    receipts and reveals her salt, `sov-audit` verifies them and reports on her entries."""
+    say("   Alice checks her own receipts and makes her own report (no one else's help)")
+    wallet = ["consent-wallet", "--home", str(alice_home)]
+    out = work / "alice-receipts"
+    written = run([*wallet, "receipts", "--out", str(out), "--json"], env, quiet=True)
+    show([*wallet, "receipts", "--out", str(out)])
+    paths = [Path(p) for p in json.loads(written.stdout)["written"]]
     if not paths:
         sys.exit("Alice's wallet holds no ledger receipts")
+    print(f"  wrote {len(paths)} receipt(s): " + ", ".join(p.name for p in paths))
+    run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, paths)], env)
+    key = json.loads(run([*wallet, "audit-key", "--yes", "--json"], env).stdout)
+    report = work / "alice-report.html"
+    run(["sov-audit", "report", "--log-key", str(log_key), "--subject-did", key["did"],
+         "--salt", key["salt"], "-o", str(report), *map(str, paths)], env)
     return paths
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,4 +24,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "14 grant(s), 14 customer(s)  [sets ok, chain ok]" in out  # the operator's view
     assert "was revoked by its subject" in out               # revocation took effect
     assert "OK: all" in out and "NOT VERIFIED" in out        # receipts pass, the tampered fails
+    own = out[out.index("Alice checks her own receipts"):]   # a customer's own audit, by CLI
+    assert "consent-wallet --home" in own and " receipts --out " in own
+    assert "revocation-" in own and "audit-key --yes --json" in own
+    assert "sov-audit report" in own and "--subject-did did:key:" in own
     assert (tmp_path / "demo-audit-report.html").exists()
