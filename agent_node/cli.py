@@ -81,6 +81,26 @@ def init(home: str, passphrase_file: Path | None, name: str, region: str, profil
     click.echo(f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
 
 
+@main.command(name="rotate-key")
+@home_option
+@pass_option
+@click.option("--json", "as_json", is_flag=True, help="print the rotation statement as JSON")
+def rotate_key(home: str, passphrase_file: Path | None, as_json: bool) -> None:
+    """Give the node a new did:key, signed over by the old one (wallets follow it)."""
+    from agent_node.home import rotate_identity
+
+    passphrase = _passphrase(passphrase_file)
+    node = load_home(Path(home), passphrase)
+    statement = rotate_identity(node, passphrase)
+    if as_json:
+        click.echo(json.dumps(statement, indent=2))
+        return
+    click.echo(f"rotated {statement['previous']} -> {statement['did']}")
+    click.echo("restart 'sov-node serve'; wallets that pinned the old DID follow the signed "
+               "rotation in the node's info. If a ledger lists this node as an author, ask its "
+               "operator to add the new DID (sov-ledger authors add)")
+
+
 @main.command(name="sync")
 @home_option
 @pass_option
@@ -296,6 +316,32 @@ def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
         (out / f"receipt-{anchored.sequence}.json").write_text(
             json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
     click.echo(f"wrote {len(heads)} receipt(s) to {out}; {pending} head(s) pending")
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--coordinator", required=True, help="the coordinator's address host:port")
+@click.option("--coordinator-ca", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the coordinator's TLS CA certificate (PEM)")
+@click.option("--endpoint", default=None,
+              help="where the coordinator reaches this node (default: coordinator_listen)")
+@click.option("--previous-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the node.key this name was registered with, to sign a key rotation "
+                   "(same passphrase)")
+def register(home: str, passphrase_file: Path | None, coordinator: str, coordinator_ca: str,
+             endpoint: str | None, previous_key: str | None) -> None:
+    """Sign a NodeRegistration and register this node with a coordinator."""
+    from agent_node.coordination import register as register_node
+    from consent.keystore import load_identity
+
+    passphrase = _passphrase(passphrase_file)
+    node = load_home(Path(home), passphrase)
+    previous = load_identity(Path(previous_key), passphrase) if previous_key else None
+    reply = register_node(node, coordinator, Path(coordinator_ca).read_bytes(),
+                          endpoint=endpoint, previous=previous)
+    click.echo(f"registered {reply.name} ({reply.did}) at {coordinator}"
+               + (" (key rotated)" if reply.rotated else ""))
 
 
 @main.command()

@@ -22,6 +22,7 @@ from typing import Any
 import tomli_w
 
 from agent_node.datamap import TEMPLATE, DataMap, load_datamap
+from agent_node.engine import EngineSettings
 from agent_node.errors import ConfigError
 from agent_node.vaultcrypto import VaultKeys
 from consent.errors import KeystoreError
@@ -50,7 +51,12 @@ class NodeConfig:
     clock_skew_seconds: int = 300
     replay_window_seconds: int = 300
     max_message_bytes: int = 4 * 1024 * 1024
-    default_epsilon: float = 1.0
+    privacy: str = "dp"            # "dp": differential privacy | "threshold": k only (weaker)
+    default_epsilon: float = 1.0   # dp: a query's epsilon when the requester names none
+    epsilon_min: float = 0.05      # dp: the smallest epsilon a requester may ask per query
+    epsilon_max: float = 2.0       # dp: the largest
+    grant_budget: float = 10.0     # dp: budget of a grant whose wallet set no --dp-epsilon
+    dp_delta: float = 1e-9         # dp: delta per answer that selects undeclared group keys
     max_workers: int = 16
     metrics_port: int = 0          # 0 = no Prometheus endpoint
     metrics_address: str = "127.0.0.1"
@@ -61,6 +67,9 @@ class NodeConfig:
     ledger_push_seconds: float = 30.0
     gm_sm2_answer_proofs: bool = False  # gm: SM2 proof on every Query answer too (one SM2
     #                                     signature per query; off keeps SM2 off the hot path)
+    coordinator_listen: str = ""   # optional: a second port, mutual TLS, for the coordinator
+    coordinator_ca: str = ""       # the coordinator's TLS CA (PEM) its client certificate must
+    #                                chain to; relative to the node home
 
     @property
     def max_ttl(self) -> timedelta:
@@ -86,12 +95,34 @@ class NodeConfig:
             raise ConfigError("node.toml key 'max_message_bytes': must be 1 KiB to 64 MiB")
         if self.replay_window_seconds < 10:
             raise ConfigError("node.toml key 'replay_window_seconds': must be at least 10")
+        self.privacy_settings()
         if not 0.1 <= self.ledger_push_seconds <= 86400:
             raise ConfigError("node.toml key 'ledger_push_seconds': must be 0.1 to 86400")
+        if bool(self.coordinator_listen) != bool(self.coordinator_ca):
+            raise ConfigError("node.toml keys 'coordinator_listen' and 'coordinator_ca' go "
+                              "together: the coordinator port admits only clients whose "
+                              "certificate chains to coordinator_ca")
+        if self.coordinator_listen:
+            check_listen(self.coordinator_listen, "node.toml key 'coordinator_listen'")
         if self.ledger_address and not self.ledger_ca:
             raise ConfigError("node.toml key 'ledger_ca': set it to the ledger's CA certificate "
                               "(PEM) when 'ledger_address' is set")
         return self
+
+
+    def privacy_settings(self) -> EngineSettings:
+        """The query engine's settings from this config; ConfigError names a bad key."""
+        if self.privacy not in ("dp", "threshold"):
+            raise ConfigError("node.toml key 'privacy': must be \"dp\" (differential privacy, "
+                              "the default) or \"threshold\" (k-suppression only, weaker)")
+        try:
+            return EngineSettings(k=self.k, default_epsilon=self.default_epsilon,
+                                  privacy=self.privacy, epsilon_min=self.epsilon_min,
+                                  epsilon_max=self.epsilon_max, grant_budget=self.grant_budget,
+                                  delta=self.dp_delta)
+        except ValueError as exc:
+            raise ConfigError(f"node.toml privacy settings: {exc} (keys default_epsilon, "
+                              "epsilon_min, epsilon_max, grant_budget, dp_delta)") from None
 
 
 def check_listen(address: str, what: str = "listen address") -> str:
@@ -207,6 +238,45 @@ def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = 
 
 def save_config(path: Path, config: NodeConfig) -> None:
     Path(path).write_text(tomli_w.dumps({"node": asdict(config)}), encoding="utf-8")
+
+
+ROTATIONS_FILE = "rotations.json"
+
+
+def rotations(home: Path) -> list[dict[str, Any]]:
+    """The node's key rotation statements, oldest first (served in NodeInfo)."""
+    path = Path(home) / ROTATIONS_FILE
+    if not path.exists():
+        return []
+    try:
+        statements = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ConfigError(f"{path} is not JSON: restore it from a backup") from None
+    if not isinstance(statements, list):
+        raise ConfigError(f"{path} must hold a JSON list of key rotation statements")
+    return statements
+
+
+def rotate_identity(node: NodeHome, passphrase: str) -> dict[str, Any]:
+    """Give the node a new did:key, signed over by the old one (``consent.rotation``).
+
+    The statement is appended to ``rotations.json`` first and the new key written after, each
+    atomically: a crash in between leaves the old key in place and a statement naming a key
+    nobody holds, which wallets follow to a DID the node never presents (harmless). The old
+    key is kept, encrypted, as ``node.key.retired-N`` for the record; it signs nothing more.
+    """
+    from consent.rotation import issue_rotation
+
+    new = Identity.generate(node.config.profile)  # type: ignore[arg-type]
+    statement = issue_rotation(node.identity, new.did)
+    statements = [*rotations(node.path), statement]
+    write_private_file(node.path / ROTATIONS_FILE, json.dumps(statements, indent=2).encode())
+    retired = node.path / f"node.key.retired-{len(statements)}"
+    retired.write_bytes((node.path / "node.key").read_bytes())
+    os.chmod(retired, 0o600)
+    save_identity(node.path / "node.key", new, passphrase)
+    node.identity = new
+    return statement
 
 
 def load_home(home: Path, passphrase: str) -> NodeHome:

@@ -34,7 +34,7 @@ from agent_node.errors import (
     Unauthenticated,
 )
 from agent_node.grantstore import GrantStore
-from agent_node.home import NodeHome
+from agent_node.home import NodeHome, rotations
 from agent_node.vault import (
     DurableReplayGuard,
     Vault,
@@ -90,6 +90,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                  metrics: Metrics | None = None) -> None:
         self.home, self.vault, self.engine, self.grants = home, vault, engine, grants
         self.identity = home.identity
+        self.rotations = rotations(home.path)  # signed by each retired key (sov-node rotate-key)
         self.replay = DurableReplayGuard(vault, home.config.replay_window)  # across workers
         self.metrics = metrics or Metrics()
         self.profile = home.config.profile
@@ -249,6 +250,9 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             "k_threshold": self.engine.settings.k, "max_ttl_hours": config.max_ttl_hours,
             "access_log_head": head, "datasets": datasets, "issued": iso(datetime.now(UTC)),
         }
+        if self.rotations:
+            # Wallets that pinned an older DID follow these (consent.rotation) to this one.
+            document["rotations"] = self.rotations
         if self.profile == "gm" and self.identity.sm2 is not None:
             # The key gm sessions are opened to; the chained proof binds it to the node's DID.
             document["sm2PublicKey"] = self.identity.sm2.public_key().to_hex()

@@ -61,3 +61,8 @@ class UnknownScope(GrantError):
 
 class RevocationError(ConsentError):
     """A revocation statement is malformed or was not issued by the grant's subject."""
+
+
+class RotationError(ConsentError):
+    """A node key rotation statement is malformed, not signed by the old key, or no chain of
+    them leads from a pinned DID to the one a node presents."""

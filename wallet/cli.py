@@ -144,18 +144,44 @@ def nodes() -> None:
 @click.argument("address")
 @click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PEM CA certificate of the node's TLS certificate.")
+@click.option("--did", "expected_did",
+              help="The node's DID as its operator published it: pinned ahead, so a node "
+                   "presenting another is refused (default: pin what it presents now).")
 @json_option
 @pass_ctx
-def nodes_add(ctx: Context, address: str, ca_file: Path, as_json: bool) -> None:
-    """Remember a node's CA and fetch its verified identity (name, region, residency)."""
+def nodes_add(ctx: Context, address: str, ca_file: Path, expected_did: str | None,
+              as_json: bool) -> None:
+    """Remember a node's CA, fetch its verified identity and pin its DID."""
     ca_pem = service.read_ca(ca_file)
+    if expected_did is not None:
+        service.check_node_did(expected_did)
     with _open(ctx) as wallet:
-        node = wallet.add_node(address, ca_pem)
+        node = wallet.add_node(address, ca_pem, expected_did=expected_did)
     data = _node_json(node)
     _emit(as_json, data, lambda: click.echo(
         f"Added node {node.name or '?'} at {address}\n  DID: {node.did}\n"
         f"  region: {node.region}  residency: {node.residency}"
     ))
+
+
+@nodes.command("trust")
+@click.argument("address")
+@click.option("--new-did", required=True,
+              help="The node's new DID, confirmed with its operator out of band.")
+@click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A new PEM CA certificate, if the node's TLS changed too.")
+@json_option
+@pass_ctx
+def nodes_trust(ctx: Context, address: str, new_did: str, ca_file: Path | None,
+                as_json: bool) -> None:
+    """Accept a node's new DID (only after checking it with the node's operator)."""
+    service.check_node_did(new_did)
+    ca_pem = service.read_ca(ca_file) if ca_file else None
+    with _open(ctx) as wallet:
+        node = wallet.trust_node(address, new_did, ca_pem)
+    _emit(as_json, _node_json(node), lambda: click.echo(
+        f"Node {node.name or '?'} at {address} is now pinned to {node.did}"
+        + (f"\n  earlier DIDs: {', '.join(node.retired_dids)}" if node.retired_dids else "")))
 
 
 @nodes.command("list")
@@ -180,6 +206,7 @@ def _node_json(node: Any) -> dict[str, Any]:
         "residency": node.residency, "profile": node.profile, "k_threshold": node.k_threshold,
         "max_ttl_hours": node.max_ttl_hours,
         "info_at": iso(node.info_at) if node.info_at else None,
+        "retired_dids": list(node.retired_dids),
     }
 
 

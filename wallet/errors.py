@@ -47,6 +47,11 @@ class UnknownNode(WalletError):
     """No CA certificate is known for a node address."""
 
 
+class NodeIdentityChanged(WalletError):
+    """A node presents another DID than the one pinned for its address, with no key rotation
+    signed by the pinned key: an impostor unless its owner says otherwise (`nodes trust`)."""
+
+
 class UnknownGrant(WalletError):
     """No grant with that id is held by this wallet."""
 

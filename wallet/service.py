@@ -29,6 +29,7 @@ from wallet.errors import (
     GrantAlreadyRevoked,
     InvalidInput,
     LedgerUnavailable,
+    NodeIdentityChanged,
     UnknownGrant,
     UnknownNode,
     WalletExists,
@@ -323,19 +324,42 @@ class Wallet:
 
     # nodes ----------------------------------------------------------------------------------
 
-    def add_node(self, address: str, ca_pem: bytes) -> NodeRecord:
+    def add_node(self, address: str, ca_pem: bytes, *, expected_did: str | None = None
+                 ) -> NodeRecord:
         """Fetch the node's verified NodeInfo with ``ca_pem``, then remember both.
 
         Nothing is saved unless the node answered over TLS with that CA: a wrong CA file or an
         unreachable address must not replace the CA of a node the wallet already talks to.
+        The first contact pins the node's DID (trust on first use), or ``expected_did`` pins
+        it ahead (the DID its operator published): a node presenting another is refused.
         """
-        self._remember_node(address, ca_pem)
+        if expected_did is not None:
+            check_node_did(expected_did)
+            known = self.store.node(address)
+            if known is not None and known.did not in (None, expected_did):
+                raise NodeIdentityChanged(
+                    f"the node at {address} is pinned to {known.did}, not {expected_did}; "
+                    f"nothing was saved: use `consent-wallet nodes trust {address} --new-did "
+                    f"{expected_did}` to change it")
+        self._remember_node(address, ca_pem, accept_did=expected_did, exact=True)
         record = self.store.node(address)
         assert record is not None  # written by _remember_node
         return record
 
-    def _remember_node(self, address: str, ca_pem: bytes) -> None:
-        """Save ``ca_pem`` for ``address`` only after the node was reached and verified with it."""
+    def trust_node(self, address: str, new_did: str, ca_pem: bytes | None = None) -> NodeRecord:
+        """The customer's explicit word that the node at ``address`` is now ``new_did``
+        (``nodes trust --new-did``): pinned only if the node presents exactly that DID."""
+        check_node_did(new_did)
+        known = self._node(address)
+        self._remember_node(address, ca_pem or known.ca_pem, accept_did=new_did, exact=True)
+        record = self.store.node(address)
+        assert record is not None
+        return record
+
+    def _remember_node(self, address: str, ca_pem: bytes, *, accept_did: str | None = None,
+                       exact: bool = False) -> None:
+        """Save ``ca_pem`` for ``address`` only after the node was reached and verified with it
+        (and presented the pinned DID, a DID a signed rotation leads to, or ``accept_did``)."""
         NodeError, _ = _node_errors()
         client = self._client_factory(address, ca_pem, self.identity)
         try:
@@ -347,12 +371,48 @@ class Wallet:
                 "the node is running, and that the CA file is the node's own",
                 exc.code,  # type: ignore[attr-defined]
             ) from None
+        try:
+            if exact and accept_did is not None and info.did != accept_did:
+                raise NodeIdentityChanged(
+                    f"the node at {address} presents {info.did}, not the DID you gave "
+                    f"({accept_did}); nothing was saved: check the DID with its operator")
+            retired = self._checked_identity(address, info, accept_did)
+        except BaseException:
+            _close(client)
+            raise
         self.store.put_node(address, ca_pem)
-        self.store.put_node_info(address, info)
+        self.store.put_node_info(address, info, retired)
         old = self._clients.pop(address, None)
         if old is not None:
             _close(old)
         self._clients[address] = client
+
+    def _checked_identity(self, address: str, info: Any, accept_did: str | None = None
+                          ) -> list[str] | None:
+        """Hold the node to its pinned DID: the same DID, one a chain of rotations signed by
+        the pinned key leads to (``consent.rotation``), or ``accept_did`` (the customer's
+        explicit word). Returns the retired DIDs to record when the DID changes, else None;
+        ``NodeIdentityChanged`` for anything else, before anything is sent to the node."""
+        from consent.errors import RotationError
+        from consent.rotation import follow
+
+        known = self.store.node(address)
+        pinned = known.did if known else None
+        if pinned is None or info.did == pinned:
+            return None
+        retired = [d for d in (known.retired_dids if known else ()) if d != info.did]
+        if info.did == accept_did:
+            return [*retired, pinned]
+        document = getattr(info, "document", {}) or {}
+        try:
+            chain = follow(pinned, info.did, document.get("rotations") or [])
+        except RotationError:
+            raise NodeIdentityChanged(
+                f"the node at {address} presents the DID {info.did}, not the one you pinned "
+                f"({pinned}), and no key rotation signed by the pinned key leads to it; nothing "
+                f"was sent to it: if its operator confirms the new key, run `consent-wallet "
+                f"nodes trust {address} --new-did {info.did}`") from None
+        return [*retired, *(step.previous for step in chain)]
 
     def _use_node_ca(self, address: str, ca_pem: bytes | None) -> None:
         """``--node-ca``: a CA equal to the remembered one needs no check; a new one does."""
@@ -365,7 +425,7 @@ class Wallet:
 
     def refresh_node(self, address: str) -> None:
         info = self._client(address).node_info()
-        self.store.put_node_info(address, info)
+        self.store.put_node_info(address, info, self._checked_identity(address, info))
 
     def _node(self, address: str) -> NodeRecord:
         record = self.store.node(address)
@@ -377,9 +437,20 @@ class Wallet:
         return record
 
     def _client(self, address: str) -> Any:
+        """A client of the node at ``address``, whose identity was checked against the pinned
+        DID before any request is sealed to it (``NodeIdentityChanged`` otherwise)."""
         if address not in self._clients:
             record = self._node(address)
-            self._clients[address] = self._client_factory(address, record.ca_pem, self.identity)
+            client = self._client_factory(address, record.ca_pem, self.identity)
+            try:
+                info = client.node_info()
+                retired = self._checked_identity(address, info)
+            except BaseException:
+                _close(client)
+                raise
+            if retired is not None:  # a signed rotation: follow it, and remember the old DIDs
+                self.store.put_node_info(address, info, retired)
+            self._clients[address] = client
         return self._clients[address]
 
     # grants ---------------------------------------------------------------------------------
@@ -858,6 +929,19 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
 def _file_safe(grant_id: str) -> str:
     """``urn:uuid:X`` -> ``X``: a grant id as a file name on every system."""
     return grant_id.removeprefix("urn:uuid:").replace(":", "-").replace("/", "-")
+
+
+def check_node_did(did: str) -> str:
+    """A node DID the customer typed: a did:key this project can resolve."""
+    from consent.did import resolve
+    from consent.errors import DIDError
+
+    try:
+        resolve(did)
+    except DIDError:
+        raise InvalidInput(f"{did[:80]!r} is not a did:key: give the node's DID as its "
+                           "operator published it (did:key:z6Mk...)") from None
+    return did
 
 
 def _close(client: Any) -> None:

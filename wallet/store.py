@@ -53,6 +53,7 @@ MIGRATIONS = (
     ("access_events", "ledger_status", "TEXT"),
     ("access_events", "ledger_detail", "TEXT"),
     ("revocations", "ledger_receipt", "TEXT"),
+    ("nodes", "retired_dids", "TEXT"),  # JSON list: DIDs the node rotated away from
 )
 
 PENDING = "pending"
@@ -88,6 +89,7 @@ class NodeRecord:
     k_threshold: int | None
     max_ttl_hours: float | None
     info_at: datetime | None
+    retired_dids: tuple[str, ...] = ()  # earlier DIDs of this node, oldest first
 
 
 @dataclass(frozen=True)
@@ -208,15 +210,18 @@ class WalletStore:
                 (address, ca_pem.decode("ascii")),
             )
 
-    def put_node_info(self, address: str, info: Any) -> None:
-        """Record a verified ``NodeInfo`` (did, name, region, residency, ...)."""
+    def put_node_info(self, address: str, info: Any, retired: list[str] | None = None) -> None:
+        """Record a verified ``NodeInfo`` (did, name, region, residency, ...); ``retired``
+        are DIDs the node held before (the caller checked the change of DID)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE nodes SET did = ?, name = ?, region = ?, residency = ?, profile = ?, "
-                "k_threshold = ?, max_ttl_hours = ?, info_at = ? WHERE address = ?",
+                "k_threshold = ?, max_ttl_hours = ?, info_at = ?, "
+                "retired_dids = coalesce(?, retired_dids) WHERE address = ?",
                 (
                     info.did, info.name, info.region, info.residency, info.profile,
-                    info.k_threshold, info.max_ttl_hours, iso(utcnow()), address,
+                    info.k_threshold, info.max_ttl_hours, iso(utcnow()),
+                    None if retired is None else json.dumps(retired), address,
                 ),
             )
 
@@ -235,6 +240,7 @@ class WalletStore:
             name=row["name"], region=row["region"], residency=row["residency"],
             profile=row["profile"], k_threshold=row["k_threshold"],
             max_ttl_hours=row["max_ttl_hours"], info_at=_opt_time(row["info_at"]),
+            retired_dids=tuple(_loads(row["retired_dids"]) or ()),
         )
 
     # grants ---------------------------------------------------------------------------------
