@@ -29,8 +29,9 @@ import opendp.prelude as dp
 
 dp.enable_features("contrib")
 
-#: The smallest standard deviation used for scaling (a constant column stays finite).
-MIN_STD = 1e-3
+#: The smallest standard deviation used for scaling, as a share of the bounds' half-width, so
+#: that a noisy variance cannot blow a feature up (a constant column stays finite too).
+MIN_STD_SHARE = 0.05
 
 
 class FeatureSpecError(ValueError):
@@ -178,7 +179,9 @@ def combine_moments(parts: Sequence[Moments], spec: FeatureSpec) -> Scaling:
         m = min(max(sum(p.sums[i] for p in parts) / count, -half), half)
         var = sum(p.squares[i] for p in parts) / count - m * m
         mean.append(mid + m)
-        std.append(max(math.sqrt(max(var, 0.0)), MIN_STD * max(half, 1.0)))
+        # Noise can swamp a variance that is small next to the bounds: then fall back to a
+        # uniform spread over the bounds, and never scale by less than a share of the range.
+        std.append(max(math.sqrt(var) if var > 0 else half / math.sqrt(3), MIN_STD_SHARE * half))
     return Scaling(tuple(mean), tuple(std))
 
 

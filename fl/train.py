@@ -10,6 +10,7 @@ example, so it costs no privacy and works the same with and without DP.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -122,10 +123,23 @@ def _private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "secure RNG off": the noise is still calibrated
         engine = PrivacyEngine(accountant="rdp")
-        return engine.make_private_with_epsilon(  # type: ignore[no-any-return]
-            module=model, optimizer=optimizer, data_loader=loader,
-            target_epsilon=dp.epsilon, target_delta=dp.delta, epochs=config.epochs,
+        # What make_private_with_epsilon does, with the calibration cached: the RDP search
+        # takes seconds and every round of a run asks for the same noise.
+        noise = noise_multiplier(dp.epsilon, dp.delta, 1 / len(loader), config.epochs)
+        return engine.make_private(  # type: ignore[no-any-return]
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
             max_grad_norm=dp.max_grad_norm)
+
+
+@functools.lru_cache(maxsize=256)
+def noise_multiplier(epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
+    """The Gaussian noise multiplier making ``epochs`` of Poisson-sampled DP-SGD at
+    ``sample_rate`` (epsilon, delta)-DP under Opacus's RDP accountant."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                      sample_rate=sample_rate, epochs=epochs,
+                                      accountant="rdp"))
 
 
 @dataclass(frozen=True)

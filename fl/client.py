@@ -1,0 +1,169 @@
+"""The node side of a training run as a Flower ``ClientApp`` (Message API), over any source of
+consented examples.
+
+``make_client_app(open_source)`` registers ``query.moments``, ``train`` and ``evaluate``. Each
+handler asks the node's ``TrainingSource`` (``agent_node.training`` reads the vault) for the
+examples a verified plan may use in this phase, computes, and only then asks the source to
+``commit`` the use (budgets debited with an access event); a refusal at either step becomes an
+``Error`` reply with code ``REFUSED`` and a one-sentence reason, never a partial update.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from fl import models
+from fl.features import encode, local_moments
+from fl.protocol import (
+    EXAMPLES,
+    LINEAGE,
+    PLAN_KEY,
+    REFUSED,
+    SCALING_KEY,
+    PlanError,
+    RunPlan,
+    decode_plan,
+    decode_scaling,
+)
+from fl.train import TrainConfig, TrainingError, evaluate, train
+
+
+class Refused(Exception):
+    """The node will not take part in this phase; the message is the reason (one sentence)."""
+
+
+@dataclass
+class Selection:
+    """What a source found for one phase: the plan, one row per customer, and what the
+    source needs to commit their use."""
+
+    plan: RunPlan
+    rows: Sequence[dict[str, Any]]
+    node: str  # the node's DID
+    grant_hashes: list[str]
+    handle: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingSource(Protocol):
+    def select(self, plan_document: dict[str, Any], run_id: int, phase: str,
+               epsilon: float) -> Selection:
+        """Verify the plan; the consenting customers' rows for ``phase`` spending
+        ``epsilon`` each; raise ``Refused``."""
+
+    def commit(self, selection: Selection, phase: str, server_round: int,
+               epsilon: float) -> None:
+        """Debit and log the use atomically (raise ``Refused`` if consent changed)."""
+
+
+def make_client_app(open_source: Callable[[Context], TrainingSource]) -> ClientApp:
+    app = ClientApp()
+
+    @app.query("moments")
+    def moments(msg: Message, context: Context) -> Message:
+        return _guarded(msg, lambda: _moments(open_source(context), msg, context))
+
+    @app.train()
+    def train_(msg: Message, context: Context) -> Message:
+        return _guarded(msg, lambda: _train(open_source(context), msg, context))
+
+    @app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        return _guarded(msg, lambda: _evaluate(open_source(context), msg, context))
+
+    return app
+
+
+def _guarded(msg: Message, work: Callable[[], RecordDict]) -> Message:
+    try:
+        return Message(work(), reply_to=msg)
+    except (Refused, PlanError, TrainingError, models.ModelSpecError) as exc:
+        return Message(Error(code=REFUSED, reason=str(exc)), reply_to=msg)
+
+
+def _config(msg: Message) -> ConfigRecord:
+    config = msg.content.config_records.get("config")
+    if config is None or PLAN_KEY not in config:
+        raise Refused("the message carries no run plan; start runs with sov-coordinator train")
+    return config
+
+
+def _lineage(sel: Selection) -> ConfigRecord:
+    return ConfigRecord({"node": sel.node, "grants": json.dumps(sorted(sel.grant_hashes))})
+
+
+def _moments(source: TrainingSource, msg: Message, context: Context) -> RecordDict:
+    config = _config(msg)
+    probe = decode_plan(config[PLAN_KEY])
+    epsilon = float(probe.get("stats_epsilon", 0))
+    sel = source.select(probe, context.run_id, "moments", epsilon)
+    found = local_moments(sel.rows, sel.plan.features, sel.plan.stats_epsilon)
+    source.commit(sel, "moments", 0, sel.plan.stats_epsilon)
+    return RecordDict({"metrics": MetricRecord({
+        "count": found.count, "sums": list(found.sums), "squares": list(found.squares)}),
+        LINEAGE: _lineage(sel)})
+
+
+def _train(source: TrainingSource, msg: Message, context: Context) -> RecordDict:
+    config = _config(msg)
+    probe = decode_plan(config[PLAN_KEY])
+    dp = (probe.get("train") or {}).get("dp") or {}
+    sel = source.select(probe, context.run_id, "train", float(dp.get("epsilon", 0.0)))
+    plan = sel.plan
+    x, y = encode(sel.rows, plan.features, decode_scaling(config.get(SCALING_KEY),
+                                                          plan.features))
+    model = models.build(plan.model, plan.features.width, plan.seed)
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None:
+        raise Refused("the train message carries no model weights")
+    models.set_state(model, {k: a.numpy() for k, a in arrays.items()})
+    round_ = int(config.get("server-round", 0))
+    cfg = TrainConfig(plan.train.epochs, plan.train.lr, plan.train.batch_size,
+                      float(config.get("proximal-mu", 0.0)), plan.train.dp)
+    result = train(model, x, y, cfg, seed=plan.seed * 1000 + round_)
+    source.commit(sel, "train", round_, result.epsilon)
+    metrics: dict[str, Any] = {EXAMPLES: result.examples, "epsilon": result.epsilon}
+    if plan.dp is None:  # a loss over raw data is released only when the plan has no DP
+        metrics["train-loss"] = result.loss
+    state = models.get_state(model)
+    return RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v))
+                                              for k, v in state.items()}),
+                       "metrics": MetricRecord(metrics), LINEAGE: _lineage(sel)})
+
+
+def _evaluate(source: TrainingSource, msg: Message, context: Context) -> RecordDict:
+    config = _config(msg)
+    probe = decode_plan(config[PLAN_KEY])
+    if (probe.get("train") or {}).get("dp") is not None:
+        raise Refused("this plan trains with DP-SGD, so the node releases no noiseless "
+                      "evaluation metrics; evaluate centrally on a held-out set")
+    sel = source.select(probe, context.run_id, "evaluate", 0.0)
+    plan = sel.plan
+    x, y = encode(sel.rows, plan.features, decode_scaling(config.get(SCALING_KEY),
+                                                          plan.features))
+    model = models.build(plan.model, plan.features.width, plan.seed)
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None:
+        raise Refused("the evaluate message carries no model weights")
+    models.set_state(model, {k: a.numpy() for k, a in arrays.items()})
+    found = evaluate(model, x, y)
+    source.commit(sel, "evaluate", int(config.get("server-round", 0)), 0.0)
+    return RecordDict({"metrics": MetricRecord({
+        EXAMPLES: found.examples, "eval-loss": found.loss,
+        "auc": found.auc if found.auc is not None else 0.5})})
