@@ -326,20 +326,15 @@ def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--endpoint", default=None,
               help="where the coordinator reaches this node (default: coordinator_listen)")
-@click.option("--previous-key", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="the node.key this name was registered with, to sign a key rotation "
-                   "(same passphrase)")
 def register(home: str, passphrase_file: Path | None, coordinator: str, coordinator_ca: str,
-             endpoint: str | None, previous_key: str | None) -> None:
-    """Sign a NodeRegistration and register this node with a coordinator."""
+             endpoint: str | None) -> None:
+    """Sign a NodeRegistration and register this node with a coordinator (with its key
+    rotations, so a name registered under an older key moves to this one)."""
     from agent_node.coordination import register as register_node
-    from consent.keystore import load_identity
 
-    passphrase = _passphrase(passphrase_file)
-    node = load_home(Path(home), passphrase)
-    previous = load_identity(Path(previous_key), passphrase) if previous_key else None
+    node = _open(home, passphrase_file)
     reply = register_node(node, coordinator, Path(coordinator_ca).read_bytes(),
-                          endpoint=endpoint, previous=previous)
+                          endpoint=endpoint)
     click.echo(f"registered {reply.name} ({reply.did}) at {coordinator}"
                + (" (key rotated)" if reply.rotated else ""))
 

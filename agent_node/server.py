@@ -31,6 +31,7 @@ class RunningNode:
     service: NodeService
     server: RunningServer
     stop_event: threading.Event
+    coordinator_server: RunningServer | None = None  # the mutual-TLS port for the coordinator
 
     @property
     def port(self) -> int:
@@ -38,6 +39,8 @@ class RunningNode:
 
     def stop(self, grace: float = 1.0) -> None:
         self.stop_event.set()
+        if self.coordinator_server is not None:
+            self.coordinator_server.stop(grace)
         self.server.stop(grace)
 
 
@@ -184,6 +187,15 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
                     cert_pem=cert_pem, key_pem=key_pem,
                     max_message_bytes=config.max_message_bytes, max_workers=config.max_workers,
                     reuse_port=reuse_port)
+    coordinator_server = None
+    if config.coordinator_listen and primary:
+        # The same service on a second port that admits only the coordinator's certificate
+        # (mutual TLS); wallets and requesters keep using the first port.
+        coordinator_server = serve(
+            add_to_server(service), [SERVICE_NAME], address=config.coordinator_listen,
+            cert_pem=cert_pem, key_pem=key_pem, max_message_bytes=config.max_message_bytes,
+            max_workers=config.max_workers,
+            client_ca_pem=home.resolve(config.coordinator_ca).read_bytes())
     stop = threading.Event()
     if config.metrics_port and primary:
         start_http_server(config.metrics_port, addr=config.metrics_address,
@@ -192,4 +204,4 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
         pusher = LedgerPusher(home, service.vault)
         threading.Thread(target=pusher.run, args=(stop,), name="ledger-pusher",
                          daemon=True).start()
-    return RunningNode(service, running, stop)
+    return RunningNode(service, running, stop, coordinator_server)

@@ -1,5 +1,7 @@
-"""The coordinator (registry, routing, revocation relay, Flower training runs).
+"""The coordinator: one network of agent nodes without reading their data.
 
-Not built yet: it arrives with its own issue. The package exists so the layout of
-``../shared/DESIGN.md`` is in place from the start.
+It keeps the registry of nodes (``coordinator.registry``, SQLite or PostgreSQL), forwards
+sealed envelopes it cannot open to the nodes named (``coordinator.router``), relays sealed
+revocations and serves ``sovereign.v1.Coordinator`` (``coordinator.service``) with mutual TLS
+toward nodes. It never imports sealing code: it is trusted for availability and routing only.
 """

@@ -1,0 +1,189 @@
+"""``sov-coordinator``: the network operator's command line (init, serve, nodes, status).
+
+Thin by design: every command calls into coordinator modules. Errors print one sentence and
+exit 1, never a traceback. ``nodes`` and ``status`` read the registry directly (SQLite file or
+PostgreSQL DSN), so they work whether or not the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consent.errors import ConsentError
+from consent.passphrase import passphrase_file_option, read_passphrase
+from coordinator.errors import CoordinatorError
+from coordinator.home import PASSPHRASE_ENV, CoordinatorHome, init_home, open_home
+from coordinator.registry import Registry
+
+HOME_ENV = "SOV_COORDINATOR_HOME"
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CoordinatorError, ConsentError, OSError) as exc:
+            _fail(str(exc))
+
+
+home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                           help=f"coordinator home folder (or ${HOME_ENV})")
+pass_option = passphrase_file_option(PASSPHRASE_ENV, "coordinator passphrase")
+
+
+def _passphrase(file: Path | None, confirm: bool = False) -> str:
+    return read_passphrase(PASSPHRASE_ENV, file=file, what="coordinator passphrase",
+                           confirm=confirm)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Sovereign Fabric coordinator: registry, routing of sealed queries, revocation relay."""
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--name", default="coordinator", show_default=True)
+@click.option("--listen", default="127.0.0.1:7600", show_default=True)
+@click.option("--registry-dsn", default="", help="postgresql://... to share the registry "
+              "between coordinators (default: SQLite in the home)")
+@click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
+def init(home: str, passphrase_file: Path | None, name: str, listen: str, registry_dsn: str,
+         hostnames: tuple[str, ...]) -> None:
+    """Create a coordinator home: did:key, TLS CA and certificate, coordinator.toml."""
+    made, identity = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
+                               listen=listen, registry_dsn=registry_dsn,
+                               hostnames=list(hostnames) or None)
+    Registry(made.registry_target).close()  # creates (or checks) the registry tables now
+    click.echo(f"coordinator {name} created in {home}")
+    click.echo(f"give nodes and requesters {made.tls_dir / 'ca.pem'}")
+    click.echo(f"DID: {identity.did}")
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--listen", default=None, help="override coordinator.toml's listen address")
+@click.option("--port-file", type=click.Path(), default=None,
+              help="write the bound port here once serving (useful with port 0)")
+def serve(home: str, passphrase_file: Path | None, listen: str | None,
+          port_file: str | None) -> None:
+    """Serve sovereign.v1.Coordinator over TLS until interrupted."""
+    from coordinator.server import start
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    opened = open_home(Path(home))
+    identity = opened.identity(_passphrase(passphrase_file))
+    running = start(opened, identity.did, address=listen)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    click.echo(f"coordinator {opened.config.name} ({identity.did}) serving on port "
+               f"{running.port}, registry {running.service.registry.backend}")
+    if port_file:
+        tmp = Path(port_file).with_suffix(".tmp")
+        tmp.write_text(str(running.port))
+        tmp.replace(port_file)
+    stop.wait()
+    running.stop(grace=2.0)
+
+
+def _registry(home: str) -> tuple[CoordinatorHome, Registry]:
+    opened = open_home(Path(home))
+    return opened, Registry(opened.registry_target)
+
+
+@main.command()
+@home_option
+@click.option("--dataset", default="", help="only nodes offering this dataset")
+@click.option("--region", "regions", multiple=True, help="only nodes in this region")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def nodes(home: str, dataset: str, regions: tuple[str, ...], as_json: bool) -> None:
+    """Registered nodes with health, last contact and what they offer."""
+    _, registry = _registry(home)
+    try:
+        records = registry.nodes(dataset=dataset, regions=regions)
+    finally:
+        registry.close()
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no nodes registered" + (" that match" if dataset or regions else ""))
+        return
+    for r in records:
+        offers = "; ".join(f"{name} ({', '.join(scopes)})"
+                           for name, scopes in sorted(r.registration.datasets.items()))
+        click.echo(f"{r.name}  {r.health}  region {r.registration.region}  "
+                   f"{r.registration.endpoint}  last contact {r.last_contact or 'never'}")
+        click.echo(f"    {r.did}")
+        click.echo(f"    offers: {offers or 'nothing'}")
+        if r.last_error:
+            click.echo(f"    last error: {r.last_error}")
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(home: str, as_json: bool) -> None:
+    """Nodes by health, pending revocation relays, limits and whether the server answers."""
+    opened, registry = _registry(home)
+    try:
+        records = registry.nodes()
+        pending = registry.pending_relays()
+        backend = registry.backend
+    finally:
+        registry.close()
+    health: dict[str, int] = {}
+    for record in records:
+        health[record.health] = health.get(record.health, 0) + 1
+    config = opened.config
+    document = {"name": config.name, "listen": config.listen, "serving": _serving(opened),
+                "registry": backend, "nodes": len(records), "health": health,
+                "pending_relays": len(pending),
+                "pending_relay_nodes": sorted({p.node_did for p in pending}),
+                "max_fanout": config.max_fanout,
+                "default_deadline_ms": config.default_deadline_ms,
+                "max_deadline_ms": config.max_deadline_ms}
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    click.echo(f"coordinator {config.name} on {config.listen}: "
+               f"{'serving' if document['serving'] else 'not answering'}")
+    click.echo(f"registry: {backend}; {len(records)} node(s) "
+               + (", ".join(f"{n} {h}" for h, n in sorted(health.items())) or ""))
+    click.echo(f"pending revocation relays: {len(pending)}")
+    click.echo(f"fan-out limit {config.max_fanout}; deadline {config.default_deadline_ms} ms "
+               f"(max {config.max_deadline_ms} ms)")
+
+
+def _serving(home: CoordinatorHome) -> bool:
+    """Whether the server on the configured address answers its health check."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos.transport import secure_channel
+
+    channel = secure_channel(home.config.listen, home.ca_pem())
+    try:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="sovereign.v1.Coordinator"), timeout=2)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()

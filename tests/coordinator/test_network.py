@@ -1,0 +1,297 @@
+"""A real coordinator process and three real node processes (SQLite, CSV, PostgreSQL sources):
+registration, the operator's listing, health, reflection, metrics, mutual TLS toward nodes,
+routing and fan-out of sealed envelopes, and every bad input of the issue as a test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agent_node.client import NodeError
+from agent_node.network import NodeProtocolError, _routed
+from consent.canonical import canonicalize
+from consent.identity import Identity
+from consent.registration import issue_registration
+from protos.sovereign.v1 import coordinator_pb2 as pb
+from protos.sovereign.v1 import coordinator_pb2_grpc as pb_grpc
+from protos.sovereign.v1 import node_pb2, node_pb2_grpc
+from protos.transport import secure_channel
+from tests.agent_node.conftest import serve
+from tests.coordinator.conftest import Network, coord_cli
+
+QUERY = {"dataset": "contacts", "purpose": "marketing-analytics",
+         "measures": ["count", "sum:duration"], "group_by": ["job"]}
+K = 5
+
+
+def expected(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["job"]].append(row)
+    return {job: {"count": len(g), "sum:duration": sum(r["duration"] for r in g)}
+            for job, g in groups.items() if len({r["customer_id"] for r in g}) >= K}
+
+
+def stub(network: Network) -> pb_grpc.CoordinatorStub:
+    return pb_grpc.CoordinatorStub(secure_channel(network.coordinator.address,
+                                                  network.coordinator.ca_pem))
+
+
+def wait_for_health(network: Network, did: str, health: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    with network.coordinator.client() as client:
+        while time.monotonic() < deadline:
+            if any(n.did == did and n.health == health for n in client.nodes()):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"node never became {health}")
+
+
+def test_nodes_listing_shows_every_node_with_health_and_offer(network: Network) -> None:
+    for node in network.nodes:
+        wait_for_health(network, node.did, "serving")
+    listed = json.loads(coord_cli("nodes", "--home", str(network.coordinator.home),
+                                  "--json").stdout)
+    by_name = {n["name"]: n for n in listed}
+    assert set(by_name) == {"node-sqlite", "node-csv", "node-postgresql"}
+    for node in network.nodes:
+        entry = by_name[node.name]
+        assert entry["did"] == node.did
+        assert entry["region"] == node.region
+        assert entry["endpoint"] == f"127.0.0.1:{node.coordinator_port}"
+        assert entry["datasets"] == {"contacts": ["identity", "sentiment", "transaction"]}
+        assert entry["health"] == "serving" and entry["last_contact"]
+    only_ap = json.loads(coord_cli("nodes", "--home", str(network.coordinator.home), "--json",
+                                   "--region", "ap-east").stdout)
+    assert [n["name"] for n in only_ap] == ["node-postgresql"]
+    text = coord_cli("nodes", "--home", str(network.coordinator.home)).stdout
+    assert "node-csv  serving  region eu-central" in text
+    status = json.loads(coord_cli("status", "--home", str(network.coordinator.home),
+                                  "--json").stdout)
+    assert status["serving"] is True and status["registry"] == "sqlite"
+    assert status["nodes"] == 3 and status["health"] == {"serving": 3}
+    assert status["max_fanout"] == 4
+
+
+def test_health_reflection_and_metrics(network: Network) -> None:
+    channel = secure_channel(network.coordinator.address, network.coordinator.ca_pem)
+    reply = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="sovereign.v1.Coordinator"), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    services = next(iter(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)))
+    names = {s.name for s in services.list_services_response.service}
+    assert "sovereign.v1.Coordinator" in names
+    channel.close()
+    config = (network.coordinator.home / "coordinator.toml").read_text()
+    port = int(config.split("metrics_port = ")[1].split("\n")[0])
+    with network.coordinator.client() as client:
+        client.status()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'sov_coordinator_requests_total{code="OK",method="Status"}' in body
+
+
+def test_node_port_for_the_coordinator_requires_its_client_certificate(
+        network: Network) -> None:
+    node = network.nodes[0]
+    address = f"127.0.0.1:{node.coordinator_port}"
+    anonymous = secure_channel(address, node.node.ca_pem)
+    with pytest.raises(grpc.RpcError) as refused:
+        node_pb2_grpc.AgentNodeStub(anonymous).GetNodeInfo(node_pb2.NodeInfoRequest(version=1),
+                                                           timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    home = network.coordinator.home / "tls"
+    admitted = secure_channel(address, node.node.ca_pem, client_cert=(
+        (home / "server.key").read_bytes(), (home / "server.pem").read_bytes()))
+    info = node_pb2_grpc.AgentNodeStub(admitted).GetNodeInfo(
+        node_pb2.NodeInfoRequest(version=1), timeout=5)
+    assert json.loads(info.document)["did"] == node.did
+    anonymous.close()
+    admitted.close()
+
+
+def test_fan_out_through_the_coordinator_gives_the_direct_answers(network: Network) -> None:
+    with network.coordinator.client() as coordinator:
+        listed = coordinator.nodes(dataset="contacts")
+        assert {n.did for n in listed} == {n.did for n in network.nodes}
+        calls = [(coordinator.client_for(n, network.requester), {"query": QUERY})
+                 for n in listed]
+        routed = coordinator.fan_out("Query", calls, deadline_ms=10_000)
+    assert [r.outcome for r in routed] == ["answered"] * 3, [r.message for r in routed]
+    for result in routed:
+        node = next(n for n in network.nodes if n.did == result.node_did)
+        assert result.document is not None
+        answer = result.document["body"]["answer"]
+        assert answer["node"] == node.did and answer["requester"] == network.requester.did
+        got = {g["key"][0]: g["values"] for g in answer["groups"]}
+        assert got == expected(node.rows)
+        # The same question straight to the node: the same verified aggregates.
+        with node.node.client(network.requester) as direct:
+            direct_answer = direct.query(QUERY)["body"]["answer"]
+        assert direct_answer["groups"] == answer["groups"]
+
+
+def test_registration_with_a_forged_signature_is_refused(network: Network) -> None:
+    node = network.nodes[0]
+    impostor = Identity.generate()
+    statement = issue_registration(impostor, name="node-sqlite", endpoint="127.0.0.1:1",
+                                   region="eu-west", residency="x", datasets={},
+                                   tls_ca_pem=node.node.ca_pem)
+    forged = {**statement, "did": node.did}  # claims the real node's DID
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).Register(pb.RegisterRequest(version=1, registration=canonicalize(forged)),
+                               timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "signature is invalid" in refused.value.details()
+    assert len(network.coordinator.client().nodes()) == 3
+
+
+def test_an_endpoint_speaking_as_another_did_is_refused(network: Network) -> None:
+    node = network.nodes[1]
+    other = Identity.generate()
+    statement = issue_registration(other, name="node-elsewhere",
+                                   endpoint=f"127.0.0.1:{node.coordinator_port}",
+                                   region="eu-west", residency="x", datasets={},
+                                   tls_ca_pem=node.node.ca_pem)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).Register(pb.RegisterRequest(version=1,
+                                                  registration=canonicalize(statement)),
+                               timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"is {node.did}, not the registering DID" in refused.value.details()
+    assert "node-elsewhere" not in coord_cli("nodes", "--home",
+                                             str(network.coordinator.home)).stdout
+
+
+def test_a_replayed_older_registration_is_refused(network: Network) -> None:
+    node = network.nodes[0]
+    with network.coordinator.client() as client:
+        current = next(n for n in client.nodes() if n.did == node.did).registration
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).Register(pb.RegisterRequest(
+            version=1, registration=canonicalize(current.document)), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "an older or replayed one is refused" in refused.value.details()
+
+
+def test_unknown_node_and_fan_out_limit_forward_nothing(network: Network) -> None:
+    node = network.nodes[0]
+    with node.node.client(network.requester) as client:
+        envelope, _ = client.sealed_request("Query", {"query": QUERY})
+    unknown = pb.RouteTarget(node_did=Identity.generate().did, envelope=envelope)
+    known = pb.RouteTarget(node_did=node.did, envelope=envelope)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).Route(pb.RouteRequest(version=1, method="Query",
+                                            targets=[known, unknown]), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "nothing was forwarded" in refused.value.details()
+    many = [pb.RouteTarget(node_did=Identity.generate().did, envelope=b"x") for _ in range(5)]
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).Route(pb.RouteRequest(version=1, method="Query", targets=many),
+                            timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "fan-out limit of 4" in refused.value.details()
+    # The envelope refused with the call was never delivered: it is still good at the node.
+    result = stub(network).Route(pb.RouteRequest(version=1, method="Query", targets=[known]),
+                                 timeout=10).results[0]
+    assert result.outcome == "answered"
+
+
+def test_replayed_and_altered_envelopes_are_refused_by_the_node(network: Network) -> None:
+    node = network.nodes[2]
+    with node.node.client(network.requester) as client:
+        envelope, _ = client.sealed_request("Query", {"query": QUERY})
+    target = pb.RouteTarget(node_did=node.did, envelope=envelope)
+    first = stub(network).Route(pb.RouteRequest(version=1, method="Query", targets=[target]),
+                                timeout=10).results[0]
+    assert first.outcome == "answered"
+    again = stub(network).Route(pb.RouteRequest(version=1, method="Query", targets=[target]),
+                                timeout=10).results[0]
+    assert (again.outcome, again.code) == ("refused", "UNAUTHENTICATED")
+    assert "nonce" in again.message or "replay" in again.message
+    altered = bytearray(envelope)
+    altered[-5] ^= 1
+    bad = stub(network).Route(pb.RouteRequest(version=1, method="Query", targets=[
+        pb.RouteTarget(node_did=node.did, envelope=bytes(altered))]), timeout=10).results[0]
+    assert (bad.outcome, bad.code) == ("refused", "UNAUTHENTICATED")
+    assert "cannot be opened" in bad.message
+
+
+def test_an_answer_altered_on_the_way_is_dropped_and_the_others_kept(network: Network) -> None:
+    with network.coordinator.client() as coordinator:
+        clients = [coordinator.client_for(n, network.requester)
+                   for n in coordinator.nodes(dataset="contacts")]
+        sealed = [(c, *c.sealed_request("Query", {"query": QUERY})) for c in clients]
+        results = coordinator.route_raw("Query", [(c.node.did, e, b"") for c, e, _ in sealed])
+        # A coordinator (or network) that alters one node's sealed answer:
+        tampered = bytearray(results[0].envelope)
+        tampered[-3] ^= 1
+        results[0].envelope = bytes(tampered)
+        routed = [_routed(c, "Query", e, n, r)
+                  for (c, e, n), r in zip(sealed, results, strict=True)]
+    assert routed[0].outcome == "bad-signature" and routed[0].document is None
+    assert [r.outcome for r in routed[1:]] == ["answered", "answered"]
+
+
+def test_a_routed_call_to_one_node_raises_the_nodes_refusal(network: Network) -> None:
+    node = network.nodes[0]
+    with network.coordinator.client() as coordinator:
+        listed = next(n for n in coordinator.nodes() if n.did == node.did)
+        client = coordinator.client_for(listed, Identity.generate())  # holds no grant
+        with pytest.raises(NodeError) as refused:
+            client.query(QUERY)
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert not isinstance(refused.value, NodeProtocolError)
+
+
+def test_a_slow_node_costs_its_deadline_and_a_dead_one_is_reported(network: Network) -> None:
+    slow, dead, fine = network.nodes
+    os.kill(slow.node.process.pid, signal.SIGSTOP)
+    try:
+        with network.coordinator.client() as coordinator:
+            listed = coordinator.nodes(dataset="contacts")
+            calls = [(coordinator.client_for(n, network.requester), {"query": QUERY})
+                     for n in listed]
+            started = time.monotonic()
+            routed = {r.node_did: r for r in coordinator.fan_out("Query", calls,
+                                                                 deadline_ms=1500)}
+            elapsed = time.monotonic() - started
+    finally:
+        os.kill(slow.node.process.pid, signal.SIGCONT)
+    assert routed[slow.did].outcome == "deadline"
+    assert routed[fine.did].outcome == routed[dead.did].outcome == "answered"
+    assert elapsed < 4.0  # the deadline (1.5 s) plus sealing and verification, not more
+
+    dead.node.process.terminate()
+    dead.node.process.wait(timeout=10)
+    try:
+        with network.coordinator.client() as coordinator:
+            listed = coordinator.nodes(dataset="contacts")
+            calls = [(coordinator.client_for(n, network.requester), {"query": QUERY})
+                     for n in listed]
+            routed = {r.node_did: r for r in coordinator.fan_out("Query", calls,
+                                                                 deadline_ms=3000)}
+            assert routed[dead.did].outcome in ("unreachable", "offline")
+            assert routed[fine.did].outcome == routed[slow.did].outcome == "answered"
+            wait_for_health(network, dead.did, "unreachable")
+            calls = [(coordinator.client_for(n, network.requester), {"query": QUERY})
+                     for n in listed]
+            again = {r.node_did: r for r in coordinator.fan_out("Query", calls)}
+        assert again[dead.did].outcome == "offline"
+        assert "failed its last health check" in again[dead.did].message
+    finally:
+        # Back on the same coordinator port: the coordinator finds it serving again.
+        restarted = serve(dead.node.home)
+        restarted.wallets = dead.node.wallets
+        dead.node = restarted
+    wait_for_health(network, dead.did, "serving")
