@@ -47,7 +47,14 @@ from consent.canonical import canonicalize
 from consent.identity import Identity
 from consent.integrity import sign_document
 from ledger.errors import InclusionProofError
-from ledger.events import make_event, subject_commitment
+from ledger.events import (
+    MAX_ACCESS_ROWS,
+    MAX_EVENT_BYTES,
+    TOKEN,
+    make_event,
+    subject_commitment,
+    subject_event_tag,
+)
 from ledger.merkle import SHA256, MemoryTree, inclusion_proof, root_hash, verify_inclusion
 
 if TYPE_CHECKING:
@@ -286,6 +293,8 @@ def answered_with(conn: sqlite3.Connection, grant_id: str) -> int:
 LOG_INDEXES = """
 CREATE INDEX IF NOT EXISTS access_log_subject_set ON access_log(subject_set);
 CREATE INDEX IF NOT EXISTS access_log_grant_set ON access_log(grant_set);
+CREATE INDEX IF NOT EXISTS access_log_left_out_set ON access_log(left_out_set)
+  WHERE left_out_set IS NOT NULL;
 CREATE INDEX IF NOT EXISTS access_set_subjects_members ON access_set_subjects(set_id, sid);
 CREATE INDEX IF NOT EXISTS access_set_grants_members ON access_set_grants(set_id, grant_id);
 """
@@ -385,23 +394,26 @@ def events_for(conn: sqlite3.Connection, sids: list[int], grant_ids: list[str],
     if grant_ids:
         seqs.update(r[0] for r in conn.execute(
             "SELECT seq FROM access_log WHERE grant_set IN (SELECT set_id FROM "
-            "access_set_grants WHERE grant_id IN (SELECT value FROM json_each(?)))",
-            (json.dumps(grant_ids),)))
+            "access_set_grants WHERE grant_id IN (SELECT value FROM json_each(?))) "
+            "OR left_out_set IN (SELECT set_id FROM access_set_grants WHERE grant_id IN "
+            "(SELECT value FROM json_each(?)))", (json.dumps(grant_ids), json.dumps(grant_ids))))
     own_refs = [r[0] for r in conn.execute(
         "SELECT subject_ref FROM subjects WHERE sid IN (SELECT value FROM json_each(?))",
         (json.dumps(sids),))]
     proofs = _SetProofs(conn, own_refs, grant_ids)
     events = []
     for seq in sorted(seqs):
-        time, body, prev, hash_, subject_set, grant_set = conn.execute(
-            "SELECT time, body, prev_hash, hash, subject_set, grant_set FROM access_log "
-            "WHERE seq = ?", (seq,)).fetchone()
+        time, body, prev, hash_, subject_set, grant_set, left_out_set = conn.execute(
+            "SELECT time, body, prev_hash, hash, subject_set, grant_set, left_out_set "
+            "FROM access_log WHERE seq = ?", (seq,)).fetchone()
         if since is not None and time < since:
             continue
         event = {"body": json.loads(body), "prev_hash": prev, "hash": hash_}
         if event["body"].get("v") == EVENT_VERSION:
             event["proofs"] = {"grants": proofs.of(GRANT_SET, grant_set),
                                "subjects": proofs.of(SUBJECT_SET, subject_set)}
+            if "left_out_root" in event["body"]:  # grants left out: their budget was spent
+                event["proofs"]["left_out"] = proofs.of(GRANT_SET, left_out_set)
         events.append(event)
     chain: list[list[Any]] = []
     if events:
@@ -451,9 +463,9 @@ def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int
     ``prev_hash`` and body, and ``prev_hash`` is the hash of the event before it)."""
     rows = conn.execute(
         "SELECT * FROM (SELECT seq, body, prev_hash, hash, subject_set, grant_set, "
-        "(SELECT hash FROM access_log p WHERE p.seq = a.seq - 1) FROM access_log a "
-        "WHERE (? IS NULL OR time >= ?) AND (? IS NULL OR time < ?) ORDER BY seq DESC LIMIT ?) "
-        "ORDER BY seq", (since, since, until, until, limit)).fetchall()
+        "(SELECT hash FROM access_log p WHERE p.seq = a.seq - 1), left_out_set "
+        "FROM access_log a WHERE (? IS NULL OR time >= ?) AND (? IS NULL OR time < ?) "
+        "ORDER BY seq DESC LIMIT ?) ORDER BY seq", (since, since, until, until, limit)).fetchall()
     members: dict[tuple[str, int], list[str]] = {}
 
     def of(kind: str, set_id: int | None) -> list[str]:
@@ -464,23 +476,27 @@ def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int
         return members[(kind, set_id)]
 
     view = []
-    for seq, text, prev, hash_, subject_set, grant_set, before in rows:
+    for seq, text, prev, hash_, subject_set, grant_set, before, left_out_set in rows:
         try:
             body = json.loads(text)
         except ValueError:
             body = None  # an altered row: its chain link fails below
         body = body if isinstance(body, dict) else {}
         grants, refs = of(GRANT_SET, grant_set), of(SUBJECT_SET, subject_set)
+        left_out = of(GRANT_SET, left_out_set)
         sets_match = None
         if body.get("v") == EVENT_VERSION:
             sets_match = (
                 set_commitment(grants) == (body.get("grant_count"), body.get("grants_root"))
                 and set_commitment(refs) == (body.get("subject_count"),
-                                             body.get("subjects_root")))
+                                             body.get("subjects_root"))
+                and ("left_out_root" not in body or set_commitment(left_out) == (
+                    body.get("left_out_count"), body.get("left_out_root"))))
         chain_ok = (chain_hash(prev, hashlib.sha256(text.encode()).hexdigest()) == hash_
                     and prev == (before if seq > 1 else GENESIS))
         view.append({**body, "seq": seq, "hash": hash_, "grant_ids": grants, "subject_refs": refs,
-                     "sets_match": sets_match, "chain_ok": chain_ok})
+                     "left_out_grant_ids": left_out, "sets_match": sets_match,
+                     "chain_ok": chain_ok})
     return view
 
 
@@ -559,34 +575,83 @@ def remember_salt(conn: sqlite3.Connection, did: str, salt_hex: Any, now: str) -
                  "received_at = excluded.received_at", (did, salt_hex.lower(), now))
 
 
-def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, list[str]]:
-    """Commitments of the subjects and digests of the grants used by events (after, upto].
+# Digests an access head may list in all (commitments, subject-event tags, grant digests):
+# 200 x 67 bytes keeps the event well inside the ledger's 16 KiB with its other fields.
+MAX_DIGESTS = 200
 
-    Read-only and bounded: subjects are probed from the (few) salted ones through their
-    sets' (subject_set, seq) index entries, grants are read from the grant sets of the events
-    in the range; a list longer than MAX_LISTED is left out rather than built in full.
+
+def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, Any]:
+    """What a head says about the events (after, upto]: ``after`` (where its range starts),
+    the salted commitments of the subjects they touched, one tag per (subject, event)
+    (``ledger.events.subject_event_tag``) so that each subject's wallet can tell exactly which
+    of the events were its own, and the digests of the grants they used.
+
+    "Touched" is what a subject's listing shows (``events_for``): its data was used, or one
+    of its grants was named. Read-only and bounded: subjects are probed from the salted ones
+    through the sets of the events in the range; a list longer than MAX_LISTED is left out
+    rather than built in full, and the tags, then the grant digests, give way when the head
+    would list more than MAX_DIGESTS digests (wallets then check commitments only).
     """
-    listed: dict[str, list[str]] = {}
+    listed: dict[str, Any] = {"after": after}
+    tags: list[str] = []
     if _has_ledger_tables(conn):
-        salted = conn.execute(
-            "SELECT DISTINCT b.did, t.salt FROM subject_salts t JOIN bindings b ON b.did = t.did "
-            "WHERE EXISTS (SELECT 1 FROM access_set_subjects m JOIN access_log l "
-            "ON l.subject_set = m.set_id WHERE m.sid = b.sid AND l.seq > ? AND l.seq <= ?) "
-            "LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
-        if salted and len(salted) <= MAX_LISTED:
+        subjects = _touched_subjects(conn, after, upto)
+        if subjects and len(subjects) <= MAX_LISTED:
             listed["subject_commitments"] = sorted(
-                {subject_commitment(did, bytes.fromhex(salt)) for did, salt in salted})
+                {subject_commitment(did, bytes.fromhex(salt)) for did, salt in subjects})
+            for did, salt in subjects:
+                tags += [subject_event_tag(did, bytes.fromhex(salt), seq)
+                         for seq in _touched_seqs(conn, did, after, upto)]
     grant_ids = [r[0] for r in conn.execute(
         "SELECT DISTINCT grant_id FROM access_set_grants WHERE set_id IN (SELECT grant_set "
         "FROM access_log WHERE seq > ? AND seq <= ?) LIMIT ?", (after, upto, MAX_LISTED + 1))]
-    if len(grant_ids) > MAX_LISTED:
-        return listed
-    digests = sorted({r[0] for r in conn.execute(
-        "SELECT digest FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(grant_ids),))})
-    if digests:
+    digests: list[str] = []
+    if len(grant_ids) <= MAX_LISTED:
+        digests = sorted({r[0] for r in conn.execute(
+            "SELECT digest FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(grant_ids),))})
+    room = MAX_DIGESTS - len(listed.get("subject_commitments", []))
+    if tags and len(tags) <= min(room, MAX_LISTED):
+        listed["subject_events"] = sorted(tags)
+        room -= len(tags)
+    if digests and len(digests) <= room:
         listed["grant_digests"] = digests
     return listed
+
+
+def _own_grant_sets(column: str) -> str:
+    return (f"l.{column} IN (SELECT m.set_id FROM access_set_grants m JOIN grants g "
+            "USING (grant_id) WHERE g.subject = ?)")
+
+
+def _touched_subjects(conn: sqlite3.Connection, after: int, upto: int) -> list[tuple[str, str]]:
+    """(DID, salt) of the salted subjects that events (after, upto] touched: through their
+    subject sets, or their grants in the events' grant sets; at most MAX_LISTED + 1."""
+    found = conn.execute(
+        "SELECT DISTINCT b.did, t.salt FROM subject_salts t JOIN bindings b ON b.did = t.did "
+        "WHERE EXISTS (SELECT 1 FROM access_set_subjects m JOIN access_log l "
+        "ON l.subject_set = m.set_id WHERE m.sid = b.sid AND l.seq > ? AND l.seq <= ?) "
+        "LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
+    by_grant = conn.execute(
+        "SELECT DISTINCT t.did, t.salt FROM subject_salts t JOIN grants g ON g.subject = t.did "
+        "JOIN access_set_grants m USING (grant_id) JOIN access_log l ON "
+        f"l.grant_set = m.set_id{_or_left_out()} WHERE l.seq > ? AND l.seq <= ? LIMIT ?",
+        (after, upto, MAX_LISTED + 1)).fetchall()
+    return sorted({(str(d), str(s)) for d, s in [*found, *by_grant]})
+
+
+def _or_left_out() -> str:
+    return " OR l.left_out_set = m.set_id"
+
+
+def _touched_seqs(conn: sqlite3.Connection, did: str, after: int, upto: int) -> list[int]:
+    """The events (after, upto] that touched ``did``, as its listing (``events_for``) finds
+    them: its data in the subject set, or one of its grants in the grant (or left-out) set."""
+    return [r[0] for r in conn.execute(
+        "SELECT l.seq FROM access_log l WHERE l.seq > ? AND l.seq <= ? AND ("
+        "l.subject_set IN (SELECT m.set_id FROM access_set_subjects m JOIN bindings b "
+        "ON b.sid = m.sid WHERE b.did = ?) OR " + _own_grant_sets("grant_set") + " OR "
+        + _own_grant_sets("left_out_set") + ") ORDER BY l.seq", (after, upto, did, did, did))]
 
 
 def head_event(conn: sqlite3.Connection, node_did: str) -> dict[str, Any] | None:
@@ -601,8 +666,85 @@ def head_event(conn: sqlite3.Connection, node_did: str) -> dict[str, Any] | None
                         (current["seq"],)).fetchone():
             return None
         after = int(conn.execute("SELECT max(sequence) FROM ledger_heads").fetchone()[0] or 0)
-    return make_event("access_head", node=node_did, head=current["hash"],
-                      sequence=current["seq"], **_listed(conn, after, current["seq"]))
+    listed = _listed(conn, after, current["seq"])
+    event = make_event("access_head", node=node_did, head=current["hash"],
+                       sequence=current["seq"], **listed, **access_summary(conn, after,
+                                                                            current["seq"]))
+    if len(canonicalize(event)) > MAX_EVENT_BYTES:  # the lists come first: wallets check them
+        event.pop("accesses", None)
+    return event
+
+
+def access_summary(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, Any]:
+    """The head's summary, ledger field ``accesses``: how many events in (after, upto] had
+    each requester, purpose, scopes, outcome and (refusals) reason, for a compliance officer.
+
+    Only organisations' DIDs and vocabulary words are named: a requester is named only when
+    some customer granted to it at this node (an unknown caller's DID may be anyone's), a
+    purpose only from the consent vocabulary. ``scopes`` are the event's own when it names
+    them, else the tiers every grant the event used covers. ``nothing-released`` is an
+    answer that released no value (``released`` false or 0). Read-only, one grouped scan.
+    """
+    from consent.grants import PURPOSES, Scope
+
+    requesters = {r[0] for r in conn.execute("SELECT DISTINCT requester FROM grants")}
+    grouped = conn.execute(
+        "SELECT json_extract(body, '$.requester'), json_extract(body, '$.purpose'), "
+        "json_extract(body, '$.outcome'), json_extract(body, '$.reason'), "
+        "json_extract(body, '$.released'), json_extract(body, '$.scopes'), grant_set, count(*) "
+        "FROM access_log WHERE seq > ? AND seq <= ? AND json_valid(body) "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7 LIMIT ?", (after, upto, SUMMARY_SCAN_LIMIT + 1)).fetchall()
+    if not grouped or len(grouped) > SUMMARY_SCAN_LIMIT:
+        return {}
+    tiers = {s.value for s in Scope}
+    covered = _grant_set_scopes(conn, {r[6] for r in grouped if r[6] is not None and not r[5]})
+    counts: dict[tuple[Any, ...], int] = {}
+    for requester, purpose, outcome, reason, released, scopes, grant_set, n in grouped:
+        if outcome == "answered" and released is not None and not released:
+            outcome = "nothing-released"
+        named = json.loads(scopes) if isinstance(scopes, str) else covered.get(grant_set, [])
+        key = (requester if requester in requesters else None,
+               purpose if purpose in PURPOSES else None,
+               tuple(sorted({t for t in named if t in tiers})) if isinstance(named, list) else (),
+               outcome if is_token(outcome) else "unknown",
+               reason if outcome != "answered" and is_token(reason) else None)
+        counts[key] = counts.get(key, 0) + int(n)
+    return {"accesses": _summary_rows(counts)}
+
+
+SUMMARY_SCAN_LIMIT = 10_000  # distinct groups read per head; more leave the summary out
+is_token = TOKEN[0]
+
+
+def _grant_set_scopes(conn: sqlite3.Connection, set_ids: set[int]) -> dict[int, list[str]]:
+    """Per grant set, the scope tiers every one of its grants covers."""
+    found: dict[int, set[str]] = {}
+    for set_id, scopes in conn.execute(
+            "SELECT m.set_id, g.scopes FROM access_set_grants m JOIN grants g USING (grant_id) "
+            "WHERE m.set_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(set_ids)),)):
+        granted = set(scopes.split(","))
+        found[set_id] = found[set_id] & granted if set_id in found else granted
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def _summary_rows(counts: dict[tuple[Any, ...], int]) -> list[dict[str, Any]]:
+    """Rows, most frequent first; past MAX_ACCESS_ROWS the rest merge into one row per
+    outcome (totals stay exact, the detail of the rarest goes)."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    rest: dict[str, int] = {}
+    while len(ranked) + len(rest) > MAX_ACCESS_ROWS:
+        key, n = ranked.pop()
+        rest[key[3]] = rest.get(key[3], 0) + n
+    rows = []
+    for (requester, purpose, scopes, outcome, reason), n in ranked:
+        row: dict[str, Any] = {"outcome": outcome, "count": n}
+        for name, value in (("requester", requester), ("purpose", purpose),
+                            ("scopes", list(scopes)), ("reason", reason)):
+            if value:
+                row[name] = value
+        rows.append(row)
+    rows.extend({"outcome": outcome, "count": n} for outcome, n in sorted(rest.items()))
+    return rows
 
 
 def queue_head(conn: sqlite3.Connection, event: dict[str, Any]) -> int | None:

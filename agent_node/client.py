@@ -125,6 +125,8 @@ class GrantStatus:
     dp_epsilon: float | None
     expires: str
     revoked_at: str | None
+    epsilon_budget: float | None = None  # dp mode: the wallet's budget or the node's default
+    epsilon_left: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,9 @@ class AccessLog:
     head: dict[str, Any]
     chain_intact: bool
     anchors: list[AnchorClaim] = field(default_factory=list)
+    #: the chain hash per sequence, from the first listed event to the head (verified links
+    #: only: empty when the chain does not lead to the signed head)
+    chain: dict[int, str] = field(default_factory=dict)
 
 
 def _anchor_claims(raw: Any, chain: list[list[Any]], intact: bool) -> list[AnchorClaim]:
@@ -172,24 +177,26 @@ def _checked_event(event: dict[str, Any], on_chain: bool) -> dict[str, Any]:
     """An event as the caller sees it: the body, ``own_grants`` and ``own_subject_refs``
     (the caller's members the node proved to be in the event's sets) and ``verified``: on
     the signed chain and, for events that commit to their sets by Merkle roots (v2), every
-    membership proof holds and there is at least one."""
+    membership proof holds and there is at least one. ``own_left_out``: the caller's grants
+    the node proved it left out of the answer because their privacy budget was spent."""
     body = event["body"]
-    own: dict[str, list[str]] = {"grants": [], "subjects": []}
+    own: dict[str, list[str]] = {"grants": [], "subjects": [], "left_out": []}
     proven = on_chain
     if body.get("v") == EVENT_VERSION:
         proofs = event.get("proofs") if isinstance(event.get("proofs"), dict) else {}
         for kind, size, root in (("grants", "grant_count", "grants_root"),
-                                 ("subjects", "subject_count", "subjects_root")):
+                                 ("subjects", "subject_count", "subjects_root"),
+                                 ("left_out", "left_out_count", "left_out_root")):
             listed = proofs.get(kind) if isinstance(proofs.get(kind), list) else []
             for proof in listed:
                 if verify_membership(proof, body.get(size), body.get(root)):
                     own[kind].append(str(proof["member"]))
                 else:
                     proven = False
-        proven = proven and bool(own["grants"] or own["subjects"])
+        proven = proven and bool(own["grants"] or own["subjects"] or own["left_out"])
     return {**body, "prev_hash": event["prev_hash"], "hash": event["hash"],
             "own_grants": own["grants"], "own_subject_refs": own["subjects"],
-            "verified": proven}
+            "own_left_out": own["left_out"], "verified": proven}
 
 
 def _time(moment: datetime) -> str:
@@ -372,20 +379,29 @@ class NodeClient:
         """The node-signed response document; its ``body.answer`` holds the aggregates."""
         return self.call("Query", {"query": query})
 
-    def submit_grant(self, credential: dict[str, Any], *,
-                     subject_salt: str | None = None) -> GrantAck:
+    def submit_grant(self, credential: dict[str, Any], *, subject_salt: str | None = None,
+                     ledger_entry: dict[str, Any] | None = None) -> GrantAck:
         """Deliver a signed grant; ``subject_salt`` (hex) lets the node name the subject in
-        the ledger only by its salted commitment (docs/audit.md)."""
+        the ledger only by its salted commitment (docs/audit.md); ``ledger_entry`` (the
+        grant's entry signed with its per-grant key, ``ledger.customer``) asks the node to
+        endorse it: the reply's body then holds ``ledger_endorsement`` or ``ledger_refusal``."""
         body: dict[str, Any] = {"credential": credential}
         if subject_salt is not None:
             body["subject_salt"] = subject_salt
+        if ledger_entry is not None:
+            body["ledger_entry"] = ledger_entry
         document = self.call("SubmitGrant", body)
         body = document["body"]
         return GrantAck(body["grant_id"], body["accepted_at"], body["expires"],
                         self.node_info().did, document)
 
-    def revoke(self, revocation: dict[str, Any]) -> RevocationAck:
-        document = self.call("Revoke", {"revocation": revocation})
+    def revoke(self, revocation: dict[str, Any], *,
+               ledger_entry: dict[str, Any] | None = None) -> RevocationAck:
+        """Deliver a signed revocation (and ask the node to endorse its ledger entry)."""
+        body: dict[str, Any] = {"revocation": revocation}
+        if ledger_entry is not None:
+            body["ledger_entry"] = ledger_entry
+        document = self.call("Revoke", body)
         body = document["body"]
         return RevocationAck(body["grant_id"], body["revoked_at"], self.node_info().did, document)
 
@@ -408,8 +424,10 @@ class NodeClient:
         events = [_checked_event(e, check.verified.get(int(e["body"]["seq"]), False))
                   for e in reply["events"]]
         anchors = _anchor_claims(reply.get("anchors"), reply["chain"], check.chain_intact)
+        chain = ({int(seq): str(hash_) for seq, _, hash_ in reply["chain"]}
+                 if check.chain_intact else {})
         return AccessLog(events=events, head=head, chain_intact=check.chain_intact,
-                         anchors=anchors)
+                         anchors=anchors, chain=chain)
 
     def export(self) -> dict[str, Any]:
         return self.call("Export", {})["body"]["export"]

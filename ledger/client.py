@@ -19,6 +19,7 @@ import grpc
 
 from consent.canonical import canonicalize
 from ledger.errors import LedgerError
+from ledger.merkle import hasher_for
 from ledger.models import Anchor, ConsistencyProof, LogPublicKey, Receipt
 from ledger.note import Checkpoint
 from ledger.verify import (
@@ -41,7 +42,12 @@ from protos.transport import secure_channel
 
 
 class LedgerClientError(LedgerError):
-    """The ledger service could not be reached or refused the request."""
+    """The ledger service could not be reached or refused the request; ``code`` is the gRPC
+    status name (e.g. ``PERMISSION_DENIED``)."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class LedgerClient:
@@ -74,7 +80,8 @@ class LedgerClient:
             return getattr(self._stub, method)(request, timeout=self._timeout)
         except grpc.RpcError as exc:
             code = exc.code().name if exc.code() else "UNKNOWN"
-            raise LedgerClientError(f"ledger {method} failed ({code}): {exc.details()}") from exc
+            raise LedgerClientError(f"ledger {method} failed ({code}): {exc.details()}",
+                                    code) from exc
 
     @property
     def log_key(self) -> LogPublicKey:
@@ -89,11 +96,22 @@ class LedgerClient:
         return self.append_many([event])[0]
 
     def append_many(self, events: Sequence[Mapping[str, Any]]) -> list[Receipt]:
-        """Append a batch atomically; return one verified receipt per event."""
+        """Append a batch atomically; return one verified receipt per event.
+
+        Each event must be signed already (``ledger.authority``). The ledger refuses a batch
+        holding an entry it has (ALREADY_EXISTS, a replay); for a client retrying a batch
+        whose answer it lost, that is no error: the receipts of the entries already in the
+        log are fetched by hash and only the others are appended.
+        """
         entries = [canonicalize(dict(e)) for e in events]
-        response = self._call(
-            "Append", pb.AppendRequest(version=WIRE_VERSION, events=entries)
-        )
+        try:
+            response = self._call(
+                "Append", pb.AppendRequest(version=WIRE_VERSION, events=entries)
+            )
+        except LedgerClientError as exc:
+            if exc.code != "ALREADY_EXISTS":
+                raise
+            return self._append_missing(events, entries)
         receipts = [receipt_from_pb(r) for r in response.receipts]
         if len(receipts) != len(entries):
             raise CheckFailed("receipt", "the ledger returned a different number of receipts")
@@ -102,6 +120,26 @@ class LedgerClient:
                 raise CheckFailed("entry", "the ledger's receipt is for a different entry")
             self._verify(receipt)
         return receipts
+
+    def _append_missing(
+        self, events: Sequence[Mapping[str, Any]], entries: list[bytes]
+    ) -> list[Receipt]:
+        leaf = hasher_for(self.log_key.hash_algorithm).leaf
+        found: dict[int, Receipt] = {}
+        for i, entry in enumerate(entries):
+            try:
+                found[i] = self.receipt(leaf(entry).hex())
+            except LedgerClientError as exc:
+                if exc.code != "NOT_FOUND":
+                    raise
+        missing = [i for i in range(len(entries)) if i not in found]
+        if len(set(entries)) != len(entries) or (missing and len(missing) == len(entries)):
+            raise LedgerClientError("the ledger refused the batch as a replay, but holds none "
+                                    "of its entries", "ALREADY_EXISTS")
+        if missing:
+            fresh = self.append_many([events[i] for i in missing])
+            found.update(zip(missing, fresh, strict=True))
+        return [found[i] for i in range(len(entries))]
 
     def receipt(self, entry_hash: str, *, with_anchors: bool = False) -> Receipt:
         """A verified receipt for the entry with this hex leaf hash, against the latest head."""
@@ -156,6 +194,36 @@ class LedgerClient:
                 raise CheckFailed("anchor", "an anchor's root differs from its signed tree head")
             anchors.append(anchor)
         return anchors
+
+    def access_heads(self, subject_commitment: str) -> list[Receipt]:
+        """Every ``access_head`` entry naming ``subject_commitment`` (hex), oldest first, each
+        receipt verified (log key, inclusion, a head consistent with those seen before) and
+        checked to be an access head that names the commitment.
+
+        The ledger could still leave an entry out of the answer (absence cannot be proven
+        from a receipt); it would have to collude with the node for that to hide anything.
+        """
+        try:
+            raw = bytes.fromhex(subject_commitment)
+        except ValueError as exc:
+            raise LedgerClientError("subject_commitment must be hex") from exc
+        found: list[Receipt] = []
+        after = 0
+        while True:
+            response = self._call("FindAccessHeads", pb.FindAccessHeadsRequest(
+                version=WIRE_VERSION, subject_commitment=raw, after_index=after))
+            for message in response.receipts:
+                receipt = receipt_from_pb(message)
+                self._verify(receipt)
+                event = receipt.event
+                if event.get("type") != "access_head" or subject_commitment not in (
+                        event.get("subject_commitments") or []) or receipt.index < after:
+                    raise CheckFailed("entry", "the ledger answered with an entry that is not "
+                                               "an access head naming this commitment")
+                found.append(receipt)
+                after = receipt.index + 1
+            if not response.more or not response.receipts:
+                return found
 
     def _verify(self, receipt: Receipt) -> None:
         result = verify_receipt(receipt, self.log_key)

@@ -35,6 +35,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DID = re.compile(r"did:key:z[1-9A-HJ-NP-Za-km-z]{20,100}")
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9._:-]{0,79}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 
 
 def subject_commitment(did: str, salt: bytes) -> str:
@@ -42,6 +43,22 @@ def subject_commitment(did: str, salt: bytes) -> str:
     if len(salt) != 32:
         raise EventError("a subject salt must be 32 random bytes")
     return hashlib.sha256(SUBJECT_COMMITMENT_DOMAIN + salt + did.encode()).hexdigest()
+
+
+SUBJECT_EVENT_DOMAIN = b"sovereign-fabric/subject-event/v1"
+
+
+def subject_event_tag(did: str, salt: bytes, sequence: int) -> str:
+    """The tag that stands for "the access event ``sequence`` touched this subject" in an
+    ``access_head`` (``subject_events``): SHA-256(domain || salt || sequence as 8 bytes
+    big-endian || DID), hex. Only the salt's holders (the subject's wallet, the node serving
+    them, an officer the subject gave it to) can compute or recognise one."""
+    if len(salt) != 32:
+        raise EventError("a subject salt must be 32 random bytes")
+    if not 0 <= sequence < 2**63:
+        raise EventError("an access event's sequence must be a non-negative 63-bit integer")
+    return hashlib.sha256(SUBJECT_EVENT_DOMAIN + salt + sequence.to_bytes(8, "big")
+                          + did.encode()).hexdigest()
 
 
 def utc_now() -> str:
@@ -76,6 +93,10 @@ def _time(value: Any) -> bool:
     return True
 
 
+def _signature(value: Any) -> bool:
+    return isinstance(value, str) and _SIGNATURE.fullmatch(value) is not None
+
+
 def _count(value: Any) -> bool:
     # 2**53: beyond it RFC 8785 (ECMAScript numbers) and Python's int formatting differ.
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
@@ -97,6 +118,32 @@ COUNT: Field = (_count, "a non-negative integer")
 HEX_LIST: Field = (_list_of(_hex64, 10_000), "a list of hex SHA-256 digests")
 TOKEN_LIST: Field = (_list_of(_token, 16), "a list of short lowercase tokens")
 DID_LIST: Field = (_list_of(_did, 256), "a list of service did:keys")
+SIGNATURE: Field = (_signature, "an Ed25519 signature as 128 lowercase hex digits")
+
+# One row of an access head's summary ("accesses"): how many events under the head had this
+# requester, purpose, scopes and outcome (and the reason, for a refusal). Organisations' DIDs
+# and vocabulary words only: never a customer's DID, never data.
+MAX_ACCESS_ROWS = 32
+ACCESS_ROW: tuple[dict[str, Field], dict[str, Field]] = (
+    {"outcome": TOKEN, "count": COUNT},
+    {"requester": DID, "purpose": TOKEN, "scopes": TOKEN_LIST, "reason": TOKEN},
+)
+
+
+def _access_rows(value: Any) -> bool:
+    if not isinstance(value, list) or len(value) > MAX_ACCESS_ROWS:
+        return False
+    required, optional = ACCESS_ROW
+    fields = {**required, **optional}
+    return all(
+        isinstance(row, dict) and set(required) <= set(row) <= set(fields)
+        and all(fields[name][0](v) for name, v in row.items())
+        for row in value
+    )
+
+
+ACCESSES: Field = (_access_rows, f"a list of at most {MAX_ACCESS_ROWS} objects with outcome "
+                   "and count, and optionally requester, purpose, scopes and reason")
 
 # Per type: required fields, optional fields.
 SCHEMAS: dict[str, tuple[dict[str, Field], dict[str, Field]]] = {
@@ -114,7 +161,10 @@ SCHEMAS: dict[str, tuple[dict[str, Field], dict[str, Field]]] = {
             "requester": DID,
             "purpose": TOKEN,
             "subject_commitments": HEX_LIST,
+            "subject_events": HEX_LIST,
+            "after": COUNT,
             "grant_digests": HEX_LIST,
+            "accesses": ACCESSES,
         },
     ),
     "model": (
@@ -130,6 +180,14 @@ COMMON: dict[str, Field] = {
     "type": (_token, "the event type"),
     "schema_version": COUNT,
     "time": TIME,
+}
+# Who wrote the entry (ledger.authority): every type may carry them; the ledger service
+# requires author + signature on every new entry. Entries written before have none (legacy).
+AUTHORITY: dict[str, Field] = {
+    "author": (_did, "the did:key of the entry's author"),
+    "signature": SIGNATURE,
+    "endorser": (_did, "the did:key of the node that endorses a customer's entry"),
+    "endorsement": SIGNATURE,
 }
 
 
@@ -148,6 +206,7 @@ def validate_event(event: Mapping[str, Any]) -> None:
     if not _time(event.get("time")):
         raise EventError(f"the event's 'time' must be {TIME[1]}")
     required, optional = SCHEMAS[kind]
+    optional = {**optional, **AUTHORITY}
     extra = sorted(set(event) - set(COMMON) - set(required) - set(optional))
     if extra:
         raise EventError(
@@ -166,7 +225,8 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
     """Validate and return the RFC 8785 canonical bytes that become the log entry.
 
     A validated event holds only ASCII strings without quotes, backslashes or control
-    characters (every field has a strict pattern), integers below 2**53 and lists of those.
+    characters (every field has a strict pattern), integers below 2**53, lists of those and
+    (an access head's summary rows) objects of those with ASCII keys.
     For such values ``json.dumps`` with sorted keys and no whitespace produces exactly the
     RFC 8785 form (tests/ledger check this against the rfc8785 library), at a fraction of the
     cost, which matters on the append path.

@@ -22,7 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import ConsistencyProofError, EventError, LedgerError, StorageError
+from ledger import subjectindex
+from ledger.errors import (
+    ConsistencyProofError,
+    DuplicateEntry,
+    EventError,
+    LedgerError,
+    StorageError,
+)
 from ledger.events import encode_event
 from ledger.leafindex import LeafIndex
 from ledger.merkle import MemoryTree, consistency_proof, hasher_for
@@ -79,6 +86,7 @@ class Log:
         self._db = connect(self.path)
         self._db.executescript(SCHEMA)
         self._check_meta()
+        subjectindex.ensure(self._db)
         self.tree = MemoryTree(self.hasher)
         self.leaf_index = LeafIndex(self.tree.levels[0], self.hasher.size)
         self._load()
@@ -193,11 +201,32 @@ class Log:
         with self._lock:
             return self._append_entries(list(entries)), self.latest_note()
 
-    def _append_entries(self, entries: list[bytes]) -> list[int]:
+    def append_new(self, entries: Sequence[bytes]) -> list[Receipt]:
+        """Append encoded entries as one batch, refusing the whole batch with
+        :class:`DuplicateEntry` when one is in the log already or twice in it (a replayed
+        append), so the tree never changes for a replay. What the service uses."""
+        if not entries:
+            raise EventError("the batch is empty: send at least one event")
+        if len(entries) > MAX_BATCH:
+            raise EventError(f"a batch holds at most {MAX_BATCH} events: split it")
+        with self._lock:
+            indexes = self._append_entries(list(entries), refuse_known=True)
+            note = self.latest_note()
+            return [self._receipt(i, note) for i in indexes]
+
+    def _append_entries(self, entries: list[bytes], refuse_known: bool = False) -> list[int]:
         leaf = self.hasher.leaf
         leaves = [leaf(e) for e in entries]
         start = self.tree.size
         seen = self.leaf_index.find_many(leaves)
+        if refuse_known and (seen or len(set(leaves)) != len(leaves)):
+            position = next(i for i, h in enumerate(leaves) if h in seen or leaves.index(h) < i)
+            where = (f"in the log already (entry {seen[leaves[position]]})"
+                     if leaves[position] in seen else "twice in the batch")
+            raise DuplicateEntry(
+                f"nothing was appended: event {position} is {where}, a replayed append; fetch "
+                "the receipt of an entry you appended before by its hash (GetReceipt)"
+            )
         if not seen and len(set(leaves)) == len(leaves):
             # Nothing in the log already and nothing twice in the batch (the common case):
             # skip the per-entry bookkeeping.
@@ -237,6 +266,7 @@ class Log:
                 "INSERT INTO checkpoints VALUES (?, ?, ?)",
                 (new_size, note, datetime.now(UTC).isoformat()),
             )
+            subjectindex.add(db, entries, old_size)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -323,6 +353,19 @@ class Log:
         return ConsistencyProof(
             self.origin, self.public_key.hash_algorithm, old_note, new_note, tuple(proof)
         )
+
+    def find_access_heads(self, commitment: bytes, after_index: int = 0,
+                          limit: int = subjectindex.MAX_FIND) -> tuple[list[Receipt], bool]:
+        """Receipts (against the latest tree head) of the ``access_head`` entries naming the
+        subject ``commitment``, from ``after_index`` on, oldest first; and whether more
+        match after the last one returned."""
+        limit = max(1, min(limit, subjectindex.MAX_FIND))
+        with self._lock:
+            note = self.latest_note()
+            size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
+            found = subjectindex.find(self._db, commitment, after_index, limit + 1, size)
+            receipts = [self._receipt(i, note) for i in found[:limit]]
+        return receipts, len(found) > limit
 
     def entries(self, start: int = 0, end: int | None = None) -> Iterable[tuple[int, bytes]]:
         end = self.size if end is None else end

@@ -3,6 +3,13 @@
 Served over TLS with health checking and reflection (``protos.transport``). Bad input gets
 INVALID_ARGUMENT (or NOT_FOUND) with a message saying what was wrong; nothing is written then.
 Error messages never echo event contents.
+
+Append is open to any TLS client, because authority travels with each entry, not with the
+connection: every entry must be signed by its author under the rules of ``ledger.authority``
+(registered parties from ``ledger.authors``, customers' entries endorsed by their node).
+A batch with one entry that fails is refused whole: UNAUTHENTICATED (no signature, or one
+that does not verify), PERMISSION_DENIED (unknown author, kind not allowed, wrong node, no
+endorsement), ALREADY_EXISTS (an entry the log holds already: a replayed append).
 """
 
 from __future__ import annotations
@@ -15,7 +22,18 @@ from typing import Any
 import grpc
 
 from ledger.anchor import AnchorStore
-from ledger.errors import ConsistencyProofError, EventError, LedgerError, StorageError
+from ledger.authority import authorize
+from ledger.authors import AuthorRegistry
+from ledger.errors import (
+    ConsistencyProofError,
+    DuplicateEntry,
+    EventError,
+    LedgerError,
+    PermissionDenied,
+    StorageError,
+    Unauthenticated,
+)
+from ledger.events import MAX_EVENT_BYTES
 from ledger.log import Log
 from ledger.wire import (
     WIRE_VERSION,
@@ -41,6 +59,8 @@ def _check_version(request: Any, context: grpc.ServicerContext) -> None:
 
 
 def _parse_event(raw: bytes, position: int) -> dict[str, Any]:
+    if len(raw) > MAX_EVENT_BYTES:  # before parsing: the encoded entry may not exceed it either
+        raise EventError(f"event {position} is larger than 16 KiB: record digests, not documents")
     try:
         event = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -59,8 +79,11 @@ def _receipts_bytes(events: Sequence[bytes], tree_size: int, note: str) -> int:
 
 
 class LedgerServicer(pb_grpc.LedgerServiceServicer):
-    def __init__(self, ledger_log: Log, anchors: AnchorStore | None = None) -> None:
+    def __init__(
+        self, ledger_log: Log, authors: AuthorRegistry, anchors: AnchorStore | None = None
+    ) -> None:
         self.log = ledger_log
+        self.authors = authors
         self.anchors = anchors
 
     def Append(
@@ -79,9 +102,15 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
             )
         try:
             events = [_parse_event(raw, i) for i, raw in enumerate(request.events)]
-            receipts = self.log.append(events)
+            receipts = self.log.append_new(authorize(events, self.authors.current()))
         except EventError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nothing was appended: {exc}")
+        except Unauthenticated as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"nothing was appended: {exc}")
+        except PermissionDenied as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"nothing was appended: {exc}")
+        except DuplicateEntry as exc:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
         except StorageError:
             log.exception("append failed in storage")
             context.abort(
@@ -138,6 +167,19 @@ class LedgerServicer(pb_grpc.LedgerServiceServicer):
         _check_version(request, context)
         return log_key_to_pb(self.log.public_key)
 
+    def FindAccessHeads(
+        self, request: pb.FindAccessHeadsRequest, context: grpc.ServicerContext
+    ) -> pb.FindAccessHeadsResponse:
+        """Read-only: the access heads naming one subject commitment (ledger.subjectindex)."""
+        _check_version(request, context)
+        if len(request.subject_commitment) != 32:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "subject_commitment must be the 32-byte SHA-256 salted commitment")
+        receipts, more = self.log.find_access_heads(
+            bytes(request.subject_commitment), request.after_index, request.limit or 1000)
+        return pb.FindAccessHeadsResponse(
+            version=WIRE_VERSION, receipts=[receipt_to_pb(r) for r in receipts], more=more)
+
 
 def start_server(
     ledger_log: Log,
@@ -145,10 +187,12 @@ def start_server(
     address: str,
     cert_pem: bytes,
     key_pem: bytes,
+    authors: AuthorRegistry,
     anchors: AnchorStore | None = None,
 ) -> RunningServer:
-    """Serve ``ledger_log`` on ``address`` (e.g. ``127.0.0.1:0``) over TLS."""
-    servicer = LedgerServicer(ledger_log, anchors)
+    """Serve ``ledger_log`` on ``address`` (e.g. ``127.0.0.1:0``) over TLS, accepting entries
+    under the rules of ``ledger.authority`` with the parties in ``authors``."""
+    servicer = LedgerServicer(ledger_log, authors, anchors)
     return serve(
         lambda server: pb_grpc.add_LedgerServiceServicer_to_server(servicer, server),
         [SERVICE_NAME],

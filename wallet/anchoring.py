@@ -119,3 +119,106 @@ def _verdict(seq: int, on_chain: bool, results: list[ClaimResult]) -> LedgerChec
         return LedgerCheck(FAILED, "the event is not on the node's verified hash chain",
                            good[0].sequence, good[0].index)
     return LedgerCheck(FAILED, covering[0].detail, covering[0].sequence)
+
+
+# -- the listing against the heads the ledger holds (issue 11: no hidden access) -------------
+
+MAX_RANGE = 1_000_000  # events one head may cover for the per-event tag check
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Accesses the node hid or changed under one anchored head."""
+
+    count: int
+    first_seq: int
+    last_seq: int
+    start: str | None  # latest time known before them (an event of yours, or an earlier head)
+    end: str  # the time the covering head was anchored
+    index: int  # the head's ledger index
+    detail: str
+
+    def sentence(self, address: str) -> str:
+        between = f"between {self.start} and {self.end}" if self.start else f"before {self.end}"
+        return (f"the node at {address} hid or changed {self.count} access(es) {between} "
+                f"(events {self.first_seq}-{self.last_seq}, under the head at ledger index "
+                f"{self.index}: {self.detail})")
+
+
+@dataclass(frozen=True)
+class ListingCheck:
+    """The listing of one node checked against the heads that name this customer."""
+
+    heads: int  # heads of this node naming the customer
+    mismatches: list[Mismatch]
+    not_anchored: int  # own events no head covers yet
+
+    def to_json(self, address: str) -> dict[str, Any]:
+        return {"heads": self.heads, "not_anchored": self.not_anchored,
+                "mismatches": [{"count": m.count, "first_seq": m.first_seq,
+                                "last_seq": m.last_seq, "start": m.start, "end": m.end,
+                                "ledger_index": m.index, "message": m.sentence(address)}
+                               for m in self.mismatches]}
+
+
+def check_listing(events: Sequence[dict[str, Any]], head_seq: int, chain: dict[int, str],
+                  heads: Sequence[Receipt], node_dids: Sequence[str], did: str,
+                  salt: bytes) -> ListingCheck:
+    """Check a node's listing of the customer's events against the ``access_head`` entries
+    the ledger holds that name the customer's commitment (receipts already verified).
+
+    Every such head of this node (its DID, or one it rotated from) covers the events
+    (``after``, ``sequence``]; its ``subject_events`` tags say exactly which of them touched
+    the customer (``ledger.events.subject_event_tag``), and the listing must show exactly
+    those, on the node's chain, whose hash at ``sequence`` must be the head's. A head
+    without tags (too many to list) at least needs one of the customer's events in its range.
+    ``events`` are the listing's (flat, with ``seq``, ``time``, ``verified``); ``chain`` is
+    the node's chain hash per sequence as listed.
+    """
+    from ledger.events import subject_event_tag
+
+    own = {int(e["seq"]): e for e in events if e.get("verified")}
+    mine = sorted((r for r in heads if r.event.get("node") in node_dids),
+                  key=lambda r: int(r.event["sequence"]))
+    mismatches: list[Mismatch] = []
+    covered: set[int] = set()
+    previous = 0
+    for receipt in mine:
+        event = receipt.event
+        upto = int(event["sequence"])
+        after = int(event.get("after", previous))
+        previous = upto
+        listed = {s for s in own if after < s <= upto}
+        covered |= listed
+        tags = event.get("subject_events")
+        if tags is not None and upto - after <= MAX_RANGE:
+            wanted = set(tags)
+            expected = {s for s in range(after + 1, upto + 1)
+                        if subject_event_tag(did, salt, s) in wanted}
+            wrong = sorted(expected ^ listed)
+            detail = "events it anchored as yours are missing from its listing"
+        else:
+            expected = listed
+            wrong = [] if listed else [upto]
+            detail = "it anchored an access to you there but lists none"
+        if upto > head_seq:
+            wrong = sorted(set(wrong) | {s for s in expected if s > head_seq} or {upto})
+            detail = (f"its chain now ends at {head_seq}, before the head it anchored at "
+                      f"{upto}")
+        elif upto in chain and chain[upto] != event.get("head"):
+            wrong = sorted(set(wrong) | expected or {upto})
+            detail = "its chain no longer has the hash it anchored"
+        if wrong:
+            mismatches.append(Mismatch(
+                len(wrong), wrong[0], wrong[-1], _time_before(wrong[0], own, mine),
+                str(event.get("time")), receipt.index, detail))
+    return ListingCheck(len(mine), mismatches, len(set(own) - covered))
+
+
+def _time_before(seq: int, own: dict[int, dict[str, Any]], heads: Sequence[Receipt]
+                 ) -> str | None:
+    """The latest moment known to come before event ``seq``: one of the customer's own
+    events, or a head anchored over earlier events."""
+    times = [str(e.get("time")) for s, e in own.items() if s < seq and e.get("time")]
+    times += [str(r.event.get("time")) for r in heads if int(r.event["sequence"]) < seq]
+    return max(times) if times else None

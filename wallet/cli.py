@@ -441,7 +441,10 @@ def access_log(ctx: Context, since: timespec.TimeBound | None,
     events = [e for e in view.events if until is None or e.time < until.end]
     selection = timespec.describe_range(since, until)
     data = {"events": [_event_json(e) for e in events], "unreachable": view.unreachable,
-            "selection": selection or "all events"}
+            "selection": selection or "all events",
+            "integrity": {a: c.to_json(a) for a, c in view.integrity.items()},
+            "ledger_problem": view.ledger_problem}
+    hidden = [m.sentence(a) for a, c in view.integrity.items() for m in c.mismatches]
 
     def human() -> None:
         for address, message in view.unreachable.items():
@@ -457,8 +460,27 @@ def access_log(ctx: Context, since: timespec.TimeBound | None,
             click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
                        f"{ev.get('outcome')}  {_grants_line(*service.grants_used(ev, mine))}  "
                        f"[{mark}]")
+        _print_integrity(view)
 
     _emit(as_json, data, human)
+    if hidden:
+        raise click.ClickException(_sentence(hidden[0]) + (
+            f" (and {len(hidden) - 1} more such gap(s))" if len(hidden) > 1 else ""))
+
+
+def _print_integrity(view: service.AccessView) -> None:
+    """What the check against the ledger's heads found, per node."""
+    if view.ledger_problem:
+        click.echo(f"! {_sentence(view.ledger_problem)}")
+    for address, check in view.integrity.items():
+        for mismatch in check.mismatches:
+            click.echo(f"! {_sentence(mismatch.sentence(address))}")
+        if not check.mismatches:
+            click.echo(f"Ledger check of {address}: its listing matches the {check.heads} "
+                       "anchored head(s) that name you.")
+        if check.not_anchored:
+            click.echo(f"  {check.not_anchored} of your event(s) there are not yet anchored "
+                       "(the node anchors on a schedule; look again in a minute).")
 
 
 def _grants_line(own: list[str], others: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from typing import Any
 from consent.grants import issue_grant, issue_revocation, verify_grant
 from consent.identity import PROFILES, Identity
 from consent.keystore import load_identity, save_identity, write_private_file
+from ledger.customer import grant_key
 from wallet.errors import (
     DeliveryPending,
     GrantAlreadyExpired,
@@ -68,6 +70,9 @@ REVOCATION_PENDING = "revocation-pending"  # revoked in the wallet, not yet at t
 
 # (address, ca_pem, caller) -> a node client; the real one is agent_node.client.NodeClient.
 ClientFactory = Callable[[str, bytes, Identity], Any]
+
+
+NOT_ENDORSED = "its node never endorsed its ledger entry, so it is not anchored"
 
 
 def _node_client_factory(address: str, ca_pem: bytes, caller: Identity) -> Any:
@@ -227,6 +232,10 @@ class AccessView:
 
     events: list[AccessRecord]
     unreachable: dict[str, str]
+    #: per node address, its listing checked against the heads the ledger holds for us
+    #: (``wallet.anchoring.ListingCheck``); absent when no ledger is set or none was reachable
+    integrity: dict[str, Any] = field(default_factory=dict)
+    ledger_problem: str | None = None  # why the heads could not be read from the ledger
 
 
 def _keystore_path(home: Path) -> Path:
@@ -484,10 +493,14 @@ class Wallet:
         if record.max_ttl_hours:
             check_ttl(ttl, timedelta(hours=record.max_ttl_hours))
         assert record.did is not None  # set by refresh_node or a previous contact
+        # The grant binds a key of its own for its ledger entries (ledger.customer), so the
+        # ledger never sees our DID and our grants' entries cannot be linked.
+        grant_id = f"urn:uuid:{uuid.uuid4()}"
         credential = issue_grant(
             self.identity, requester=requester, nodes=[record.did], purpose=purpose,
             scopes=scope_list, ttl=ttl, purpose_text=purpose_text, max_queries=max_queries,
-            dp_epsilon=dp_epsilon, now=now,
+            dp_epsilon=dp_epsilon, now=now, grant_id=grant_id,
+            ledger_key=grant_key(self.identity, grant_id).did,
         )
         signed = verify_grant(credential, now=now)
         self.store.add_grant(signed, node)
@@ -496,10 +509,11 @@ class Wallet:
     def _deliver_grant(self, grant_id: str) -> GrantOutcome:
         NodeError, NodeUnreachable = _node_errors()
         record = self._grant(grant_id)
+        entry = self._grant_entry(record)
         try:
             # The salt lets the node name us in its ledger heads by commitment only.
             ack = self._client(record.node_address).submit_grant(
-                record.credential, subject_salt=self._subject_salt().hex())
+                record.credential, subject_salt=self._subject_salt().hex(), ledger_entry=entry)
         except NodeUnreachable as exc:
             self.store.mark_grant_failed(grant_id, str(exc))
             return GrantOutcome(
@@ -513,8 +527,70 @@ class Wallet:
             self._set_delivery(grant_id, REFUSED)
             return GrantOutcome(self._grant(grant_id), False, f"the node refused the grant: {exc}")
         self.store.mark_grant_delivered(grant_id, _as_time(getattr(ack, "accepted_at", None)))
-        warning = self._anchor_grant(grant_id)
+        problem = self._keep_endorsed("grants", grant_id, entry, ack)
+        warning = self._anchor_grant(grant_id, problem)
         return GrantOutcome(self._grant(grant_id), True, warning)
+
+    def _grant_key(self, record: GrantRecord) -> Identity | None:
+        """The grant's own ledger key, when the grant binds it (grants signed before it did
+        cannot have their entries shown to be ours, so they are not anchored)."""
+        key = grant_key(self.identity, record.id)
+        bound = record.credential.get("credentialSubject", {}).get("ledgerKey")
+        return key if bound == key.did else None
+
+    def _grant_entry(self, record: GrantRecord) -> dict[str, Any] | None:
+        """The grant's ledger entry signed with its own key, for the node to endorse."""
+        from ledger.authority import sign_entry
+        from ledger.customer import grant_entry
+
+        key = self._grant_key(record)
+        if key is None:
+            return None
+        grant = verify_grant(record.credential, now=record.issued)
+        return sign_entry(grant_entry(grant, self._commitment(), record.node_did), key)
+
+    def _revocation_entry(self, record: GrantRecord, document: dict[str, Any]
+                          ) -> dict[str, Any] | None:
+        """The revocation's ledger entry, signed with the grant's own key."""
+        from consent.grants import verify_revocation
+        from ledger.authority import sign_entry
+        from ledger.customer import revocation_entry
+
+        key = self._grant_key(record)
+        if key is None:
+            return None
+        event = revocation_entry(verify_revocation(document).digest, record.digest,
+                                 self._commitment(), record.node_did)
+        return sign_entry(event, key)
+
+    def _commitment(self) -> str:
+        from ledger.events import subject_commitment
+
+        return subject_commitment(self.identity.did, self._subject_salt())
+
+    def _keep_endorsed(self, table: str, grant_id: str, entry: dict[str, Any] | None,
+                       ack: Any) -> str | None:
+        """Check the node's endorsement of our entry and keep the endorsed entry for the
+        ledger; a sentence when there is none (the grant or revocation stands either way)."""
+        from ledger.authority import check_entry
+        from ledger.errors import LedgerError
+        from ledger.events import encode_event
+
+        if entry is None:
+            return ("this grant binds no ledger key (it was signed before ledger entries were "
+                    "authenticated), so it is not anchored in the ledger")
+        body = (getattr(ack, "document", None) or {}).get("body", {})
+        endorsement = body.get("ledger_endorsement")
+        if not isinstance(endorsement, str):
+            refusal = body.get("ledger_refusal") or "the node sent no endorsement"
+            return f"the node did not endorse the ledger entry ({refusal}); it is not anchored"
+        endorsed = {**entry, "endorsement": endorsement}
+        try:
+            check_entry(endorsed, encode_event(endorsed), None)  # both signatures, the node
+        except LedgerError as exc:
+            return f"the node's endorsement of the ledger entry is not valid ({exc})"
+        self.store.set_ledger_entry(table, grant_id, endorsed)
+        return None
 
     def _set_delivery(self, grant_id: str, state: str) -> None:
         with self.store.transaction() as db:
@@ -637,14 +713,13 @@ class Wallet:
         salt = bytes.fromhex(raw)
         return AuditKey(self.identity.did, raw, subject_commitment(self.identity.did, salt))
 
-    def _anchor_grant(self, grant_id: str) -> str | None:
-        """Append the grant's digest to the ledger when one is configured.
+    def _anchor_grant(self, grant_id: str, problem: str | None = None) -> str | None:
+        """Append the grant's entry, endorsed by its node, to the ledger when one is set.
 
         Returns a sentence when anchoring failed: the grant is delivered either way, and
         ``sync`` retries the anchoring later.
         """
         from ledger.errors import LedgerError
-        from ledger.events import make_event, subject_commitment
 
         try:
             ledger = self._ledger()
@@ -653,29 +728,24 @@ class Wallet:
         if ledger is None:
             return None
         record = self._grant(grant_id)
-        event = make_event(
-            "grant", grant_digest=record.digest,
-            subject_commitment=subject_commitment(self.identity.did, self._subject_salt()),
-            purpose=record.purpose, scopes=list(record.scopes), requester=record.requester,
-            nodes=[record.node_did], expires=iso_seconds(record.expires),
-        )
+        if record.ledger_entry is None:
+            ledger.close()
+            return f"the grant is delivered, but {problem or NOT_ENDORSED}"
         try:
             with ledger:
-                receipt = ledger.append(event)
+                receipt = ledger.append(record.ledger_entry)
         except LedgerError as exc:
             return f"the grant is delivered, but anchoring it in the ledger failed: {exc}"
         self.store.set_grant_receipt(grant_id, _receipt_json(receipt))
         return None
 
-    def _anchor_revocation(self, grant_id: str) -> str | None:
+    def _anchor_revocation(self, grant_id: str, problem: str | None = None) -> str | None:
         """Append a delivered revocation's digest to the ledger (event type ``revocation``).
 
         Returns a sentence when anchoring failed; the revocation is in effect at the node
         either way, and ``sync`` retries the anchoring.
         """
-        from consent.grants import verify_revocation
         from ledger.errors import LedgerError
-        from ledger.events import make_event, subject_commitment
 
         try:
             ledger = self._ledger()
@@ -683,19 +753,14 @@ class Wallet:
             return f"the revocation is in effect, but the ledger could not be reached: {exc}"
         if ledger is None:
             return None
-
-        record = self._grant(grant_id)
         revocation = self.store.revocation(grant_id)
         assert revocation is not None
-        event = make_event(
-            "revocation", revocation_digest=verify_revocation(revocation.document).digest,
-            grant_digest=record.digest,
-            subject_commitment=subject_commitment(self.identity.did, self._subject_salt()),
-            node=record.node_did,
-        )
+        if revocation.ledger_entry is None:
+            ledger.close()
+            return f"the revocation is in effect, but {problem or NOT_ENDORSED}"
         try:
             with ledger:
-                receipt = ledger.append(event)
+                receipt = ledger.append(revocation.ledger_entry)
         except LedgerError as exc:
             return f"the revocation is in effect, but anchoring it in the ledger failed: {exc}"
         self.store.set_revocation_receipt(grant_id, _receipt_json(receipt))
@@ -761,8 +826,10 @@ class Wallet:
         record = self._grant(grant_id)
         revocation = self.store.revocation(grant_id)
         assert revocation is not None
+        entry = self._revocation_entry(record, revocation.document)
         try:
-            ack = self._client(record.node_address).revoke(revocation.document)
+            ack = self._client(record.node_address).revoke(revocation.document,
+                                                           ledger_entry=entry)
         except NodeUnreachable as exc:
             self.store.mark_revocation_failed(grant_id, str(exc))
             raise DeliveryPending(
@@ -779,7 +846,8 @@ class Wallet:
         revoked_at = _as_time(getattr(ack, "revoked_at", None))
         self.store.mark_revocation_confirmed(grant_id, revoked_at)
         message = "confirmed by the node's signed ack"
-        warning = self._anchor_revocation(grant_id)
+        problem = self._keep_endorsed("revocations", grant_id, entry, ack)
+        warning = self._anchor_revocation(grant_id, problem)
         if warning:
             message += f"; {warning} (`consent-wallet sync` retries)"
         elif self._ledger_configured():
@@ -838,10 +906,13 @@ class Wallet:
         addresses = sorted({g.node_address for g in self.store.grants()
                             if g.delivered_at is not None})
         unreachable: dict[str, str] = {}
+        heads, problem = self._heads_naming_us()
+        integrity: dict[str, Any] = {}
         for address in addresses:
             try:
                 client = self._client(address)
-                log = client.access_events(since)
+                # The check against the ledger needs the whole listing, whatever `since` is.
+                log = client.access_events(None if heads is not None else since)
                 node_did = client.node_info().did
             except NodeUnreachable as exc:
                 unreachable[address] = _node_problem(address, exc)
@@ -851,7 +922,38 @@ class Wallet:
                 continue
             checks = self._ledger_checks(log, node_did)
             self.store.put_access_events(address, _access_records(address, log, checks))
-        return AccessView(self.store.access_events(since), unreachable)
+            if heads is not None:
+                integrity[address] = self._check_listing(address, log, node_did, heads)
+        return AccessView(self.store.access_events(since), unreachable, integrity, problem)
+
+    def _heads_naming_us(self) -> tuple[list[Any] | None, str | None]:
+        """The ledger's ``access_head`` entries naming our commitment, found by asking the
+        ledger (never the node), receipts verified; (None, why) when they cannot be read."""
+        from ledger.errors import LedgerError
+        from ledger.events import subject_commitment
+
+        salt = self.store.get_setting("subject_salt")
+        if salt is None or not self._ledger_configured():
+            return None, None
+        try:
+            ledger = self._ledger()
+            assert ledger is not None  # configured, checked above
+            with ledger:
+                found = ledger.access_heads(
+                    subject_commitment(self.identity.did, bytes.fromhex(salt)))
+        except LedgerError as exc:
+            return None, (f"the ledger could not be asked for the heads that name you ({exc}); "
+                          "your access log is not checked against it this time")
+        return found, None
+
+    def _check_listing(self, address: str, log: Any, node_did: str, heads: list[Any]) -> Any:
+        from wallet.anchoring import check_listing
+
+        record = self.store.node(address)
+        dids = [node_did, *(record.retired_dids if record else ())]
+        salt = bytes.fromhex(self.store.get_setting("subject_salt") or "")
+        return check_listing([_flat_event(e) for e in log.events], int(log.head["seq"]),
+                             getattr(log, "chain", {}), heads, dids, self.identity.did, salt)
 
     def _ledger_checks(self, log: Any, node_did: str) -> dict[int, Any]:
         """Per event seq, the ledger verdict on the node's anchored heads (wallet.anchoring)."""

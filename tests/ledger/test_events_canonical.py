@@ -15,6 +15,13 @@ TIME = st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")).filter(
     lambda t: len(t) == 20
 )
 
+# An access head's summary rows (ledger.events.ACCESS_ROW): nested objects sort too.
+ROW = st.fixed_dictionaries(
+    {"outcome": TOKEN, "count": st.integers(min_value=0, max_value=2**53 - 1)},
+    optional={"requester": DID, "purpose": TOKEN, "scopes": st.lists(TOKEN, max_size=3),
+              "reason": TOKEN},
+)
+
 
 @settings(max_examples=300, deadline=None)
 @given(
@@ -23,9 +30,11 @@ TIME = st.datetimes().map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")).filter(
     sequence=st.integers(min_value=0, max_value=2**53 - 1),
     purpose=TOKEN,
     commitments=st.lists(HEX, max_size=4),
+    accesses=st.lists(ROW, max_size=4),
     time=TIME,
 )
-def test_fast_encoding_is_rfc8785(node, head, sequence, purpose, commitments, time) -> None:
+def test_fast_encoding_is_rfc8785(node, head, sequence, purpose, commitments, accesses,
+                                  time) -> None:
     event = {
         "type": "access_head",
         "schema_version": 1,
@@ -35,5 +44,6 @@ def test_fast_encoding_is_rfc8785(node, head, sequence, purpose, commitments, ti
         "sequence": sequence,
         "purpose": purpose,
         "subject_commitments": commitments,
+        "accesses": accesses,
     }
     assert encode_event(event) == canonicalize(event)

@@ -145,3 +145,25 @@ class LogKey(_message.Message):
     hash_algorithm: str
     verifier_keys: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, version: _Optional[int] = ..., origin: _Optional[str] = ..., hash_algorithm: _Optional[str] = ..., verifier_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FindAccessHeadsRequest(_message.Message):
+    __slots__ = ("version", "subject_commitment", "after_index", "limit")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    subject_commitment: bytes
+    after_index: int
+    limit: int
+    def __init__(self, version: _Optional[int] = ..., subject_commitment: _Optional[bytes] = ..., after_index: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class FindAccessHeadsResponse(_message.Message):
+    __slots__ = ("version", "receipts", "more")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    receipts: _containers.RepeatedCompositeFieldContainer[Receipt]
+    more: bool
+    def __init__(self, version: _Optional[int] = ..., receipts: _Optional[_Iterable[_Union[Receipt, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,11 @@ class LedgerServiceStub:
                 request_serializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.GetLogKeyRequest.SerializeToString,
                 response_deserializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.LogKey.FromString,
                 _registered_method=True)
+        self.FindAccessHeads = channel.unary_unary(
+                '/sovereign.v1.LedgerService/FindAccessHeads',
+                request_serializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsRequest.SerializeToString,
+                response_deserializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -105,6 +110,12 @@ class LedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindAccessHeads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetLogKey,
                     request_deserializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.GetLogKeyRequest.FromString,
                     response_serializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.LogKey.SerializeToString,
+            ),
+            'FindAccessHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindAccessHeads,
+                    request_deserializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsRequest.FromString,
+                    response_serializer=protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class LedgerService:
             '/sovereign.v1.LedgerService/GetLogKey',
             protos_dot_sovereign_dot_v1_dot_ledger__pb2.GetLogKeyRequest.SerializeToString,
             protos_dot_sovereign_dot_v1_dot_ledger__pb2.LogKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindAccessHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.LedgerService/FindAccessHeads',
+            protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsRequest.SerializeToString,
+            protos_dot_sovereign_dot_v1_dot_ledger__pb2.FindAccessHeadsResponse.FromString,
             options,
             channel_credentials,
             insecure,
