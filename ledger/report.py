@@ -518,7 +518,8 @@ def render(
 <title>{escape(title)}</title><style>{STYLE}</style></head><body>
 <h1>{escape(title)}</h1>
 <p>Log: <code>{escape(origin)}</code> &middot;
-Selection: <span id="selection">{escape(selection)}</span> &middot; Generated {datetime.now(UTC):%Y-%m-%d %H:%M}Z</p>
+Selection: <span id="selection">{escape(selection)}</span> &middot;
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M}Z</p>
 {status}
 {_summary(items)}
 <h2>Entries per day by purpose</h2>
