@@ -9,6 +9,7 @@ tests/wallet/test_wallet_timespec.py, tests/ledger/test_report.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 import pytest
@@ -114,3 +115,20 @@ def test_click_options_give_usage_errors_naming_the_option() -> None:
     assert backwards.exit_code == 2 and "is before --since" in backwards.output
     same_day = runner.invoke(show, ["--since", "2026-12-04", "--until", "2026-12-04"])
     assert same_day.exit_code == 0
+
+
+def test_the_documented_examples_hold() -> None:
+    """docs/audit.md, "Dates and ranges": the report's printed range and the table's rows."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    words = describe_range(parse_bound("2026-03-01"), parse_bound("2026-03-31"))
+    assert f"42 event(s) ({words})" in docs
+    assert "until 2026-03-31 (whole day, up to 2026-04-01T00:00Z)" in docs
+    minute = parse_bound("2026-03-31T10:30+01:00")
+    assert (minute.start, minute.end) == (at(2026, 3, 31, 9, 30), at(2026, 3, 31, 9, 31))
+    for text in ("2026-03-31T09:30Z", "2026-03-31T09:30:15Z", "24h", "7d", "30m", "1h30m", "2w"):
+        assert f"`{text}`" in docs
+        parse_bound(text)
+    for bad in ("yesterday", "2026-02-30", "-3h"):
+        assert f"`{bad}`" in docs
+        with pytest.raises(TimeSpecError):
+            parse_bound(bad)
