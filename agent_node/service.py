@@ -138,19 +138,19 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                                       clock_skew=self.home.config.clock_skew)
         return lookup
 
-    def _open(self, method: str, request: node_pb2.SealedRequest
+    def _open(self, method: str, request: node_pb2.SealedRequest, replay: bool = True
               ) -> tuple[str, dict[str, Any], bytes | None]:
         if request.version != VERSION:
             raise InvalidRequest(f"unsupported request version {request.version}; this node "
                                  f"speaks version {VERSION}")
         caller, plaintext, session_id = self._unseal(request)
         try:
-            return caller, self._message(method, plaintext), session_id
+            return caller, self._message(method, plaintext, replay), session_id
         except RequestError as exc:
             exc.caller = caller  # known from here on: the refusal is logged under it
             raise
 
-    def _message(self, method: str, plaintext: bytes) -> dict[str, Any]:
+    def _message(self, method: str, plaintext: bytes, replay: bool = True) -> dict[str, Any]:
         """The opened request, checked: JSON, version, method, body, and a fresh nonce."""
         try:
             message = orjson.loads(plaintext)
@@ -164,6 +164,8 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         if not isinstance(message.get("body"), dict):
             raise InvalidRequest("the sealed request needs a body object")
         nonce = message.get("nonce")
+        if not replay:
+            return message  # a relayed revocation (RelayRevoke): applying it again is harmless
         try:
             # A Query's nonce is spent with its access event (engine), others' right here.
             self.replay.check(str(nonce) if nonce else "", _parse_ts(message.get("ts")),
@@ -193,13 +195,13 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         return node_pb2.SealedResponse(version=VERSION, envelope=envelope)
 
     def _handle(self, method: str, request: node_pb2.SealedRequest, context: grpc.ServicerContext,
-                handler: Callable[[str, dict[str, Any]], dict[str, Any]]
+                handler: Callable[[str, dict[str, Any]], dict[str, Any]], replay: bool = True
                 ) -> node_pb2.SealedResponse:
         started = time.perf_counter()
         caller = "-"
         code = grpc.StatusCode.OK
         try:
-            caller, message, session_id = self._open(method, request)
+            caller, message, session_id = self._open(method, request, replay)
             body = handler(caller, message["body"])
             return self._respond(method, caller, str(message["nonce"]), body, session_id)
         except RequestError as exc:
@@ -269,6 +271,12 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     def Revoke(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
                ) -> node_pb2.SealedResponse:
         return self._handle("Revoke", request, context, self._revoke)
+
+    def RelayRevoke(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+                    ) -> node_pb2.SealedResponse:
+        # A wallet's sealed Revoke relayed by the coordinator, maybe long after it was sealed:
+        # the replay window is waived because a revocation applied twice changes nothing.
+        return self._handle("Revoke", request, context, self._revoke, replay=False)
 
     def GrantStatus(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
                     ) -> node_pb2.SealedResponse:

@@ -94,3 +94,70 @@ def test_fingerprint_depends_on_the_key(ledger: tuple, tmp_path: Path) -> None:
     assert fingerprint(key) == fingerprint(LogPublicKey.from_json(key.to_json()))
     assert fingerprint(key) != fingerprint(other)
     assert len(fingerprint(key).split(":")) == 17  # "SHA256" + 16 groups of 4 hex digits
+
+
+# -- check_listing: the node's listing against the heads the ledger holds --------------------
+
+DID = Identity.generate().did
+SALT = bytes(range(32))
+
+
+def _head_receipts(tmp_path: Path, *heads: dict[str, object]) -> list[object]:
+    home = tmp_path / "heads"
+    init_home(home, origin="ledger.test.example/log", passphrase="pw")
+    log = open_log(home, "pw")
+    try:
+        return [log.receipt(r.entry_hash) for r in log.append(
+            [make_event("access_head", node=NODE, **h) for h in heads])]
+    finally:
+        log.close()
+
+
+def _tags(*seqs: int) -> list[str]:
+    from ledger.events import subject_event_tag
+
+    return sorted(subject_event_tag(DID, SALT, s) for s in seqs)
+
+
+def _listed(*seqs: int) -> list[dict[str, object]]:
+    return [{"seq": s, "verified": True, "time": f"2026-01-01T00:00:0{s}Z"} for s in seqs]
+
+
+def test_a_listing_matching_its_heads_passes_and_counts_the_unanchored(tmp_path: Path) -> None:
+    from wallet.anchoring import check_listing
+
+    heads = _head_receipts(tmp_path, {"head": HEAD, "sequence": 3, "after": 0,
+                                      "subject_events": _tags(1, 3)})
+    result = check_listing(_listed(1, 3, 5), 5, {3: HEAD}, heads, [NODE], DID, SALT)
+    assert result.mismatches == [] and result.heads == 1 and result.not_anchored == 1
+
+
+def test_an_extra_a_missing_event_and_a_changed_hash_are_found(tmp_path: Path) -> None:
+    from wallet.anchoring import check_listing
+
+    heads = _head_receipts(
+        tmp_path,
+        {"head": HEAD, "sequence": 3, "after": 0, "subject_events": _tags(1, 3)},
+        {"head": "ef" * 32, "sequence": 6, "after": 3, "subject_events": _tags(5)},
+    )
+    # 2 is listed but was not anchored as ours, 3 is missing; at 6 the chain has another hash.
+    result = check_listing(_listed(1, 2, 5), 7, {3: HEAD, 6: "00" * 32}, heads, [NODE], DID,
+                           SALT)
+    first, second = result.mismatches
+    assert (first.count, first.first_seq, first.last_seq) == (2, 2, 3)
+    assert first.start == "2026-01-01T00:00:01Z"
+    assert "no longer has the hash it anchored" in second.detail and second.count == 1
+    assert "hid or changed 2 access(es) between" in first.sentence("n:1")
+
+
+def test_a_head_without_tags_needs_one_event_and_other_nodes_heads_are_ignored(
+    tmp_path: Path
+) -> None:
+    from wallet.anchoring import check_listing
+
+    heads = _head_receipts(tmp_path, {"head": HEAD, "sequence": 3, "after": 0})
+    assert check_listing(_listed(2), 3, {}, heads, [NODE], DID, SALT).mismatches == []
+    [gap] = check_listing([], 3, {}, heads, [NODE], DID, SALT).mismatches
+    assert gap.count == 1 and "lists none" in gap.detail and gap.start is None
+    other = check_listing([], 3, {}, heads, [Identity.generate().did], DID, SALT)
+    assert other.heads == 0 and other.mismatches == []
