@@ -63,6 +63,17 @@ class Routed:
     elapsed_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class Relayed:
+    """One node's part of a revocation relay; ``receipt`` is the node-signed reply document
+    (verified) once ``state`` is ``delivered``."""
+
+    node_did: str
+    state: str
+    message: str
+    receipt: dict[str, Any] | None = None
+
+
 class RoutedNodeClient(NodeClient):
     """A ``NodeClient`` whose calls travel through the coordinator instead of a direct
     channel. The node's identity comes from its signed registration (not from the
@@ -183,6 +194,30 @@ class CoordinatorClient:
                 raise NodeProtocolError("the coordinator answered for another node")
             out.append(_routed(client, method, envelope, nonce, result))
         return out
+
+    def relay_revocation(self, clients: list[RoutedNodeClient], revocation: dict[str, Any]
+                         ) -> tuple[str, list[Relayed]]:
+        """Hand the coordinator a signed revocation sealed to each node holding the grant.
+
+        Returns the relay id and, per node, ``delivered`` (with the node's signed receipt,
+        verified here), ``pending`` (not reached yet: the coordinator keeps retrying) or
+        ``refused`` (the node's reason). Deliver to nodes directly as well when you can: a
+        node answers only from its own grants store.
+        """
+        sealed = [(c, *c.sealed_request("Revoke", {"revocation": revocation})) for c in clients]
+        reply = self._call("RelayRevocation", pb.RelayRevocationRequest(
+            version=VERSION, targets=[pb.RouteTarget(node_did=c.node.did, envelope=e)
+                                      for c, e, _ in sealed]))
+        out = []
+        for (client, envelope, nonce), result in zip(sealed, reply.results, strict=True):
+            if result.node_did != client.node.did:
+                raise NodeProtocolError("the coordinator answered for another node")
+            document = None
+            if result.state == "delivered":
+                document = client._verify_reply("Revoke", bytes(result.envelope), nonce,
+                                                envelope)
+            out.append(Relayed(result.node_did, result.state, result.message, document))
+        return reply.relay_id, out
 
     def status(self) -> dict[str, Any]:
         reply = self._call("Status", pb.StatusRequest(version=VERSION))

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS relays (
     created TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
-    delivered_at TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',
+    done_at TEXT NOT NULL DEFAULT '',
     receipt {blob},
     PRIMARY KEY (relay_id, node_did)
 );
@@ -267,35 +268,44 @@ class Registry:
             raise RegistryError(f"the relay cannot be stored: {_brief(exc)}") from None
 
     def pending_relays(self, relay_id: str | None = None) -> list[PendingRelay]:
-        where = "delivered_at = ''" + (" AND relay_id = ?" if relay_id else "")
+        where = "state = 'pending'" + (" AND relay_id = ?" if relay_id else "")
         rows = self._read("SELECT relay_id, node_did, envelope, key_binding, attempts, "
                           f"last_error FROM relays WHERE {where} ORDER BY created, node_did",
                           (relay_id,) if relay_id else ())
         return [PendingRelay(r[0], r[1], bytes(r[2]), bytes(r[3]), r[4], r[5]) for r in rows]
 
-    def relay_delivered(self, relay_id: str, did: str, receipt: bytes) -> bool:
-        """Mark one delivery done; False if another coordinator had marked it already."""
+    def relay_done(self, relay_id: str, did: str, state: str, receipt: bytes = b"",
+                   error: str = "") -> bool:
+        """Close one delivery as ``delivered`` (with the node's sealed receipt) or
+        ``refused`` (the node read it and said no); False if it was closed already (another
+        coordinator got there first)."""
+        if state not in ("delivered", "refused"):
+            raise ValueError(f"unknown relay state {state!r}")
         try:
             with self._tx() as cur:
-                cur.execute("UPDATE relays SET delivered_at = ?, receipt = ?, attempts = "
-                            "attempts + 1, last_error = '' WHERE relay_id = ? AND node_did = ? "
-                            "AND delivered_at = ''", (now_iso(), receipt, relay_id, did))
+                cur.execute("UPDATE relays SET state = ?, done_at = ?, receipt = ?, attempts = "
+                            "attempts + 1, last_error = ? WHERE relay_id = ? AND node_did = ? "
+                            "AND state = 'pending'",
+                            (state, now_iso(), receipt, error[:300], relay_id, did))
                 return bool(cur.rowcount)
         except self._db_errors as exc:
             raise RegistryError(f"the registry cannot be written: {_brief(exc)}") from None
 
     def relay_failed(self, relay_id: str, did: str, error: str) -> None:
+        """One more attempt that did not reach the node; it stays pending."""
         try:
             with self._tx() as cur:
                 cur.execute("UPDATE relays SET attempts = attempts + 1, last_error = ? "
-                            "WHERE relay_id = ? AND node_did = ?", (error[:300], relay_id, did))
+                            "WHERE relay_id = ? AND node_did = ? AND state = 'pending'",
+                            (error[:300], relay_id, did))
         except self._db_errors as exc:
             raise RegistryError(f"the registry cannot be written: {_brief(exc)}") from None
 
-    def relay_receipts(self, relay_id: str) -> dict[str, bytes]:
-        rows = self._read("SELECT node_did, receipt FROM relays WHERE relay_id = ? AND "
-                          "delivered_at <> ''", (relay_id,))
-        return {r[0]: bytes(r[1]) for r in rows}
+    def relay_states(self, relay_id: str) -> dict[str, tuple[str, bytes, str]]:
+        """{node DID: (state, receipt, last error)} of one relay."""
+        rows = self._read("SELECT node_did, state, receipt, last_error FROM relays "
+                          "WHERE relay_id = ?", (relay_id,))
+        return {r[0]: (r[1], bytes(r[2] or b""), r[3]) for r in rows}
 
 
 class _Cursor:

@@ -1,6 +1,6 @@
 """Assemble and run a coordinator: registry, router with mutual TLS toward nodes, health
-monitor, gRPC service over TLS (health checking and reflection via ``protos.transport``) and
-an optional Prometheus endpoint."""
+monitor, revocation relay retries, gRPC service over TLS (health checking and reflection via
+``protos.transport``) and an optional Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 
 from coordinator.home import CoordinatorHome
 from coordinator.registry import Registry
+from coordinator.relay import RelayService
 from coordinator.router import HealthMonitor, Router
 from coordinator.service import SERVICE_NAME, CoordinatorService, Metrics, add_to_server
 from protos.transport import RunningServer, serve
@@ -20,6 +21,7 @@ class RunningCoordinator:
     service: CoordinatorService
     server: RunningServer
     monitor: HealthMonitor
+    relay: RelayService
 
     @property
     def port(self) -> int:
@@ -27,6 +29,7 @@ class RunningCoordinator:
 
     def stop(self, grace: float = 1.0) -> None:
         self.monitor.stop()
+        self.relay.stop()
         self.server.stop(grace)
         self.service.router.close()
         self.service.registry.close()
@@ -39,7 +42,8 @@ def start(home: CoordinatorHome, did: str, *, address: str | None = None) -> Run
     cert_pem, key_pem = home.server_tls()
     metrics = Metrics()
     router = Router(registry, (key_pem, cert_pem), on_outcome=None)
-    service = CoordinatorService(did, config, registry, router, metrics)
+    relay = RelayService(registry, router, config.default_deadline_ms / 1000)
+    service = CoordinatorService(did, config, registry, router, metrics, relay)
     running = serve(add_to_server(service), [SERVICE_NAME], address=address or config.listen,
                     cert_pem=cert_pem, key_pem=key_pem, max_workers=config.max_workers)
     if config.metrics_port:
@@ -48,4 +52,5 @@ def start(home: CoordinatorHome, did: str, *, address: str | None = None) -> Run
     monitor = HealthMonitor(router, config.health_interval_seconds,
                             config.health_timeout_seconds)
     monitor.start()
-    return RunningCoordinator(service, running, monitor)
+    relay.start(config.relay_retry_seconds)  # also delivers what a previous run left pending
+    return RunningCoordinator(service, running, monitor, relay)

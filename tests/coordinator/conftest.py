@@ -170,7 +170,7 @@ def network(tmp_path_factory: pytest.TempPathFactory,
     tmp = tmp_path_factory.mktemp("network")
     coordinator = serve_coordinator(init_coordinator(
         tmp / "coordinator", max_fanout=4, health_interval_seconds=0.3,
-        metrics_port=free_port()))
+        relay_retry_seconds=0.3, metrics_port=free_port()))
     requester = Identity.generate()
     sources, nodes = [], []
     try:

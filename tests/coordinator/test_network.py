@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.request
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -18,16 +19,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent_node.client import NodeError
+from agent_node.home import load_home
 from agent_node.network import NodeProtocolError, _routed
+from agent_node.vault import Vault
 from consent.canonical import canonicalize
+from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
 from consent.registration import issue_registration
 from protos.sovereign.v1 import coordinator_pb2 as pb
 from protos.sovereign.v1 import coordinator_pb2_grpc as pb_grpc
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 from protos.transport import secure_channel
-from tests.agent_node.conftest import serve
-from tests.coordinator.conftest import Network, coord_cli
+from tests.agent_node.conftest import PASSPHRASE, serve, stop
+from tests.coordinator.conftest import Network, coord_cli, serve_coordinator, stop_process
 
 QUERY = {"dataset": "contacts", "purpose": "marketing-analytics",
          "measures": ["count", "sum:duration"], "group_by": ["job"]}
@@ -252,6 +256,86 @@ def test_a_routed_call_to_one_node_raises_the_nodes_refusal(network: Network) ->
             client.query(QUERY)
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert not isinstance(refused.value, NodeProtocolError)
+
+
+def test_a_revocation_relay_reaches_every_node_across_restarts(network: Network) -> None:
+    holder, away = network.by_kind("sqlite"), network.by_kind("csv")
+    wallet = holder.node.wallets[0]
+    # The same customer is known at the second node too (bound there to the same wallet).
+    node_home = load_home(away.node.home, PASSPHRASE)
+    Vault(node_home.vault_path, node_home.keys).bind(["C000"], wallet.did)
+    credential = issue_grant(wallet, requester=network.requester.did,
+                             nodes=[holder.did, away.did], purpose="marketing-analytics",
+                             scopes=["transaction"], ttl=timedelta(hours=24))
+    for node in (holder, away):
+        with node.node.client(wallet) as client:
+            grant_id = client.submit_grant(credential).grant_id
+    stop(away.node)  # one node holding the grant is down when the wallet revokes
+    revocation = issue_revocation(wallet, grant_id)
+    with network.coordinator.client() as coordinator:
+        listed = {n.did: n for n in coordinator.nodes()}
+        clients = [coordinator.client_for(listed[n.did], wallet) for n in (holder, away)]
+        relay_id, results = coordinator.relay_revocation(clients, revocation)
+    assert relay_id.startswith("urn:uuid:")
+    assert [(r.node_did, r.state) for r in results] == [(holder.did, "delivered"),
+                                                        (away.did, "pending")]
+    assert results[0].receipt is not None  # the node's signed receipt, verified
+    assert results[0].receipt["body"]["grant_id"] == grant_id
+    assert results[1].message  # why it is not there yet
+    with holder.node.client(wallet) as client:
+        assert client.grant_status([grant_id])[0].status == "revoked"
+    home = str(network.coordinator.home)
+    status = json.loads(coord_cli("status", "--home", home, "--json").stdout)
+    assert status["pending_relay_nodes"] == [away.did]
+
+    # The coordinator restarts, then the node comes back: the kept relay reaches it.
+    stop_process(network.coordinator.process)
+    network.coordinator = serve_coordinator(network.coordinator.home)
+    restarted = serve(away.node.home)
+    restarted.wallets = away.node.wallets
+    away.node = restarted
+    deadline = time.monotonic() + 20
+    while json.loads(coord_cli("status", "--home", home, "--json").stdout)["pending_relays"]:
+        assert time.monotonic() < deadline, "the relay never reached the restarted node"
+        time.sleep(0.3)
+    with away.node.client(wallet) as client:
+        assert client.grant_status([grant_id])[0].status == "revoked"
+
+
+def test_a_relayed_revocation_is_accepted_again_a_direct_replay_is_not(
+        network: Network) -> None:
+    node = network.by_kind("postgresql")
+    wallet = node.node.wallets[1]
+    with node.node.client(wallet) as client:
+        grant_id = client.submit_grant(issue_grant(
+            wallet, requester=network.requester.did, nodes=[node.did],
+            purpose="marketing-analytics", scopes=["transaction"],
+            ttl=timedelta(hours=24))).grant_id
+        envelope, _ = client.sealed_request("Revoke", {"revocation": issue_revocation(
+            wallet, grant_id)})
+    channel = secure_channel(node.node.address, node.node.ca_pem)
+    agent = node_pb2_grpc.AgentNodeStub(channel)
+    request = node_pb2.SealedRequest(version=1, envelope=envelope)
+    agent.RelayRevoke(request, timeout=10)
+    agent.RelayRevoke(request, timeout=10)  # a retry of the same envelope: harmless, accepted
+    agent.Revoke(request, timeout=10)
+    with pytest.raises(grpc.RpcError) as replayed:  # the ordinary path keeps its replay guard
+        agent.Revoke(request, timeout=10)
+    assert replayed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()
+
+
+def test_gm_envelopes_are_not_relayed(network: Network) -> None:
+    node = network.nodes[0]
+    target = pb.RouteTarget(node_did=node.did, envelope=b"\x01\x02" + bytes(60))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(network).RelayRevocation(pb.RelayRevocationRequest(version=1, targets=[target]),
+                                      timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "send them to the node directly" in refused.value.details()
+    status = json.loads(coord_cli("status", "--home", str(network.coordinator.home),
+                                  "--json").stdout)
+    assert status["pending_relays"] == 0  # nothing kept
 
 
 def test_a_slow_node_costs_its_deadline_and_a_dead_one_is_reported(network: Network) -> None:

@@ -115,16 +115,18 @@ class RelayRevocationRequest(_message.Message):
     def __init__(self, version: _Optional[int] = ..., targets: _Optional[_Iterable[_Union[RouteTarget, _Mapping]]] = ...) -> None: ...
 
 class RelayResult(_message.Message):
-    __slots__ = ("node_did", "delivered", "message", "envelope")
+    __slots__ = ("node_did", "delivered", "message", "envelope", "state")
     NODE_DID_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     node_did: str
     delivered: bool
     message: str
     envelope: bytes
-    def __init__(self, node_did: _Optional[str] = ..., delivered: _Optional[bool] = ..., message: _Optional[str] = ..., envelope: _Optional[bytes] = ...) -> None: ...
+    state: str
+    def __init__(self, node_did: _Optional[str] = ..., delivered: _Optional[bool] = ..., message: _Optional[str] = ..., envelope: _Optional[bytes] = ..., state: _Optional[str] = ...) -> None: ...
 
 class RelayRevocationResponse(_message.Message):
     __slots__ = ("version", "relay_id", "results")

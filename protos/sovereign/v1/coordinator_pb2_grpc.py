@@ -88,8 +88,10 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RelayRevocation(self, request, context):
-        """Deliver sealed revocations (one per node holding the grant), retried durably until each
-        node has taken it; the reply names the nodes not reached yet.
+        """Deliver sealed revocations (one per node holding the grant: a Revoke request sealed by the
+        wallet, intl profile), forwarded with the node's RelayRevoke; kept in the registry and
+        retried (across restarts) until each node has taken it; the reply names the nodes not
+        reached yet. The relay is recorded in the hosted ledger (a revocation_relay entry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sovereign/v1/node.proto\x12\x0csovereign.v1\"\"\n\x0fNodeInfoRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\"5\n\x10NodeInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x0c\"G\n\rSealedRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_binding\x18\x03 \x01(\x0c\"3\n\x0eSealedResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x32\x8a\x04\n\tAgentNode\x12L\n\x0bGetNodeInfo\x12\x1d.sovereign.v1.NodeInfoRequest\x1a\x1e.sovereign.v1.NodeInfoResponse\x12\x42\n\x05Query\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12H\n\x0bSubmitGrant\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12\x43\n\x06Revoke\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12H\n\x0bGrantStatus\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12M\n\x10ListAccessEvents\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12\x43\n\x06\x45xport\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/sovereign/v1/node.proto\x12\x0csovereign.v1\"\"\n\x0fNodeInfoRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\"5\n\x10NodeInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x0c\"G\n\rSealedRequest\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_binding\x18\x03 \x01(\x0c\"3\n\x0eSealedResponse\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x32\xd4\x04\n\tAgentNode\x12L\n\x0bGetNodeInfo\x12\x1d.sovereign.v1.NodeInfoRequest\x1a\x1e.sovereign.v1.NodeInfoResponse\x12\x42\n\x05Query\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12H\n\x0bSubmitGrant\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12\x43\n\x06Revoke\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12H\n\x0bRelayRevoke\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12H\n\x0bGrantStatus\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12M\n\x10ListAccessEvents\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponse\x12\x43\n\x06\x45xport\x12\x1b.sovereign.v1.SealedRequest\x1a\x1c.sovereign.v1.SealedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,5 +40,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEALEDRESPONSE']._serialized_start=212
   _globals['_SEALEDRESPONSE']._serialized_end=263
   _globals['_AGENTNODE']._serialized_start=266
-  _globals['_AGENTNODE']._serialized_end=788
+  _globals['_AGENTNODE']._serialized_end=862
 # @@protoc_insertion_point(module_scope)
