@@ -58,9 +58,11 @@ class FeatureSpec:
         return len(self.numeric) + sum(len(v) + 1 for _, v in self.categorical)
 
     def to_dict(self) -> dict[str, Any]:
+        """As lists, not tables: the order of the features is the order of the model's inputs
+        and must survive canonical JSON (which sorts object keys)."""
         return {"target": {"column": self.target, "positive": self.positive},
-                "categorical": {c: list(v) for c, v in self.categorical},
-                "numeric": {c: [lo, hi] for c, lo, hi in self.numeric}}
+                "categorical": [[c, list(v)] for c, v in self.categorical],
+                "numeric": [[c, lo, hi] for c, lo, hi in self.numeric]}
 
 
 def _fail(key: str, problem: str) -> FeatureSpecError:
@@ -116,10 +118,18 @@ def parse_features(where: str, raw: Any, bounds: Mapping[str, tuple[float, float
 
 def feature_spec_from_dict(raw: dict[str, Any]) -> FeatureSpec:
     """The spec back from ``FeatureSpec.to_dict`` (as it travels in a run's config)."""
-    bounds: dict[str, tuple[float, float] | None] = {raw["target"]["column"]: None}
-    bounds.update({c: None for c in raw.get("categorical", {})})
-    bounds.update({c: (float(b[0]), float(b[1])) for c, b in raw.get("numeric", {}).items()})
-    return parse_features("features", {**raw, "numeric": list(raw.get("numeric", {}))}, bounds)
+    try:
+        categorical = {str(c): v for c, v in raw.get("categorical", [])}
+        numeric = [(str(c), float(lo), float(hi)) for c, lo, hi in raw.get("numeric", [])]
+        target = raw["target"]["column"]
+    except (TypeError, ValueError, KeyError):
+        raise FeatureSpecError("the features must be given as FeatureSpec.to_dict writes "
+                               "them") from None
+    bounds: dict[str, tuple[float, float] | None] = {target: None}
+    bounds.update({c: None for c in categorical})
+    bounds.update({c: (lo, hi) for c, lo, hi in numeric})
+    return parse_features("features", {**raw, "categorical": categorical,
+                                       "numeric": [c for c, _, _ in numeric]}, bounds)
 
 
 # -- scaling statistics, federated and private ---------------------------------------------------

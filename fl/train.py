@@ -137,9 +137,14 @@ def noise_multiplier(epsilon: float, delta: float, sample_rate: float, epochs: i
     ``sample_rate`` (epsilon, delta)-DP under Opacus's RDP accountant."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, epochs=epochs,
-                                      accountant="rdp"))
+    try:
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, epochs=epochs,
+                                          accountant="rdp"))
+    except ValueError:  # Opacus: "The privacy budget is too low."
+        raise TrainingError(f"a per-round epsilon of {epsilon:g} is below what DP-SGD can "
+                            f"reach at delta {delta:g} (RDP accountant); spend more per "
+                            "round or train fewer rounds") from None
 
 
 @dataclass(frozen=True)

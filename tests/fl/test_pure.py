@@ -69,8 +69,12 @@ def test_bad_feature_declarations_name_the_key(raw: dict, needle: str) -> None:
         parse_features("datasets.t.features", raw, BOUNDS)
 
 
-def test_spec_round_trips_through_its_dict() -> None:
-    assert feature_spec_from_dict(spec().to_dict()) == spec()
+def test_spec_round_trips_through_canonical_json_keeping_input_order() -> None:
+    import json
+
+    reordered = parse_features("f", {**RAW, "numeric": ["calls", "age"]}, BOUNDS)
+    for s in (spec(), reordered):  # plans travel as JSON with sorted keys
+        assert feature_spec_from_dict(json.loads(json.dumps(s.to_dict(), sort_keys=True))) == s
 
 
 def test_encode_one_hot_other_slot_scaling_and_clamping() -> None:
