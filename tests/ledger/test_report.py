@@ -158,3 +158,27 @@ def test_authors_are_shown_when_entries_carry_them() -> None:
     text = visible(html)
     assert f"{NODE}: 1" in text and f"customer key, endorsed by {NODE}: 1" in text
     assert "cd" * 64 not in html  # signatures are not shown, not even folded
+
+
+def test_models_erasures_and_an_empty_selection() -> None:
+    moment = datetime(2026, 3, 5, 9, tzinfo=UTC)
+    subject = "ef" * 32
+    items = [
+        ReportItem(moment, "grant", 0, 3, {
+            "type": "grant", "time": "2026-03-05T09:00:00Z", "grant_digest": G1,
+            "subject_commitment": subject, "purpose": PURPOSE}),
+        ReportItem(moment, "model", 1, 3, {
+            "type": "model", "time": "2026-03-05T09:00:00Z", "model_digest": "ab" * 32,
+            "run_id": "run-7", "purpose": "intent-model-training", "nodes": [NODE]}),
+        ReportItem(moment, "erasure", 2, 3, {
+            "type": "erasure", "time": "2026-03-05T09:00:00Z", "proof_digest": "cd" * 32,
+            "subject_commitment": subject, "node": NODE}),
+    ]
+    html = render(items, title="t", origin="o", selection="all events")
+    # A grant anchored without requester or scopes (an older wallet): said, not guessed.
+    assert _row(html, 0).count("not recorded (digest only)") == 2
+    assert "model recorded (run run-7)" in _row(html, 1)
+    assert "erased" in _row(html, 2) and "the subject of grants #0" in _row(html, 2)
+    assert "No receipt carries a chain anchor" in visible(html)
+    empty = render([], title="t", origin="o", selection="all events")
+    assert "No entries in the selection." in visible(empty) and 'id="total">0<' in empty
