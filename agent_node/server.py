@@ -72,6 +72,11 @@ class LedgerPusher:
     ``LedgerClient`` verified it (log-key signature, inclusion, the entry is ours, the log did
     not fork). Queries never wait for any of this: it runs on its own thread, and a ledger
     that is down only leaves heads queued until the next attempt.
+
+    Each head is signed with the node's key as it is pushed (``ledger.authority.sign_entry``:
+    Ed25519, deterministic, so a retry sends the same bytes); the ledger accepts it only while
+    the operator has the node registered as an author (``sov-ledger authors add``), and a
+    refusal leaves the heads queued like an outage does.
     """
 
     def __init__(self, home: NodeHome, vault: Vault, client: Any | None = None) -> None:
@@ -123,6 +128,7 @@ class LedgerPusher:
 
     def flush(self) -> PushResult:
         """Push every queued head, oldest first, in batches; keep each verified receipt."""
+        from ledger.authority import sign_entry
         from ledger.errors import LedgerError
 
         anchored: list[int] = []
@@ -133,7 +139,8 @@ class LedgerPusher:
                 return PushResult(anchored, 0)
             try:
                 client = self.client()
-                receipts = client.append_many([head.event for head in batch])
+                identity = self.home.identity
+                receipts = client.append_many([sign_entry(h.event, identity) for h in batch])
                 self._pin(client)
             except (LedgerError, OSError) as exc:
                 # Nothing is lost: the heads stay queued and the next push retries them.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,13 +45,14 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
-from consent.canonical import canonicalize
+from consent.canonical import canonical_sha256, canonicalize
 from consent.envelope import PROFILE_INTL, open_sealed, seal
 from consent.envelope_gm import PROFILE_GM, GMSessionCache, verify_key_binding
 from consent.errors import EnvelopeError, ReplayError
 from consent.identity import Identity
 from consent.integrity import SM2_JCS, sign_document
 from consent.sm import SM2PublicKey
+from ledger.events import subject_commitment
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 
 VERSION = 1
@@ -321,13 +323,60 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         if salt is not None and grant.subject == caller:
             with self.vault.transaction() as conn:
                 accesslog.remember_salt(conn, caller, salt, accepted_at)
-        return {"grant_id": grant.id, "accepted_at": accepted_at, "digest": grant.digest,
-                "expires": iso(grant.expires)}
+        reply = {"grant_id": grant.id, "accepted_at": accepted_at, "digest": grant.digest,
+                 "expires": iso(grant.expires)}
+        if "ledger_entry" in body:
+            from ledger.customer import grant_entry
+
+            if salt is None or grant.subject != caller:
+                return {**reply, "ledger_refusal": "only the grant's subject, sending its "
+                        "subject_salt, gets its ledger entry endorsed"}
+            commitment = subject_commitment(caller, bytes.fromhex(salt))
+            expected = grant_entry(grant, commitment, self.home.identity.did)
+            reply.update(self._endorse(body["ledger_entry"], expected, grant.ledger_key))
+        return reply
 
     def _revoke(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         self._require_sm2_chain(body.get("revocation"), "revocation")
         grant_id, revoked_at = self.grants.revoke(body.get("revocation"))
-        return {"grant_id": grant_id, "revoked_at": revoked_at}
+        reply = {"grant_id": grant_id, "revoked_at": revoked_at}
+        if "ledger_entry" in body:  # the revocation is in effect whatever the entry says
+            reply.update(self._endorse_revocation(body["ledger_entry"], body["revocation"],
+                                                  grant_id))
+        return reply
+
+    def _endorse_revocation(self, entry: Any, document: dict[str, Any], grant_id: str
+                            ) -> dict[str, str]:
+        from ledger.customer import revocation_entry
+
+        with self.vault.connection() as conn:
+            subject, digest, credential = conn.execute(
+                "SELECT subject, digest, credential FROM grants WHERE grant_id = ?",
+                (grant_id,)).fetchone()
+            try:
+                salt = conn.execute("SELECT salt FROM subject_salts WHERE did = ?",
+                                    (subject,)).fetchone()
+            except sqlite3.OperationalError:  # no salt was ever sent: the table is not there
+                salt = None
+        if salt is None:
+            return {"ledger_refusal": "this node holds no subject_salt of the grant's subject"}
+        ledger_key = json.loads(credential)["credentialSubject"].get("ledgerKey")
+        expected = revocation_entry(canonical_sha256(document), digest,
+                                    subject_commitment(subject, bytes.fromhex(salt[0])),
+                                    self.home.identity.did)
+        return self._endorse(entry, expected, ledger_key)
+
+    def _endorse(self, entry: Any, expected: dict[str, Any], ledger_key: str | None
+                 ) -> dict[str, str]:
+        """The node's endorsement of a customer's ledger entry (``ledger.customer``), or the
+        sentence saying why not; the grant or revocation stands either way."""
+        from ledger.customer import EndorsementRefused, endorse
+
+        try:
+            return {"ledger_endorsement": endorse(entry, expected, ledger_key,
+                                                  self.home.identity)}
+        except EndorsementRefused as exc:
+            return {"ledger_refusal": str(exc)}
 
     def _grant_status(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         grant_ids = body.get("grant_ids") or []

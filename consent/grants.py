@@ -133,6 +133,7 @@ class Grant:
     nonce: str
     digest: str
     credential: dict[str, Any]
+    ledger_key: str | None = None  # did:key signing this grant's ledger entries, if bound
 
     def is_active(self, now: datetime | None = None) -> bool:
         now = now or datetime.now(UTC)
@@ -163,8 +164,15 @@ def issue_grant(
     max_queries: int | None = None,
     dp_epsilon: float | None = None,
     now: datetime | None = None,
+    grant_id: str | None = None,
+    ledger_key: str | None = None,
 ) -> dict[str, Any]:
-    """Sign a grant; every rule that ``verify_grant`` enforces is checked before signing."""
+    """Sign a grant; every rule that ``verify_grant`` enforces is checked before signing.
+
+    ``ledger_key`` is the did:key of the per-grant key that signs this grant's ledger entries
+    (``ledger.customer``), bound here as ``credentialSubject.ledgerKey``; ``grant_id`` (a
+    ``urn:uuid:``) lets the wallet derive that key before the grant exists.
+    """
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
     start = (not_before or issued).replace(microsecond=0)
     expires = start + ttl
@@ -185,9 +193,11 @@ def issue_grant(
         subject_fields["maxQueries"] = max_queries
     if dp_epsilon is not None:
         subject_fields["dpEpsilon"] = dp_epsilon
+    if ledger_key is not None:
+        subject_fields["ledgerKey"] = _check_did(ledger_key, "ledger key")
     credential = {
         "@context": [VC_CONTEXT, CONSENT_CONTEXT],
-        "id": f"urn:uuid:{uuid.uuid4()}",
+        "id": grant_id or f"urn:uuid:{uuid.uuid4()}",
         "type": ["VerifiableCredential", GRANT_TYPE],
         "issuer": identity.did,
         "validFrom": format_time(start),
@@ -256,6 +266,8 @@ def _parse_grant(credential: dict[str, Any]) -> Grant:
         nonce=nonce,
         digest=canonical_sha256(credential),
         credential=credential,
+        ledger_key=(None if body.get("ledgerKey") is None
+                    else _check_did(body["ledgerKey"], "ledger key")),
     )
 
 

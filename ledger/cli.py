@@ -181,7 +181,7 @@ def serve(
 ) -> None:
     """Serve sovereign.v1.LedgerService over TLS, anchoring on a schedule."""
     from ledger.anchor import AnchorScheduler
-    from ledger.home import load_config
+    from ledger.home import load_config, open_authors
     from ledger.service import start_server
 
     def run() -> None:
@@ -189,6 +189,7 @@ def serve(
 
         passphrase = _passphrase(passphrase_file)
         log = open_log(home, passphrase)
+        authors = open_authors(home)
         config = load_config(home)
         anchorer = _anchorer(home, chain_rpc, log.origin, passphrase)
         interval = anchor_interval or config.anchor_interval_seconds
@@ -199,6 +200,7 @@ def serve(
                 address=listen,
                 cert_pem=(home / "tls" / "server.pem").read_bytes(),
                 key_pem=(home / "tls" / "server.key").read_bytes(),
+                authors=authors,
                 anchors=anchorer.store,
             )
         except OSError as exc:
@@ -229,7 +231,13 @@ def serve(
 def append(
     home: Path, events_file: Path, out_dir: Path | None, passphrase_file: Path | None
 ) -> None:
-    """Append the events in EVENTS_FILE (a JSON object or a list of them) as one batch."""
+    """Append the signed events in EVENTS_FILE (a JSON object or a list of them) as one batch.
+
+    The same rules as the service's Append: each event signed by a registered author (or a
+    customer's entry endorsed by its node), none already in the log; else nothing is written.
+    """
+    from ledger.authority import authorize
+    from ledger.home import open_authors
 
     def run() -> None:
         try:
@@ -237,8 +245,12 @@ def append(
         except (OSError, ValueError) as exc:
             raise LedgerError(f"cannot read {events_file} as JSON") from exc
         events = doc if isinstance(doc, list) else [doc]
+        if not all(isinstance(e, dict) for e in events):
+            raise LedgerError(f"{events_file} must hold a JSON object or a list of objects")
+        with open_authors(home) as registry:
+            entries = authorize(events, registry.current())
         with _open(home, passphrase_file) as log:
-            receipts = log.append(events)
+            receipts = log.append_new(entries)
         for receipt in receipts:
             _emit(receipt.dumps(), out_dir, f"receipt-{receipt.index}.json")
 
@@ -332,5 +344,82 @@ def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None) -> N
             sys.exit(1)
         if not written:
             click.echo("nothing to anchor: the latest tree head is anchored already")
+
+    _guard(run)
+
+
+@main.group()
+def authors() -> None:
+    """The parties allowed to write entries: nodes and the coordinator (ledger.authors)."""
+
+
+def _author_line(author: Any) -> str:
+    state = f"removed {author.removed}" if author.removed else f"since {author.added}"
+    return (f"{author.did}  {author.role:<11} {author.name!r}  may write: "
+            f"{', '.join(sorted(author.kinds))}  ({state})")
+
+
+@authors.command("add")
+@home_option
+@click.argument("did")
+@click.option("--name", required=True, help="Who this is, e.g. 'distributor-eu node'.")
+@click.option("--role", required=True, type=click.Choice(["node", "coordinator"]))
+@click.option("--kind", "kinds", multiple=True,
+              type=click.Choice(["grant", "revocation", "access_head", "model", "erasure",
+                                 "relay"]),
+              help="An entry kind it may write (repeatable). Default: a node its access heads "
+                   "and erasure proofs, and it endorses grants and revocations; the "
+                   "coordinator its models and relayed revocations.")
+@click.option("--json", "as_json", is_flag=True, help="Print the registered author as JSON.")
+def authors_add(home: Path, did: str, name: str, role: str, kinds: tuple[str, ...],
+                as_json: bool) -> None:
+    """Register DID (the party's Ed25519 did:key, e.g. from 'sov-node init') as an author."""
+    from ledger.home import open_authors
+
+    def run() -> None:
+        with open_authors(home) as registry:
+            author = registry.add(did, name, role, list(kinds) or None)
+        line = f"registered {_author_line(author)}"
+        click.echo(json.dumps(author.to_json()) if as_json else line)
+
+    _guard(run)
+
+
+@authors.command("list")
+@home_option
+@click.option("--all", "everyone", is_flag=True, help="Also authors removed since.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Every author, removed ones too, as the file auditors pass to "
+                   "'sov-audit verify --authors'.")
+def authors_list(home: Path, everyone: bool, as_json: bool) -> None:
+    """List the registered authors."""
+    from ledger.home import open_authors
+
+    def run() -> None:
+        with open_authors(home) as registry:
+            if as_json:
+                click.echo(json.dumps(registry.to_json(), indent=2))
+                return
+            shown = [a for a in registry.all() if everyone or a.removed is None]
+        for author in shown:
+            click.echo(_author_line(author))
+        if not shown:
+            click.echo("no authors registered: 'sov-ledger authors add' registers one")
+
+    _guard(run)
+
+
+@authors.command("remove")
+@home_option
+@click.argument("did")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed author as JSON.")
+def authors_remove(home: Path, did: str, as_json: bool) -> None:
+    """Stop accepting entries by DID (its past entries stay in the log, and in the list)."""
+    from ledger.home import open_authors
+
+    def run() -> None:
+        with open_authors(home) as registry:
+            author = registry.remove(did)
+        click.echo(json.dumps(author.to_json()) if as_json else f"removed {_author_line(author)}")
 
     _guard(run)

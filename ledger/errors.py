@@ -45,3 +45,23 @@ class AnchorError(LedgerError):
 
 class LogKeyError(LedgerError):
     """The log's key or its public-key file is missing, wrong or malformed."""
+
+
+class AuthorityError(LedgerError):
+    """An entry lacks the authority to be appended (``ledger.authority``)."""
+
+
+class Unauthenticated(AuthorityError):
+    """An entry carries no author signature, or a signature that does not verify."""
+
+
+class PermissionDenied(AuthorityError):
+    """A verified author may not write this entry (unregistered, kind not allowed, wrong node)."""
+
+
+class DuplicateEntry(LedgerError):
+    """An entry is already in the log (a replayed append); nothing was appended."""
+
+
+class AuthorsError(LedgerError):
+    """The authors registry refused a change or could not be read (``ledger.authors``)."""

@@ -9,6 +9,7 @@ the SQLite database and the service's TLS material.
     HOME/ledger.db         entries and signed tree heads (ledger.log)
     HOME/anchors.db        durable anchor queue and written anchors (ledger.anchor)
     HOME/anchor-key.json   optional: the operator's anchoring account, a v3 keystore (0600)
+    HOME/authors.db        the parties allowed to write entries (ledger.authors)
     HOME/tls/              ca.pem, server.pem, server.key (0600)
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity, write_private_file
+from ledger.authors import AUTHORS, AuthorRegistry
 from ledger.errors import LogKeyError, StorageError
 from ledger.log import Log
 from ledger.merkle import HASH_ALGORITHMS
@@ -150,6 +152,12 @@ def create_anchor_key(
     if chain_id is not None:
         save_config(home, LedgerConfig(**{**config.to_json(), "anchor_chain_id": chain_id}))
     return address
+
+
+def open_authors(home: Path) -> AuthorRegistry:
+    """The authors registry of a ledger home (created empty on first use)."""
+    load_config(home)  # a clear error if HOME is not a ledger home
+    return AuthorRegistry(Path(home) / AUTHORS)
 
 
 def open_log(home: Path, passphrase: str) -> Log:

@@ -383,6 +383,7 @@ def world(tmp_path: Path) -> Iterator[tuple[NodeProcess, LedgerProcess]]:
     path.write_text(tomli_w.dumps(config))
     node.start()
     ledger = LedgerProcess(tmp_path)
+    ledger.register(node.did)
     try:
         yield node, ledger
     finally:

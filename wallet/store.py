@@ -53,6 +53,9 @@ MIGRATIONS = (
     ("access_events", "ledger_status", "TEXT"),
     ("access_events", "ledger_detail", "TEXT"),
     ("revocations", "ledger_receipt", "TEXT"),
+    # The customer's ledger entry with its node's endorsement, ready to append (ledger.customer)
+    ("grants", "ledger_entry", "TEXT"),
+    ("revocations", "ledger_entry", "TEXT"),
     ("nodes", "retired_dids", "TEXT"),  # JSON list: DIDs the node rotated away from
 )
 
@@ -113,6 +116,7 @@ class GrantRecord:
     status_at: datetime | None
     revoked_at: datetime | None
     ledger_receipt: dict[str, Any] | None
+    ledger_entry: dict[str, Any] | None = None  # endorsed by the node, ready to append
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class RevocationRecord:
     delivery_error: str | None
     confirmed_at: datetime | None
     ledger_receipt: dict[str, Any] | None = None
+    ledger_entry: dict[str, Any] | None = None  # endorsed by the node, ready to append
 
 
 @dataclass(frozen=True)
@@ -286,6 +291,13 @@ class WalletStore:
                 (json.dumps(receipt), grant_id),
             )
 
+    def set_ledger_entry(self, table: str, grant_id: str, entry: dict[str, Any]) -> None:
+        """Keep a customer's endorsed ledger entry (``table``: grants or revocations)."""
+        key = {"grants": "id", "revocations": "grant_id"}[table]
+        with self.transaction() as db:
+            db.execute(f"UPDATE {table} SET ledger_entry = ? WHERE {key} = ?",
+                       (json.dumps(entry), grant_id))
+
     def grant(self, grant_id: str) -> GrantRecord | None:
         row = self._db.execute("SELECT * FROM grants WHERE id = ?", (grant_id,)).fetchone()
         return None if row is None else self._grant(row)
@@ -307,6 +319,7 @@ class WalletStore:
             last_status=_loads(row["last_status"]), status_at=_opt_time(row["status_at"]),
             revoked_at=_opt_time(row["revoked_at"]),
             ledger_receipt=_loads(row["ledger_receipt"]),
+            ledger_entry=_loads(row["ledger_entry"]),
         )
 
     # revocations ----------------------------------------------------------------------------
@@ -353,6 +366,7 @@ class WalletStore:
             issued=from_iso(row["issued"]), delivery=row["delivery"],
             delivery_error=row["delivery_error"], confirmed_at=_opt_time(row["confirmed_at"]),
             ledger_receipt=_loads(row["ledger_receipt"]),
+            ledger_entry=_loads(row["ledger_entry"]),
         )
 
     def set_revocation_receipt(self, grant_id: str, receipt: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ back every queued head is anchored (no head lost, the last one equal to the chai
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
@@ -71,6 +72,7 @@ def node(tmp_path: Path, bank_rows: list[dict[str, Any]], ledger: RestartableLed
     wallets = [Identity.generate() for _ in range(SUBJECTS)]
     bind_all(home, wallets)
     process = serve(home)
+    ledger.register(process.did)
     process.wallets = wallets
     yield process
     stop(process)
@@ -133,6 +135,11 @@ def test_ledger_down_queues_heads_and_loses_nothing(
     assert rows[-1][1] == last_hash  # the anchored head is the node's chain head
     assert [h[0] for h in rows] == sorted({h[0] for h in rows})
     assert {h[0] for h in pending} <= {h[0] for h in rows}  # every queued head was anchored
+    # Every head went in signed by the node itself (ledger.authority), the only author the
+    # ledger accepts an access head of this node from.
+    entries = [json.loads(h[2])["entry"] for h in rows]
+    assert all(e["author"] == node.did == e["node"] and len(e["signature"]) == 128
+               for e in entries)
 
     out = tmp_path / "receipts"
     run_cli("sov-node", "log", "receipts", "--home", str(node.home), "--out", str(out))

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from ledger.audit_cli import main as audit
-from ledger.home import init_home, open_log
+from ledger.home import init_home, open_authors, open_log
 from ledger.log import Log
 from ledger.service import start_server
 
@@ -29,13 +29,15 @@ def _audit(args: list[object], code: int) -> str:
 def _served(home: Path) -> Iterator[tuple[str, Log]]:
     log = open_log(home, PASSPHRASE)
     tls = home / "tls"
+    authors = open_authors(home)
     running = start_server(log, address="127.0.0.1:0", cert_pem=(tls / "server.pem").read_bytes(),
-                           key_pem=(tls / "server.key").read_bytes())
+                           key_pem=(tls / "server.key").read_bytes(), authors=authors)
     try:
         yield f"127.0.0.1:{running.port}", log
     finally:
         running.stop(None)
         log.close()
+        authors.close()
 
 
 def _save(path: Path, text: str) -> Path:

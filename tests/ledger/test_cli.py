@@ -15,12 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from ledger.audit_cli import main as audit
+from ledger.authority import sign_entry
 from ledger.cli import main as ledger_cli
 from ledger.client import LedgerClient
-from ledger.events import subject_commitment
+from ledger.events import make_event, subject_commitment
 from ledger.models import LogPublicKey
 
-from .conftest import PASSPHRASE, grant_event
+from .conftest import NODE, PASSPHRASE
+from .conftest import customer_grant as grant_event
 
 ENV = {"SOV_LEDGER_PASSPHRASE": PASSPHRASE}
 SUBJECT_DID = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
@@ -38,16 +40,14 @@ def _run(cli, args: list[str], code: int = 0) -> str:
 def populated(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
     home = tmp_path / "home"
     _run(ledger_cli, ["init", "--home", str(home), "--origin", "audit.test.example/log"])
+    _run(ledger_cli, ["authors", "add", "--home", str(home), NODE.did, "--name", "test node",
+                      "--role", "node"])
     commitment = subject_commitment(SUBJECT_DID, SALT)
     events = [grant_event(i) for i in range(3)]
-    events.append(
-        {**grant_event(7), "subject_commitment": commitment, "time": "2026-03-01T10:00:00Z"}
-    )
-    events.append({**grant_event(8), "type": "erasure", "time": "2026-03-02T10:00:00Z",
-                   "proof_digest": "e" * 64, "subject_commitment": commitment,
-                   "node": SUBJECT_DID.replace("haX", "haY")})
-    for e in events[-1:]:
-        del e["grant_digest"], e["purpose"], e["scopes"]
+    events.append(grant_event(7, subject_commitment=commitment, time="2026-03-01T10:00:00Z"))
+    erasure = make_event("erasure", proof_digest="e" * 64, subject_commitment=commitment,
+                         node=NODE.did)
+    events.append(sign_entry({**erasure, "time": "2026-03-02T10:00:00Z"}, NODE))
     events_file = tmp_path / "events.json"
     events_file.write_text(json.dumps(events))
     out = tmp_path / "receipts"
@@ -160,6 +160,8 @@ def test_ledger_cli_errors_are_one_sentence(tmp_path: Path) -> None:
 def test_serve_process_with_client_and_audit(tmp_path: Path) -> None:
     home = tmp_path / "served"
     _run(ledger_cli, ["init", "--home", str(home)])
+    _run(ledger_cli, ["authors", "add", "--home", str(home), NODE.did, "--name", "test node",
+                      "--role", "node"])
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
         [str(bin_dir / "sov-ledger"), "serve", "--home", str(home), "--listen", "127.0.0.1:0",

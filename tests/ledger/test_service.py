@@ -21,11 +21,14 @@ from protos.sovereign.v1 import ledger_pb2 as pb
 from protos.sovereign.v1 import ledger_pb2_grpc as pb_grpc
 from protos.transport import secure_channel
 
-from .conftest import grant_event
+from .conftest import customer_grant as grant_event
+from .conftest import node_head
 
 
 @pytest.fixture()
-def server(log: Log, ledger_home, tmp_path: Path) -> Iterator[tuple[str, bytes, AnchorStore]]:
+def server(
+    log: Log, ledger_home, authors, tmp_path: Path
+) -> Iterator[tuple[str, bytes, AnchorStore]]:
     home, _ = ledger_home
     tls = home / "tls"
     store = AnchorStore(tmp_path / "anchors.db")
@@ -34,6 +37,7 @@ def server(log: Log, ledger_home, tmp_path: Path) -> Iterator[tuple[str, bytes, 
         address="127.0.0.1:0",
         cert_pem=(tls / "server.pem").read_bytes(),
         key_pem=(tls / "server.key").read_bytes(),
+        authors=authors,
         anchors=store,
     )
     yield f"127.0.0.1:{running.port}", (tls / "ca.pem").read_bytes(), store
@@ -143,7 +147,7 @@ def test_a_batch_whose_receipts_cannot_be_sent_back_is_refused_before_writing(
     # answer exceeded gRPC's 4 MiB message limit: the client saw RESOURCE_EXHAUSTED for
     # entries that were in the log. Now the service refuses such a batch up front.
     address, ca, _ = server
-    events = [grant_event(i) for i in range(5000)]
+    events = [node_head(i) for i in range(5000)]
     with LedgerClient(address, ca, log_key=ledger_home[1]) as client:
         with pytest.raises(LedgerClientError, match=r"INVALID_ARGUMENT.*split the batch"):
             client.append_many(events)

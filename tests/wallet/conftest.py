@@ -161,6 +161,12 @@ class LedgerProcess:
             self.stop()
             raise RuntimeError(f"sov-ledger serve did not start (said {line!r})")
 
+    def register(self, did: str, name: str = "distributor-eu", role: str = "node") -> None:
+        """Register a node (or the coordinator) as an author, as the operator does."""
+        subprocess.run([SOV_LEDGER, "authors", "add", "--home", str(self.home), did,
+                        "--name", name, "--role", role],
+                       env=self.env, capture_output=True, check=True, timeout=60)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

@@ -43,6 +43,7 @@ def configure_ledger(node: NodeProcess, ledger: LedgerProcess, push_seconds: flo
                           ledger_push_seconds=push_seconds)
     path.write_text(tomli_w.dumps(config))
     node.start()
+    ledger.register(node.did)  # its access heads and its customers' grants may be written
 
 
 def sov(tool: str, *args: str) -> subprocess.CompletedProcess[str]:

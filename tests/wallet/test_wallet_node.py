@@ -167,6 +167,7 @@ def test_grant_hash_is_anchored_in_the_ledger(
     wallet = initialised
     did = _did(wallet)
     node.bind(did)
+    ledger.register(node.did)  # the node endorses its customers' grant entries
     wallet.ok("ledger", "set", ledger.address, "--ca", str(ledger.ca_path))
     granted = json.loads(wallet.ok(
         "grant", "--node", node.address, "--node-ca", str(node.ca_path), "--requester",

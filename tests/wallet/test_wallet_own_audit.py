@@ -37,6 +37,7 @@ def test_receipts_and_audit_key_make_a_per_customer_report(
     wallet = initialised
     did = json.loads(wallet.ok("whoami", "--json").output)["did"]
     node.bind(did)
+    ledger.register(node.did)  # the node endorses its customers' grant entries
     log_key = ledger.home / "log-public.json"
     wallet.ok("ledger", "set", ledger.address, "--ca", str(ledger.ca_path), "--log-key",
               str(log_key))
