@@ -57,6 +57,18 @@ def test_the_head_says_who_asked_what_and_what_came_of_it(
     assert not any(w.did in text for w in node.wallets)
     assert {r.get("purpose") for r in refusals} <= {PURPOSE, "renewal-warning", None}
 
+    # Anchored and reported: the officer's report shows the same, per requester and outcome.
+    from ledger.home import init_home, open_log
+    from ledger.report import render, select
+
+    init_home(tmp_path / "ledger", origin="head-summary.test/log", passphrase="p" * 12)
+    with open_log(tmp_path / "ledger", "p" * 12) as log:
+        [receipt] = log.append([event])
+    html = render(select([(receipt, 1)]), title="t", origin="o", selection="all")
+    assert 'data-outcome="answered">2<' in html and 'data-outcome="refused">3<' in html
+    assert "<li>no-grant: 2</li>" in html and "<li>unknown-purpose: 1</li>" in html
+    assert f'title="{crm.did}"' in html
+
 
 def test_nothing_released_and_many_kinds_keep_exact_totals(
         tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
