@@ -22,6 +22,7 @@ from consent.passphrase import passphrase_file_option, read_passphrase
 from coordinator.errors import CoordinatorError
 from coordinator.home import PASSPHRASE_ENV, CoordinatorHome, init_home, open_home
 from coordinator.registry import Registry
+from ledger.errors import LedgerError
 
 HOME_ENV = "SOV_COORDINATOR_HOME"
 
@@ -35,7 +36,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (CoordinatorError, ConsentError, OSError) as exc:
+        except (CoordinatorError, ConsentError, LedgerError, OSError) as exc:
             _fail(str(exc))
 
 
@@ -62,15 +63,21 @@ def main() -> None:
 @click.option("--registry-dsn", default="", help="postgresql://... to share the registry "
               "between coordinators (default: SQLite in the home)")
 @click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
+@click.option("--host-ledger", is_flag=True,
+              help="also host the hash ledger (HOME/ledger, served on the same port)")
 def init(home: str, passphrase_file: Path | None, name: str, listen: str, registry_dsn: str,
-         hostnames: tuple[str, ...]) -> None:
+         hostnames: tuple[str, ...], host_ledger: bool) -> None:
     """Create a coordinator home: did:key, TLS CA and certificate, coordinator.toml."""
     made, identity = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
                                listen=listen, registry_dsn=registry_dsn,
-                               hostnames=list(hostnames) or None)
+                               hostnames=list(hostnames) or None, host_ledger=host_ledger)
     Registry(made.registry_target).close()  # creates (or checks) the registry tables now
     click.echo(f"coordinator {name} created in {home}")
     click.echo(f"give nodes and requesters {made.tls_dir / 'ca.pem'}")
+    if made.ledger_path is not None:
+        click.echo(f"hosting the ledger in {made.ledger_path}: give auditors "
+                   f"{made.ledger_path / 'log-public.json'}; register nodes as authors with "
+                   f"'sov-ledger authors add --home {made.ledger_path} ...'")
     click.echo(f"DID: {identity.did}")
 
 
@@ -87,13 +94,15 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None,
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     opened = open_home(Path(home))
-    identity = opened.identity(_passphrase(passphrase_file))
-    running = start(opened, identity.did, address=listen)
+    passphrase = _passphrase(passphrase_file)
+    running = start(opened, opened.identity(passphrase), passphrase, address=listen)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    click.echo(f"coordinator {opened.config.name} ({identity.did}) serving on port "
-               f"{running.port}, registry {running.service.registry.backend}")
+    ledger = running.ledger
+    click.echo(f"coordinator {opened.config.name} ({running.service.did}) serving on port "
+               f"{running.port}, registry {running.service.registry.backend}"
+               + (f", hosting ledger {ledger.log.origin}" if ledger is not None else ""))
     if port_file:
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text(str(running.port))
@@ -158,7 +167,8 @@ def status(home: str, as_json: bool) -> None:
                 "pending_relay_nodes": sorted({p.node_did for p in pending}),
                 "max_fanout": config.max_fanout,
                 "default_deadline_ms": config.default_deadline_ms,
-                "max_deadline_ms": config.max_deadline_ms}
+                "max_deadline_ms": config.max_deadline_ms,
+                "hosted_ledger": str(opened.ledger_path) if opened.ledger_path else None}
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -167,6 +177,8 @@ def status(home: str, as_json: bool) -> None:
     click.echo(f"registry: {backend}; {len(records)} node(s) "
                + (", ".join(f"{n} {h}" for h, n in sorted(health.items())) or ""))
     click.echo(f"pending revocation relays: {len(pending)}")
+    if opened.ledger_path is not None:
+        click.echo(f"hosting the ledger in {opened.ledger_path}")
     click.echo(f"fan-out limit {config.max_fanout}; deadline {config.default_deadline_ms} ms "
                f"(max {config.max_deadline_ms} ms)")
 

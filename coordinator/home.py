@@ -6,7 +6,8 @@
                              certificate (its DID as a URI SAN) is also the client certificate
                              the coordinator presents to nodes (mutual TLS)
     HOME/registry.sqlite     the embedded registry (unless registry_dsn names PostgreSQL)
-    HOME/ledger/             the hosted ledger's home, when ledger hosting is on
+    HOME/ledger/             the hosted ledger's home (a ``sov-ledger`` home, the coordinator
+                             its registered author), with ``init --host-ledger``
 
 Nodes get ``tls/ca.pem`` to trust the coordinator (node.toml ``coordinator_ca``); requesters
 and wallets get it to reach the coordinator.
@@ -48,6 +49,7 @@ class CoordinatorConfig:
     max_workers: int = 32
     metrics_port: int = 0               # 0 = no Prometheus endpoint
     metrics_address: str = "127.0.0.1"
+    ledger_home: str = ""               # the hosted ledger's home, relative to this home
 
     def validate(self) -> CoordinatorConfig:
         host, sep, port = self.listen.rpartition(":")
@@ -115,6 +117,11 @@ class CoordinatorHome:
         return self.path / "registry.sqlite"
 
     @property
+    def ledger_path(self) -> Path | None:
+        """The hosted ledger's home, or None when this coordinator hosts no ledger."""
+        return self.path / self.config.ledger_home if self.config.ledger_home else None
+
+    @property
     def registry_target(self) -> str:
         """The DSN, or the SQLite file path of the embedded registry."""
         return self.config.registry_dsn or str(self.registry_path)
@@ -145,7 +152,8 @@ def open_home(home: Path) -> CoordinatorHome:
 
 def init_home(home: Path, passphrase: str, *, name: str = "coordinator",
               listen: str = "127.0.0.1:7600", registry_dsn: str = "",
-              hostnames: list[str] | None = None) -> tuple[CoordinatorHome, Identity]:
+              hostnames: list[str] | None = None,
+              host_ledger: bool = False) -> tuple[CoordinatorHome, Identity]:
     """Create a coordinator home; refuses to overwrite one or to start with a weak passphrase."""
     home = Path(home)
     if (home / KEY).exists():
@@ -166,6 +174,11 @@ def init_home(home: Path, passphrase: str, *, name: str = "coordinator",
     write_private_pem(tls / "ca.key", ca.key_pem)
     (tls / "server.pem").write_bytes(server.cert_pem)
     write_private_pem(tls / "server.key", server.key_pem)
+    if host_ledger:
+        from coordinator.ledger_host import LEDGER_FOLDER, create
+
+        create(home, name, identity, passphrase)
+        config.ledger_home = LEDGER_FOLDER
     save_config(home, config)
     save_identity(home / KEY, identity, passphrase)  # last: its presence marks a complete home
     return CoordinatorHome(home, config), identity

@@ -36,10 +36,12 @@ FINAL_CODES = ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_
 
 
 class RelayService:
-    """Stores, forwards and retries revocation relays; ``record`` notes each in the ledger."""
+    """Stores, forwards and retries revocation relays; ``record`` notes each in the ledger
+    (``coordinator.ledger_host.HostedLedger.record_relay``)."""
 
     def __init__(self, registry: Registry, router: Router, deadline: float, *,
-                 record: Callable[[str, dict[str, str]], None] | None = None) -> None:
+                 record: Callable[[str, list[bytes], dict[str, str]], Any] | None = None
+                 ) -> None:
         self.registry, self.router, self.deadline = registry, router, deadline
         self._record = record
         self._stop = threading.Event()
@@ -58,7 +60,8 @@ class RelayService:
         self.attempt(self.registry.pending_relays(relay_id))
         states = self.registry.relay_states(relay_id)
         if self._record is not None:
-            self._record(relay_id, {did: state for did, (state, _, _) in states.items()})
+            self._record(relay_id, [t.envelope for t in targets],
+                         {did: state for did, (state, _, _) in states.items()})
         return relay_id, [_result(t.node_did, states[t.node_did]) for t in targets]
 
     def attempt(self, pending: list[PendingRelay]) -> int:
@@ -112,11 +115,3 @@ def _result(did: str, state: tuple[str, bytes, str]) -> pb.RelayResult:
     name, receipt, error = state
     return pb.RelayResult(node_did=did, delivered=name == "delivered", state=name,
                           message=error, envelope=receipt if name == "delivered" else b"")
-
-
-def relay_summary(relay_id: str, states: dict[str, str]) -> dict[str, Any]:
-    """What the ledger records of a relay: its id and which nodes took it (no grant id)."""
-    return {"relay": relay_id,
-            "delivered": sorted(d for d, s in states.items() if s == "delivered"),
-            "pending": sorted(d for d, s in states.items() if s == "pending"),
-            "refused": sorted(d for d, s in states.items() if s == "refused")}

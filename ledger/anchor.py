@@ -393,3 +393,25 @@ class AnchorScheduler:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=RPC_TIMEOUT_SECONDS * 4)
+
+
+def anchorer_for_home(home: Path, chain_rpc: str | None, origin: str,
+                      passphrase: str) -> tuple[Anchorer, bool]:
+    """The anchorer of a ledger home (``sov-ledger serve`` and a coordinator hosting the
+    ledger both use it) and whether it anchors to the embedded, forgetful chain.
+
+    ``chain_rpc`` overrides the home's configured RPC; without any, the embedded in-process
+    EVM. The operator's anchor key (if the home has one) signs for a real chain only.
+    """
+    from ledger.home import ANCHOR_KEY, ANCHORS, load_config
+
+    config = load_config(home)
+    url = chain_rpc or config.chain_rpc
+    if url is None:
+        # The embedded chain funds only its own dev accounts: the operator key is for real
+        # chains, so it stays unused (and locked) here.
+        return Anchorer(AnchorStore(Path(home) / ANCHORS), embedded_web3, origin), True
+    key = AnchorKey(Path(home) / ANCHOR_KEY)
+    account = key.load(passphrase) if key.exists() else None
+    return Anchorer(AnchorStore(Path(home) / ANCHORS), lambda: rpc_web3(url), origin,
+                    account=account, chain_id=config.anchor_chain_id), False

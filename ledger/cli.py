@@ -146,24 +146,12 @@ def _open(home: Path, passphrase_file: Path | None) -> Any:
 
 
 def _anchorer(home: Path, chain_rpc: str | None, origin: str, passphrase: str) -> Any:
-    from ledger.anchor import Anchorer, AnchorKey, AnchorStore, embedded_web3, rpc_web3
-    from ledger.home import ANCHOR_KEY, ANCHORS, load_config
+    from ledger.anchor import anchorer_for_home
 
-    config = load_config(home)
-    url = chain_rpc or config.chain_rpc
-    key = AnchorKey(home / ANCHOR_KEY)
-    if url is None:
+    anchorer, embedded = anchorer_for_home(home, chain_rpc, origin, passphrase)
+    if embedded:
         click.echo(EMBEDDED_WARNING, err=True)
-        # The embedded chain funds only its own dev accounts: the operator key is for real
-        # chains, so it stays unused (and locked) here.
-        return Anchorer(AnchorStore(home / ANCHORS), embedded_web3, origin)
-
-    def factory() -> Any:
-        return rpc_web3(url)
-
-    account = key.load(passphrase) if key.exists() else None
-    return Anchorer(AnchorStore(home / ANCHORS), factory, origin, account=account,
-                    chain_id=config.anchor_chain_id)
+    return anchorer
 
 
 @main.command()

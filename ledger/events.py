@@ -1,6 +1,6 @@
 """Ledger events: the statements the log records, as RFC 8785 canonical JSON.
 
-Every event has ``type`` (grant, revocation, access_head, model, erasure),
+Every event has ``type`` (grant, revocation, access_head, model, erasure, relay),
 ``schema_version`` (1) and ``time`` (RFC 3339, UTC). Each type has a closed set of fields;
 anything else is refused, so personal data cannot ride along in an unexpected field.
 
@@ -28,7 +28,7 @@ from ledger.errors import EventError
 
 SCHEMA_VERSION = 1
 SUBJECT_COMMITMENT_DOMAIN = b"sovereign-fabric/subject/v1"
-EVENT_TYPES = ("grant", "revocation", "access_head", "model", "erasure")
+EVENT_TYPES = ("grant", "revocation", "access_head", "model", "erasure", "relay")
 MAX_EVENT_BYTES = 16 * 1024
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -174,6 +174,14 @@ SCHEMAS: dict[str, tuple[dict[str, Field], dict[str, Field]]] = {
     "erasure": (
         {"proof_digest": HEX, "subject_commitment": HEX, "node": DID},
         {},
+    ),
+    # The coordinator's revocation relay (coordinator.relay): which nodes took the sealed
+    # revocations it carried. It cannot read them, so it commits to the envelopes by SHA-256
+    # (the wallet that sealed them can show which was its); no grant id, no customer.
+    "relay": (
+        {"relay_id": TOKEN, "envelope_digests": HEX_LIST, "delivered": DID_LIST,
+         "pending": DID_LIST},
+        {"refused": DID_LIST},
     ),
 }
 COMMON: dict[str, Field] = {

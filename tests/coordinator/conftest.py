@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import tomli_w
 
+from agent_node.home import load_home
 from agent_node.network import CoordinatorClient
 from consent.identity import Identity
 from protos.transport import free_port
@@ -64,10 +65,13 @@ class CoordinatorProcess:
         return CoordinatorClient(self.address, self.ca_pem, **kwargs)
 
 
-def init_coordinator(home: Path, *, dsn: str = "", **settings: Any) -> Path:
+def init_coordinator(home: Path, *, dsn: str = "", host_ledger: bool = False,
+                     **settings: Any) -> Path:
     args = ["init", "--home", str(home), "--listen", f"127.0.0.1:{free_port()}"]
     if dsn:
         args += ["--registry-dsn", dsn]
+    if host_ledger:
+        args.append("--host-ledger")
     coord_cli(*args)
     if settings:
         path = home / "coordinator.toml"
@@ -140,6 +144,10 @@ def node_home(tmp: Path, source_toml: str, *, name: str, region: str,
     return home, port
 
 
+def node_did(home: Path) -> str:
+    return load_home(home, PASSPHRASE).identity.did
+
+
 def register(home: Path, coordinator: CoordinatorProcess, *extra: str,
              check: bool = True) -> subprocess.CompletedProcess[str]:
     return run_cli("sov-node", "register", "--home", str(home), "--coordinator",
@@ -164,13 +172,15 @@ class Network:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory,
             bank_rows: list[dict[str, Any]]) -> Iterator[Network]:  # noqa: F811
-    """A coordinator (SQLite registry, 0.3 s health checks) and three registered nodes over
-    SQLite, CSV and PostgreSQL sources, each holding its own 100 contacts and 50 customers
-    who all granted one requester ``marketing-analytics`` on ``transaction``."""
+    """A coordinator (SQLite registry, 0.3 s health checks, hosting the ledger) and three
+    registered nodes over SQLite, CSV and PostgreSQL sources, each holding its own 100
+    contacts and 50 customers who all granted one requester ``marketing-analytics`` on
+    ``transaction``. The SQLite node anchors its access-log heads in the hosted ledger."""
     tmp = tmp_path_factory.mktemp("network")
-    coordinator = serve_coordinator(init_coordinator(
-        tmp / "coordinator", max_fanout=4, health_interval_seconds=0.3,
-        relay_retry_seconds=0.3, metrics_port=free_port()))
+    coordinator_home = init_coordinator(
+        tmp / "coordinator", host_ledger=True, max_fanout=4, health_interval_seconds=0.3,
+        relay_retry_seconds=0.3, metrics_port=free_port())
+    coordinator = serve_coordinator(coordinator_home)
     requester = Identity.generate()
     sources, nodes = [], []
     try:
@@ -184,6 +194,12 @@ def network(tmp_path_factory: pytest.TempPathFactory,
                                    region=REGIONS[kind],
                                    coordinator_ca=coordinator.home / "tls" / "ca.pem")
             run_cli("sov-node", "sync", "--home", str(home))
+            if kind == "sqlite":
+                set_node_config(home, ledger_address=coordinator.address,
+                                ledger_ca=str(coordinator_home / "tls" / "ca.pem"))
+                run_cli("sov-ledger", "authors", "add", "--home",
+                        str(coordinator_home / "ledger"), node_did(home), "--name",
+                        f"node-{kind}", "--role", "node")
             wallets = [Identity.generate() for _ in range(SUBJECTS)]
             bind_all(home, wallets)
             served = serve(home)

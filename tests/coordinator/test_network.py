@@ -26,11 +26,14 @@ from consent.canonical import canonicalize
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
 from consent.registration import issue_registration
+from ledger.authority import check_entry
+from ledger.client import LedgerClient
+from ledger.home import open_authors, open_log
 from protos.sovereign.v1 import coordinator_pb2 as pb
 from protos.sovereign.v1 import coordinator_pb2_grpc as pb_grpc
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 from protos.transport import secure_channel
-from tests.agent_node.conftest import PASSPHRASE, serve, stop
+from tests.agent_node.conftest import PASSPHRASE, run_cli, serve, stop
 from tests.coordinator.conftest import Network, coord_cli, serve_coordinator, stop_process
 
 QUERY = {"dataset": "contacts", "purpose": "marketing-analytics",
@@ -287,6 +290,16 @@ def test_a_revocation_relay_reaches_every_node_across_restarts(network: Network)
     home = str(network.coordinator.home)
     status = json.loads(coord_cli("status", "--home", home, "--json").stdout)
     assert status["pending_relay_nodes"] == [away.did]
+    # The hosted ledger records the relay, signed by the coordinator under the ledger's rules:
+    # which nodes took it, and digests of the sealed envelopes (never the grant or customer).
+    with open_log(network.coordinator.home / "ledger", PASSPHRASE) as ledger_log:
+        relays = [(entry, json.loads(entry)) for _, entry in ledger_log.entries()]
+    entry, record = next((e, r) for e, r in relays if r.get("relay_id") == relay_id)
+    assert record["type"] == "relay"
+    assert (record["delivered"], record["pending"]) == ([holder.did], [away.did])
+    assert grant_id not in entry.decode() and wallet.did not in entry.decode()
+    with open_authors(network.coordinator.home / "ledger") as authors:
+        assert check_entry(record, entry, authors.current()).author == status_did(network)
 
     # The coordinator restarts, then the node comes back: the kept relay reaches it.
     stop_process(network.coordinator.process)
@@ -300,6 +313,23 @@ def test_a_revocation_relay_reaches_every_node_across_restarts(network: Network)
         time.sleep(0.3)
     with away.node.client(wallet) as client:
         assert client.grant_status([grant_id])[0].status == "revoked"
+
+
+def status_did(network: Network) -> str:
+    with network.coordinator.client() as client:
+        return str(client.status()["did"])
+
+
+def test_nodes_anchor_their_heads_in_the_hosted_ledger(network: Network) -> None:
+    node = network.by_kind("sqlite")
+    pushed = run_cli("sov-node", "log", "push", "--home", str(node.node.home))
+    assert "anchored" in pushed.stdout or "already in the ledger" in pushed.stdout
+    with LedgerClient(network.coordinator.address, network.coordinator.ca_pem) as ledger:
+        head = ledger.latest_tree_head()
+    with open_log(network.coordinator.home / "ledger", PASSPHRASE) as ledger_log:
+        kinds = [json.loads(e)["type"] for _, e in ledger_log.entries()]
+        assert head.size == ledger_log.size
+    assert "access_head" in kinds
 
 
 def test_a_relayed_revocation_is_accepted_again_a_direct_replay_is_not(
