@@ -178,3 +178,21 @@ def test_data_map_declares_features_and_names_a_bad_key(tmp_path) -> None:
     doc["datasets"]["t"]["features"] = {**RAW, "numeric": ["note"]}
     with pytest.raises(DataMapError, match=r"datasets\.t\.features\.numeric.*needs bounds"):
         parse_datamap(doc, tmp_path)
+
+
+def test_readme_features_example_is_a_valid_data_map_table() -> None:
+    """The README's features snippet, added to the test data map, parses."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from agent_node.datamap import parse_datamap
+    from tests.agent_node.conftest import DATASET_TOML
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Federated intent models", 1)[1]
+    snippet = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    snippet = "\n".join(line.strip() for line in snippet.splitlines())
+    doc = tomllib.loads('[sources.crm]\nkind = "csv"\npath = "x"\n' + DATASET_TOML + snippet)
+    features = parse_datamap(doc, Path(".")).datasets["contacts"].features
+    assert features.target == "y" and [c for c, _, _ in features.numeric] == ["age"]
