@@ -31,6 +31,7 @@ MAX_TEXT = 256
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 GRANT_RE = re.compile(r"^urn:uuid:[0-9a-f-]{36}$")
 MAX_GRANT_IDS = 1000
+MAX_REGIONS = 64
 
 Scalar = str | int | float
 
@@ -67,6 +68,7 @@ class Query:
     grant_ids: tuple[str, ...] = ()
     epsilon: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    regions: tuple[str, ...] = ()  # the requester's allowed regions; the node refuses others
 
     def columns(self) -> set[str]:
         """Every data-map column the query touches (for scope checks)."""
@@ -162,7 +164,8 @@ def query_from_dict(raw: Any) -> Query:
     """Validate the shape of a query object; raise ``InvalidRequest`` saying what is wrong."""
     if not isinstance(raw, dict):
         raise InvalidRequest("the query must be a JSON object")
-    known = {"dataset", "purpose", "measures", "filters", "group_by", "grant_ids", "epsilon"}
+    known = {"dataset", "purpose", "measures", "filters", "group_by", "grant_ids", "epsilon",
+             "regions"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidRequest(f"unknown query field {unknown[0][:40]!r}: known fields are "
@@ -187,7 +190,15 @@ def query_from_dict(raw: Any) -> Query:
         filters=tuple(parse_filter(f) for f in _list(raw, "filters", MAX_FILTERS)),
         group_by=group_by, grant_ids=grant_ids,
         epsilon=float(epsilon) if epsilon is not None else None,
+        regions=_regions(raw),
     )
+
+
+def _regions(raw: dict[str, Any]) -> tuple[str, ...]:
+    regions = _list(raw, "regions", MAX_REGIONS)
+    if not all(isinstance(r, str) and 0 < len(r) <= 64 for r in regions):
+        raise InvalidRequest("regions must be a list of region labels, e.g. [\"eu-west\"]")
+    return tuple(regions)
 
 
 def _number_or_text(token: str) -> Scalar:

@@ -1,5 +1,7 @@
 """The requester side (the CRM application): seal an aggregate query to one node and verify
-the node's signed answer (W3C Data Integrity eddsa-jcs-2022 over RFC 8785 JSON).
+the node's signed answer (W3C Data Integrity eddsa-jcs-2022 over RFC 8785 JSON); or ask many
+nodes through a coordinator, one envelope sealed per node, and combine their verified answers
+(``ask_network``, ``agent_node.combine``).
 
 Sealing follows the node's crypto profile (``agent_node.client.NodeClient``): a NaCl box in
 ``intl``; in ``gm`` an SM2-authenticated SM4-GCM session, so a requester that keeps one
@@ -12,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_node.client import NodeClient, NodeProtocolError
+from agent_node.combine import NodeAnswer, combine, expand_measures
+from agent_node.network import CoordinatorClient
 from agent_node.query import query_from_dict
 from consent.identity import Identity
 
@@ -24,10 +28,11 @@ class Answer:
     dataset: str
     measures: list[str]
     group_by: list[str]
-    groups: list[dict[str, Any]]
-    suppressed_groups: int
-    k: int
-    dp: dict[str, Any] | None
+    groups: list[dict[str, Any]]  # {"key", "values"} and in dp mode "accuracy"
+    mode: str  # "dp" (differentially private) or "threshold" (k-suppression only)
+    k: int | None  # threshold mode's k
+    dp: dict[str, Any] | None  # dp mode: epsilon, delta, unit, confidence, mechanisms
+    note: str | None  # why nothing was released, when nothing was
     event_seq: int
     document: dict[str, Any] = field(repr=False)
 
@@ -52,6 +57,79 @@ class Requester:
             raise NodeProtocolError("the answer names another node")
         return Answer(
             node_did=answer["node"], dataset=answer["dataset"], measures=answer["measures"],
-            group_by=answer["group_by"], groups=answer["groups"],
-            suppressed_groups=answer["suppressed_groups"], k=answer["k"], dp=answer["dp"],
+            group_by=answer["group_by"], groups=answer["groups"], mode=answer["mode"],
+            k=answer.get("k"), dp=answer.get("dp"), note=answer.get("note"),
             event_seq=answer["event_seq"], document=document)
+
+
+class RegionRefused(NodeProtocolError):
+    """A node named for a question lies outside the requester's allowed regions."""
+
+
+@dataclass(frozen=True)
+class NetworkAnswer:
+    """Answers of several nodes, each verified, and their combination (agent_node.combine)."""
+
+    combined: dict[str, Any]
+    answers: list[NodeAnswer]
+
+    @property
+    def missing(self) -> list[NodeAnswer]:
+        return [a for a in self.answers if a.outcome != "answered"]
+
+
+def _node_answer(requester: str, node: Any, routed: Any) -> NodeAnswer:
+    """A routed result as a NodeAnswer; an answer not addressed to us counts as a bad one."""
+    base = {"node_did": node.did, "name": node.registration.name,
+            "region": node.registration.region}
+    if routed.outcome != "answered":
+        return NodeAnswer(**base, outcome=routed.outcome, message=routed.message)
+    answer = routed.document["body"].get("answer")
+    if not isinstance(answer, dict) or answer.get("requester") != requester \
+            or answer.get("node") != node.did:
+        return NodeAnswer(**base, outcome="bad-signature",
+                          message="the answer is not addressed to this requester by this node")
+    return NodeAnswer(**base, outcome="answered", mode=answer.get("mode"),
+                      groups=answer.get("groups", []), dp=answer.get("dp"),
+                      note=answer.get("note"), document=routed.document)
+
+
+def ask_network(requester: Identity, coordinator: CoordinatorClient, query: dict[str, Any], *,
+                nodes: list[str] | None = None, regions: list[str] | None = None,
+                deadline_ms: int = 0) -> NetworkAnswer:
+    """Ask every node offering the dataset (or the DIDs in ``nodes``) through the
+    coordinator: one envelope sealed per node, each answer verified, then combined.
+
+    ``regions`` are the regions this requester may reach: a named node elsewhere is refused
+    here (``RegionRefused``, nothing sent), unnamed ones are left out, and the regions travel
+    inside the sealed query so that every node refuses it outside them too.
+    """
+    query_from_dict(query)  # fail fast with the node's own messages
+    listed = coordinator.nodes(dataset=query["dataset"])
+    if nodes:
+        by_did = {n.did: n for n in listed}
+        unknown = [d for d in nodes if d not in by_did]
+        if unknown:
+            raise NodeProtocolError(f"{len(unknown)} named node(s) are not registered with the "
+                                    f"coordinator for dataset {query['dataset']!r}: "
+                                    f"{unknown[0]}")
+        chosen = [by_did[d] for d in dict.fromkeys(nodes)]
+        outside = [n for n in chosen if regions and n.registration.region not in regions]
+        if outside:
+            raise RegionRefused(f"node {outside[0].registration.name!r} is in region "
+                                f"{outside[0].registration.region!r}, outside the allowed "
+                                f"regions {', '.join(regions or [])}; nothing was sent")
+    else:
+        chosen = [n for n in listed if not regions or n.registration.region in regions]
+    if not chosen:
+        raise NodeProtocolError(f"no registered node offers dataset {query['dataset']!r}"
+                                + (" in the allowed regions" if regions else ""))
+    sent = {**query, "measures": expand_measures(list(query["measures"]))}
+    if regions:
+        sent["regions"] = list(regions)
+    routed = coordinator.fan_out(
+        "Query", [(coordinator.client_for(n, requester), {"query": sent}) for n in chosen],
+        deadline_ms=deadline_ms)
+    answers = [_node_answer(requester.did, n, r) for n, r in zip(chosen, routed, strict=True)]
+    return NetworkAnswer(combine(list(query["measures"]), list(query.get("group_by", [])),
+                                 answers), answers)

@@ -122,3 +122,82 @@ def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: st
         click.echo(json.dumps(answer.document["body"]["answer"], indent=2, sort_keys=True))
     else:
         click.echo(_table(answer))
+
+
+def _network_cell(group: dict[str, Any], measure: str) -> str:
+    value = group["values"].get(measure)
+    text = "-" if value is None else (f"{value:.4f}".rstrip("0").rstrip(".")
+                                      if isinstance(value, float) else str(value))
+    ci = group.get("accuracy", {}).get(measure, {}).get("ci95")
+    if ci:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    return text
+
+
+def _network_table(combined: dict[str, Any]) -> str:
+    """The combined answer as a table (nodes column: how many released the group), then
+    every node's outcome and the notes."""
+    names = {n["did"]: n["name"] for n in combined["nodes"]}
+    headers = [*combined["group_by"], *combined["measures"], "nodes"]
+    rows = [[*map(str, g["key"]), *(_network_cell(g, m) for m in combined["measures"]),
+             f"{len(g['nodes'])}/{len(combined['answered'])}"
+             + ("*" if g["withheld_at"] else "")] for g in combined["groups"]]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    for group in combined["groups"]:
+        if group["withheld_at"]:
+            lines.append(f"* {'/'.join(map(str, group['key'])) or 'all'}: withheld at "
+                         + ", ".join(names[d] for d in group["withheld_at"]))
+    for node in combined["nodes"]:
+        detail = (f"{node['mode']} mode" + (f", epsilon {node['epsilon']:g}"
+                                            if node.get("epsilon") else "")
+                  if node["outcome"] == "answered" else node["message"])
+        lines.append(f"{node['name']} ({node['region']}): {node['outcome']}; {detail}")
+    lines += [f"({note})" for note in combined["notes"]]
+    return "\n".join(lines)
+
+
+@main.command("ask-network")
+@home_option
+@pass_option
+@click.option("--coordinator", required=True, help="the coordinator's address host:port")
+@click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the coordinator's TLS CA certificate (PEM)")
+@click.option("--node-did", "node_dids", multiple=True,
+              help="ask only these nodes (default: every node offering the dataset)")
+@click.option("--region", "regions", multiple=True,
+              help="regions this requester may reach (nodes elsewhere are refused)")
+@click.option("--dataset", required=True)
+@click.option("--measure", "measures", multiple=True, required=True,
+              help="count | count:COL | sum:COL | avg:COL (quantiles: per node only)")
+@click.option("--group-by", "group_by", multiple=True)
+@click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
+@click.option("--purpose", required=True)
+@click.option("--epsilon", type=float, default=None, help="privacy cost per node (dp mode)")
+@click.option("--deadline-ms", type=click.IntRange(0, 600_000), default=0,
+              help="how long each node may take (default: the coordinator's)")
+@click.option("--json", "as_json", is_flag=True, help="print the combined answer as JSON")
+def ask_network_command(home: str, passphrase_file: Path | None, coordinator: str, ca: str,
+                        node_dids: tuple[str, ...], regions: tuple[str, ...], dataset: str,
+                        measures: tuple[str, ...], group_by: tuple[str, ...],
+                        filters: tuple[str, ...], purpose: str, epsilon: float | None,
+                        deadline_ms: int, as_json: bool) -> None:
+    """Ask every node of a coordinator's network (one sealed envelope each), verify every
+    answer and print their combination."""
+    from agent_node.network import CoordinatorClient
+    from agent_node.requester import ask_network
+
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
+    query: dict[str, Any] = {
+        "dataset": dataset, "purpose": purpose, "measures": list(measures),
+        "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters]}
+    if epsilon is not None:
+        query["epsilon"] = epsilon
+    with CoordinatorClient(coordinator, Path(ca).read_bytes()) as client:
+        result = ask_network(identity, client, query, nodes=list(node_dids) or None,
+                             regions=list(regions) or None, deadline_ms=deadline_ms)
+    if as_json:
+        click.echo(json.dumps(result.combined, indent=2, sort_keys=True))
+    else:
+        click.echo(_network_table(result.combined))

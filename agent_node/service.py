@@ -295,6 +295,14 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     # -- handlers -------------------------------------------------------------------------------
 
     def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        query = body.get("query")
+        regions = query.get("regions") if isinstance(query, dict) else None
+        if isinstance(regions, list) and regions and self.home.config.region not in regions:
+            # The requester named the regions it may reach inside the sealed query, so no
+            # router can send its question to a node elsewhere: refused before any data.
+            raise PermissionDenied(f"this node is in region {self.home.config.region!r}, "
+                                   "outside the regions the query allows; ask nodes in "
+                                   "those regions", reason="region")
         answer = self.engine.run(body.get("query"), caller, nonce=self.replay.pending())
         return {"answer": answer}
 

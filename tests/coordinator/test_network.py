@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,10 +22,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from agent_node.client import NodeError
 from agent_node.home import load_home
 from agent_node.network import NodeProtocolError, _routed
+from agent_node.requester import RegionRefused, ask_network
 from agent_node.vault import Vault
 from consent.canonical import canonicalize
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
+from consent.keystore import save_identity
 from consent.registration import issue_registration
 from ledger.authority import check_entry
 from ledger.client import LedgerClient
@@ -146,6 +149,70 @@ def test_fan_out_through_the_coordinator_gives_the_direct_answers(network: Netwo
         with node.node.client(network.requester) as direct:
             direct_answer = direct.query(QUERY)["body"]["answer"]
         assert direct_answer["groups"] == answer["groups"]
+
+
+def combined_expectation(network: Network) -> dict[str, dict[str, Any]]:
+    """Per job: the nodes that release it (>= k customers there) and the sums over them."""
+    out: dict[str, dict[str, Any]] = {}
+    for node in network.nodes:
+        for job, values in expected(node.rows).items():
+            rows = [r for r in node.rows if r["job"] == job]
+            entry = out.setdefault(job, {"nodes": [], "count": 0, "sum:duration": 0})
+            entry["nodes"].append(node.did)
+            entry["count"] += values["count"]
+            entry["sum:duration"] += values["sum:duration"]
+            entry["ages"] = entry.get("ages", 0) + sum(r["age"] for r in rows)
+    return out
+
+
+def test_the_requester_combines_the_nodes_answers(network: Network, tmp_path: Path) -> None:
+    query = {**QUERY, "measures": ["count", "sum:duration", "avg:age"]}
+    with network.coordinator.client() as coordinator:
+        result = ask_network(network.requester, coordinator, query, deadline_ms=10_000)
+    combined = result.combined
+    assert sorted(combined["answered"]) == sorted(n.did for n in network.nodes)
+    want = combined_expectation(network)
+    got = {g["key"][0]: g for g in combined["groups"]}
+    assert set(got) == set(want)
+    for job, group in got.items():
+        assert sorted(group["nodes"]) == sorted(want[job]["nodes"])
+        assert sorted(group["withheld_at"]) == sorted(
+            n.did for n in network.nodes if n.did not in want[job]["nodes"])
+        assert group["values"]["count"] == want[job]["count"]
+        assert group["values"]["sum:duration"] == want[job]["sum:duration"]
+        # The mean from the nodes' sums and counts, never an average of averages.
+        assert group["values"]["avg:age"] == pytest.approx(want[job]["ages"] / want[job]["count"])
+    assert any(g["withheld_at"] for g in got.values())  # the data makes some groups partial
+    assert any("withheld at a node" in note for note in combined["notes"])
+
+    # sov-query ask-network prints the same combination (--json) and says what is withheld.
+    save_identity(tmp_path / "requester.key", network.requester, PASSPHRASE)
+    args = ["sov-query", "ask-network", "--home", str(tmp_path), "--coordinator",
+            network.coordinator.address, "--ca", str(network.coordinator.home / "tls/ca.pem"),
+            "--dataset", "contacts", "--purpose", "marketing-analytics", "--measure", "count",
+            "--measure", "sum:duration", "--group-by", "job"]
+    printed = json.loads(run_cli(*args, "--json").stdout)
+    assert {g["key"][0]: g["values"]["count"] for g in printed["groups"]} == {
+        job: w["count"] for job, w in want.items()}
+    table = run_cli(*args).stdout
+    assert "withheld at" in table and "node-csv (eu-central): answered" in table
+
+
+def test_regions_are_enforced_by_the_requester_and_by_the_node(network: Network) -> None:
+    far = network.by_kind("postgresql")  # ap-east
+    eu = ["eu-west", "eu-central"]
+    with network.coordinator.client() as coordinator:
+        result = ask_network(network.requester, coordinator, QUERY, regions=eu)
+        assert sorted(result.combined["answered"]) == sorted(
+            n.did for n in network.nodes if n.region in eu)
+        with pytest.raises(RegionRefused) as refused:
+            ask_network(network.requester, coordinator, QUERY, nodes=[far.did], regions=eu)
+    assert "outside the allowed regions" in str(refused.value)
+    # A router that sends the question elsewhere anyway: the node refuses it itself.
+    with far.node.client(network.requester) as direct, pytest.raises(NodeError) as node_refused:
+        direct.query({**QUERY, "regions": eu})
+    assert node_refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "outside the regions the query allows" in str(node_refused.value)
 
 
 def test_registration_with_a_forged_signature_is_refused(network: Network) -> None:
