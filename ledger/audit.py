@@ -9,12 +9,14 @@ the key the auditor compares it with, so ``verify`` takes ``--log-key`` and insi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import LedgerError
+from ledger.authority import CUSTOMER_KINDS, check_customer_entry, check_entry
+from ledger.authors import Author
+from ledger.errors import AuthorityError, LedgerError
 from ledger.models import ConsistencyProof, LogPublicKey, Receipt
 from ledger.note import Checkpoint
 from ledger.verify import (
@@ -25,6 +27,7 @@ from ledger.verify import (
     verify_tree_head,
 )
 
+LEGACY = "unauthenticated (legacy)"
 BUNDLE_FORMAT = "sovereign-fabric-audit-bundle"
 BUNDLE_VERSION = 1
 
@@ -35,6 +38,7 @@ class Outcome:
 
     passed: list[str] = field(default_factory=list)
     failed: list[CheckFailed] = field(default_factory=list)
+    legacy: list[str] = field(default_factory=list)  # unauthenticated entries accepted
 
     @property
     def ok(self) -> bool:
@@ -110,10 +114,77 @@ def load_items(path: Path) -> tuple[list[Receipt], list[ConsistencyProof], LogPu
     return [load_receipt(json.dumps(doc))], [], None
 
 
-def check_receipt(
-    outcome: Outcome, label: str, receipt: Receipt, log_key: LogPublicKey, chain: Any = None
+@dataclass(frozen=True)
+class AuthorityPolicy:
+    """How ``sov-audit verify`` judges who wrote each entry (``ledger.authority``).
+
+    ``authors``: the operator's authors file (``sov-ledger authors list --json``), by DID;
+    without it every signature and node rule is still checked, registration is not.
+    ``accept_legacy``: entries written before entries were signed pass as "unauthenticated
+    (legacy)" instead of failing. ``grants``: verified grants by digest, whose customers'
+    entries must then be written with the grant's own ledger key.
+    """
+
+    authors: Mapping[str, Author] | None = None
+    accept_legacy: bool = False
+    grants: Mapping[str, Any] = field(default_factory=dict)
+
+
+def describe_authority(event: Mapping[str, Any], authors: Mapping[str, Author] | None) -> str:
+    """Who wrote a verified entry, in words."""
+
+    def who(did: str) -> str:
+        party = authors.get(did) if authors is not None else None
+        if party is None:
+            return did
+        removed = f", removed {party.removed}" if party.removed else ""
+        return f"{did} ({party.role} {party.name!r}{removed})"
+
+    if "endorser" in event:
+        text = (f"written by the customer's per-grant key {event['author']}, endorsed by "
+                f"{who(event['endorser'])}")
+    else:
+        text = f"written by {who(event['author'])}"
+    return text if authors is not None else f"{text}; registration not checked (no --authors)"
+
+
+def check_authority(
+    outcome: Outcome, label: str, receipt: Receipt, policy: AuthorityPolicy
 ) -> None:
-    """Signature + inclusion (+ anchor links); with ``chain`` (a web3 client) also on-chain."""
+    """The ``authority`` check of one (verified) receipt's entry."""
+    event = receipt.event
+    if "author" not in event and "signature" not in event:
+        what = (f"entry {receipt.index} ({event.get('type')}) is {LEGACY}: it carries no "
+                "author signature")
+        if policy.accept_legacy:
+            outcome.legacy.append(f"{label}: {what}")
+            return
+        outcome.failed.append(CheckFailed(
+            "authority", f"{label}: {what}; pass --accept-legacy to accept entries written "
+            "before ledger entries were signed"))
+        return
+
+    def run() -> str:
+        try:
+            check_entry(event, receipt.entry, policy.authors)
+            grant = policy.grants.get(event.get("grant_digest", ""))
+            if grant is not None and event.get("type") in CUSTOMER_KINDS:
+                check_customer_entry(event, grant)
+        except AuthorityError as exc:
+            raise CheckFailed("authority", str(exc)) from exc
+        mine = " (the customer's own: the key its grant binds)" if grant is not None and \
+            event.get("type") in CUSTOMER_KINDS else ""
+        return f"entry {receipt.index} {describe_authority(event, policy.authors)}{mine}"
+
+    outcome.run(label, run)
+
+
+def check_receipt(
+    outcome: Outcome, label: str, receipt: Receipt, log_key: LogPublicKey, chain: Any = None,
+    policy: AuthorityPolicy | None = None,
+) -> None:
+    """Signature + inclusion (+ anchor links); with ``chain`` (a web3 client) also on-chain;
+    with ``policy`` also the entry's authority (who wrote it, and whether they could)."""
 
     def offline() -> str:
         result = verify_receipt(receipt, log_key)
@@ -123,9 +194,12 @@ def check_receipt(
             f"{result.checkpoint.size}{anchored}"
         )
 
-    if not outcome.run(label, offline) or chain is None:
+    if not outcome.run(label, offline):
         return
-    outcome.run(label, lambda: _check_on_chain(receipt, log_key, chain))
+    if policy is not None:
+        check_authority(outcome, label, receipt, policy)
+    if chain is not None:
+        outcome.run(label, lambda: _check_on_chain(receipt, log_key, chain))
 
 
 def _check_on_chain(receipt: Receipt, log_key: LogPublicKey, chain: Any) -> str:

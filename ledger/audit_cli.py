@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import click
 
 from consent import timespec
 from ledger.audit import (
+    AuthorityPolicy,
     Bundle,
     Outcome,
     build_bundle,
@@ -59,10 +61,14 @@ def _write(out: Path, text: str) -> None:
 def _report(outcome: Outcome) -> None:
     for line in outcome.passed:
         click.echo(f"PASS {line}")
+    for line in outcome.legacy:
+        click.echo(f"LEGACY {line} (accepted: --accept-legacy)")
     for failure in outcome.failed:
         click.echo(f"FAIL {failure.check}: {failure.reason}")
     if outcome.ok:
-        click.echo(f"OK: all {len(outcome.passed)} check(s) passed")
+        legacy = (f"; {len(outcome.legacy)} entr{'y' if len(outcome.legacy) == 1 else 'ies'} "
+                  "accepted unauthenticated (legacy)") if outcome.legacy else ""
+        click.echo(f"OK: all {len(outcome.passed)} check(s) passed{legacy}")
         sys.exit(0)
     click.echo(f"NOT VERIFIED: {len(outcome.failed)} check(s) failed")
     sys.exit(1)
@@ -86,9 +92,21 @@ def main() -> None:
 @click.option("--log-key", "log_key_path", required=True, type=click.Path(path_type=Path),
               help=LOG_KEY_HELP)
 @click.option("--chain-rpc", help="JSON-RPC URL of the chain: also check the receipts' anchors.")
-def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None) -> None:
-    """Verify receipts or bundles: signature, inclusion, and with --chain-rpc, the anchor."""
+@click.option("--authors", "authors_path", type=click.Path(path_type=Path),
+              help="The ledger's authors file ('sov-ledger authors list --json', obtained out "
+                   "of band): also check each author was registered for its entry's kind.")
+@click.option("--grant", "grant_paths", multiple=True, type=click.Path(path_type=Path),
+              help="A grant (signed credential JSON) whose customer's entries must be written "
+                   "with the key it binds (repeatable).")
+@click.option("--accept-legacy", is_flag=True,
+              help="Accept entries written before entries were signed, reported as "
+                   "'unauthenticated (legacy)' (they fail otherwise).")
+def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
+           authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool) -> None:
+    """Verify receipts or bundles: signature, inclusion, who wrote each entry (authority), and
+    with --chain-rpc, the anchor."""
     log_key = _log_key(log_key_path)
+    policy = _policy(authors_path, grant_paths, accept_legacy)
     chain = _chain(chain_rpc)
     outcome = Outcome()
     for path in files:
@@ -104,10 +122,43 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None) -
             continue
         for n, receipt in enumerate(receipts):
             label = str(path) if len(receipts) == 1 else f"{path} receipt {n + 1}"
-            check_receipt(outcome, label, receipt, log_key, chain)
+            check_receipt(outcome, label, receipt, log_key, chain, policy)
         for n, proof in enumerate(proofs):
             check_consistency(outcome, f"{path} consistency {n + 1}", proof, log_key)
     _report(outcome)
+
+
+def _policy(authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool
+            ) -> AuthorityPolicy:
+    """The authority policy from the options; a usage error (exit 2) for a bad file."""
+    from consent.errors import ConsentError
+    from consent.grants import verify_grant
+    from ledger.audit import load_json
+    from ledger.authors import load_authors_file
+
+    try:
+        authors = load_authors_file(authors_path) if authors_path is not None else None
+    except LedgerError as exc:
+        _fail(str(exc))
+    grants = {}
+    for path in grant_paths:
+        try:
+            credential = load_json(path)
+            # Expired grants are still the customer's: judge the proof, not today's validity.
+            grant = verify_grant(credential, now=_issued(credential))
+        except (CheckFailed, ConsentError, ValueError) as exc:
+            _fail(f"{path} is not a signed grant: {exc}")
+        grants[grant.digest] = grant
+    return AuthorityPolicy(authors, accept_legacy, grants)
+
+
+def _issued(credential: dict[str, Any]) -> datetime:
+    """The grant's own issue time (validity is judged as of then)."""
+    issued = credential.get("credentialSubject", {}).get("issued", "")
+    try:
+        return datetime.fromisoformat(str(issued).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError("it has no valid issue time") from exc
 
 
 @main.command()

@@ -20,7 +20,7 @@ from ledger.cli import main as ledger_cli
 from ledger.errors import AnchorError
 from ledger.home import ANCHOR_KEY, ANCHORS, load_config, open_log
 
-from .conftest import PASSPHRASE, grant_event
+from .conftest import PASSPHRASE, customer_grant, grant_event
 from .test_anchor import AnvilProcess
 
 ENV = {"SOV_LEDGER_PASSPHRASE": PASSPHRASE}
@@ -93,7 +93,7 @@ def test_operator_key_anchors_once_funded_and_waits_until_then(
 
     # The second anchor takes the next nonce; an auditor checks it on the chain.
     with open_log(home, PASSPHRASE) as log:
-        entry_hash = log.append([grant_event(9)])[0].entry_hash
+        entry_hash = log.append([customer_grant(9)])[0].entry_hash  # signed: verify passes
     _run(["anchor", "--home", home, "--chain-rpc", anvil.url])
     assert w3.eth.get_transaction_count(address) == 2
     receipt = tmp_path / "receipt.json"

@@ -60,7 +60,10 @@ def populated(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
 def test_verify_accepts_receipts_and_rejects_a_tampered_copy(populated, tmp_path: Path) -> None:
     _, key, receipts = populated
     output = _run(audit, ["verify", "--log-key", str(key), *map(str, receipts)])
-    assert output.count("PASS") == 5 and "OK: all 5 check(s) passed" in output
+    # Two checks per receipt: in the signed tree, and who wrote it (authority).
+    assert output.count("PASS") == 10 and "OK: all 10 check(s) passed" in output
+    assert f"written by {NODE.did}; registration not checked" in output  # the erasure
+    assert f"endorsed by {NODE.did}" in output  # the customers' grants
 
     doc = json.loads(receipts[1].read_text())
     proof = bytearray(base64.b64decode(doc["inclusion_proof"][0]))
@@ -117,7 +120,7 @@ def test_bundle_verifies_offline_and_report_shows_the_subject(populated, tmp_pat
     bundle = tmp_path / "bundle.json"
     _run(audit, ["bundle", "--log-key", str(key), "-o", str(bundle), *map(str, receipts)])
     verified = _run(audit, ["verify", "--log-key", str(key), str(bundle)])
-    assert "OK: all 5 check(s) passed" in verified
+    assert "OK: all 10 check(s) passed" in verified
 
     report = tmp_path / "report.html"
     output = _run(audit, ["report", "--log-key", str(key), str(bundle), "--subject-did",
@@ -225,3 +228,25 @@ def test_verify_with_chain_rpc_against_anvil(populated, tmp_path: Path) -> None:
         assert "FAIL chain anchor: " in output and "not found" in output
     finally:
         node.stop()
+
+
+def test_local_append_follows_the_services_rules(tmp_path: Path) -> None:
+    # The operator's own `sov-ledger append` writes nothing unsigned, unregistered or replayed.
+    home = tmp_path / "local"
+    _run(ledger_cli, ["init", "--home", str(home)])
+    events_file = tmp_path / "events.json"
+    cases = [(make_event("access_head", node=NODE.did, head="ab" * 32, sequence=1),
+              "event 0: the entry carries no author signature"),
+             (sign_entry(make_event("access_head", node=NODE.did, head="ab" * 32, sequence=1),
+                         NODE), "is not registered with this ledger")]
+    for event, message in cases:
+        events_file.write_text(json.dumps([event]))
+        output = _run(ledger_cli, ["append", "--home", str(home), str(events_file)], code=1)
+        assert output.startswith("error: ") and message in output
+    _run(ledger_cli, ["authors", "add", "--home", str(home), NODE.did, "--name", "n",
+                      "--role", "node"])
+    _run(ledger_cli, ["append", "--home", str(home), str(events_file)])
+    output = _run(ledger_cli, ["append", "--home", str(home), str(events_file)], code=1)
+    assert "already (entry 0), a replayed append" in output
+    proof = _run(ledger_cli, ["consistency", "--home", str(home), "1"])
+    assert json.loads(proof)["new_checkpoint"].split("\n")[1] == "1"  # one entry, written once
