@@ -635,13 +635,10 @@ def _touched_subjects(conn: sqlite3.Connection, after: int, upto: int) -> list[t
     by_grant = conn.execute(
         "SELECT DISTINCT t.did, t.salt FROM subject_salts t JOIN grants g ON g.subject = t.did "
         "JOIN access_set_grants m USING (grant_id) JOIN access_log l ON "
-        f"l.grant_set = m.set_id{_or_left_out()} WHERE l.seq > ? AND l.seq <= ? LIMIT ?",
+        "(l.grant_set = m.set_id OR l.left_out_set = m.set_id) WHERE l.seq > ? AND l.seq <= ? "
+        "LIMIT ?",
         (after, upto, MAX_LISTED + 1)).fetchall()
     return sorted({(str(d), str(s)) for d, s in [*found, *by_grant]})
-
-
-def _or_left_out() -> str:
-    return " OR l.left_out_set = m.set_id"
 
 
 def _touched_seqs(conn: sqlite3.Connection, did: str, after: int, upto: int) -> list[int]:
