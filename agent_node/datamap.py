@@ -17,9 +17,16 @@ Only names found here ever become SQL identifiers; every error names the offendi
     max_rows_per_subject = 10  # contribution bound used by differential privacy
 
     [datasets.orders.columns]
-    amount = { type = "real", scope = "transaction", bounds = [0, 10000] }
-    region = { type = "text", scope = "transaction", index = true }
+    amount = { type = "real", scope = "transaction", bounds = [0, 500] }
+    region = { type = "text", scope = "transaction", index = true,
+               public_keys = ["north", "south", "east", "west"], groups_per_subject = 1 }
     email  = { type = "text", scope = "identity" }
+
+Differential privacy reads three contribution bounds from here: ``max_rows_per_subject``
+(rows one customer adds to a group), a numeric column's ``bounds`` (each value is clamped to
+them) and, on a column the requester groups by, ``groups_per_subject`` (how many of its
+values one customer's rows may span; rows beyond are dropped) and/or ``public_keys`` (the
+column's values, all released without partition selection; other values never appear).
 """
 
 from __future__ import annotations
@@ -57,6 +64,15 @@ class ColumnSpec:
     source_column: str
     bounds: tuple[float, float] | None = None
     index: bool = False
+    public_keys: tuple[str | int | float, ...] | None = None
+    groups_per_subject: int | None = None
+
+    @property
+    def group_bound(self) -> int | None:
+        """How many groups of this column one customer can touch (l0), if declared."""
+        if self.groups_per_subject is not None:
+            return self.groups_per_subject
+        return len(self.public_keys) if self.public_keys is not None else None
 
     @property
     def encrypted(self) -> bool:
@@ -159,7 +175,8 @@ def _parse_column(dataset: str, name: str, raw: Any) -> ColumnSpec:
     _name(key, name)
     if not isinstance(raw, dict):
         raise _fail(key, 'must be an inline table like { type = "real", scope = "transaction" }')
-    unknown = set(raw) - {"type", "scope", "source_column", "bounds", "index"}
+    unknown = set(raw) - {"type", "scope", "source_column", "bounds", "index", "public_keys",
+                          "groups_per_subject"}
     if unknown:
         raise _fail(f"{key}.{sorted(unknown)[0]}", "is not a known column option")
     if raw.get("type") not in TYPES:
@@ -175,7 +192,34 @@ def _parse_column(dataset: str, name: str, raw: Any) -> ColumnSpec:
     index = raw.get("index", False)
     if not isinstance(index, bool):
         raise _fail(f"{key}.index", "must be true or false")
-    return ColumnSpec(name, raw["type"], raw["scope"], source_column, bounds, index)
+    return ColumnSpec(name, raw["type"], raw["scope"], source_column, bounds, index,
+                      _parse_public_keys(f"{key}.public_keys", raw.get("public_keys"),
+                                         raw["type"]),
+                      _parse_groups(f"{key}.groups_per_subject", raw.get("groups_per_subject")))
+
+
+MAX_PUBLIC_KEYS = 1000
+
+
+def _parse_public_keys(key: str, raw: Any, kind: str) -> tuple[str | int | float, ...] | None:
+    if raw is None:
+        return None
+    want = str if kind == "text" else (int | float)
+    if (not isinstance(raw, list) or not 0 < len(raw) <= MAX_PUBLIC_KEYS
+            or any(isinstance(v, bool) or not isinstance(v, want) for v in raw)
+            or len(set(raw)) != len(raw)):
+        raise _fail(key, f"must be a list of 1 to {MAX_PUBLIC_KEYS} distinct "
+                         f"{'strings' if kind == 'text' else 'numbers'}: the column's values")
+    return tuple(raw)
+
+
+def _parse_groups(key: str, raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 1000:
+        raise _fail(key, "must be an integer from 1 to 1000: how many of this column's "
+                         "values one customer's rows may span")
+    return raw
 
 
 def _parse_dataset(name: str, raw: Any, sources: dict[str, SourceSpec]) -> DatasetSpec:
@@ -259,8 +303,11 @@ TEMPLATE = '''# Data map: which source tables the node may read, and each column
 # subject_key = ["customer_id"]
 # row_key = ["order_id"]
 #
+# max_rows_per_subject = 10   # differential privacy: rows one customer adds to a group
+#
 # [datasets.orders.columns]
-# amount = { type = "real", scope = "transaction", bounds = [0, 10000] }
-# region = { type = "text", scope = "transaction", index = true }
+# amount = { type = "real", scope = "transaction", bounds = [0, 500] }   # clamp, sized to data
+# region = { type = "text", scope = "transaction", index = true,
+#            public_keys = ["north", "south", "east", "west"], groups_per_subject = 1 }
 # email = { type = "text", scope = "identity" }
 '''

@@ -3,44 +3,49 @@
 A validated ``Query`` is compiled to parameterised SQL over the vault: identifiers only from
 the data map, values only as ``?`` parameters, operators from a whitelist. Rows are restricted
 to the subjects whose active grants cover this requester, this purpose and every scope the
-query touches. Per group the engine then
+query touches (the consent filter). Answers are made in one of two modes (``privacy``):
 
-1. suppresses groups with fewer than k distinct subjects (k-anonymity threshold);
-2. suppresses groups whose subject set differs from a set already released to the same
-   requester on the same dataset by 1..k-1 subjects (query-set overlap control, the defence
-   against isolating one subject by differencing two answers);
-3. adds Laplace noise through OpenDP when a contributing grant carries a DP budget, with
-   per-subject contributions bounded by the data map (``max_rows_per_subject``, ``bounds``),
-   and debits the budget in the same SQLite transaction that appends the access event.
+- ``dp`` (the default): differential privacy per customer (``agent_node.privacy``, OpenDP).
+  Each customer's contribution is bounded (rows per group, values clamped to the data map's
+  bounds, groups per customer); group keys are released by DP partition selection unless
+  the data map declares them public; every value carries its noise's 95 % interval. Every
+  customer in the consent filter whose grant has budget left is read and debited the
+  query's epsilon, whatever the filters match, in the same transaction as the access
+  event; a grant whose budget is too small is left out (and named in the event).
+- ``threshold``: exact count, sum and avg of groups with at least k distinct subjects, with
+  the query-set overlap control (a set differing from one already released to the same
+  requester by 1..k-1 subjects is withheld). Weaker: trackers defeat it (README).
 
-An answer holds group keys and aggregates only, never a row.
+An answer holds group keys and aggregates only, never a row, and never a count of withheld
+groups, consenting or left-out customers.
 
-A query runs in two phases. The read phase (grants, consent filter, aggregation, k) runs on a
-snapshot of the vault, concurrently with other queries. The write phase runs in the vault's
-group-committed write transaction (``Vault.commit``), one query after another: it confirms
-that consent has not shrunk since the snapshot (a trigger-maintained version; otherwise the
-query is read again), debits query and privacy budgets with conditional UPDATEs (a budget
-spent concurrently makes the query read again, and then refuse), applies the overlap
-control against every set released so far and appends the access event. The answer leaves
-only after that transaction is durably committed.
+A query runs in two phases. The read phase (grants, budgets, consent filter, aggregation,
+noise or k) runs on a snapshot of the vault, concurrently with other queries. The write phase
+runs in the vault's group-committed write transaction (``Vault.commit``), one query after
+another: it confirms that consent has not shrunk since the snapshot (a trigger-maintained
+version; otherwise the query is read again), checks and debits query and privacy budgets
+exactly (integer micro-epsilon; a budget spent concurrently makes the query read again, and
+then leave that grant out), applies the overlap control (threshold mode) and appends the
+access event. The answer leaves only after that transaction is durably committed.
 """
 
 from __future__ import annotations
 
 import array
 import hashlib
+import itertools
 import json
 import sqlite3
 import threading
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import grpc
-import opendp.prelude as dp
 
-from agent_node import accesslog
+from agent_node import accesslog, privacy
 from agent_node.datamap import ColumnSpec, DataMap, DatasetSpec
 from agent_node.errors import (
     BudgetExhausted,
@@ -65,11 +70,8 @@ from agent_node.vaultcrypto import decrypt_cell
 from consent.errors import ReplayError, UnknownPurpose
 from consent.grants import check_purpose
 
-dp.enable_features("contrib")
-
 SQL_OPS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 MIN_K = 2
-EPS_TOLERANCE = 1e-9
 FP_MOD = 2**62
 FP_ROWS = 1_000_003  # per-subject fingerprint: rows * FP_ROWS + sum of row fingerprints
 MAX_ATTEMPTS = 5
@@ -81,12 +83,35 @@ DENSE_FRACTION = 20  # eligible subjects >= 1/20 of all: filter first, then chec
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """How the node answers: ``privacy`` "dp" (differential privacy, the default) or
+    "threshold" (k-suppression and overlap control only); in dp mode the per-query epsilon
+    bounds, the epsilon of a query that names none, the budget of a grant whose wallet set
+    none, and the delta an answer may spend on selecting undeclared group keys."""
+
     k: int = 5
     default_epsilon: float = 1.0
+    privacy: str = "dp"
+    epsilon_min: float = 0.05
+    epsilon_max: float = 2.0
+    grant_budget: float = 10.0
+    delta: float = 1e-9
 
     def __post_init__(self) -> None:
         if self.k < MIN_K:
             raise ValueError(f"k must be at least {MIN_K}")
+        if self.privacy not in privacy.MODES:
+            raise ValueError("privacy must be 'dp' or 'threshold'")
+        if not 0 < self.epsilon_min <= self.default_epsilon <= self.epsilon_max <= 10:
+            raise ValueError("epsilon bounds must satisfy 0 < epsilon_min <= default_epsilon "
+                             "<= epsilon_max <= 10")
+        if not self.epsilon_min <= self.grant_budget <= 1000:
+            raise ValueError("grant_budget must be at least epsilon_min and at most 1000")
+        if not 0 < self.delta <= 1e-4:
+            raise ValueError("delta must be above 0 and at most 1e-4")
+
+    @property
+    def dp(self) -> bool:
+        return self.privacy == "dp"
 
 
 @dataclass
@@ -97,8 +122,7 @@ class _Group:
     rows: int
     sids: list[int]  # in the order SQL listed them
     fingerprints: list[int]  # per subject: which of its rows were used (overlap control)
-    stats: dict[str, list[Any]] = field(default_factory=dict)  # column -> [n, sum, min, max]
-    capped: dict[str, float] = field(default_factory=dict)  # DP: contribution-bounded sums
+    stats: dict[str, list[Any]] = field(default_factory=dict)  # column -> [n, sum]
 
     def members(self) -> dict[int, int]:
         return dict(zip(self.sids, self.fingerprints, strict=True))
@@ -120,8 +144,8 @@ class _GrantRow:
     grant_id: str
     subject: str
     scopes: frozenset[str]
-    dp_epsilon: float | None
-    epsilon_spent: float
+    dp_epsilon: float | None  # the wallet's budget, if it set one
+    spent: int  # micro-epsilon debited so far
     limited: bool = False  # carries max_queries
 
 
@@ -157,8 +181,12 @@ class _Plan:
     digests: list[str]  # per candidate: digest of its (subject, fingerprint) set
     blobs: list[bytes | None]  # per candidate: packed members, None if released before
     suppressed: int  # groups already withheld by k
-    exact: dict[tuple[Any, ...], dict[str, Any]]  # exact values (no DP budget)
-    event: accesslog.PreparedEvent
+    exact: dict[tuple[Any, ...], dict[str, Any]]  # exact values (threshold mode)
+    event: accesslog.PreparedEvent  # as logged when something is released
+    empty_event: accesslog.PreparedEvent  # as logged when nothing is
+    left_out: list[str] = field(default_factory=list)  # grants whose budget was too small
+    noisy: list[dict[str, Any]] = field(default_factory=list)  # dp: the released groups
+    selected: bool = False  # dp: group keys went through partition selection
 
 
 class QueryEngine:
@@ -183,7 +211,8 @@ class QueryEngine:
             query = query_from_dict(raw_query)
             return self._answer(query, requester, now, nonce)
         except RequestError as exc:
-            self.log_refusal(raw_query, requester, now, exc, nonce)
+            self.log_refusal(raw_query, requester, now, exc, nonce,
+                             getattr(exc, "left_out", []))
             raise
 
     # -- validation ---------------------------------------------------------------------------
@@ -211,8 +240,49 @@ class QueryEngine:
                                      f"{measure.column!r} is text", reason="bad-measure")
         for flt in query.filters:
             _check_filter_value(flt, columns[flt.column])
+        if self.settings.dp:
+            self._check_dp_query(query, columns)
+        elif any(m.aggregate in ("min", "max", "quantile") for m in query.measures):
+            raise InvalidRequest("this node runs privacy = \"threshold\", which releases no "
+                                 "min, max or quantile (they would be one customer's value); "
+                                 "ask for count, sum or avg", reason="threshold-measure")
         scopes = {c.scope for c in columns.values()} or {"transaction"}
         return dataset, columns, scopes
+
+    def _query_epsilon(self, query: Query) -> int:
+        """The query's epsilon in micro-epsilon, rounded up (what it costs)."""
+        return privacy.to_micro(query.epsilon or self.settings.default_epsilon, up=True)
+
+    def _check_dp_query(self, query: Query, columns: dict[str, ColumnSpec]) -> None:
+        """Refuse, before anything is read or debited, what differential privacy cannot
+        calibrate: an epsilon outside the node's bounds, min / max, a measure on a column
+        without bounds, a group-by on a column without a declared contribution bound."""
+        low, high = self.settings.epsilon_min, self.settings.epsilon_max
+        eps = self._query_epsilon(query)
+        if not privacy.to_micro(low, up=True) <= eps <= privacy.to_micro(high, up=False):
+            raise InvalidRequest(f"epsilon {privacy.from_micro(eps):g} is outside this node's "
+                                 f"bounds [{low:g}, {high:g}]; ask with an epsilon in that range",
+                                 reason="epsilon-bounds")
+        for measure in query.measures:
+            if measure.aggregate in ("min", "max"):
+                raise InvalidRequest(f"{measure.aggregate} would release one customer's exact "
+                                     "value; ask for a differentially private quantile such as "
+                                     f"quantile:{measure.column}:"
+                                     f"{'0.05' if measure.aggregate == 'min' else '0.95'}",
+                                     reason="dp-measure")
+            if measure.aggregate in ("sum", "avg", "quantile") \
+                    and columns[measure.column or ""].bounds is None:
+                raise PreconditionFailed(
+                    f"column {measure.column!r} has no bounds in the data map, so a private "
+                    f"{measure.aggregate} cannot be calibrated; the operator adds "
+                    "bounds = [low, high] to it", reason="dp-bounds")
+        for name in query.group_by:
+            if columns[name].group_bound is None:
+                raise PreconditionFailed(
+                    f"column {name!r} declares no bound on how many of its values one customer "
+                    "spans, so a private group-by cannot be calibrated; the operator adds "
+                    "groups_per_subject = N or public_keys = [...] to it in the data map",
+                    reason="dp-group-bounds")
 
     # -- grants ---------------------------------------------------------------------------------
 
@@ -224,17 +294,17 @@ class QueryEngine:
             return [self._named_grant(conn, gid, query, requester, scopes, ts)
                     for gid in dict.fromkeys(query.grant_ids)]
         view = self._view(conn, requester, query.purpose, versions)
-        active = _active(view, frozenset(scopes), ts)
+        active = _active(view, frozenset(scopes), ts, self.settings.dp)
         budgeted = [g[0] for g, row in active if row is None]
         live = {r[0]: r[1:] for r in conn.execute(
-            "SELECT grant_id, queries_used, epsilon_spent FROM grant_usage WHERE grant_id IN "
+            "SELECT grant_id, queries_used, spent_micro FROM grant_usage WHERE grant_id IN "
             "(SELECT value FROM json_each(?))", (json.dumps(budgeted),))} if budgeted else {}
         grants = []
         for (gid, subject, granted, _, _, max_q, eps), row in active:
             if row is not None:  # no budget: nothing live to read
                 grants.append(row)
                 continue
-            used, spent = live.get(gid, (0, 0.0))
+            used, spent = live.get(gid, (0, 0))
             if max_q is None or used < max_q:
                 grants.append(_GrantRow(gid, subject, granted, eps, spent, max_q is not None))
         if not grants:
@@ -272,7 +342,7 @@ class QueryEngine:
                      scopes: set[str], ts: float) -> _GrantRow:
         row = conn.execute(
             "SELECT subject, requester, purpose, scopes, not_before, expires, revoked_at, "
-            "max_queries, COALESCE(u.queries_used, 0), dp_epsilon, COALESCE(u.epsilon_spent, 0) "
+            "max_queries, COALESCE(u.queries_used, 0), dp_epsilon, COALESCE(u.spent_micro, 0) "
             "FROM grants g LEFT JOIN grant_usage u USING (grant_id) WHERE grant_id = ?",
             (gid,)).fetchone()
         if row is None:
@@ -305,31 +375,36 @@ class QueryEngine:
         return _GrantRow(gid, subject, frozenset(granted.split(",")), eps, spent,
                          max_q is not None)
 
-    def _apply_dp_budget(self, query: Query, grants: list[_GrantRow]
-                         ) -> tuple[list[_GrantRow], float | None]:
-        if not any(g.dp_epsilon for g in grants) and query.epsilon is None:
-            return grants, None
-        epsilon = query.epsilon or self.settings.default_epsilon
-        kept = []
+    def budget(self, grant: _GrantRow) -> int:
+        """A grant's privacy budget in micro-epsilon: the wallet's, else the node's default."""
+        return privacy.to_micro(grant.dp_epsilon or self.settings.grant_budget, up=False)
+
+    def _privacy_budget(self, query: Query, grants: list[_GrantRow]
+                        ) -> tuple[list[_GrantRow], list[_GrantRow], int | None]:
+        """(grants to use, grants left out because their budget is spent, the epsilon each
+        used grant is debited in micro-epsilon; None in threshold mode). A grant left out
+        only removes its customer from the answer: the others' answer is not noisier."""
+        if not self.settings.dp:
+            # A wallet that set a DP budget asked for differential privacy: its grant is
+            # not used by a node that does not provide it.
+            kept = [g for g in grants if not g.dp_epsilon]
+            if not kept:
+                raise PermissionDenied(
+                    "every grant covering this query asks for differential privacy, which this "
+                    "node (privacy = \"threshold\") does not provide; ask a node in dp mode",
+                    reason="dp-required")
+            return kept, [], None
+        epsilon = self._query_epsilon(query)
+        kept, left = [], []
         for grant in grants:
-            if grant.dp_epsilon and grant.epsilon_spent + epsilon > grant.dp_epsilon \
-                    + EPS_TOLERANCE:
-                if query.grant_ids:
-                    raise BudgetExhausted(
-                        f"grant {grant.grant_id} has {grant.dp_epsilon - grant.epsilon_spent:.3g}"
-                        f" of its privacy budget left, less than this query's epsilon "
-                        f"{epsilon:g}; ask with a smaller epsilon or for a new grant",
-                        reason="epsilon-exhausted")
-                continue
-            kept.append(grant)
+            (kept if grant.spent + epsilon <= self.budget(grant) else left).append(grant)
         if not kept:
-            raise BudgetExhausted("every matching grant has spent its privacy budget",
-                                  reason="epsilon-exhausted")
-        if any(m.aggregate in ("min", "max", "quantile") for m in query.measures):
-            raise PreconditionFailed("min, max and quantiles are not released under a "
-                                     "differential-privacy budget; use count, sum or avg",
-                                     reason="dp-measure")
-        return kept, epsilon
+            exc = BudgetExhausted("every grant covering this query has spent its privacy "
+                                  "budget; ask the customers for new grants or a smaller "
+                                  "epsilon", reason="epsilon-exhausted")
+            exc.left_out = [g.grant_id for g in left]  # type: ignore[attr-defined]
+            raise exc
+        return kept, left, epsilon
 
     # -- execution ------------------------------------------------------------------------------
 
@@ -339,21 +414,21 @@ class QueryEngine:
         for _ in range(MAX_ATTEMPTS):
             plan = self._read(query, dataset, columns, scopes, requester, now)
             try:
-                seq, released, suppressed = self.vault.commit(
+                seq, released = self.vault.commit(
                     lambda conn, batch, plan=plan: self._commit(conn, batch, plan, query,
                                                                 requester, now, nonce))
             except _Stale:
                 continue  # consent or a budget changed under the read: answer afresh
-            return self._reply(plan, query, dataset, columns, requester, now, seq, released,
-                               suppressed)
+            return self._reply(plan, query, dataset, requester, now, seq, released)
         raise Contended("grants at this node changed while the query ran; retry it",
                         reason="contended")
 
     def _read(self, query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
               scopes: set[str], requester: str, now: datetime) -> _Plan:
-        """The read phase, on a consistent snapshot: grants, consent filter, aggregates,
-        k-suppression, exact values and the prepared access event. Nothing is written to the
-        vault here (only this connection's temp tables)."""
+        """The read phase, on a consistent snapshot: grants and budgets, consent filter,
+        aggregates, then (dp) partition selection and noise or (threshold) k-suppression and
+        exact values, and the prepared access event. Nothing is written to the vault here
+        (only this connection's temp tables)."""
         with self.vault.snapshot() as conn:
             # One statement for what the snapshot must start with (each costs ~40 us).
             layout, version, versions, subjects = _snapshot_state(conn, dataset.name)
@@ -361,20 +436,20 @@ class QueryEngine:
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
             grants = self._grants(conn, query, requester, scopes, now, versions)
-            grants, epsilon = self._apply_dp_budget(query, grants)
-            if epsilon is not None:
-                _check_dp_bounds(query, columns)
-            owners = self._eligible(conn, query, requester, grants, versions)
+            grants, left_out, epsilon = self._privacy_budget(query, grants)
+            owners, trivial = self._eligible(conn, query, requester, grants, versions)
             # Many consenting subjects: read the rows the filters select and keep theirs.
             # Few: seek each one's rows through the subject index.
             dense = len(owners) * DENSE_FRACTION >= subjects
             source = self._source(conn, dataset, columns)
-            groups = self._aggregate(conn, source, query, dataset, columns, epsilon, dense)
+            if epsilon is not None:
+                return self._read_dp(conn, query, dataset, columns, requester, now, version,
+                                     grants, left_out, epsilon, owners, trivial, source, dense)
+            groups = self._aggregate(conn, source, query, dense)
             k = self.settings.k
             candidates = [(key, groups[key]) for key in sorted(groups, key=_sort_key)
                           if groups[key].subjects >= k]
-            exact = {key: self._values(conn, source, query, columns, key, group, dense)
-                     for key, group in candidates} if epsilon is None else {}
+            exact = {key: self._values(query, group) for key, group in candidates}
             digests, blobs = _digests(conn, requester, query.dataset, candidates,
                                       self._released)
             # Used = the subjects with rows matching the query (all groups, also those then
@@ -383,29 +458,72 @@ class QueryEngine:
             used = sorted({sid for g in groups.values() for sid in g.sids})
             used_subjects = {subject for sid in used for subject in owners.get(sid, ())}
             used_grants = [g for g in grants if g.subject in used_subjects]
-            event = self._event(conn, query, requester, now, "answered", "ok", used,
-                                [g.grant_id for g in used_grants])
-        return _Plan(version, used_grants, epsilon, used, candidates, digests, blobs,
-                     len(groups) - len(candidates), exact, event)
+            ids = [g.grant_id for g in used_grants]
+            event = self._event(conn, query, requester, now, "answered", "ok", used, ids,
+                                released=True)
+            empty = self._event(conn, query, requester, now, "answered", "ok", used, ids,
+                                released=False)
+        return _Plan(version, used_grants, None, used, candidates, digests, blobs,
+                     len(groups) - len(candidates), exact, event, empty)
+
+    def _read_dp(self, conn: sqlite3.Connection, query: Query, dataset: DatasetSpec,
+                 columns: dict[str, ColumnSpec], requester: str, now: datetime, version: str,
+                 grants: list[_GrantRow], left_out: list[_GrantRow], epsilon: int,
+                 owners: dict[int, list[str]], trivial: bool, source: str, dense: bool
+                 ) -> _Plan:
+        """The dp read phase: contribution-bounded aggregates per customer, partition
+        selection (unless every group-by column declares its keys public), noise on what is
+        released. Every customer in the consent filter is read and debited, whatever the
+        filters match: who is debited must not depend on the data."""
+        l0, public = _group_bounds(query, columns)
+        stats = self._aggregate_dp(conn, source, query, dataset, columns, dense, trivial,
+                                   l0, public)
+        selected = bool(query.group_by) and public is None
+        parts = int(selected) + sum(2 if m.aggregate == "avg" else 1 for m in query.measures)
+        share = privacy.split(epsilon, parts)
+        if not query.group_by:
+            keys: list[tuple[Any, ...]] = [()]
+        elif public is not None:
+            keys = public
+        else:
+            counts = {json.dumps(list(key)): g["units"] for key, g in stats.items()}
+            chosen = privacy.select_groups(counts, l0, share, self.settings.delta)
+            keys = sorted((tuple(json.loads(k)) for k in chosen), key=_sort_key)
+        noisy = _noisy_groups(query, dataset, columns, keys, stats, share, l0,
+                              self._quantile_rows(conn, source, query, columns, dense, trivial)
+                              if any(m.aggregate == "quantile" for m in query.measures)
+                              else {})
+        used = sorted(owners)
+        ids = [g.grant_id for g in grants]
+        out = [g.grant_id for g in left_out]
+        extra = {"epsilon": privacy.from_micro(epsilon),
+                 "delta": self.settings.delta if selected else 0}
+        event = self._event(conn, query, requester, now, "answered", "ok", used, ids,
+                            released=bool(noisy), left_out=out, extra=extra)
+        return _Plan(version, grants, epsilon, used, [], [], [], 0, {}, event, event, out,
+                     noisy, selected)
 
     def _commit(self, conn: sqlite3.Connection, batch: Batch, plan: _Plan, query: Query,
                 requester: str, now: datetime, nonce: Nonce | None
-                ) -> tuple[int, list[tuple[Any, ...]], int]:
+                ) -> tuple[int, list[tuple[Any, ...]]]:
         """The write phase, one job of a group-commit batch: confirm that consent did not
-        shrink since the read, debit budgets atomically, apply the overlap control and
-        append the access event. Every check comes before the first write (a refusal leaves
-        nothing behind); writes that cannot fail a check are deferred to the batch's end."""
+        shrink since the read, check and debit budgets atomically, apply the overlap
+        control (threshold mode) and append the access event. Every check comes before the
+        first write (a refusal leaves nothing behind); writes that cannot fail a check are
+        deferred to the batch's end."""
         version = batch.memo.get("consent_version")
         if version is None:  # only other connections change consent, never this batch
             version = batch.memo["consent_version"] = _consent_version(conn)
         if version != plan.consent_version:
             raise _Stale
-        limited = [g.grant_id for g in plan.used_grants if g.limited or g.dp_epsilon]
-        spend = plan.epsilon or 0.0
-        _check_budgets(conn, limited, spend)
+        dp_mode = plan.epsilon is not None
+        spend = plan.epsilon or 0
+        limited = [g for g in plan.used_grants if g.limited or dp_mode]
+        _check_budgets(conn, limited, spend, {g.grant_id: self.budget(g) for g in limited}
+                       if dp_mode else {})
         if nonce is not None:  # the last check and the first write: spent with the event
             _spend(conn, nonce)
-        released, suppressed = [], plan.suppressed
+        released: list[tuple[Any, ...]] = []
         for (key, group), digest, blob in zip(plan.candidates, plan.digests, plan.blobs,
                                               strict=True):
             # blob None: the snapshot showed this very set released, and releases are final.
@@ -415,49 +533,60 @@ class QueryEngine:
                 if blob is not None:
                     batch.after_commit(lambda d=digest: self._remember_release(
                         requester, query.dataset, d))
-            else:
-                suppressed += 1
-        # Only grants with a budget keep a counter (narrow grant_usage rows); the others'
-        # use is counted from the access log's grant sets when a wallet asks.
-        _debit(conn, [g.grant_id for g in plan.used_grants if g.dp_epsilon], spend)
-        _debit(conn, [g.grant_id for g in plan.used_grants if g.limited and not g.dp_epsilon],
-               0.0)
-        seq, _ = accesslog.append_batched(conn, batch, plan.event, plan.used_sids,
-                                          [g.grant_id for g in plan.used_grants])
-        return seq, released, suppressed
+        # In dp mode every used grant is debited its epsilon; in threshold mode only grants
+        # with max_queries keep a counter (narrow grant_usage rows), the others' use is
+        # counted from the access log's grant sets when a wallet asks.
+        _debit(conn, [g.grant_id for g in limited], spend)
+        event = plan.event if (released or plan.noisy) else plan.empty_event
+        seq, _ = accesslog.append_batched(conn, batch, event, plan.used_sids,
+                                          [g.grant_id for g in plan.used_grants],
+                                          plan.left_out)
+        return seq, released
 
     def _remember_release(self, requester: str, dataset: str, digest: str) -> None:
         if len(self._released) >= RELEASED_CACHE_SIZE:
             self._released.clear()
         self._released.add((requester, dataset, digest))
 
-    def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec,
-               columns: dict[str, ColumnSpec], requester: str, now: datetime, seq: int,
-               released: list[tuple[Any, ...]], suppressed: int) -> dict[str, Any]:
-        groups = dict(plan.candidates)
-        epsilon = plan.epsilon
-        values = [plan.exact[key] if epsilon is None
-                  else _noisy_values(query, dataset, columns, groups[key], epsilon)
-                  for key in released]
-        return {
+    def _reply(self, plan: _Plan, query: Query, dataset: DatasetSpec, requester: str,
+               now: datetime, seq: int, released: list[tuple[Any, ...]]) -> dict[str, Any]:
+        answer: dict[str, Any] = {
             "dataset": dataset.name, "purpose": query.purpose, "requester": requester,
-            "node": self.node_did, "k": self.settings.k,
+            "node": self.node_did, "mode": self.settings.privacy,
             "measures": [m.label for m in query.measures], "group_by": list(query.group_by),
-            "groups": [{"key": list(key), "values": v}
-                       for key, v in zip(released, values, strict=True)],
-            "suppressed_groups": suppressed,
-            "dp": {"epsilon": epsilon, "mechanism": "laplace", "library": "opendp"}
-            if epsilon else None,
             "answered_at": iso(now), "event_seq": seq,
         }
+        if plan.epsilon is None:
+            answer["k"] = self.settings.k
+            answer["groups"] = [{"key": list(key), "values": plan.exact[key]}
+                                for key in released]
+            answer["dp"] = None
+            if not released:
+                answer["note"] = (f"nothing was released: no group had at least k="
+                                  f"{self.settings.k} consenting customers that an earlier "
+                                  "answer had not nearly covered already")
+            return answer
+        answer["groups"] = plan.noisy
+        answer["dp"] = {
+            "epsilon": privacy.from_micro(plan.epsilon),
+            "delta": self.settings.delta if plan.selected else 0,
+            "unit": "customer", "confidence": privacy.CONFIDENCE, "library": "opendp",
+            "mechanisms": _mechanisms(query, plan.selected),
+        }
+        if not plan.noisy:
+            answer["note"] = ("nothing was released: no group had enough consenting customers "
+                              "to pass the noisy release threshold")
+        return answer
 
     def _eligible(self, conn: sqlite3.Connection, query: Query, requester: str,
-                  grants: list[_GrantRow], versions: str | None = None) -> dict[int, list[str]]:
+                  grants: list[_GrantRow], versions: str | None = None
+                  ) -> tuple[dict[int, list[str]], bool]:
         """Fill temp._eligible with the sids bound to the grants' subjects (the consent
-        filter); skipped when this thread's temp table already holds exactly that set.
-        Returns each eligible sid's subject DIDs (a customer may be bound to several)."""
+        filter) and each sid's privacy unit; skipped when this thread's temp table already
+        holds exactly that set. Returns each eligible sid's subject DIDs (a customer may be
+        bound to several) and whether every unit is a single sid."""
         if query.grant_ids:
-            owners, listed, marker = _eligible_set(
+            owners, listed, marker, trivial = _eligible_set(
                 _bound_sids(conn, {g.subject for g in grants}))
         else:
             view = self._view(conn, requester, query.purpose, versions)
@@ -466,15 +595,17 @@ class QueryEngine:
             if found is None:
                 found = view.remember(key, _eligible_set(
                     {g.subject: view.sids.get(g.subject, []) for g in grants}))
-            owners, listed, marker = found
+            owners, listed, marker, trivial = found
         if getattr(self._local, "eligible", None) != marker:
             self._local.eligible = None  # unknown until the snapshot commits
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY)")
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY, "
+                         "unit INTEGER NOT NULL)")
             conn.execute("DELETE FROM temp._eligible")
-            conn.execute("INSERT INTO temp._eligible (sid) SELECT value FROM json_each(?)",
-                         (listed,))
+            conn.execute("INSERT INTO temp._eligible (sid, unit) SELECT "
+                         "json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                         "FROM json_each(?)", (listed,))
             self.vault.after_snapshot(conn, lambda: setattr(self._local, "eligible", marker))
-        return owners
+        return owners, trivial
 
     def _source(self, conn: sqlite3.Connection, dataset: DatasetSpec,
                 columns: dict[str, ColumnSpec]) -> str:
@@ -526,41 +657,25 @@ class QueryEngine:
         return " AND ".join(clauses), params
 
     def _aggregate(self, conn: sqlite3.Connection, source: str, query: Query,
-                   dataset: DatasetSpec, columns: dict[str, ColumnSpec],
-                   epsilon: float | None, dense: bool) -> dict[tuple[Any, ...], _Group]:
-        """Two-level SQL, one pass over the data: the inner level groups by (group keys,
-        subject) and yields per-subject partials and row fingerprints; the outer level
-        sums them per group, counts subjects, lists (subject, fingerprint) pairs for the
-        overlap control and, under a DP budget, sums the contribution-bounded partials.
-        With a covering index on the first group-by column, the inner level reads the index
-        in (group, subject) order: no sort, no table lookups."""
+                   dense: bool) -> dict[tuple[Any, ...], _Group]:
+        """Threshold mode. Two-level SQL, one pass over the data: the inner level groups by
+        (group keys, subject) and yields per-subject partials and row fingerprints; the outer
+        level sums them per group, counts subjects and lists (subject, fingerprint) pairs for
+        the overlap control. With a covering index on the first group-by column, the inner
+        level reads the index in (group, subject) order: no sort, no table lookups."""
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
         outer_keys = [f"k{i}" for i in range(len(keys))]
-        numeric = sorted({m.column for m in query.measures
-                          if m.column and m.aggregate != "quantile"})
-        extremes = {m.column for m in query.measures if m.aggregate in ("min", "max")}
-        cap = dataset.max_rows_per_subject
+        numeric = sorted({m.column for m in query.measures if m.column})
         # The row-fingerprint sum says which rows of a subject were used (keyed, 40-bit).
         inner = [*(f"{k} AS {o}" for k, o in zip(keys, outer_keys, strict=True)), "sid",
                  "COUNT(*) AS r", "SUM(rfp) AS f"]
         outer = [*outer_keys, "COUNT(*)", "SUM(r)", "GROUP_CONCAT(sid)",
                  f"GROUP_CONCAT(r * {FP_ROWS} + f)"]
-        if epsilon is not None:
-            outer.append(f"SUM(MIN(r, {cap}))")
         for i, name in enumerate(numeric):
             col = f'"{plain_column(name)}"'
             inner += [f"COUNT({col}) AS n{i}", f"SUM({col}) AS s{i}"]
             outer += [f"SUM(n{i})", f"SUM(s{i})"]
-            if name in extremes:
-                inner += [f"MIN({col}) AS lo{i}", f"MAX({col}) AS hi{i}"]
-                outer += [f"MIN(lo{i})", f"MAX(hi{i})"]
-            if epsilon is not None:
-                outer.append(f"SUM(MIN(n{i}, {cap}))")
-                bounds = columns[name].bounds
-                if bounds is not None:
-                    low, high = (cap * min(bounds[0], 0.0), cap * max(bounds[1], 0.0))
-                    outer.append(f"TOTAL(MAX(MIN(COALESCE(s{i}, 0), {high!r}), {low!r}))")
-        where, params = self._where(query, columns, dense)
+        where, params = self._where(query, self._columns(query), dense)
         group_inner = ", ".join([*keys, "sid"])
         sql = (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)} FROM {source} "
                f"WHERE {where} GROUP BY {group_inner})"
@@ -571,71 +686,120 @@ class QueryEngine:
             subjects, rows, sids, fps = row[width:width + 4]
             group = _Group(subjects, rows, [int(s) for s in sids.split(",")],
                            [int(f) % FP_MOD for f in fps.split(",")])
-            at = width + 4
-            if epsilon is not None:
-                group.capped["rows"] = row[at]
-                at += 1
-            for name in numeric:
-                stat = [row[at], row[at + 1] or 0, None, None]
-                at += 2
-                if name in extremes:
-                    stat[2], stat[3] = row[at], row[at + 1]
-                    at += 2
-                if epsilon is not None:
-                    group.capped[f"n:{name}"] = row[at]
-                    at += 1
-                    if columns[name].bounds is not None:
-                        group.capped[f"s:{name}"] = row[at]
-                        at += 1
-                group.stats[name] = stat
+            for i, name in enumerate(numeric):
+                at = width + 4 + 2 * i
+                group.stats[name] = [row[at], row[at + 1] or 0]
             groups[tuple(row[:width])] = group
         return groups
 
-    def _values(self, conn: sqlite3.Connection, source: str, query: Query,
-                columns: dict[str, ColumnSpec], key: tuple[Any, ...], group: _Group,
-                dense: bool) -> dict[str, Any]:
+    def _columns(self, query: Query) -> dict[str, ColumnSpec]:
+        dataset = self.datamap.datasets[query.dataset]
+        return {name: dataset.columns[name] for name in query.columns()}
+
+    def _aggregate_dp(self, conn: sqlite3.Connection, source: str, query: Query,
+                      dataset: DatasetSpec, columns: dict[str, ColumnSpec], dense: bool,
+                      trivial: bool, l0: int, public: list[tuple[Any, ...]] | None
+                      ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """Contribution-bounded aggregates per group, in one SQL pass: the inner level groups
+        by (group keys, unit) with each value clamped to its bounds; the middle level (only
+        when a unit could span more groups than ``l0``) keeps each unit's ``l0`` groups with
+        the most rows; the outer level counts units and sums each unit's rows and counts
+        capped at ``max_rows_per_subject`` and its clamped sum capped at that many values."""
+        keys = [f'"{plain_column(g)}"' for g in query.group_by]
+        outer_keys = [f"k{i}" for i in range(len(keys))]
+        cap = dataset.max_rows_per_subject
+        unit = "sid" if trivial else "(SELECT unit FROM temp._eligible e WHERE e.sid = t.sid)"
+        inner = [*(f"{k} AS {o}" for k, o in zip(keys, outer_keys, strict=True)),
+                 f"{unit} AS u", "COUNT(*) AS r"]
+        outer = [*outer_keys, "COUNT(*)", f"SUM(MIN(r, {cap}))"]
+        names: list[str] = ["units", "rows"]
+        summed = {m.column for m in query.measures if m.aggregate in ("sum", "avg")}
+        counted = sorted({m.column for m in query.measures
+                          if m.column and m.aggregate in ("count", "avg")})
+        for i, name in enumerate(counted):
+            inner.append(f'COUNT("{plain_column(name)}") AS n{i}')
+            outer.append(f"SUM(MIN(n{i}, {cap}))")
+            names.append(f"n:{name}")
+        for i, name in enumerate(sorted(c for c in summed if c)):
+            low, high = columns[name].bounds or (0.0, 0.0)
+            col = f'"{plain_column(name)}"'
+            inner.append(f"SUM(MIN(MAX({col}, {low!r}), {high!r})) AS s{i}")
+            outer.append(f"TOTAL(MAX(MIN(COALESCE(s{i}, 0), {cap * max(high, 0.0)!r}), "
+                         f"{cap * min(low, 0.0)!r}))")
+            names.append(f"s:{name}")
+        where, params = self._where(query, columns, dense)
+        where, params = _public_filter(where, params, query, columns)
+        middle = (f"SELECT {', '.join(inner)} FROM {source} AS t WHERE {where} "
+                  f"GROUP BY {', '.join([*keys, 'u'])}")
+        if query.group_by and not (public is not None and l0 >= len(public)):
+            middle = (f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY u ORDER BY "
+                      f"r DESC, {', '.join(outer_keys)}) AS g FROM ({middle})) WHERE g <= {l0}")
+        sql = (f"SELECT {', '.join(outer)} FROM ({middle})"
+               + (f" GROUP BY {', '.join(outer_keys)}" if keys else " HAVING COUNT(*) > 0"))
+        width = len(keys)
+        return {tuple(row[:width]): dict(zip(names, row[width:], strict=True))
+                for row in conn.execute(sql, params)}
+
+    def _quantile_rows(self, conn: sqlite3.Connection, source: str, query: Query,
+                       columns: dict[str, ColumnSpec], dense: bool, trivial: bool
+                       ) -> dict[str, dict[tuple[Any, ...], list[float]]]:
+        """Per quantile column, per group: the values a quantile may use, clamped to the
+        bounds, at most ``max_rows_per_subject`` per unit and group, in at most l0 groups per
+        unit (each unit's groups with the most rows)."""
+        dataset = self.datamap.datasets[query.dataset]
+        cap = dataset.max_rows_per_subject
+        l0, _ = _group_bounds(query, columns)
+        keys = [f'"{plain_column(g)}"' for g in query.group_by]
+        unit = "sid" if trivial else "(SELECT unit FROM temp._eligible e WHERE e.sid = t.sid)"
+        where, params = self._where(query, columns, dense)
+        where, params = _public_filter(where, params, query, columns)
+        found: dict[str, dict[tuple[Any, ...], list[float]]] = {}
+        for name in sorted({m.column or "" for m in query.measures
+                            if m.aggregate == "quantile"}):
+            low, high = columns[name].bounds or (0.0, 0.0)
+            col = f'"{plain_column(name)}"'
+            per_unit: dict[Any, dict[tuple[Any, ...], list[float]]] = {}
+            for row in conn.execute(
+                    f"SELECT {', '.join([*keys, unit])}, {col} FROM {source} AS t WHERE {where} "
+                    f"AND {col} IS NOT NULL ORDER BY rfp", params):
+                by_key = per_unit.setdefault(row[-2], {})
+                values = by_key.setdefault(tuple(row[:-2]), [])
+                if len(values) < cap:
+                    values.append(min(max(float(row[-1]), low), high))
+            groups: dict[tuple[Any, ...], list[float]] = {}
+            for by_key in per_unit.values():
+                kept = sorted(by_key, key=lambda k, b=by_key: (-len(b[k]), _sort_key(k)))[:l0]
+                for key in kept:
+                    groups.setdefault(key, []).extend(by_key[key])
+            found[name] = groups
+        return found
+
+    @staticmethod
+    def _values(query: Query, group: _Group) -> dict[str, Any]:
+        """Threshold mode: a group's exact count, sum and avg."""
         values: dict[str, Any] = {}
         for measure in query.measures:
             if measure.aggregate == "count":
                 values[measure.label] = (group.rows if measure.column is None
                                          else int(group.stats.get(measure.column, [0])[0]))
-            elif measure.aggregate == "quantile":
-                values[measure.label] = self._quantile(conn, source, query, columns, key,
-                                                       measure.column or "", measure.q or 0.5,
-                                                       dense)
             else:
-                n, total, low, high = group.stats[measure.column or ""]
-                values[measure.label] = {"sum": total, "min": low, "max": high,
-                                         "avg": total / n if n else None}[measure.aggregate]
+                n, total = group.stats[measure.column or ""]
+                values[measure.label] = total if measure.aggregate == "sum" \
+                    else (total / n if n else None)
         return values
-
-    def _quantile(self, conn: sqlite3.Connection, source: str, query: Query,
-                  columns: dict[str, ColumnSpec], key: tuple[Any, ...], column: str,
-                  q: float, dense: bool) -> float | None:
-        where, params = self._where(query, columns, dense)
-        for name, value in zip(query.group_by, key, strict=True):
-            where += f' AND "{plain_column(name)}" IS ?'
-            params.append(value)
-        col = f'"{plain_column(column)}"'
-        values = [r[0] for r in conn.execute(
-            f"SELECT {col} FROM {source} WHERE {where} AND {col} IS NOT NULL ORDER BY {col}",
-            params)]
-        if not values:
-            return None
-        # Linear interpolation between closest ranks (the "type 7" definition).
-        pos = q * (len(values) - 1)
-        low = int(pos)
-        high = min(low + 1, len(values) - 1)
-        return float(values[low] + (values[high] - values[low]) * (pos - low))
 
     # -- access log -----------------------------------------------------------------------------
 
     def _event(self, conn: sqlite3.Connection, query: Query | None, requester: str,
                now: datetime, outcome: str, reason: str, sids: list[int],
-               grant_ids: list[str]) -> accesslog.PreparedEvent:
+               grant_ids: list[str], *, released: bool = False,
+               left_out: list[str] | None = None, extra: dict[str, Any] | None = None
+               ) -> accesslog.PreparedEvent:
         """The access event, canonicalised outside the write transaction. It names the grants
-        and subjects used by their sets' sizes and Merkle roots (accesslog.set_commitment),
-        so no customer's event shows another customer's grant ids."""
+        debited, the subjects read and the grants left out (budget spent) by their sets'
+        sizes and Merkle roots (accesslog.set_commitment), so no customer's event shows
+        another customer's grant ids; ``mode`` and ``released`` say how the answer was made
+        and whether it released anything, ``epsilon`` what each debited grant paid."""
         view = self._views.get((requester, query.purpose)) if query else None
         key = ("event", tuple(sids), tuple(grant_ids))
         found = view.memo.get(key) if view is not None else None
@@ -649,53 +813,81 @@ class QueryEngine:
             if view is not None and not missing:  # only what the view alone determines
                 view.remember(key, found)
         (subject_count, subjects_root), (grant_count, grants_root) = found
+        left_count, left_root = accesslog.set_commitment(left_out or [])
         return accesslog.prepare({
             "v": accesslog.EVENT_VERSION, "time": iso(now), "node": self.node_did,
             "requester": requester, "purpose": query.purpose if query else None,
             "dataset": query.dataset if query else None, "outcome": outcome, "reason": reason,
+            "mode": self.settings.privacy, "released": released, "epsilon": None,
             "grant_count": grant_count, "grants_root": grants_root,
             "subject_count": subject_count, "subjects_root": subjects_root,
+            "left_out_count": left_count, "left_out_root": left_root, **(extra or {}),
         })
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,
-                    exc: RequestError, nonce: Nonce | None = None) -> None:
+                    exc: RequestError, nonce: Nonce | None = None,
+                    left_out: list[str] | None = None) -> None:
+        """Log a refusal: nothing released, nothing debited. ``left_out``: grants that were
+        left out because their budget was spent (so their customers see why)."""
         try:
             query: Query | None = query_from_dict(raw_query)
         except RequestError:
             query = None
         grant_ids = list(query.grant_ids) if query else []
+        left = sorted(left_out or [])
 
         def record(conn: sqlite3.Connection, batch: Batch) -> None:
             # Only grant ids the node actually holds are linked, so a subject sees refusals
             # that named its grants, and made-up ids do not pollute the index.
             known = [g for g in grant_ids if conn.execute(
                 "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
-            event = self._event(conn, query, requester, now, "refused", exc.reason, [], known)
+            known = [g for g in known if g not in left]
+            event = self._event(conn, query, requester, now, "refused", exc.reason, [], known,
+                                left_out=left)
             if nonce is not None:  # spent by the refusal too (unless that was the refusal)
                 conn.execute("INSERT OR IGNORE INTO replay_nonces (nonce, expires) "
                              "VALUES (?, ?)", (nonce.value, nonce.expires))
-            accesslog.append_batched(conn, batch, event, [], sorted(known))
+            accesslog.append_batched(conn, batch, event, [], sorted(known), left)
 
         self.vault.commit(record)
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def _eligible_set(by_subject: dict[str, list[int]]) -> tuple[dict[int, list[str]], str, bytes]:
-    """(sid -> subject DIDs, the sids as a JSON list, its digest) for the consent filter."""
+def _eligible_set(by_subject: dict[str, list[int]]
+                  ) -> tuple[dict[int, list[str]], str, bytes, bool]:
+    """(sid -> subject DIDs, [[sid, unit], ...] as JSON, its digest, every unit one sid)
+    for the consent filter. A privacy unit is a set of sids linked through the customers
+    bound to them (union-find): all of one customer's rows always fall in one unit, so
+    bounding each unit's contribution bounds each customer's."""
     owners: dict[int, list[str]] = {}
+    parent: dict[int, int] = {}
+
+    def root(sid: int) -> int:
+        while parent[sid] != sid:
+            parent[sid] = parent[parent[sid]]
+            sid = parent[sid]
+        return sid
+
     for subject, sids in by_subject.items():
         for sid in sids:
             owners.setdefault(sid, []).append(subject)
-    listed = json.dumps(sorted(owners))
-    return owners, listed, hashlib.sha256(listed.encode()).digest()
+            parent.setdefault(sid, sid)
+        for sid in sids[1:]:
+            a, b = root(sids[0]), root(sid)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    units = {sid: root(sid) for sid in sorted(owners)}
+    listed = json.dumps([[sid, unit] for sid, unit in units.items()])
+    trivial = all(sid == unit for sid, unit in units.items())
+    return owners, listed, hashlib.sha256(listed.encode()).digest(), trivial
 
 
-def _active(view: _ConsentView, scopes: frozenset[str], ts: float
+def _active(view: _ConsentView, scopes: frozenset[str], ts: float, dp_mode: bool
             ) -> list[tuple[tuple[Any, ...], _GrantRow | None]]:
     """The view's grants valid at ``ts`` covering ``scopes``, each with its ready row when it
-    has no budget (None: budgets are read live). Kept in the view until the next moment a
-    grant becomes valid or expires."""
+    has no budget (None: budgets are read live; in dp mode every grant has one). Kept in the
+    view until the next moment a grant becomes valid or expires."""
     found = view.memo.get(("active", scopes))
     if found is not None and found[0] <= ts < found[1]:
         return found[2]  # type: ignore[no-any-return]
@@ -704,9 +896,9 @@ def _active(view: _ConsentView, scopes: frozenset[str], ts: float
         gid, subject, granted, nbf, exp, max_q, eps = grant
         until = min(until, *(t for t in (nbf, exp) if t > ts), float("inf"))
         if nbf <= ts < exp and scopes <= granted:
-            budgeted = max_q is not None or bool(eps)
+            budgeted = dp_mode or max_q is not None or bool(eps)
             active.append((grant, None if budgeted
-                           else _GrantRow(gid, subject, granted, eps, 0.0, False)))
+                           else _GrantRow(gid, subject, granted, eps, 0, False)))
     view.remember(("active", scopes), (ts, until, active))
     return active
 
@@ -750,31 +942,33 @@ def _subject_refs(conn: sqlite3.Connection, sids: list[int]) -> dict[int, str]:
                              "(SELECT value FROM json_each(?))", (json.dumps(sids),)))
 
 
-def _check_budgets(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
-    """Inside the write transaction: every limited grant still has a query (and ``epsilon``)
-    left, else a concurrent query spent it and the query is read again (and then refused or
-    answered without that grant)."""
-    if not grant_ids:
+def _check_budgets(conn: sqlite3.Connection, grants: list[_GrantRow], epsilon: int,
+                   budgets: dict[str, int]) -> None:
+    """Inside the write transaction: every grant still has a query (max_queries) and, in dp
+    mode, ``epsilon`` micro-epsilon of its budget left (``budgets``; integers, compared
+    exactly), else a concurrent query spent it and the query is read again (and then answered
+    without that grant, or refused)."""
+    if not grants:
         return
-    for _, used, max_q, spent, eps in conn.execute(
+    for gid, used, max_q, spent in conn.execute(
             "SELECT grant_id, COALESCE(u.queries_used, 0), max_queries, "
-            "COALESCE(u.epsilon_spent, 0), dp_epsilon FROM grants g LEFT JOIN grant_usage u "
+            "COALESCE(u.spent_micro, 0) FROM grants g LEFT JOIN grant_usage u "
             "USING (grant_id) WHERE grant_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(grant_ids),)):
+            (json.dumps([g.grant_id for g in grants]),)):
         if max_q is not None and used >= max_q:
             raise _Stale
-        if eps and spent + epsilon > eps + EPS_TOLERANCE:
+        if gid in budgets and spent + epsilon > budgets[gid]:
             raise _Stale
 
 
-def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: float) -> None:
-    """Debit one query and ``epsilon`` from each budgeted grant (checked by
+def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: int) -> None:
+    """Debit one query and ``epsilon`` micro-epsilon from each grant (checked by
     ``_check_budgets`` earlier in the same transaction)."""
     if grant_ids:
-        conn.execute("INSERT INTO grant_usage (grant_id, queries_used, epsilon_spent) "
+        conn.execute("INSERT INTO grant_usage (grant_id, queries_used, spent_micro) "
                      "SELECT value, 1, ? FROM json_each(?) WHERE true "
                      "ON CONFLICT (grant_id) DO UPDATE SET queries_used = queries_used + 1, "
-                     "epsilon_spent = epsilon_spent + excluded.epsilon_spent",
+                     "spent_micro = spent_micro + excluded.spent_micro",
                      (epsilon, json.dumps(grant_ids)))
 
 
@@ -871,43 +1065,95 @@ def _releasable(conn: sqlite3.Connection, requester: str, dataset: str, group: _
     return True
 
 
-def _laplace(value: float, scale: float) -> float:
-    measurement = dp.m.make_laplace(dp.atom_domain(T=float, nan=False),
-                                    dp.absolute_distance(T=float), scale=scale)
-    return float(measurement(float(value)))
+MAX_PUBLIC_GROUPS = 10_000
 
 
-def _check_dp_bounds(query: Query, columns: dict[str, ColumnSpec]) -> None:
-    for measure in query.measures:
-        if measure.aggregate in ("sum", "avg") and columns[measure.column or ""].bounds is None:
-            raise PreconditionFailed(
-                f"column {measure.column!r} has no bounds in the data map, so a private sum "
-                "cannot be calibrated; the operator adds bounds = [low, high]",
-                reason="dp-bounds")
+def _group_bounds(query: Query, columns: dict[str, ColumnSpec]
+                  ) -> tuple[int, list[tuple[Any, ...]] | None]:
+    """(l0: how many groups one customer may touch, the public group keys if every group-by
+    column declares its keys public, else None)."""
+    if not query.group_by:
+        return 1, None
+    l0 = 1
+    for name in query.group_by:
+        l0 *= columns[name].group_bound or 1
+    if not all(columns[name].public_keys is not None for name in query.group_by):
+        return l0, None
+    size = 1
+    for name in query.group_by:
+        size *= len(columns[name].public_keys or ())
+    if size > MAX_PUBLIC_GROUPS:
+        raise InvalidRequest(f"grouping by {', '.join(query.group_by)} makes {size} public "
+                             f"groups, more than {MAX_PUBLIC_GROUPS}; group by fewer columns",
+                             reason="too-many-groups")
+    keys = itertools.product(*(columns[name].public_keys or () for name in query.group_by))
+    return l0, sorted(keys, key=_sort_key)
 
 
-def _noisy_values(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
-                  group: _Group, epsilon: float) -> dict[str, Any]:
-    """Laplace mechanism per measure on contribution-bounded sums (each subject counts at
-    most ``max_rows_per_subject`` rows, each value clamped to the column's bounds);
-    epsilon split evenly (avg costs a sum and a count)."""
-    parts = sum(2 if m.aggregate == "avg" else 1 for m in query.measures)
-    eps = epsilon / parts
+def _public_filter(where: str, params: list[Any], query: Query,
+                   columns: dict[str, ColumnSpec]) -> tuple[str, list[Any]]:
+    """Rows whose group key is not among a column's declared public keys never count."""
+    for name in query.group_by:
+        keys = columns[name].public_keys
+        if keys is not None:
+            where += f' AND "{plain_column(name)}" IN ({", ".join("?" for _ in keys)})'
+            params = [*params, *(_coerce(k, columns[name]) for k in keys)]
+    return where, params
+
+
+def _noisy_groups(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
+                  keys: list[tuple[Any, ...]], stats: dict[tuple[Any, ...], dict[str, Any]],
+                  share: Fraction, l0: int, quantiles: dict[str, dict[tuple[Any, ...],
+                                                                  list[float]]]
+                  ) -> list[dict[str, Any]]:
+    """Each released group's noisy values and their accuracy, one OpenDP measurement per
+    measure over all released groups (a customer changes at most ``l0`` of them)."""
     cap = dataset.max_rows_per_subject
-    values: dict[str, Any] = {}
+
+    def stat(name: str) -> list[Any]:
+        return [stats.get(key, {}).get(name) or 0 for key in keys]
+
+    values: list[dict[str, Any]] = [{} for _ in keys]
+    accuracy: list[dict[str, Any]] = [{} for _ in keys]
     for measure in query.measures:
-        if measure.column is None or measure.aggregate == "count":
-            count = group.capped["rows" if measure.column is None else f"n:{measure.column}"]
-            values[measure.label] = max(0, round(_laplace(count, cap / eps)))
-            continue
-        low, high = columns[measure.column].bounds or (0.0, 0.0)
-        total = group.capped[f"s:{measure.column}"]
-        sensitivity = cap * max(abs(low), abs(high))
-        if measure.aggregate == "sum":
-            values[measure.label] = _laplace(total, sensitivity / eps)
-        else:
-            count = group.capped[f"n:{measure.column}"]
-            noisy_count = max(1.0, _laplace(count, cap / eps))
-            noisy = _laplace(total, sensitivity / eps) / noisy_count
-            values[measure.label] = min(max(noisy, low), high)
-    return values
+        column = columns.get(measure.column or "")
+        if measure.aggregate == "count":
+            released, _ = privacy.noisy_counts(
+                [int(v) for v in stat("rows" if column is None else f"n:{column.name}")],
+                l0 * cap, share)
+        elif measure.aggregate == "quantile" and column is not None:
+            low, high = column.bounds or (0.0, 0.0)
+            candidates = privacy.quantile_candidates(low, high, column.type == "integer")
+            by_key = quantiles.get(column.name, {})
+            released = [privacy.noisy_quantile(by_key.get(key, []), candidates,
+                                                measure.q or 0.5, cap, share / l0)
+                        for key in keys]
+        elif column is not None:
+            low, high = column.bounds or (0.0, 0.0)
+            integer = column.type == "integer" and low.is_integer() and high.is_integer()
+            released, sum_half = privacy.noisy_sums(
+                [float(v) for v in stat(f"s:{column.name}")],
+                l0 * cap * max(abs(low), abs(high)), share, integer)
+            if measure.aggregate == "avg":
+                counts, count_half = privacy.noisy_counts(
+                    [int(v) for v in stat(f"n:{column.name}")], l0 * cap, share)
+                released = [privacy.ratio(total, count, sum_half, count_half, low, high)
+                            for total, count in zip(released, counts, strict=True)]
+        for i, item in enumerate(released):
+            values[i][measure.label] = item.value
+            accuracy[i][measure.label] = item.accuracy()
+    return [{"key": list(key), "values": v, "accuracy": a}
+            for key, v, a in zip(keys, values, accuracy, strict=True)]
+
+
+def _mechanisms(query: Query, selected: bool) -> list[str]:
+    """The OpenDP mechanisms an answer used, for the answer and the docs."""
+    used = ["laplace-threshold partition selection"] if selected else []
+    kinds = {m.aggregate for m in query.measures}
+    if kinds & {"count", "avg"}:
+        used.append("discrete laplace (counts)")
+    if kinds & {"sum", "avg"}:
+        used.append("laplace (sums)")
+    if "quantile" in kinds:
+        used.append("exponential-mechanism quantile")
+    return used

@@ -14,7 +14,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent_node import accesslog
+from agent_node import accesslog, privacy
 from agent_node.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -48,11 +48,13 @@ def _ts(moment: datetime) -> float:
 
 class GrantStore:
     def __init__(self, vault: Vault, node_did: str, *, max_ttl: timedelta,
-                 clock_skew: timedelta) -> None:
+                 clock_skew: timedelta, default_budget: float | None = None) -> None:
         self.vault = vault
         self.node_did = node_did
         self.max_ttl = max_ttl
         self.clock_skew = clock_skew
+        #: dp mode: the budget of a grant whose wallet set none (None: threshold mode)
+        self.default_budget = default_budget
 
     def verify(self, credential: Any, now: datetime) -> Grant:
         if not isinstance(credential, dict):
@@ -138,7 +140,7 @@ class GrantStore:
             else:
                 rows = [_as_dict(conn, r) for r in conn.execute(
                     "SELECT * FROM grants WHERE subject = ? ORDER BY received_at", (caller,))]
-            return [_status(row, _usage(conn, row), now) for row in rows]
+            return [self._status(row, _usage(conn, row), now) for row in rows]
 
     def overview(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Every grant the node holds, as ``status`` gives it plus its ``subject`` DID, in the
@@ -147,18 +149,32 @@ class GrantStore:
         with self.vault.connection() as conn:
             rows = [_as_dict(conn, r) for r in conn.execute(
                 "SELECT * FROM grants ORDER BY received_at, grant_id")]
-            return [{**_status(row, _usage(conn, row), now), "subject": row["subject"]}
+            return [{**self._status(row, _usage(conn, row), now), "subject": row["subject"]}
                     for row in rows]
 
+    def _status(self, row: dict[str, Any], usage: tuple[int, int], now: datetime
+                ) -> dict[str, Any]:
+        """A grant's status; in dp mode with its budget (the wallet's, else the node's
+        default), what was spent and what is left, exactly (micro-epsilon)."""
+        status = _status(row, usage, now)
+        budget = row["dp_epsilon"] or self.default_budget
+        if budget is not None:
+            total = privacy.to_micro(budget, up=False)
+            status["epsilon_budget"] = privacy.from_micro(total)
+            status["epsilon_left"] = privacy.from_micro(max(0, total - usage[1]))
+        return status
 
-def _usage(conn: sqlite3.Connection, row: dict[str, Any]) -> tuple[int, float]:
-    """(queries used, epsilon spent): budgeted grants keep exact counters in grant_usage
-    (debited atomically with each answer); the others count their answered access events."""
-    if row["max_queries"] is None and not row["dp_epsilon"]:
-        return accesslog.answered_with(conn, row["grant_id"]), 0.0
-    found = conn.execute("SELECT queries_used, epsilon_spent FROM grant_usage "
+
+def _usage(conn: sqlite3.Connection, row: dict[str, Any]) -> tuple[int, int]:
+    """(queries used, micro-epsilon spent): grants with max_queries or a DP budget keep
+    exact counters in grant_usage (debited atomically with each answer); the others count
+    their answered access events (and, in dp mode, keep their epsilon in grant_usage too)."""
+    found = conn.execute("SELECT queries_used, spent_micro FROM grant_usage "
                          "WHERE grant_id = ?", (row["grant_id"],)).fetchone()
-    return (int(found[0]), float(found[1])) if found else (0, 0.0)
+    spent = int(found[1]) if found else 0
+    if row["max_queries"] is None and not row["dp_epsilon"]:
+        return accesslog.answered_with(conn, row["grant_id"]), spent
+    return (int(found[0]), spent) if found else (0, 0)
 
 
 def _as_dict(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -171,7 +187,7 @@ def _grant_row(conn: sqlite3.Connection, grant_id: str) -> dict[str, Any] | None
     return _as_dict(conn, row) if row else None
 
 
-def _status(row: dict[str, Any], usage: tuple[int, float], now: datetime) -> dict[str, Any]:
+def _status(row: dict[str, Any], usage: tuple[int, int], now: datetime) -> dict[str, Any]:
     if row["revoked_at"]:
         state = "revoked"
     elif now.timestamp() >= row["expires"]:
@@ -184,7 +200,7 @@ def _status(row: dict[str, Any], usage: tuple[int, float], now: datetime) -> dic
         "grant_id": row["grant_id"], "status": state, "requester": row["requester"],
         "purpose": row["purpose"], "scopes": row["scopes"].split(","),
         "queries_used": usage[0], "max_queries": row["max_queries"],
-        "epsilon_spent": usage[1], "dp_epsilon": row["dp_epsilon"],
+        "epsilon_spent": privacy.from_micro(usage[1]), "dp_epsilon": row["dp_epsilon"],
         "expires": iso(datetime.fromtimestamp(row["expires"], UTC)),
         "revoked_at": row["revoked_at"],
     }

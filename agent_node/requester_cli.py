@@ -72,17 +72,37 @@ def init(home: str, passphrase_file: Path | None, profile: str) -> None:
 
 
 def _table(answer: Answer) -> str:
+    """The answer as a table; in dp mode each value with its 95 % interval (or, for a
+    quantile, how many rows its rank may be off), then the mode and its parameters."""
     headers = [*answer.group_by, *answer.measures]
-    rows = [[*map(str, g["key"]), *(_fmt(g["values"].get(m)) for m in answer.measures)]
+    rows = [[*map(str, g["key"]), *(_cell(g, m) for m in answer.measures)]
             for g in answer.groups]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.append(f"({answer.suppressed_groups} group(s) withheld: fewer than k={answer.k} "
-                 "subjects or too close to an earlier answer)")
+    if answer.note:
+        lines.append(f"({answer.note})")
     if answer.dp:
-        lines.append(f"(differentially private, epsilon {answer.dp['epsilon']:g})")
+        delta = answer.dp.get("delta") or 0
+        lines.append(f"(differentially private per customer: epsilon {answer.dp['epsilon']:g}"
+                     + (f", delta {delta:g}" if delta else "")
+                     + f"; [a, b] = {answer.dp['confidence'] * 100:g} % interval; OpenDP: "
+                     + ", ".join(answer.dp.get("mechanisms", [])) + ")")
+    else:
+        lines.append(f"(threshold mode: groups of at least k={answer.k} customers, exact "
+                     "values, no differential privacy)")
     return "\n".join(lines)
+
+
+def _cell(group: dict[str, Any], measure: str) -> str:
+    value = _fmt(group["values"].get(measure))
+    accuracy = group.get("accuracy", {}).get(measure)
+    if not accuracy:
+        return value
+    if "ci95" in accuracy:
+        low, high = accuracy["ci95"]
+        return f"{value} [{_fmt(round(low, 2))}, {_fmt(round(high, 2))}]"
+    return f"{value} (rank +/- {_fmt(accuracy.get('rank_error'))})"
 
 
 def _fmt(value: Any) -> str:
@@ -99,12 +119,14 @@ def _fmt(value: Any) -> str:
               help="the node's TLS CA certificate (PEM)")
 @click.option("--dataset", required=True)
 @click.option("--measure", "measures", multiple=True, required=True,
-              help="count | sum:COL | avg:COL | min:COL | max:COL | quantile:COL:Q")
+              help="count | count:COL | sum:COL | avg:COL | quantile:COL:Q | median:COL")
 @click.option("--group-by", "group_by", multiple=True)
 @click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
 @click.option("--purpose", required=True)
 @click.option("--grant", "grants", multiple=True, help="grant id(s) to use (default: all)")
-@click.option("--epsilon", type=float, default=None, help="privacy cost to spend")
+@click.option("--epsilon", type=float, default=None,
+              help="privacy cost of this answer to each customer it reads (dp mode; within "
+                   "the node's bounds, default the node's default_epsilon)")
 @click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
 def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: str,
         measures: tuple[str, ...], group_by: tuple[str, ...], filters: tuple[str, ...],

@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from agent_node import accesslog
-from agent_node.engine import EngineSettings, QueryEngine
+from agent_node.engine import QueryEngine
 from agent_node.grantstore import GrantStore
 from agent_node.home import NodeHome
 from agent_node.service import SERVICE_NAME, Metrics, NodeService, add_to_server
@@ -48,10 +48,11 @@ def build_service(home: NodeHome) -> NodeService:
     vault = Vault(home.vault_path, home.keys)
     datamap = home.datamap()
     config = home.config
-    engine = QueryEngine(vault, datamap, home.identity.did,
-                         EngineSettings(k=config.k, default_epsilon=config.default_epsilon))
+    settings = config.privacy_settings()
+    engine = QueryEngine(vault, datamap, home.identity.did, settings)
     grants = GrantStore(vault, home.identity.did, max_ttl=config.max_ttl,
-                        clock_skew=config.clock_skew)
+                        clock_skew=config.clock_skew,
+                        default_budget=settings.grant_budget if settings.dp else None)
     return NodeService(home, vault, engine, grants, Metrics())
 
 

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -64,13 +65,13 @@ CREATE TABLE IF NOT EXISTS grants (
   received_at TEXT NOT NULL, revoked_at TEXT, revocation TEXT);
 CREATE TABLE IF NOT EXISTS grant_usage (
   grant_id TEXT PRIMARY KEY, queries_used INTEGER NOT NULL DEFAULT 0,
-  epsilon_spent REAL NOT NULL DEFAULT 0) WITHOUT ROWID;
+  epsilon_spent REAL NOT NULL DEFAULT 0, spent_micro INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grants_requester ON grants(requester, purpose);
 CREATE INDEX IF NOT EXISTS grants_subject ON grants(subject);
 CREATE TABLE IF NOT EXISTS access_log (
   seq INTEGER PRIMARY KEY, time TEXT NOT NULL, body TEXT NOT NULL, body_digest TEXT NOT NULL,
   prev_hash TEXT NOT NULL, hash TEXT NOT NULL, subject_set INTEGER, grant_set INTEGER,
-  answered INTEGER NOT NULL DEFAULT 0);
+  answered INTEGER NOT NULL DEFAULT 0, left_out_set INTEGER);
 CREATE TABLE IF NOT EXISTS access_sets (
   id INTEGER PRIMARY KEY, kind TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
   UNIQUE (kind, digest));
@@ -290,6 +291,29 @@ class _PartialJob(Exception):
     """A job raised after writing: the batch must not commit."""
 
 
+def _upgrade_budgets(conn: sqlite3.Connection) -> None:
+    """Vaults from before exact budgets kept only ``epsilon_spent`` (REAL): add the integer
+    micro-epsilon counter, rounded up from it (a budget is never under-counted)."""
+    def done() -> bool:
+        return "spent_micro" in {r[1] for r in conn.execute("PRAGMA table_info(grant_usage)")}
+
+    if done():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if done():  # another process upgraded it meanwhile
+            conn.execute("COMMIT")
+            return
+        conn.execute("ALTER TABLE grant_usage ADD COLUMN spent_micro INTEGER NOT NULL DEFAULT 0")
+        conn.executemany("UPDATE grant_usage SET spent_micro = ? WHERE grant_id = ?",
+                         [(math.ceil(spent * 1_000_000), gid) for gid, spent in conn.execute(
+                             "SELECT grant_id, epsilon_spent FROM grant_usage").fetchall()])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class Vault:
     """Opens connections to the vault database, one per thread."""
 
@@ -300,6 +324,7 @@ class Vault:
         with self.connection() as conn:
             conn.executescript(SCHEMA)
             accesslog.upgrade(conn)
+            _upgrade_budgets(conn)
         self.committer = GroupCommitter(self._open, self.path.with_name(
             self.path.name + ".write-lock"))
         self._layouts: dict[int, tuple[DatasetSpec, str]] = {}

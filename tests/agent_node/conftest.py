@@ -66,14 +66,14 @@ source = "crm"
 table = "contacts"
 subject_key = ["customer_id"]
 row_key = ["contact_id"]
-max_rows_per_subject = 10
+max_rows_per_subject = 6
 
 [datasets.contacts.columns]
 age = { type = "integer", scope = "transaction", bounds = [17, 100], index = true }
-job = { type = "text", scope = "transaction", index = true }
-duration = { type = "integer", scope = "transaction", bounds = [0, 5000] }
-education = { type = "text", scope = "identity" }
-y = { type = "text", scope = "sentiment" }
+job = { type = "text", scope = "transaction", index = true, groups_per_subject = 3 }
+duration = { type = "integer", scope = "transaction", bounds = [0, 1500] }
+education = { type = "text", scope = "identity", groups_per_subject = 3 }
+y = { type = "text", scope = "sentiment", public_keys = ["no", "yes"] }
 """
 
 
@@ -102,11 +102,24 @@ class NodeProcess:
         return NodeClient(self.address, self.ca_pem, who)
 
 
-def make_home(tmp: Path, source_toml: str) -> Path:
+def make_home(tmp: Path, source_toml: str, privacy: str = "dp") -> Path:
     home = tmp / "node"
     run_cli("sov-node", "init", "--home", str(home), "--name", "test-node", "--region", "eu-test")
     (home / "datamap.toml").write_text(source_toml + DATASET_TOML)
+    if privacy != "dp":
+        set_privacy(home, privacy)
     return home
+
+
+def set_privacy(home: Path, privacy: str, **settings: Any) -> None:
+    """Set node.toml's ``privacy`` (and other [node] keys) as an operator would."""
+    import tomllib
+
+    import tomli_w
+
+    config = tomllib.loads((home / "node.toml").read_text())
+    config["node"].update(privacy=privacy, **settings)
+    (home / "node.toml").write_text(tomli_w.dumps(config))
 
 
 def bind_all(home: Path, wallets: list[Identity]) -> None:
@@ -191,8 +204,14 @@ class InProcessNode:
     wallets: list[Identity]
 
 
-def in_process_node(tmp: Path, rows: list[dict[str, Any]], name: str) -> InProcessNode:
-    """A synced vault over a SQLite source, every customer bound to a fresh wallet."""
+THRESHOLD = EngineSettings(k=5, privacy="threshold")
+
+
+def in_process_node(tmp: Path, rows: list[dict[str, Any]], name: str,
+                    settings: EngineSettings | None = None) -> InProcessNode:
+    """A synced vault over a SQLite source, every customer bound to a fresh wallet; the
+    engine in dp mode unless ``settings`` say otherwise (THRESHOLD where exact answers and
+    the overlap control are the point)."""
     write_sqlite(tmp / "crm.db", rows)
     home = init_home(tmp / "node", PASSPHRASE, name=name)
     home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
@@ -202,7 +221,9 @@ def in_process_node(tmp: Path, rows: list[dict[str, Any]], name: str) -> InProce
     wallets = [Identity.generate() for _ in range(SUBJECTS)]
     for i, wallet in enumerate(wallets):
         vault.bind([f"C{i:03d}"], wallet.did)
-    engine = QueryEngine(vault, home.datamap(), home.identity.did, EngineSettings(k=5))
+    settings = settings or EngineSettings(k=5)
+    engine = QueryEngine(vault, home.datamap(), home.identity.did, settings)
     store = GrantStore(vault, home.identity.did, max_ttl=timedelta(hours=72),
-                       clock_skew=timedelta(minutes=5))
+                       clock_skew=timedelta(minutes=5),
+                       default_budget=settings.grant_budget if settings.dp else None)
     return InProcessNode(home, vault, engine, store, wallets)

@@ -25,7 +25,7 @@ from agent_node.vault import Batch, Vault
 from consent.canonical import canonicalize
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
-from tests.agent_node.conftest import PASSPHRASE, InProcessNode, in_process_node
+from tests.agent_node.conftest import PASSPHRASE, THRESHOLD, InProcessNode, in_process_node
 
 PURPOSE = "marketing-analytics"
 
@@ -36,6 +36,14 @@ Env = InProcessNode
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Env:
     return in_process_node(tmp_path_factory.mktemp("fast-paths"), bank_rows, "fast")
+
+
+@pytest.fixture(scope="module")
+def exact(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Env:
+    """The same node in threshold mode, where exact aggregates and the overlap control are
+    the point of a test."""
+    return in_process_node(tmp_path_factory.mktemp("fast-exact"), bank_rows, "exact",
+                           THRESHOLD)
 
 
 def _grant(env: Env, wallet: Identity, requester: Identity, **kw: Any) -> str:
@@ -217,18 +225,17 @@ def test_batched_events_chain_like_single_appends(env: Env) -> None:
 # -- answers --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("plan", ["seek-each-subject", "filter-then-check-consent"])
-def test_two_level_sql_gives_exact_aggregates(env: Env, bank_rows: list[dict[str, Any]],
+def test_two_level_sql_gives_exact_aggregates(exact: Env, bank_rows: list[dict[str, Any]],
                                               plan: str, monkeypatch: pytest.MonkeyPatch
                                               ) -> None:
     # The engine picks a plan by how many subjects consented; both must answer alike.
     monkeypatch.setattr(engine_module, "DENSE_FRACTION", 0 if plan.startswith("seek") else 10**9)
     requester = Identity.generate()
-    for wallet in env.wallets:
-        _grant(env, wallet, requester)
-    answer = env.engine.run({
+    for wallet in exact.wallets:
+        _grant(exact, wallet, requester)
+    answer = exact.engine.run({
         "dataset": "contacts", "purpose": PURPOSE, "group_by": ["job"],
-        "measures": ["count", "sum:duration", "avg:age", "min:age", "max:duration",
-                     "median:age"],
+        "measures": ["count", "sum:duration", "avg:age"],
         "filters": [{"column": "age", "op": "ge", "value": 30}]}, requester.did)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in bank_rows:
@@ -243,25 +250,23 @@ def test_two_level_sql_gives_exact_aggregates(env: Env, bank_rows: list[dict[str
         assert got[job]["count"] == len(rows)
         assert got[job]["sum:duration"] == sum(r["duration"] for r in rows)
         assert got[job]["avg:age"] == pytest.approx(sum(ages) / len(ages))
-        assert got[job]["min:age"] == ages[0]
-        assert got[job]["max:duration"] == max(r["duration"] for r in rows)
-        mid = (len(ages) - 1) / 2
-        assert got[job]["quantile:age:0.5"] == pytest.approx(
-            ages[int(mid)] + (ages[min(int(mid) + 1, len(ages) - 1)] - ages[int(mid)])
-            * (mid - int(mid)))
-    assert answer["suppressed_groups"] == len(groups) - len(expected)
+    assert answer["mode"] == "threshold" and "suppressed_groups" not in answer
 
 
-def test_dp_answer_uses_bounded_contributions(env: Env) -> None:
+def test_dp_answer_uses_bounded_contributions(env: Env, bank_rows: list[dict[str, Any]]
+                                              ) -> None:
     requester = Identity.generate()
     for wallet in env.wallets:
         _grant(env, wallet, requester, purpose="service-improvement", dp_epsilon=5.0)
     answer = env.engine.run({"dataset": "contacts", "purpose": "service-improvement",
-                             "measures": ["count", "avg:age"], "epsilon": 4.0}, requester.did)
-    values = answer["groups"][0]["values"]
-    # 50 subjects x at most 10 rows each: a count far above 500 would mean no bounding.
-    assert 0 <= values["count"] < 700
+                             "measures": ["count", "avg:age"], "epsilon": 2.0}, requester.did)
+    values, accuracy = answer["groups"][0]["values"], answer["groups"][0]["accuracy"]
+    # 50 customers x 6 rows; the count's noise has scale 6 / (2 / 3) = 9: more than 200 off
+    # with probability exp(-200 / 9) < 1e-9.
+    assert abs(values["count"] - len(bank_rows)) < 200
     assert 17 <= values["avg:age"] <= 100  # clamped to the column's bounds
+    low, high = accuracy["count"]["ci95"]
+    assert low <= values["count"] <= high and high - low == pytest.approx(2 * 9 * 3, rel=0.1)
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -280,7 +285,7 @@ def test_query_budget_holds_under_concurrent_queries(env: Env) -> None:
     assert status["queries_used"] == 3
 
 
-def test_overlap_control_holds_under_concurrent_queries(env: Env,
+def test_overlap_control_holds_under_concurrent_queries(exact: Env,
                                                         bank_rows: list[dict[str, Any]]
                                                         ) -> None:
     """Fired together, the whole total and the total without a handful of customers must
@@ -290,21 +295,23 @@ def test_overlap_control_holds_under_concurrent_queries(env: Env,
                if 0 < len({r["customer_id"] for r in bank_rows if r["age"] == a}) < 5)
     for round_ in range(3):
         attacker = Identity.generate()
-        for wallet in env.wallets:
-            _grant(env, wallet, attacker, purpose="renewal-warning")
+        for wallet in exact.wallets:
+            _grant(exact, wallet, attacker, purpose="renewal-warning")
         base = {"dataset": "contacts", "purpose": "renewal-warning",
                 "measures": ["sum:duration"]}
         queries = [base, {**base, "filters": [{"column": "age", "op": "ne", "value": age}]}]
-        results = _run_all(lambda i, q=queries, who=attacker.did: env.engine.run(q[i % 2], who),
-                           6)
+        results = _run_all(lambda i, q=queries, who=attacker.did: exact.engine.run(q[i % 2],
+                                                                                   who), 6)
         released = {i % 2 for i, r in enumerate(results) if r["groups"]}
         assert len(released) == 1, f"round {round_}: both totals were released"
 
 
-def test_revocation_between_read_and_write_is_honoured(env: Env, monkeypatch: Any) -> None:
+def test_revocation_between_read_and_write_is_honoured(exact: Env, monkeypatch: Any) -> None:
     """A revocation committed after a query's read phase but before its write phase makes
     the query read again, so the revoked customer's rows are not in the answer. (The read
-    phase is wrapped, not mocked, only to place the revocation exactly there.)"""
+    phase is wrapped, not mocked, only to place the revocation exactly there; threshold
+    mode, so the count is exact.)"""
+    env = exact
     requester = Identity.generate()
     ids = [_grant(env, w, requester, purpose="quote-generation") for w in env.wallets]
     query = {"dataset": "contacts", "purpose": "quote-generation", "measures": ["count"]}

@@ -32,6 +32,7 @@ from tests.agent_node.conftest import (
     PASSPHRASE,
     bind_all,
     run_cli,
+    set_privacy,
     write_sqlite,
 )
 
@@ -67,6 +68,8 @@ def gm_home(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, 
     (home / "datamap.toml").write_text(
         f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n' + DATASET_TOML)
     run_cli("sov-node", "sync", "--home", str(home))
+    # Threshold mode: these tests are about SM2 sessions, and compare repeated answers.
+    set_privacy(home, "threshold")
     wallets = [Identity.generate("gm") for _ in range(WALLETS)]
     bind_all(home, wallets)
     requester = Identity.generate("gm")

@@ -46,6 +46,7 @@ from tests.agent_node.conftest import (
     env,
     run_cli,
     serve,
+    set_privacy,
     stop,
     write_sqlite,
 )
@@ -63,6 +64,8 @@ def _home(tmp: Path, rows: list[dict[str, Any]], profile: str) -> Path:
     (home / "datamap.toml").write_text(
         f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n' + DATASET_TOML)
     run_cli("sov-node", "sync", "--home", str(home))
+    # Threshold mode: these tests compare exact answers across crypto profiles and workers.
+    set_privacy(home, "threshold")
     return home
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
-from tests.agent_node.conftest import SUBJECTS, in_process_node, run_cli
+from tests.agent_node.conftest import SUBJECTS, THRESHOLD, in_process_node, run_cli
 
 PURPOSE = "quote-generation"
 QUERY = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"]}
@@ -28,7 +28,9 @@ def _last_event(vault: Any) -> dict[str, Any]:
 
 
 def test_list_and_unbind(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
-    node = in_process_node(tmp_path, bank_rows, "subjects")
+    # Threshold mode: the point below is that an unbinding shows in the very next answer,
+    # which the overlap control then withholds.
+    node = in_process_node(tmp_path, bank_rows, "subjects", THRESHOLD)
     listed = json.loads(_cli(node.home, "list", "--json").stdout)
     assert len(listed) == SUBJECTS
     assert {b["did"] for b in listed} == {w.did for w in node.wallets}
@@ -49,7 +51,8 @@ def test_list_and_unbind(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> Non
     # customer, so the overlap control withholds it (it would reveal that customer's count).
     after = node.engine.run(QUERY, requester.did)
     assert _last_event(node.vault)["subject_count"] == 11
-    assert after["groups"] == [] and after["suppressed_groups"] == 1
+    assert after["groups"] == [] and "nothing was released" in after["note"]
+    assert _last_event(node.vault)["released"] is False
     assert len(json.loads(_cli(node.home, "list", "--json").stdout)) == SUBJECTS - 1
 
     again = _cli(node.home, "unbind", "C000", node.wallets[0].did, check=False)

@@ -42,7 +42,9 @@ def _children(pid: int) -> list[int]:
 def home(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Path:
     tmp = tmp_path_factory.mktemp("workers")
     write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    # Threshold mode: the workers must give identical (exact) answers over one chain.
+    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n',
+                     privacy="threshold")
     run_cli("sov-node", "sync", "--home", str(home))
     return home
 

@@ -88,7 +88,7 @@ def test_a_misspelt_sqlite_column_is_refused_not_copied_as_text(
     home = make_home(tmp_path, f'[sources.crm]\nkind = "sqlite"\npath = "{source}"\n')
     datamap = home / "datamap.toml"
     datamap.write_text(datamap.read_text().replace(
-        'job = { type = "text", scope = "transaction", index = true }',
+        'job = { type = "text", scope = "transaction", index = true, groups_per_subject = 3 }',
         'job = { type = "text", scope = "transaction", source_column = "jobb" }'))
     result = run_cli("sov-node", "sync", "--home", str(home), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr

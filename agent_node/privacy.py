@@ -1,0 +1,257 @@
+"""Differential privacy for the node's answers: the mechanisms (all from OpenDP), the exact
+budget arithmetic and the error bounds that travel with every noisy value.
+
+The privacy unit is one customer: every row of every source customer id bound to them (the
+engine merges customers who share a bound id into one unit). The engine bounds each unit's
+contribution before anything here sees the data: at most ``max_rows_per_subject`` rows per
+group, values clamped to the column's data-map bounds, and at most ``l0`` groups per unit.
+Given those bounds this module calibrates
+
+- counts: the discrete Laplace mechanism (``make_laplace`` on integers), L1 sensitivity
+  ``l0 * rows``;
+- sums: the Laplace mechanism (discrete on integer columns), L1 sensitivity
+  ``l0 * rows * max(|low|, |high|)``; an average is a noisy sum over a noisy count;
+- quantiles: OpenDP's exponential-mechanism quantile (``make_private_quantile``) over
+  candidates spread across the column's bounds, ``rows`` changed rows per group, ``l0``
+  groups;
+- group keys not declared public: the Laplace threshold mechanism (``make_laplace_threshold``)
+  on the number of units per group, ``l0`` groups per unit; it is the one part that costs a
+  ``delta`` (the node's ``dp_delta`` per answer).
+
+An answer's epsilon is split evenly between its parts (selection, one per count, sum and
+quantile, two per average). Each part's noise scale is checked against OpenDP's own privacy
+map, and widened if the map says it would cost more than its share: summed in exact
+fractions, an answer never costs more than the epsilon it debits. Budgets are integers of
+micro-epsilon (``MICRO``), so the vault compares and adds them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from fractions import Fraction
+from typing import Any
+
+import opendp.prelude as dp
+
+dp.enable_features("contrib")
+
+MICRO = 1_000_000
+CONFIDENCE = 0.95
+MODES = ("dp", "threshold")
+QUANTILE_CANDIDATES = 201
+MAX_THRESHOLD = 1 << 20
+
+
+class PrivacyError(ValueError):
+    """A mechanism cannot be built for these parameters (a bug or a bad node setting)."""
+
+
+def to_micro(epsilon: float, *, up: bool) -> int:
+    """``epsilon`` in whole micro-epsilon, read from its shortest decimal form (so 0.7 is
+    700000, not 699999) and rounded up (a cost) or down (a budget)."""
+    scaled = Decimal(repr(float(epsilon))) * MICRO
+    return int(scaled.to_integral_value(ROUND_CEILING if up else ROUND_FLOOR))
+
+
+def from_micro(micro: int) -> float:
+    return micro / MICRO
+
+
+@dataclass(frozen=True)
+class Released:
+    """One noisy value and its error bound: ``interval`` holds the true (bounded) value
+    with probability at least ``CONFIDENCE``; ``rank_error`` for quantiles instead."""
+
+    value: float | int
+    interval: tuple[float, float] | None = None
+    rank_error: float | None = None
+
+    def accuracy(self) -> dict[str, Any]:
+        if self.interval is not None:
+            return {"ci95": [self.interval[0], self.interval[1]]}
+        return {"rank_error": self.rank_error}
+
+
+def _fits(measurement: Any, d_in: Any, budget: Fraction) -> bool:
+    """OpenDP's privacy map of ``measurement`` at ``d_in`` is at most ``budget``, exactly."""
+    loss = measurement.map(d_in)
+    return Fraction(loss) <= budget
+
+
+def _calibrated(build: Any, d_in: Any, sensitivity: float, budget: Fraction) -> tuple[Any, float]:
+    """The measurement ``build(scale)`` with the smallest scale tried (sensitivity / epsilon,
+    widened by 1e-12 steps) whose privacy map at ``d_in`` stays within ``budget``."""
+    if budget <= 0:
+        raise PrivacyError("a mechanism needs a positive epsilon")
+    scale = sensitivity / float(budget)
+    for _ in range(64):
+        measurement = build(scale)
+        if _fits(measurement, d_in, budget):
+            return measurement, scale
+        scale *= 1 + 1e-12
+    raise PrivacyError("no noise scale fits this epsilon")  # pragma: no cover
+
+
+def _int_space() -> tuple[Any, Any]:
+    return dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+
+
+def _float_space() -> tuple[Any, Any]:
+    return dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float)
+
+
+def noisy_counts(counts: list[int], l1: int, budget: Fraction) -> tuple[list[Released], float]:
+    """The discrete Laplace mechanism on a vector of counts whose L1 sensitivity is ``l1``;
+    each released count is floored at 0 (post-processing), its interval too. Returns the
+    counts and the interval's half-width."""
+    if not counts:
+        return [], 0.0
+    space = _int_space()
+    measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*space, scale=s), l1,
+                                     float(l1), budget)
+    noisy = measurement([int(c) for c in counts])
+    half = dp.discrete_laplacian_scale_to_accuracy(scale, 1 - CONFIDENCE)
+    return [Released(max(0, int(v)), (float(max(0, v - half)), float(max(0, v + half))))
+            for v in noisy], half
+
+
+def noisy_sums(sums: list[float], l1: float, budget: Fraction, integer: bool
+               ) -> tuple[list[Released], float]:
+    """The Laplace mechanism (discrete for integer columns) on a vector of sums whose L1
+    sensitivity is ``l1``; returns the released sums and the noise scale."""
+    if not sums:
+        return [], 0.0
+    if integer:
+        space = _int_space()
+        d_in: Any = max(1, math.ceil(l1))
+        measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*space, scale=s), d_in,
+                                         float(d_in), budget)
+        noisy = [float(v) for v in measurement([round(s) for s in sums])]
+        half = dp.discrete_laplacian_scale_to_accuracy(scale, 1 - CONFIDENCE)
+    else:
+        space = _float_space()
+        measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*space, scale=s),
+                                         float(l1), float(l1), budget)
+        noisy = [float(v) for v in measurement([float(s) for s in sums])]
+        half = dp.laplacian_scale_to_accuracy(scale, 1 - CONFIDENCE)
+    return [Released(v, (v - half, v + half)) for v in noisy], half
+
+
+def ratio(total: Released, count: Released, sum_half: float, count_half: float,
+          low: float, high: float) -> Released:
+    """An average as noisy sum / noisy count, clamped to the column's bounds. Its interval
+    combines the two at the same confidence (each part's own interval is at 95 %, so the
+    pair holds with at least 90 %; the bounds are then widened to the data-map range when
+    the count's interval reaches 0)."""
+    n = max(1.0, float(count.value))
+    value = min(max(float(total.value) / n, low), high)
+    n_low, n_high = n - count_half, n + count_half
+    if n_low <= 0:
+        return Released(value, (low, high))
+    candidates = [(float(total.value) + d) / m for d in (-sum_half, sum_half)
+                  for m in (n_low, n_high)]
+    return Released(value, (max(low, min(candidates)), min(high, max(candidates))))
+
+
+class _ThresholdCache:
+    """The smallest integer threshold whose delta fits, per (scale, l0, delta): the search
+    builds a few dozen measurements, so it runs once per parameter set."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[float, int, float], int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, scale: float, l0: int, delta: float, budget: Fraction) -> Any:
+        key = (scale, l0, delta)
+        space = (dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int)),
+                 dp.l01inf_distance(dp.absolute_distance(T=int)))
+        d_in = (l0, l0, 1)
+
+        def build(threshold: int) -> Any:
+            return dp.m.make_laplace_threshold(*space, scale=scale, threshold=threshold)
+
+        with self._lock:
+            threshold = self._found.get(key)
+        if threshold is None:
+            low, high = 1, MAX_THRESHOLD
+            while low < high:
+                mid = (low + high) // 2
+                eps, found_delta = build(mid).map(d_in)
+                if found_delta <= delta:
+                    high = mid
+                else:
+                    low = mid + 1
+            threshold = low
+            with self._lock:
+                self._found[key] = threshold
+        measurement = build(threshold)
+        eps, found_delta = measurement.map(d_in)
+        if Fraction(eps) > budget or found_delta > delta:
+            raise PrivacyError("the partition selection does not fit its epsilon and delta")
+        return measurement, threshold
+
+
+_THRESHOLDS = _ThresholdCache()
+
+
+def select_groups(unit_counts: dict[str, int], l0: int, budget: Fraction, delta: float
+                  ) -> set[str]:
+    """The Laplace threshold mechanism on customers per group: the keys it releases. A key
+    present in the data is released only if its noisy count of customers clears a threshold
+    chosen so that releasing it costs at most ``delta``; absent keys are never released."""
+    if not unit_counts:
+        return set()
+    scale = l0 / float(budget)
+    for _ in range(64):
+        try:
+            measurement, _ = _THRESHOLDS.get(scale, l0, delta, budget)
+            break
+        except PrivacyError:
+            scale *= 1 + 1e-12
+    else:  # pragma: no cover
+        raise PrivacyError("no partition selection fits this epsilon")
+    return set(measurement(dict(unit_counts)))
+
+
+def selection_threshold(l0: int, budget: Fraction, delta: float) -> int:
+    """The threshold ``select_groups`` uses (about how many customers a group needs to have
+    an even chance of release), for the docs and the answer's note."""
+    return int(_THRESHOLDS.get(l0 / float(budget), l0, delta, budget)[1])
+
+
+def quantile_candidates(low: float, high: float, integer: bool) -> list[float]:
+    """Candidates spread over the column's bounds: every integer when there are few, else
+    QUANTILE_CANDIDATES evenly spaced values."""
+    if integer and high - low + 1 <= QUANTILE_CANDIDATES:
+        return [float(v) for v in range(math.ceil(low), math.floor(high) + 1)]
+    step = (high - low) / (QUANTILE_CANDIDATES - 1)
+    return [low + i * step for i in range(QUANTILE_CANDIDATES)]
+
+
+def noisy_quantile(values: list[float], candidates: list[float], alpha: float, rows: int,
+                   budget: Fraction) -> Released:
+    """OpenDP's exponential-mechanism quantile over ``candidates``; ``rows`` is how many of
+    ``values`` one customer may change. ``rank_error``: with probability 0.95 the released
+    candidate is within that many rows (in rank) of the true ``alpha``-quantile."""
+    space = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance())
+
+    def build(scale: float) -> Any:
+        return dp.m.make_private_quantile(*space, dp.max_divergence(), candidates=candidates,
+                                          alpha=alpha, scale=scale)
+
+    reference = build(1.0).map(rows)  # the loss at scale 1: loss scales as 1 / scale
+    measurement, _ = _calibrated(build, rows, float(reference), budget)
+    value = float(measurement([float(v) for v in values]))
+    # The exponential mechanism's bound: with probability 1 - beta the chosen candidate's
+    # score is within 2 * sensitivity * ln(C / beta) / epsilon of the best, and a customer's
+    # rows move the true quantile's rank by at most ``rows``.
+    rank_error = 2 * rows * math.log(len(candidates) / (1 - CONFIDENCE)) / float(budget)
+    return Released(value, None, round(rank_error, 1))
+
+
+def split(epsilon_micro: int, parts: int) -> Fraction:
+    """Each part's share of an answer's epsilon (exact)."""
+    return Fraction(epsilon_micro, MICRO * parts)
