@@ -235,8 +235,10 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
     print(f"  order system: {orders_db} ({CUSTOMERS} customers from the telco churn dataset)")
     print("  chat store: " + (f"PostgreSQL database {PG_DATABASE}" if with_chats else
                              "PostgreSQL not reachable at 127.0.0.1:5432 - skipped"))
-    run(["sov-node", "init", "--home", str(node_home), "--name", "distributor-eu",
-         "--region", "eu-west", "--listen", "127.0.0.1:0"], env)
+    created = run(["sov-node", "init", "--home", str(node_home), "--name", "distributor-eu",
+                   "--region", "eu-west", "--listen", "127.0.0.1:0"], env)
+    node_did = created.stdout.split("DID: ", 1)[1].split()[0]
+    register_and_refuse(work, env, ledger_home, ledger_addr, node_did)
     (node_home / "datamap.toml").write_text(datamap(orders_db, with_chats))
     configure_node_ledger(node_home, ledger_addr, ledger_home)
     run(["sov-node", "sync", "--home", str(node_home)], env)
@@ -282,6 +284,22 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
     run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
          str(work / "node-receipts")], env)
     audit(work, env, ledger_home, alice_home)
+
+
+def register_and_refuse(work: Path, env: dict[str, str], ledger_home: Path, ledger_addr: str,
+                        node_did: str) -> None:
+    """The ledger takes entries only from authors its operator registered (ledger.authority)."""
+    say("   The ledger operator registers the node as an author; anyone else is refused")
+    run(["sov-ledger", "authors", "add", "--home", str(ledger_home), node_did,
+         "--name", "distributor-eu", "--role", "node"], env)
+    forged = work / "forged-erasure.json"  # what an attacker with the public CA could send
+    forged.write_text(json.dumps({
+        "type": "erasure", "schema_version": 1, "time": "2026-01-01T00:00:00Z",
+        "proof_digest": "0" * 64, "subject_commitment": "1" * 64, "node": node_did}))
+    result = run(["sov-ledger", "submit", "--ledger", ledger_addr, "--ca",
+                  str(ledger_home / "tls" / "ca.pem"), str(forged)], env, check=False)
+    if result.returncode == 0 or "UNAUTHENTICATED" not in result.stderr:
+        sys.exit("the ledger accepted an unauthenticated entry: the demo expected a refusal")
 
 
 def configure_node_ledger(node_home: Path, ledger_addr: str, ledger_home: Path) -> None:
@@ -341,7 +359,8 @@ def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) 
     bundle, report = work / "audit-bundle.json", work / "audit-report.html"
     run(["sov-audit", "bundle", "--log-key", str(log_key), "-o", str(bundle),
          *map(str, receipts)], env)
-    run(["sov-audit", "report", "--log-key", str(log_key), "-o", str(report), str(bundle)], env)
+    run(["sov-audit", "report", "--log-key", str(log_key), "--since", "24h", "-o", str(report),
+         str(bundle)], env)
     kept = Path.cwd() / "demo-audit-report.html"
     shutil.copyfile(report, kept)
     print(f"  the HTML report is kept at {kept}")

@@ -245,6 +245,43 @@ def append(
     _guard(run)
 
 
+@main.command()
+@click.argument("events_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--ledger", "address", required=True, help="The ledger service (host:port).")
+@click.option("--ca", "ca_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The ledger service's CA certificate.")
+@click.option("--log-key", "log_key_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="The log's public key (log-public.json) to check the receipts against.")
+@click.option("-o", "--out-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Write one receipt-<index>.json per event here (default: print them).")
+def submit(events_file: Path, address: str, ca_path: Path, log_key_path: Path | None,
+           out_dir: Path | None) -> None:
+    """Send the signed events in EVENTS_FILE to a running ledger service as one batch.
+
+    What a node or the coordinator does, from the command line: each event must be signed
+    by a registered author (ledger.authority), else the service refuses the whole batch.
+    """
+    from ledger.client import LedgerClient
+    from ledger.models import LogPublicKey
+
+    def run() -> None:
+        try:
+            doc = json.loads(events_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"cannot read {events_file} as JSON") from exc
+        events = doc if isinstance(doc, list) else [doc]
+        if not all(isinstance(e, dict) for e in events):
+            raise LedgerError(f"{events_file} must hold a JSON object or a list of objects")
+        log_key = LogPublicKey.load(log_key_path) if log_key_path else None
+        with LedgerClient(address, ca_path.read_bytes(), log_key=log_key) as client:
+            receipts = client.append_many(events)
+        for receipt in receipts:
+            _emit(receipt.dumps(), out_dir, f"receipt-{receipt.index}.json")
+
+    _guard(run)
+
+
 def _emit(text: str, out_dir: Path | None, name: str) -> None:
     if out_dir is None:
         click.echo(text, nl=False)

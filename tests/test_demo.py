@@ -18,6 +18,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "orders: 0 added, 0 updated, 0 removed" in out  # the second sync is incremental
     assert "group(s) withheld" in out                        # k-suppression is visible
+    assert "registered did:key:" in out and "(UNAUTHENTICATED)" in out  # an unsigned append
+
     assert "use sentiment data" in out                       # an ungranted scope is refused
     assert "in the ledger]" in out                           # access checked against the ledger
     assert "(+13 other customers' grants)" in out            # others' grants only as a count
@@ -28,4 +30,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "consent-wallet --home" in own and " receipts --out " in own
     assert "revocation-" in own and "audit-key --yes --json" in own
     assert "sov-audit report" in own and "--subject-did did:key:" in own
-    assert (tmp_path / "demo-audit-report.html").exists()
+    assert "event(s) (since 24h ago (" in out                # the range, said in words
+    report = (tmp_path / "demo-audit-report.html").read_text()
+    # The officer's report: accesses and refusals from the nodes' heads, grant -> revocation.
+    assert 'data-outcome="answered">0<' not in report and 'data-outcome="refused">0<' not in report
+    assert "revoked by <a href=" in report and "used under <a href=" in report

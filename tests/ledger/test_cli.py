@@ -250,3 +250,24 @@ def test_local_append_follows_the_services_rules(tmp_path: Path) -> None:
     assert "already (entry 0), a replayed append" in output
     proof = _run(ledger_cli, ["consistency", "--home", str(home), "1"])
     assert json.loads(proof)["new_checkpoint"].split("\n")[1] == "1"  # one entry, written once
+
+
+def test_submit_sends_signed_events_to_a_served_ledger(tmp_path: Path) -> None:
+    from tests.wallet.conftest import LedgerProcess
+
+    ledger = LedgerProcess(tmp_path)
+    try:
+        ledger.register(NODE.did)
+        events_file = tmp_path / "head.json"
+        head = make_event("access_head", node=NODE.did, head="cd" * 32, sequence=1)
+        common = ["submit", "--ledger", ledger.address, "--ca", str(ledger.ca_path)]
+        events_file.write_text(json.dumps(head))
+        output = _run(ledger_cli, [*common, str(events_file)], code=1)
+        assert "(UNAUTHENTICATED): nothing was appended" in output
+        events_file.write_text(json.dumps(sign_entry(head, NODE)))
+        receipt = json.loads(_run(ledger_cli, [*common, "--log-key",
+                                               str(ledger.home / "log-public.json"),
+                                               str(events_file)]))
+        assert receipt["index"] == 0 and receipt["entry"]["author"] == NODE.did
+    finally:
+        ledger.stop()
