@@ -57,7 +57,12 @@ def test_documented_command_uses_real_options(line: str) -> None:
     group = TOOLS[words[0]]
     command = group.commands.get(words[1])
     assert command is not None, f"{words[0]} has no subcommand {words[1]!r}"
+    rest = words[2:]
+    while isinstance(command, click.Group):  # e.g. sov-ledger authors add
+        command = command.commands.get(rest[0]) if rest else None
+        assert command is not None, f"{line!r} names no subcommand of its group"
+        rest = rest[1:]
     known = {opt for param in command.params for opt in getattr(param, "opts", [])}
-    for word in words[2:]:
+    for word in rest:
         if word.startswith("-") and not word.lstrip("-").isdigit():
             assert word.split("=", 1)[0] in known, f"{words[0]} {words[1]} has no {word}"
