@@ -81,6 +81,18 @@ def init(home: str, passphrase_file: Path | None, name: str, region: str, profil
     click.echo(f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
 
 
+@main.command(name="identity")
+@home_option
+@pass_option
+def identity_command(home: str, passphrase_file: Path | None) -> None:
+    """Print the node's signed identity document (JSON) for wallets to pin its DID ahead."""
+    from consent.rotation import issue_node_document
+
+    node = _open(home, passphrase_file)
+    click.echo(json.dumps(issue_node_document(node.identity, name=node.config.name,
+                                              region=node.config.region), indent=2))
+
+
 @main.command(name="rotate-key")
 @home_option
 @pass_option

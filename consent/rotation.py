@@ -12,6 +12,9 @@ The node keeps every statement it made (``sov-node rotate-key``) and serves them
 NodeInfo (``rotations``); a wallet that pinned ``previous`` follows a chain of them to the DID
 the node presents now (``follow``), and refuses any other change of DID unless its owner says
 ``consent-wallet nodes trust ADDRESS --new-did DID``. Both sides import this module.
+
+It also defines the node's self-signed ``NodeIdentity`` document (``sov-node identity``): an
+operator publishes it so that wallets pin the node's DID before the first contact.
 """
 
 from __future__ import annotations
@@ -85,6 +88,36 @@ def follow(pinned: str, presented: str, statements: Sequence[Any]) -> list[Rotat
         chain.append(step)
         current = step.did
     return chain
+
+
+NODE_DOCUMENT_TYPE = "NodeIdentity"
+
+
+def issue_node_document(identity: Identity, *, name: str, region: str,
+                        now: datetime | None = None) -> dict[str, Any]:
+    """A node's self-signed identity document (``sov-node identity``), for its operator to
+    publish so that wallets pin its DID ahead of the first contact
+    (``consent-wallet nodes add ADDRESS --ca FILE --node-doc FILE``)."""
+    document = {"type": NODE_DOCUMENT_TYPE, "v": VERSION, "did": identity.did, "name": name,
+                "region": region,
+                "issued": format_time((now or datetime.now(UTC)).replace(microsecond=0))}
+    return sign_document(document, identity)
+
+
+def verify_node_document(document: Any) -> str:
+    """The DID a node identity document pins, once its proof is checked to be by that DID."""
+    if not isinstance(document, dict) or document.get("type") != NODE_DOCUMENT_TYPE \
+            or document.get("v") != VERSION:
+        raise RotationError(f"not a {NODE_DOCUMENT_TYPE} document (version {VERSION}): "
+                            "get it from the node's operator (sov-node identity)")
+    _check_did(document.get("did"))
+    try:
+        signer = verify_document(document)
+    except ConsentError as exc:
+        raise RotationError(f"the node document's proof does not verify ({exc})") from None
+    if signer != document["did"]:
+        raise RotationError("the node document is not signed by the DID it names")
+    return str(signer)
 
 
 def _check_did(value: Any) -> None:

@@ -147,12 +147,20 @@ def nodes() -> None:
 @click.option("--did", "expected_did",
               help="The node's DID as its operator published it: pinned ahead, so a node "
                    "presenting another is refused (default: pin what it presents now).")
+@click.option("--node-doc", "node_doc", type=click.Path(dir_okay=False, path_type=Path),
+              help="The node's signed identity document (from `sov-node identity`), got out "
+                   "of band: pins the DID it names, like --did.")
 @json_option
 @pass_ctx
 def nodes_add(ctx: Context, address: str, ca_file: Path, expected_did: str | None,
-              as_json: bool) -> None:
+              node_doc: Path | None, as_json: bool) -> None:
     """Remember a node's CA, fetch its verified identity and pin its DID."""
     ca_pem = service.read_ca(ca_file)
+    if node_doc is not None:
+        documented = service.read_node_document(node_doc)
+        if expected_did not in (None, documented):
+            raise click.UsageError("--did and --node-doc name different DIDs; give one")
+        expected_did = documented
     if expected_did is not None:
         service.check_node_did(expected_did)
     with _open(ctx) as wallet:
@@ -363,8 +371,8 @@ def _print_grants(views: list[service.GrantView], offline: bool = False) -> None
         budget = []
         if v.max_queries is not None:
             budget.append(f"{v.queries_left}/{v.max_queries} queries left")
-        if v.dp_epsilon is not None:
-            budget.append(f"epsilon {v.epsilon_left:g}/{v.dp_epsilon:g} left")
+        if v.budget is not None and v.epsilon_left is not None:
+            budget.append(f"privacy budget epsilon {v.epsilon_left:g}/{v.budget:g} left")
         if budget:
             when = "" if v.status_fresh else (
                 f" (last known {iso(v.status_at)})" if v.status_at else " (never read from node)")
@@ -458,7 +466,7 @@ def access_log(ctx: Context, since: timespec.TimeBound | None,
             mark = "verified" if e.verified else "NOT VERIFIED"
             mark += _ledger_mark(e)
             click.echo(f"{iso(e.time)}  {ev.get('requester')}  {ev.get('purpose')}  "
-                       f"{ev.get('outcome')}  {_grants_line(*service.grants_used(ev, mine))}  "
+                       f"{_outcome(ev)}  {_grants_line(*service.grants_used(ev, mine))}  "
                        f"[{mark}]")
         _print_integrity(view)
 
@@ -481,6 +489,14 @@ def _print_integrity(view: service.AccessView) -> None:
         if check.not_anchored:
             click.echo(f"  {check.not_anchored} of your event(s) there are not yet anchored "
                        "(the node anchors on a schedule; look again in a minute).")
+
+
+def _outcome(event: dict[str, Any]) -> str:
+    """The event's meaning for you (service.outcome_label) and the epsilon it debited."""
+    label = service.outcome_label(event)
+    if label in (service.ANSWERED, service.NOTHING_RELEASED) and event.get("epsilon"):
+        label += f" (epsilon {event['epsilon']:g} debited)"
+    return label
 
 
 def _grants_line(own: list[str], others: int) -> str:

@@ -170,6 +170,9 @@ class GrantView:
     status_at: datetime | None
     status_fresh: bool  # True when read from the node just now, False when last known
     ledger_anchored: bool
+    #: the privacy budget the node applies: the wallet's dp_epsilon, else the node's default
+    #: per grant (dp mode); None when the node reported none
+    epsilon_budget: float | None = None
 
     @property
     def queries_left(self) -> int | None:
@@ -178,10 +181,15 @@ class GrantView:
         return max(self.max_queries - (self.queries_used or 0), 0)
 
     @property
+    def budget(self) -> float | None:
+        return self.dp_epsilon if self.dp_epsilon is not None else self.epsilon_budget
+
+    @property
     def epsilon_left(self) -> float | None:
-        if self.dp_epsilon is None:
+        if self.budget is None:
             return None
-        return max(self.dp_epsilon - (self.epsilon_spent or 0.0), 0.0)
+        # Both are whole micro-epsilon at the node: round away float noise in the difference.
+        return max(round(self.budget - (self.epsilon_spent or 0.0), 6), 0.0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -193,7 +201,7 @@ class GrantView:
             "delivery": self.delivery, "queries_used": self.queries_used,
             "max_queries": self.max_queries, "queries_left": self.queries_left,
             "epsilon_spent": self.epsilon_spent, "dp_epsilon": self.dp_epsilon,
-            "epsilon_left": self.epsilon_left,
+            "epsilon_budget": self.budget, "epsilon_left": self.epsilon_left,
             "status_at": iso(self.status_at) if self.status_at else None,
             "status_fresh": self.status_fresh, "ledger_anchored": self.ledger_anchored,
         }
@@ -1033,6 +1041,24 @@ def _file_safe(grant_id: str) -> str:
     return grant_id.removeprefix("urn:uuid:").replace(":", "-").replace("/", "-")
 
 
+def read_node_document(path: Path) -> str:
+    """The DID pinned by a node's signed identity document (``sov-node identity``)."""
+    from consent.errors import RotationError
+    from consent.rotation import verify_node_document
+
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError:
+        raise InvalidInput(f"cannot read the node document {path}") from None
+    except ValueError:
+        raise InvalidInput(f"{path} is not JSON: give the file `sov-node identity` "
+                           "printed") from None
+    try:
+        return verify_node_document(document)
+    except RotationError as exc:
+        raise InvalidInput(f"{path}: {exc}") from None
+
+
 def check_node_did(did: str) -> str:
     """A node DID the customer typed: a did:key this project can resolve."""
     from consent.did import resolve
@@ -1099,6 +1125,7 @@ def _status_json(status: Any) -> dict[str, Any]:
         "max_queries": getattr(status, "max_queries", None),
         "epsilon_spent": getattr(status, "epsilon_spent", None),
         "dp_epsilon": getattr(status, "dp_epsilon", None),
+        "epsilon_budget": getattr(status, "epsilon_budget", None),
         "expires": iso(expires) if isinstance(expires, datetime) else expires,
     }
 
@@ -1109,6 +1136,23 @@ def _as_time(value: Any) -> datetime:
     if isinstance(value, str) and value:
         return from_iso(value)
     return utcnow()
+
+
+ANSWERED = "answered"
+NOTHING_RELEASED = "asked, nothing released"
+LEFT_OUT = "left out: budget spent"
+
+
+def outcome_label(event: dict[str, Any]) -> str:
+    """What an access event meant for you: "answered" (your data was read and something was
+    released), "asked, nothing released" (read, nothing came out), "left out: budget spent"
+    (the node proved it left your grant out because its privacy budget was spent), or the
+    node's refusal."""
+    if event.get("own_left_out") and not event.get("own_grants"):
+        return LEFT_OUT
+    if event.get("outcome") == "answered":
+        return NOTHING_RELEASED if event.get("released") is False else ANSWERED
+    return str(event.get("outcome") or "unknown")
 
 
 def grants_used(event: dict[str, Any], mine: set[str]) -> tuple[list[str], int]:
@@ -1203,5 +1247,6 @@ def grant_views(
             epsilon_spent=status.get("epsilon_spent"), dp_epsilon=record.dp_epsilon,
             status_at=record.status_at, status_fresh=record.id in fresh,
             ledger_anchored=record.ledger_receipt is not None,
+            epsilon_budget=status.get("epsilon_budget"),
         ))
     return views

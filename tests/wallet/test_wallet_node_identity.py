@@ -121,3 +121,24 @@ def test_a_did_pinned_ahead_refuses_another_node(initialised: WalletCLI, node: N
                          published)
     assert_clean_error(result, f"presents {node.did}, not the DID you gave", "nothing was saved")
     assert json.loads(initialised.ok("nodes", "list", "--json").output) == []
+
+
+def test_a_signed_node_document_pins_the_did_ahead(initialised: WalletCLI, node: NodeProcess,
+                                                   tmp_path: Path) -> None:
+    published = tmp_path / "node-identity.json"
+    published.write_text(sov_node("identity", "--home", str(node.home)))
+    document = json.loads(published.read_text())
+    assert document["did"] == node.did and document["type"] == "NodeIdentity"
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({**document, "did": Identity.generate().did}))
+    assert_clean_error(initialised("nodes", "add", node.address, "--ca", str(node.ca_path),
+                                   "--node-doc", str(forged)), "forged.json")
+    added = json.loads(initialised.ok("nodes", "add", node.address, "--ca", str(node.ca_path),
+                                      "--node-doc", str(published), "--json").output)
+    assert added["did"] == node.did
+    # A document naming another node's DID refuses this one.
+    other = NodeProcess(tmp_path / "other")
+    elsewhere = tmp_path / "other-identity.json"
+    elsewhere.write_text(sov_node("identity", "--home", str(other.home)))
+    assert_clean_error(initialised("nodes", "add", node.address, "--ca", str(node.ca_path),
+                                   "--node-doc", str(elsewhere)), "is pinned to")
