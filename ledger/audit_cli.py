@@ -285,7 +285,8 @@ def report(
     until: timespec.TimeBound | None,
     out: Path,
 ) -> None:
-    """Write an HTML report (with a timeline) of verified events of a subject or a period."""
+    """Write a readable HTML report of the verified entries of a subject or a period:
+    summary, entries per day by purpose, one row per entry with its links."""
     from ledger.report import render, select
     from ledger.verify import verify_receipt
 
@@ -320,9 +321,19 @@ def report(
 
 
 def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:
+    """Signature and inclusion, and an author's signatures and node rules (an entry whose
+    author does not hold is left out of the report as a failure; one without any author is
+    listed, marked "unauthenticated (legacy)")."""
+    from ledger.authority import check_entry
+    from ledger.errors import AuthorityError
     from ledger.verify import verify_receipt
 
     verify_receipt(receipt, log_key)
+    if "author" in receipt.event or "signature" in receipt.event:
+        try:
+            check_entry(receipt.event, receipt.entry, None)
+        except AuthorityError as exc:
+            raise CheckFailed("authority", str(exc)) from exc
     return "verified"
 
 

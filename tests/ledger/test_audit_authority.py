@@ -111,3 +111,15 @@ def test_an_officer_with_the_grant_tells_the_customers_entry(
     junk.write_text("{}")
     assert "is not a signed grant" in _audit(
         ["verify", "--log-key", log_key, "--grant", junk, mine], code=2)
+
+
+def test_the_report_leaves_out_an_entry_whose_author_does_not_hold(
+    log: Log, ledger_home, tmp_path: Path
+) -> None:
+    forged = {**sign_entry(node_head(5, OTHER_NODE), OTHER_NODE), "author": NODE.did}
+    bad, good = _receipts(log, tmp_path, [forged, node_head(6)])
+    out = tmp_path / "report.html"
+    output = _audit(["report", "--log-key", ledger_home[0] / "log-public.json", "-o", out,
+                     bad, good], code=1)
+    assert f"FAIL authority: {bad} entry 0: the author's signature does not verify" in output
+    assert "wrote" in output and "1 event(s)" in output  # only the entry that holds is listed
