@@ -11,6 +11,7 @@ the coordinator lists is then ignored.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -120,15 +121,23 @@ class CoordinatorClient:
     """The coordinator's API for requesters and wallets, verifying what it hands out."""
 
     def __init__(self, address: str, ca_pem: bytes, *, timeout: float = 30.0,
-                 pinned: Iterable[str] | None = None,
+                 pinned: Iterable[str] | None = None, listing_ttl: float = 30.0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.address = address
         self.timeout = timeout
         self.pinned = frozenset(pinned) if pinned is not None else None
+        # Listings are reused for listing_ttl seconds (0: ask every time); health in a
+        # reused listing may be that old, which routing does not depend on.
+        self.listing_ttl = listing_ttl
+        self._listings: dict[tuple[str, tuple[str, ...]], tuple[float, list[NetworkNode]]] = {}
+        self._clients: dict[tuple[str, str, str], RoutedNodeClient] = {}
         self._channel = secure_channel(address, ca_pem, max_message_bytes=max_message_bytes)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
         self._channel.close()
 
     def __enter__(self) -> CoordinatorClient:
@@ -148,9 +157,15 @@ class CoordinatorClient:
                                        code) from None
             raise CoordinatorError(exc.details() or code.name, code) from None
 
-    def nodes(self, *, dataset: str = "", regions: Iterable[str] = ()) -> list[NetworkNode]:
+    def nodes(self, *, dataset: str = "", regions: Iterable[str] = (),
+              fresh: bool = False) -> list[NetworkNode]:
         """Registered nodes (optionally offering ``dataset``, in ``regions``), each
-        registration verified; nodes outside ``pinned`` are left out."""
+        registration verified; nodes outside ``pinned`` are left out. A listing younger than
+        ``listing_ttl`` is reused unless ``fresh``."""
+        key = (dataset, tuple(regions))
+        cached = self._listings.get(key)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < self.listing_ttl:
+            return list(cached[1])
         reply = self._call("ListNodes", pb.ListNodesRequest(version=VERSION, dataset=dataset,
                                                              regions=list(regions)))
         nodes = []
@@ -164,7 +179,8 @@ class CoordinatorClient:
                 continue
             nodes.append(NetworkNode(registration, entry.health, entry.last_contact,
                                      entry.last_error))
-        return nodes
+        self._listings[key] = (time.monotonic(), nodes)
+        return list(nodes)
 
     def route_raw(self, method: str, targets: list[tuple[str, bytes, bytes]], *,
                   deadline_ms: int = 0) -> list[pb.RouteResult]:
@@ -177,7 +193,13 @@ class CoordinatorClient:
 
     def client_for(self, node: NetworkNode, caller: Identity, *,
                    timeout: float = 10.0) -> RoutedNodeClient:
-        return RoutedNodeClient(self, node, caller, timeout=timeout)
+        """The routed client of ``node`` for ``caller`` (kept while its registration is the
+        same, so a gm session opened once serves the following questions)."""
+        key = (node.did, caller.did, node.registration.document["issued"])
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = RoutedNodeClient(self, node, caller, timeout=timeout)
+        return client
 
     def fan_out(self, method: str, calls: list[tuple[RoutedNodeClient, dict[str, Any]]], *,
                 deadline_ms: int = 0) -> list[Routed]:

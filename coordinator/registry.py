@@ -105,6 +105,7 @@ class Registry:
     def __init__(self, target: str) -> None:
         self.postgres = target.startswith(("postgresql://", "postgres://"))
         self._lock = threading.Lock()
+        self._verified: dict[str, Registration] = {}  # stored statement text -> verified
         try:
             if self.postgres:
                 import psycopg
@@ -231,12 +232,18 @@ class Registry:
 
     def _record(self, row: tuple[Any, ...]) -> NodeRecord:
         # Stored statements were verified on the way in; verifying again on read means a row
-        # altered in the database is refused rather than routed to.
-        try:
-            registration = verify_registration(json.loads(row[0]))
-        except Exception as exc:
-            raise RegistryError(f"a registry row does not verify any more ({_brief(exc)}); "
-                                "the node must register again") from None
+        # altered in the database is refused rather than routed to. A text verified once is
+        # remembered (by its exact text, so an altered row is a new text, verified anew).
+        registration = self._verified.get(row[0])
+        if registration is None:
+            try:
+                registration = verify_registration(json.loads(row[0]))
+            except Exception as exc:
+                raise RegistryError(f"a registry row does not verify any more ({_brief(exc)});"
+                                    " the node must register again") from None
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[row[0]] = registration
         return NodeRecord(registration, row[1], row[2], row[3], row[4])
 
     def set_health(self, did: str, health: str, error: str = "") -> None:

@@ -61,7 +61,7 @@ def wait_for_health(network: Network, did: str, health: str, timeout: float = 10
     deadline = time.monotonic() + timeout
     with network.coordinator.client() as client:
         while time.monotonic() < deadline:
-            if any(n.did == did and n.health == health for n in client.nodes()):
+            if any(n.did == did and n.health == health for n in client.nodes(fresh=True)):
                 return
             time.sleep(0.1)
     raise AssertionError(f"node never became {health}")
