@@ -271,3 +271,25 @@ def test_submit_sends_signed_events_to_a_served_ledger(tmp_path: Path) -> None:
         assert receipt["index"] == 0 and receipt["entry"]["author"] == NODE.did
     finally:
         ledger.stop()
+
+
+def test_authors_bad_input_is_one_sentence_and_changes_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "authors"
+    _run(ledger_cli, ["init", "--home", str(home)])
+    base = ["authors", "add", "--home", str(home), NODE.did]
+    assert "Invalid value for '--kind'" in _run(
+        ledger_cli, [*base, "--name", "n", "--role", "node", "--kind", "poem"], code=2)
+    assert "the name must be 1 to 80" in _run(
+        ledger_cli, [*base, "--name", "<script>", "--role", "node"], code=1)
+    x25519 = "did:key:z6LSeu9HkTHSfLLeUs2nnzUSNedgDUevfNQgQjQC23ZCit6F"  # not a signing key
+    assert "must be an Ed25519 did:key" in _run(
+        ledger_cli, ["authors", "add", "--home", str(home), x25519, "--name", "n",
+                     "--role", "node"], code=1)
+    assert "is not a registered author" in _run(
+        ledger_cli, ["authors", "remove", "--home", str(home), NODE.did], code=1)
+    assert "no authors registered" in _run(ledger_cli, ["authors", "list", "--home", str(home)])
+    assert "is not a ledger home" in _run(
+        ledger_cli, ["authors", "list", "--home", str(tmp_path / "nowhere")], code=1)
+    _run(ledger_cli, [*base, "--name", "coordinator", "--role", "coordinator", "--kind", "model"])
+    listed = json.loads(_run(ledger_cli, ["authors", "list", "--home", str(home), "--json"]))
+    assert [(a["role"], a["kinds"]) for a in listed["authors"]] == [("coordinator", ["model"])]
