@@ -509,8 +509,9 @@ def render(
         f'<p class="bad" id="status">{len(failures)} item(s) FAILED verification and are not '
         f"listed:</p><ul>{failed}</ul>"
         if failures
-        else '<p class="good" id="status">Every listed entry was verified: tree-head signature '
-        "and inclusion proof.</p>"
+        else '<p class="good" id="status">Every listed entry was verified: tree-head signature, '
+        "inclusion proof and its author's signature (entries written before entries were "
+        "signed are marked unauthenticated (legacy)).</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
