@@ -55,7 +55,7 @@ from agent_node.errors import (
     PreconditionFailed,
     RequestError,
 )
-from agent_node.query import Filter, Query, query_from_dict
+from agent_node.query import GRANT_RE, MAX_GRANT_IDS, Filter, Query, query_from_dict
 from agent_node.vault import (
     Batch,
     DurableReplayGuard,
@@ -833,7 +833,7 @@ class QueryEngine:
             query: Query | None = query_from_dict(raw_query)
         except RequestError:
             query = None
-        grant_ids = list(query.grant_ids) if query else []
+        grant_ids = list(query.grant_ids) if query else _named_grants(raw_query)
         left = sorted(left_out or [])
 
         def record(conn: sqlite3.Connection, batch: Batch) -> None:
@@ -850,6 +850,15 @@ class QueryEngine:
             accesslog.append_batched(conn, batch, event, [], sorted(known), left)
 
         self.vault.commit(record)
+
+
+def _named_grants(raw_query: Any) -> list[str]:
+    """The well-formed grant ids a malformed query names, so that the refusal reaches the
+    customers whose grants it named."""
+    named = raw_query.get("grant_ids") if isinstance(raw_query, dict) else None
+    if not isinstance(named, list):
+        return []
+    return [g for g in named[:MAX_GRANT_IDS] if isinstance(g, str) and GRANT_RE.match(g)]
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from wallet.service import (
     grant_views,
     grants_used,
     open_store,
+    outcome_label,
     whoami,
 )
 from wallet.store import iso
@@ -64,6 +65,8 @@ def _event_row(record: Any, mine: set[str]) -> dict[str, Any]:
     return {"node": record.node_address, "seq": record.seq, "time": iso(record.time),
             "requester": event.get("requester"), "purpose": event.get("purpose"),
             "grant_ids": own, "other_grants": others, "outcome": event.get("outcome"),
+            "shown_outcome": outcome_label(event), "epsilon": event.get("epsilon"),
+            "left_out_grant_ids": event.get("own_left_out") or [],
             "verified": record.verified, "ledger_verified": record.ledger_verified,
             "ledger_status": record.ledger_status}
 
