@@ -52,8 +52,8 @@ subject_key = ["customer_id"]
 row_key = ["order_id"]
 
 [datasets.orders.columns]
-amount = { type = "real", scope = "transaction", bounds = [0, 10000] }
-region = { type = "text", scope = "transaction", index = true }
+amount = { type = "real", scope = "transaction", bounds = [0, 500] }
+region = { type = "text", scope = "transaction", index = true, groups_per_subject = 1 }
 email = { type = "text", scope = "identity" }
 """
 
