@@ -14,6 +14,7 @@ passphrases are fixed, demo-only values.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -68,12 +69,16 @@ def run(command: list[str], env: dict[str, str], *, check: bool = True,
 
 
 @contextmanager
-def background(command: list[str], env: dict[str, str], port_file: Path) -> Iterator[int]:
-    """Start a server process, wait until it has written its port, stop it at the end."""
+def background(command: list[str], env: dict[str, str], port_file: Path, *, name: str = "",
+               processes: dict[str, subprocess.Popen[bytes]] | None = None) -> Iterator[int]:
+    """Start a server process, wait until it has written its port, stop it at the end
+    (``processes[name]`` lets the story stop it earlier)."""
     show(command)
     log = open(port_file.with_suffix(".log"), "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env,
                                stdout=log, stderr=subprocess.STDOUT)
+    if processes is not None:
+        processes[name] = process
     try:
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -284,6 +289,7 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
     run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
          str(work / "node-receipts")], env)
     audit(work, env, ledger_home, alice_home)
+    network(work, env, crm_home, customer_rows_from(CUSTOMERS, 3 * NETWORK_CUSTOMERS))
 
 
 def register_and_refuse(work: Path, env: dict[str, str], ledger_home: Path, ledger_addr: str,
@@ -393,6 +399,169 @@ def own_audit(work: Path, env: dict[str, str], alice_home: Path, log_key: Path) 
     run(["sov-audit", "report", "--log-key", str(log_key), "--subject-did", key["did"],
          "--salt", key["salt"], "-o", str(report), *map(str, paths)], env)
     return paths
+
+
+# -- 9. the network: a coordinator, three nodes with different sources, one question ------------
+
+NETWORK_CUSTOMERS = 30  # per shop
+NETWORK_SOURCES = (("shop-sqlite", "eu-west", "sqlite"), ("shop-csv", "eu-central", "csv"),
+                   ("shop-postgres", "eu-north", "postgresql"))
+PG_ORDERS = "sovfab_demo_orders"
+
+
+def customer_rows_from(start: int, count: int) -> list[dict[str, str]]:
+    with TELCO.open(newline="") as handle:
+        rows = list(zip(range(start + count), csv.DictReader(handle), strict=False))
+    return [row for index, row in rows if index >= start]
+
+
+def shop_orders(customers: list[dict[str, str]]) -> list[tuple[str, str, float, str]]:
+    return [(f"{row['customerID']}-{month}", row["customerID"], float(row["MonthlyCharges"]),
+             row["Contract"])
+            for row in customers for month in range(min(int(row["tenure"]), 6) or 1)]
+
+
+def shop_source(work: Path, kind: str, orders: list[tuple[str, str, float, str]]) -> str:
+    """The shop's order table in its own kind of source; the data map's [sources] table."""
+    if kind == "sqlite":
+        path = work / "shop.db"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE orders (order_id TEXT, customer_id TEXT, amount REAL, "
+                       "contract TEXT)")
+            db.executemany("INSERT INTO orders VALUES (?, ?, ?, ?)", orders)
+        return f'[sources.shop]\nkind = "sqlite"\npath = "{path}"\n'
+    if kind == "csv":
+        path = work / "orders.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["order_id", "customer_id", "amount", "contract"])
+            writer.writerows(orders)
+        return f'[sources.shop]\nkind = "csv"\npath = "{path}"\n'
+    import psycopg
+
+    with psycopg.connect(f"{PG_DSN} dbname=postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {PG_ORDERS}")
+        admin.execute(f"CREATE DATABASE {PG_ORDERS}")
+    with psycopg.connect(f"{PG_DSN} dbname={PG_ORDERS}") as db:
+        db.execute("CREATE TABLE orders (order_id TEXT, customer_id TEXT, amount REAL, "
+                   "contract TEXT)")
+        with db.cursor() as cur:
+            cur.executemany("INSERT INTO orders VALUES (%s, %s, %s, %s)", orders)
+    return f'[sources.shop]\nkind = "postgresql"\ndsn = "{PG_DSN} dbname={PG_ORDERS}"\n'
+
+
+SHOP_DATASET = """
+[datasets.orders]
+source = "shop"
+table = "orders"
+subject_key = ["customer_id"]
+row_key = ["order_id"]
+
+[datasets.orders.columns]
+amount = { type = "real", scope = "transaction", bounds = [0, 200] }
+contract = { type = "text", scope = "transaction", index = true, public_keys = [
+    "Month-to-month", "One year", "Two year"] }
+"""
+
+
+def set_toml(path: Path, table: str, **settings: object) -> None:
+    """The operator edits a setting of node.toml or coordinator.toml."""
+    import tomllib
+
+    import tomli_w
+
+    config = tomllib.loads(path.read_text())
+    config[table].update(settings)
+    path.write_text(tomli_w.dumps(config))
+
+
+def shop_node(work: Path, env: dict[str, str], name: str, region: str, kind: str,
+              customers: list[dict[str, str]], coordinator_ca: Path) -> Path:
+    home = work / name
+    work.mkdir(parents=True, exist_ok=True)
+    run(["sov-node", "init", "--home", str(home), "--name", name, "--region", region,
+         "--listen", "127.0.0.1:0"], env, quiet=True)
+    (home / "datamap.toml").write_text(shop_source(work, kind, shop_orders(customers))
+                                       + SHOP_DATASET)
+    set_toml(home / "node.toml", "node", coordinator_listen=f"127.0.0.1:{free_port()}",
+             coordinator_ca=str(coordinator_ca))
+    run(["sov-node", "sync", "--home", str(home)], env, quiet=True)
+    print(f"  {name} ({region}): {len(customers)} customers' orders in {kind}")
+    return home
+
+
+def shop_customers_grant(home: Path, address: str, crm_did: str,
+                         customers: list[dict[str, str]]) -> None:
+    """Every customer of the shop grants the CRM (wallet keys and signed grants through the
+    Python API; the shop's operator binds them in bulk)."""
+    from agent_node.client import NodeClient
+    from agent_node.home import load_home
+    from agent_node.vault import Vault
+    from consent.grants import issue_grant
+    from consent.identity import Identity
+
+    node = load_home(home, DEMO_PASSPHRASE)
+    vault = Vault(node.vault_path, node.keys)
+    ca = node.ca_pem()
+    for row in customers:
+        wallet = Identity.generate()
+        vault.bind([row["customerID"]], wallet.did)
+        with NodeClient(address, ca, wallet) as client:
+            client.submit_grant(issue_grant(
+                wallet, requester=crm_did, nodes=[node.identity.did],
+                purpose="quote-generation", scopes=["transaction"], ttl=timedelta(hours=24)))
+
+
+def network(work: Path, env: dict[str, str], crm_home: Path,
+            customers: list[dict[str, str]]) -> None:
+    say("9. The network grows: a coordinator joins three shops' nodes (SQLite, CSV, "
+        "PostgreSQL); it routes sealed questions it cannot read")
+    env = {**env, "SOV_COORDINATOR_PASSPHRASE": DEMO_PASSPHRASE}
+    coordinator_home = work / "coordinator"
+    coordinator_addr = f"127.0.0.1:{free_port()}"
+    run(["sov-coordinator", "init", "--home", str(coordinator_home), "--listen",
+         coordinator_addr], env)
+    coordinator_ca = coordinator_home / "tls" / "ca.pem"
+    set_toml(coordinator_home / "coordinator.toml", "coordinator", health_interval_seconds=1.0)
+    crm_did = requester_did(crm_home)  # the CRM of step 3 asks across the network
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(background(
+            ["sov-coordinator", "serve", "--home", str(coordinator_home), "--port-file",
+             str(work / "coordinator.port")], env, work / "coordinator.port"))
+        processes = {}
+        for index, (name, region, kind) in enumerate(NETWORK_SOURCES):
+            mine = customers[index * NETWORK_CUSTOMERS:(index + 1) * NETWORK_CUSTOMERS]
+            home = shop_node(work / "shops", env, name, region, kind, mine, coordinator_ca)
+            port_file = work / f"{name}.port"
+            port = stack.enter_context(background(
+                ["sov-node", "serve", "--home", str(home), "--port-file", str(port_file)],
+                env, port_file, name=name, processes=processes))
+            shop_customers_grant(home, f"127.0.0.1:{port}", crm_did, mine)
+            run(["sov-node", "register", "--home", str(home), "--coordinator",
+                 coordinator_addr, "--coordinator-ca", str(coordinator_ca)], env)
+        time.sleep(1.5)  # one health check round, so the listing shows each node serving
+        run(["sov-coordinator", "nodes", "--home", str(coordinator_home)], env)
+        ask = ["sov-query", "ask-network", "--home", str(crm_home), "--coordinator",
+               coordinator_addr, "--ca", str(coordinator_ca), "--dataset", "orders",
+               "--purpose", "quote-generation", "--measure", "count", "--measure",
+               "sum:amount", "--group-by", "contract", "--deadline-ms", "5000"]
+        say("   The CRM asks all three at once: one envelope sealed per node, every answer "
+            "verified, counts and sums added")
+        run(ask, env)
+        say("   shop-csv stops in the middle of the day; the same question still gets the "
+            "others' answers, and says which node is missing")
+        stopped = processes["shop-csv"]
+        stopped.terminate()
+        stopped.wait(timeout=20)
+        run(ask, env)
+        run(["sov-coordinator", "status", "--home", str(coordinator_home)], env)
+
+
+def requester_did(home: Path) -> str:
+    from consent.keystore import load_identity
+
+    return load_identity(home / "requester.key", DEMO_PASSPHRASE).did
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,6 +31,12 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "revocation-" in own and "audit-key --yes --json" in own
     assert "sov-audit report" in own and "--subject-did did:key:" in own
     assert "event(s) (since 24h ago (" in out                # the range, said in words
+    net = out[out.index("9. The network grows"):]           # coordinator + three nodes
+    assert net.count("registered shop-") == 3 and "sov-coordinator nodes" in net
+    first, second = net.split("shop-csv stops")
+    assert "3/3" in first and "shop-csv (eu-central): answered" in first
+    assert "2/2" in second and ("shop-csv (eu-central): unreachable" in second
+                                or "shop-csv (eu-central): offline" in second)
     report = (tmp_path / "demo-audit-report.html").read_text()
     # The officer's report: accesses and refusals from the nodes' heads, grant -> revocation.
     assert 'data-outcome="answered">0<' not in report and 'data-outcome="refused">0<' not in report
