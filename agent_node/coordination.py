@@ -34,10 +34,13 @@ def registration_statement(home: NodeHome, endpoint: str | None = None) -> dict[
     if not endpoint:
         raise ConfigError("the node has no coordinator port: set node.toml coordinator_listen "
                           "and coordinator_ca (the coordinator's CA), or pass --endpoint")
+    from agent_node.flnode import node_key  # the SuperNode key the coordinator will admit
+
     config = home.config
     return issue_registration(home.identity, name=config.name, endpoint=endpoint,
                               region=config.region, residency=config.residency,
-                              datasets=offered_datasets(home), tls_ca_pem=home.ca_pem())
+                              datasets=offered_datasets(home), tls_ca_pem=home.ca_pem(),
+                              flower_key=node_key(home.path)[1])
 
 
 def register(home: NodeHome, coordinator: str, coordinator_ca: bytes, *,

@@ -47,7 +47,7 @@ from fl.protocol import PURPOSE, parse_plan
 DEFAULT_MIN_CUSTOMERS = 20
 PASSPHRASE_ENV = "SOV_NODE_PASSPHRASE"
 SCHEMA = ("CREATE TABLE IF NOT EXISTS training_runs (plan_id TEXT PRIMARY KEY, "
-          "run_id INTEGER NOT NULL, requester TEXT NOT NULL, first_seen TEXT NOT NULL) "
+          "run_id TEXT NOT NULL, requester TEXT NOT NULL, first_seen TEXT NOT NULL) "
           "WITHOUT ROWID")
 
 
@@ -158,11 +158,11 @@ class VaultSource:
     def _bind_run(self, plan_id: str, run_id: int, requester: str, now: datetime) -> None:
         with self.vault.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO training_runs (plan_id, run_id, requester, "
-                         "first_seen) VALUES (?, ?, ?, ?)", (plan_id, run_id, requester,
-                                                             iso(now)))
+                         "first_seen) VALUES (?, ?, ?, ?)", (plan_id, str(run_id),
+                                                             requester, iso(now)))
             bound = conn.execute("SELECT run_id FROM training_runs WHERE plan_id = ?",
                                  (plan_id,)).fetchone()[0]
-        if bound != run_id:
+        if str(bound) != str(run_id):
             raise Refused(f"this run plan was already used by run {bound}; sign a new plan "
                           "for a new run")
 
@@ -191,7 +191,7 @@ class VaultSource:
             "outcome": "answered", "reason": "ok", "grant_count": grant_count,
             "grants_root": grants_root, "subject_count": subject_count,
             "subjects_root": subjects_root, "training_run": plan.id,
-            "flower_run": handle["run_id"], "phase": phase, "round": server_round,
+            "flower_run": str(handle["run_id"]), "phase": phase, "round": server_round,
             "epsilon": epsilon})
 
         def record(conn: sqlite3.Connection, batch: Batch) -> int:

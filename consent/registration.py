@@ -47,6 +47,9 @@ class Registration:
     issued: datetime
     sm2_public_key: str | None = None
     document: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The node's SuperNode authentication key (OpenSSH P-384 line), None if it trains no
+    #: models; the coordinator registers exactly these keys with its SuperLink.
+    flower_key: str | None = None
 
     def offers(self, dataset: str) -> bool:
         return dataset in self.datasets
@@ -109,7 +112,8 @@ def _signed_by_did(document: Any, kind: str) -> tuple[dict[str, Any], str]:
 
 def issue_registration(identity: Identity, *, name: str, endpoint: str, region: str,
                        residency: str, datasets: dict[str, list[str]], tls_ca_pem: bytes,
-                       now: datetime | None = None) -> dict[str, Any]:
+                       now: datetime | None = None,
+                       flower_key: str | None = None) -> dict[str, Any]:
     """The node's signed NodeRegistration (checked by ``verify_registration`` before return)."""
     statement: dict[str, Any] = {
         "type": REGISTRATION_TYPE, "v": VERSION, "did": identity.did, "name": name,
@@ -117,6 +121,8 @@ def issue_registration(identity: Identity, *, name: str, endpoint: str, region: 
         "profile": identity.profile, "datasets": {k: sorted(set(v)) for k, v in datasets.items()},
         "tls_ca": tls_ca_pem.decode("ascii"), "issued": format_time(now or datetime.now(UTC)),
     }
+    if flower_key is not None:
+        statement["flower_key"] = flower_key
     if identity.profile == "gm" and identity.sm2 is not None:
         statement["sm2PublicKey"] = identity.sm2.public_key().to_hex()
     document = sign_document(statement, identity)
@@ -139,9 +145,17 @@ def verify_registration(document: Any) -> Registration:
     tls_ca = _text(document, "tls_ca", MAX_CA_PEM)
     if "BEGIN CERTIFICATE" not in tls_ca:
         raise RegistrationError("the registration's tls_ca must be a PEM certificate")
+    flower_key = document.get("flower_key")
+    if flower_key is not None:
+        from fl.deploy import FlowerKeyError, check_public_key
+
+        try:
+            flower_key = check_public_key(flower_key)
+        except FlowerKeyError as exc:
+            raise RegistrationError(f"the registration's {exc}") from None
     return Registration(
         did=did, name=_text(document, "name", MAX_NAME),
         endpoint=_endpoint(_text(document, "endpoint", 300)),
         region=_text(document, "region", MAX_NAME), residency=_text(document, "residency"),
         profile=profile, datasets=_datasets(document.get("datasets")), tls_ca=tls_ca,
-        issued=_time(document), sm2_public_key=sm2, document=document)
+        issued=_time(document), sm2_public_key=sm2, document=document, flower_key=flower_key)
