@@ -68,6 +68,8 @@ def main() -> None:
 def init(home: str, passphrase_file: Path | None, name: str, listen: str, registry_dsn: str,
          hostnames: tuple[str, ...], host_ledger: bool) -> None:
     """Create a coordinator home: did:key, TLS CA and certificate, coordinator.toml."""
+    if registry_dsn.startswith(("postgresql://", "postgres://")):
+        Registry(registry_dsn).close()  # reachable (tables made) before anything is written
     made, identity = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
                                listen=listen, registry_dsn=registry_dsn,
                                hostnames=list(hostnames) or None, host_ledger=host_ledger)

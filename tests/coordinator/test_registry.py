@@ -124,3 +124,21 @@ def test_two_coordinators_over_one_postgresql_registry(
         for process in processes:
             if process.poll() is None:
                 stop_process(process)
+
+
+def test_operator_mistakes_are_one_sentence_and_change_nothing(tmp_path: Path) -> None:
+    again = init_coordinator(tmp_path / "coord")
+    twice = coord_cli("init", "--home", str(again), check=False)
+    assert twice.returncode == 1 and "already holds a coordinator" in twice.stderr
+    missing = coord_cli("nodes", "--home", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode == 1 and "is not a coordinator home" in missing.stderr
+    bad_dsn = coord_cli("init", "--home", str(tmp_path / "other"), "--registry-dsn",
+                        "mysql://x", check=False)
+    assert bad_dsn.returncode == 1 and "use a postgresql:// DSN" in bad_dsn.stderr
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+    down = coord_cli("init", "--home", str(tmp_path / "pg"), "--registry-dsn",
+                     "postgresql://postgres@127.0.0.1:1/none", check=False)
+    assert down.returncode == 1 and "cannot open the postgresql registry" in down.stderr
+    assert not (tmp_path / "pg").exists()
+    for result in (twice, missing, bad_dsn, down):
+        assert "Traceback" not in result.stderr
