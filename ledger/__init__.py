@@ -6,6 +6,9 @@ erasure proofs, with C2SP signed tree heads, receipts and chain anchoring.
 - ``models``   data model: log public key, receipts, consistency proofs, anchors
 - ``note``     signed tree heads as C2SP checkpoints in signed notes
 - ``log``      the durable SQLite log; ``leafindex`` finds entries by leaf hash
+- ``authority`` who may write what: entry signatures, node endorsements, the append rules;
+  ``authors`` the registry of parties (nodes, the coordinator); ``customer`` a customer's
+  own entries (per-grant keys, what the node endorses)
 - ``verify``   offline verification used by clients and ``sov-audit``
 - ``anchor``   anchoring roots on an EVM chain through web3, with a durable retry queue
 - ``home``     a ledger's home folder; ``service`` / ``wire`` / ``client`` the gRPC service
