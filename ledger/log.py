@@ -220,7 +220,9 @@ class Log:
         start = self.tree.size
         seen = self.leaf_index.find_many(leaves)
         if refuse_known and (seen or len(set(leaves)) != len(leaves)):
-            position = next(i for i, h in enumerate(leaves) if h in seen or leaves.index(h) < i)
+            first: dict[bytes, int] = {}
+            position = next(i for i, h in enumerate(leaves)
+                            if h in seen or first.setdefault(h, i) != i)
             where = (f"in the log already (entry {seen[leaves[position]]})"
                      if leaves[position] in seen else "twice in the batch")
             raise DuplicateEntry(
