@@ -110,6 +110,29 @@ def _signed_by_did(document: Any, kind: str) -> tuple[dict[str, Any], str]:
     return document, signer
 
 
+FLOWER_KEY_PREFIX = "ecdsa-sha2-nistp384 "
+
+
+def check_flower_key(line: Any) -> str:
+    """``line`` if it is an ECDSA P-384 OpenSSH public key (a SuperNode's authentication
+    key), else RegistrationError. The kernel's check, so that every reader of a registration
+    (and ``fl.deploy``) applies the same one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(line, str) or not line.startswith(FLOWER_KEY_PREFIX) or len(line) > 400:
+        raise RegistrationError("the registration's flower_key must be an "
+                                "'ecdsa-sha2-nistp384 ...' OpenSSH public key line")
+    try:
+        key = serialization.load_ssh_public_key(line.encode("ascii"))
+    except (ValueError, UnicodeError):
+        raise RegistrationError("the registration's flower_key is not a readable OpenSSH "
+                                "public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise RegistrationError("the registration's flower_key must be on the P-384 curve")
+    return line.strip()
+
+
 def issue_registration(identity: Identity, *, name: str, endpoint: str, region: str,
                        residency: str, datasets: dict[str, list[str]], tls_ca_pem: bytes,
                        now: datetime | None = None,
@@ -147,12 +170,7 @@ def verify_registration(document: Any) -> Registration:
         raise RegistrationError("the registration's tls_ca must be a PEM certificate")
     flower_key = document.get("flower_key")
     if flower_key is not None:
-        from fl.deploy import FlowerKeyError, check_public_key
-
-        try:
-            flower_key = check_public_key(flower_key)
-        except FlowerKeyError as exc:
-            raise RegistrationError(f"the registration's {exc}") from None
+        flower_key = check_flower_key(flower_key)
     return Registration(
         did=did, name=_text(document, "name", MAX_NAME),
         endpoint=_endpoint(_text(document, "endpoint", 300)),

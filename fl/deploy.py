@@ -95,17 +95,14 @@ def public_key_of(private_pem: bytes) -> str:
 
 
 def check_public_key(line: Any) -> str:
-    """``line`` if it is an ECDSA P-384 OpenSSH public key, else FlowerKeyError."""
-    if not isinstance(line, str) or not line.startswith(KEY_PREFIX) or len(line) > 400:
-        raise FlowerKeyError("flower_key must be an 'ecdsa-sha2-nistp384 ...' OpenSSH public "
-                             "key line")
+    """``line`` if it is an ECDSA P-384 OpenSSH public key, else FlowerKeyError (the check
+    lives with the registration statement, ``consent.registration.check_flower_key``)."""
+    from consent.registration import RegistrationError, check_flower_key
+
     try:
-        key = serialization.load_ssh_public_key(line.encode("ascii"))
-    except (ValueError, UnicodeError):
-        raise FlowerKeyError("flower_key is not a readable OpenSSH public key") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise FlowerKeyError("flower_key must be on the P-384 curve")
-    return line.strip()
+        return check_flower_key(line)
+    except RegistrationError as exc:
+        raise FlowerKeyError(str(exc).removeprefix("the registration's ")) from None
 
 
 # -- the app ------------------------------------------------------------------------------------
