@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench clean setup browser anvil
+.PHONY: demo test test-long lint protos bench clean setup browser anvil
 
 setup: $(STAMP)
 
@@ -35,7 +35,11 @@ lint: setup
 
 test: setup browser anvil
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -m "not long" tests
+
+# Slow integration runs (real SuperLink/SuperNode processes: a node killed mid-round, SecAgg+).
+test-long: setup
+	$(PY) -m pytest -m long tests
 
 demo: setup
 	$(PY) -m demo

@@ -40,6 +40,7 @@ from flwr.supercore.run import Run
 from fl import models
 from fl.features import Moments, combine_moments
 from fl.protocol import (
+    EXAMPLES,
     LINEAGE,
     MOMENTS,
     PLAN_KEY,
@@ -147,13 +148,26 @@ class TrainingOutcome:
     nodes: dict[str, list[str]] = field(default_factory=dict)  # node DID -> grant hashes
     dropped: dict[int, str] = field(default_factory=dict)
     scaling: dict[str, list[float]] = field(default_factory=dict)
+    #: Each node's weight: its Laplace-noised customer count from the scaling phase (nodes
+    #: never send an exact count; ``fl.client`` sends 1 where Flower expects one).
+    weights: dict[int, float] = field(default_factory=dict)
+
+    def weigh(self, replies: Iterable[Message]) -> float:
+        """Set each reply's ``num-examples`` to its node's noisy count; their sum."""
+        total = 0.0
+        for reply in replies:
+            weight = self.weights.get(reply.metadata.src_node_id, 1.0)
+            reply.content["metrics"][EXAMPLES] = weight
+            total += weight
+        return total
 
     def to_json(self) -> dict[str, Any]:
         return {"state": {k: v.tolist() for k, v in self.state.items()},
                 "shapes": {k: list(v.shape) for k, v in self.state.items()},
                 "rounds": self.rounds, "nodes": self.nodes,
                 "dropped": {str(k): v for k, v in self.dropped.items()},
-                "scaling": self.scaling}
+                "scaling": self.scaling,
+                "weights": {str(k): v for k, v in self.weights.items()}}
 
 
 def _lineage(outcome: TrainingOutcome, replies: Iterable[Message]) -> None:
@@ -184,10 +198,9 @@ def _strategy(options: RunOptions, outcome: TrainingOutcome,
                     f"minimum of {options.min_nodes}"
                     + (f" ({'; '.join(reasons)})" if reasons else ""))
             _lineage(outcome, ok)
+            examples = outcome.weigh(ok)
             arrays, metrics = super().aggregate_train(server_round, ok)
-            entry = {"round": server_round, "nodes": len(ok),
-                     "examples": int(sum(int(r.content["metrics"]["num-examples"])
-                                         for r in ok)),
+            entry = {"round": server_round, "nodes": len(ok), "examples": round(examples),
                      **{k: float(v) for k, v in (metrics or {}).items()
                         if not isinstance(v, list)}}
             outcome.rounds.append(entry)
@@ -197,6 +210,7 @@ def _strategy(options: RunOptions, outcome: TrainingOutcome,
         def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                                ) -> MetricRecord | None:
             ok = [r for r in replies if not r.has_error()]
+            outcome.weigh(ok)
             metrics = super().aggregate_evaluate(server_round, ok) if ok else None
             if metrics is not None and outcome.rounds:
                 outcome.rounds[-1].update({k: float(v) for k, v in metrics.items()})
@@ -229,6 +243,8 @@ def scaling_phase(grid: BoundedGrid, plan_text: str, outcome: TrainingOutcome,
     parts = [Moments(float(m["count"]), tuple(float(v) for v in m["sums"]),
                      tuple(float(v) for v in m["squares"]))
              for m in (r.content["metrics"] for r in replies)]
+    outcome.weights = {r.metadata.src_node_id: max(1.0, part.count)
+                       for r, part in zip(replies, parts, strict=True)}
     return combine_moments(parts, plan.features)
 
 

@@ -138,7 +138,9 @@ def _train(source: TrainingSource, msg: Message, context: Context) -> RecordDict
                       float(config.get("proximal-mu", 0.0)), plan.train.dp)
     result = train(model, x, y, cfg, seed=plan.seed * 1000 + round_)
     source.commit(sel, "train", round_, result.epsilon)
-    metrics: dict[str, Any] = {EXAMPLES: result.examples, "epsilon": result.epsilon}
+    # No exact count of consenting customers leaves the node: the coordinator weights each
+    # node by the Laplace-noised count it already released in the scaling phase.
+    metrics: dict[str, Any] = {EXAMPLES: 1, "epsilon": result.epsilon}
     if plan.dp is None:  # a loss over raw data is released only when the plan has no DP
         metrics["train-loss"] = result.loss
     state = models.get_state(model)
@@ -165,5 +167,5 @@ def _evaluate(source: TrainingSource, msg: Message, context: Context) -> RecordD
     found = evaluate(model, x, y)
     source.commit(sel, "evaluate", int(config.get("server-round", 0)), 0.0)
     return RecordDict({"metrics": MetricRecord({
-        EXAMPLES: found.examples, "eval-loss": found.loss,
+        EXAMPLES: 1, "eval-loss": found.loss,
         "auc": found.auc if found.auc is not None else 0.5})})

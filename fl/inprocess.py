@@ -37,6 +37,8 @@ class InProcessGrid(Grid):
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 0
         self._replies: dict[str, Message] = {}
         self.handled: list[tuple[int, str]] = []  # (node, message type) delivered
+        #: (node, message type, metrics as the node sent them) of every metrics reply
+        self.sent_metrics: list[tuple[int, str, dict[str, Any]]] = []
 
     def kill(self, node_id: int) -> None:
         self.dead.add(node_id)
@@ -71,6 +73,9 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"),
                                 reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = node
+            if not reply.has_error() and "metrics" in reply.content.metric_records:
+                self.sent_metrics.append((node, msg.metadata.message_type,
+                                          dict(reply.content.metric_records["metrics"])))
             self._replies[msg.metadata.message_id] = reply
         return ids
 

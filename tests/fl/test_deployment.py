@@ -128,3 +128,24 @@ def test_a_failed_run_is_reported_as_failed(deployment: Deployment,
     with pytest.raises(FlowerError, match=r"finished:failed: .*fewer than the minimum of 5"):
         deployment.run(signed_plan(requester), "run-too-few",
                        **{"min-nodes": 5, "node-wait": 1.0})
+
+
+@pytest.mark.long
+def test_a_node_killed_mid_run_does_not_hang_it(deployment: Deployment,
+                                                 requester: Identity) -> None:
+    victim = deployment.supernodes[2]
+
+    def kill_after_round_one(entry: dict[str, Any]) -> None:
+        if entry.get("round") == 1:
+            victim.kill()
+
+    config = {"plan": encode_plan(signed_plan(requester)), "min-nodes": 2, "rounds": 2,
+              **FAST, "round-timeout": 60.0}
+    try:
+        result = deployment.link.run(config, deployment.tmp / "run-kill", timeout=900,
+                                     progress=kill_after_round_one)
+        assert [r["nodes"] for r in result.outcome["rounds"]] == [3, 2]
+        assert any("no reply" in why for why in result.outcome["dropped"].values())
+    finally:
+        if not victim.alive():  # the module's other tests expect three nodes
+            deployment.supernode(victim.home)

@@ -47,7 +47,9 @@ def test_full_dp_run_uses_only_consenting_customers_and_debits_each_round(
     outcome = run_training(grid_of([n.source for n in nodes]), plan,
                            RunOptions(rounds=2, min_nodes=3, **FAST))
     assert [r["round"] for r in outcome.rounds] == [1, 2]
-    assert all(r["nodes"] == 3 and r["examples"] == 3 * CONSENTING for r in outcome.rounds)
+    # The weights are the nodes' noisy counts (Laplace, scale 6 each here), never exact.
+    assert all(r["nodes"] == 3 and abs(r["examples"] - 3 * CONSENTING) < 60
+               for r in outcome.rounds)
     assert "train-loss" not in outcome.rounds[0]  # no noiseless statistic under DP
     assert set(outcome.state) == {"0.weight", "0.bias"}
     for node in nodes:
@@ -78,7 +80,7 @@ def test_a_revoked_customer_is_left_out_of_the_next_run(nodes: list[Node],
     outcome = run_training(grid_of([n.source for n in nodes]), plan,
                            RunOptions(strategy="fedprox", rounds=1, min_nodes=3, **FAST))
     assert not node.source.touched & node.sids([leaver])
-    assert outcome.rounds[0]["examples"] == 3 * CONSENTING - 1
+    assert outcome.rounds[0]["nodes"] == 3
 
 
 def test_budgeted_grants_never_feed_training_without_dp(nodes: list[Node],
