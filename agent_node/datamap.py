@@ -18,9 +18,14 @@ Only names found here ever become SQL identifiers; every error names the offendi
 
     [datasets.orders.columns]
     amount = { type = "real", scope = "transaction", bounds = [0, 500] }
-    region = { type = "text", scope = "transaction", index = true,
-               public_keys = ["north", "south", "east", "west"], groups_per_subject = 1 }
     email  = { type = "text", scope = "identity" }
+
+    [datasets.orders.columns.region]
+    type = "text"
+    scope = "transaction"
+    index = true
+    groups_per_subject = 1
+    public_keys = ["north", "south", "east", "west"]
 
 Differential privacy reads three contribution bounds from here: ``max_rows_per_subject``
 (rows one customer adds to a group), a numeric column's ``bounds`` (each value is clamped to
@@ -307,7 +312,12 @@ TEMPLATE = '''# Data map: which source tables the node may read, and each column
 #
 # [datasets.orders.columns]
 # amount = { type = "real", scope = "transaction", bounds = [0, 500] }   # clamp, sized to data
-# region = { type = "text", scope = "transaction", index = true,
-#            public_keys = ["north", "south", "east", "west"], groups_per_subject = 1 }
 # email = { type = "text", scope = "identity" }
+#
+# [datasets.orders.columns.region]
+# type = "text"
+# scope = "transaction"
+# index = true
+# groups_per_subject = 1                              # one region per customer
+# public_keys = ["north", "south", "east", "west"]    # released without partition selection
 '''

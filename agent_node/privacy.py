@@ -114,7 +114,9 @@ def noisy_counts(counts: list[int], l1: int, budget: Fraction) -> tuple[list[Rel
                                      float(l1), budget)
     noisy = measurement([int(c) for c in counts])
     half = dp.discrete_laplacian_scale_to_accuracy(scale, 1 - CONFIDENCE)
-    return [Released(max(0, int(v)), (float(max(0, v - half)), float(max(0, v + half))))
+    # Counts are whole numbers: the interval is rounded outwards to whole numbers too.
+    return [Released(max(0, int(v)), (float(max(0, math.floor(v - half))),
+                                      float(max(0, math.ceil(v + half)))))
             for v in noisy], half
 
 
