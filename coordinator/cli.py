@@ -201,3 +201,93 @@ def _serving(home: CoordinatorHome) -> bool:
         return False
     finally:
         channel.close()
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--plan", "plan_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the run plan, signed by the requester (fl.protocol)")
+@click.option("--fleet-listen", default="127.0.0.1:7640", show_default=True,
+              help="where the nodes' SuperNodes connect (the fleet gateway)")
+@click.option("--strategy", type=click.Choice(["fedavg", "fedprox"]), default="fedavg",
+              show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--min-nodes", type=click.IntRange(1, 1000), default=2, show_default=True)
+@click.option("--round-timeout", type=float, default=120.0, show_default=True,
+              help="seconds a phase waits for the nodes; the silent ones are dropped")
+@click.option("--node-wait", type=float, default=60.0, show_default=True)
+@click.option("--ledger", "ledger_address", default=None,
+              help="ledger service for the model entry (default: this coordinator's own, "
+                   "when it hosts the ledger and serves)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen: str,
+          strategy: str, rounds: int, min_nodes: int, round_timeout: float, node_wait: float,
+          ledger_address: str | None, as_json: bool) -> None:
+    """Train an intent model across the registered nodes (Flower deployment engine) and
+    register it, with a signed ledger entry."""
+    from coordinator.trainjob import train as run_job
+    from ledger.client import LedgerClient
+
+    opened = open_home(Path(home))
+    identity = opened.identity(_passphrase(passphrase_file))
+    try:
+        plan = json.loads(Path(plan_file).read_text())
+    except ValueError:
+        _fail(f"{plan_file} is not JSON; pass the signed plan the requester wrote")
+    options = {"strategy": strategy, "rounds": rounds, "min-nodes": min_nodes,
+               "round-timeout": round_timeout, "node-wait": node_wait}
+    address = ledger_address or (opened.config.listen if opened.ledger_path else None)
+    ledger = LedgerClient(address, opened.ca_pem()) if address else None
+    bar = click.progressbar(length=rounds, label="training", file=sys.stderr,
+                            item_show_func=lambda e: e)
+
+    def progress(entry: dict[str, Any]) -> None:
+        if "round" in entry:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
+                              if k not in ("round", "nodes") and isinstance(v, float))
+            bar.update(1, f"round {entry['round']}: {entry['nodes']} nodes"
+                          + (f", {shown}" if shown else ""))
+
+    try:
+        with bar:
+            model = run_job(opened, identity, plan, options, fleet_listen=fleet_listen,
+                            progress=progress, ledger=ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    if as_json:
+        click.echo(json.dumps({"model": model.digest, "run_id": str(model.run_id),
+                               "rounds": model.rounds, "nodes": sorted(model.nodes),
+                               "artifact": str(model.artifact), "curve": str(model.curve),
+                               "receipt": model.receipt}, indent=1))
+        return
+    click.echo(f"model {model.digest} from run {model.run_id}: {len(model.nodes)} nodes, "
+               f"{len(model.rounds)} rounds; curve {model.curve}")
+    click.echo("ledger: " + (f"entry {model.receipt['index']} ({model.receipt['entry_hash']})"
+                             if model.receipt else "no ledger entry (no ledger address)"))
+
+
+@main.command()
+@home_option
+@click.option("--grant", "grants", multiple=True,
+              help="only models trained on data used under this grant digest")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def models(home: str, grants: tuple[str, ...], as_json: bool) -> None:
+    """The model registry: each model, its run, rounds, nodes and ledger entry."""
+    from coordinator.models import ModelRegistry
+
+    opened = open_home(Path(home))
+    registry = ModelRegistry(opened.path / "models.sqlite")
+    found = registry.models()
+    if grants:
+        keep = set(registry.contributed(grants))
+        found = [m for m in found if m["digest"] in keep]
+    if as_json:
+        click.echo(json.dumps(found, indent=1))
+        return
+    for m in found:
+        click.echo(f"{m['digest'][:16]}  run {m['run_id']}  {len(m['rounds'])} rounds  "
+                   f"{len(m['nodes'])} nodes  "
+                   + ("ledger entry " + str(m["receipt"]["index"]) if m["receipt"]
+                      else "not in the ledger"))

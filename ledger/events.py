@@ -169,7 +169,9 @@ SCHEMAS: dict[str, tuple[dict[str, Field], dict[str, Field]]] = {
     ),
     "model": (
         {"model_digest": HEX, "run_id": TOKEN},
-        {"metrics_digest": HEX, "nodes": DID_LIST, "purpose": TOKEN},
+        # grant_digests: the grants the nodes used the customers' data under (lineage).
+        {"metrics_digest": HEX, "nodes": DID_LIST, "purpose": TOKEN,
+         "grant_digests": HEX_LIST},
     ),
     "erasure": (
         {"proof_digest": HEX, "subject_commitment": HEX, "node": DID},
