@@ -1,4 +1,5 @@
-"""Python client of the ``sovereign.v1.AgentNode`` service, for wallets and requesters.
+"""Python client of the ``sovereign.v1.AgentNode`` service, for wallets and requesters
+(its channel, gm sessions and retries; the protocol itself is ``consent.protocol``).
 
 The client trusts the node's TLS CA, fetches the node's self-signed NodeInfo (verified with
 ``consent.integrity.verify_document``), seals every request to the node's did:key with a fresh
@@ -14,19 +15,16 @@ longer knows is replaced and the request sent once more (the node had done nothi
 
 from __future__ import annotations
 
-import json
-import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-import orjson
 
 from agent_node.accesslog import EVENT_VERSION, HEAD_TYPE, verify_events, verify_membership
+from consent import protocol
 from consent.canonical import canonicalize
-from consent.envelope import open_sealed, seal
 from consent.envelope_gm import (
     KIND_OPEN,
     PROFILE_GM,
@@ -36,7 +34,7 @@ from consent.envelope_gm import (
 )
 from consent.errors import ConsentError
 from consent.identity import Identity
-from consent.integrity import SM2_FRAGMENT, verify_document
+from consent.integrity import verify_document
 from consent.sm import SM2PublicKey
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 from protos.transport import DEFAULT_MAX_MESSAGE_BYTES, secure_channel
@@ -80,19 +78,6 @@ class NodeInfo:
     datasets: dict[str, Any] = field(default_factory=dict)
     document: dict[str, Any] = field(default_factory=dict, repr=False)
     sm2_public_key: SM2PublicKey | None = field(default=None, repr=False)  # gm nodes only
-
-
-def _node_sm2_key(document: dict[str, Any]) -> SM2PublicKey:
-    """A gm NodeInfo's session key: named in the document and by its (verified) SM2 proof."""
-    proof = document.get("proof")
-    method = proof[0].get("verificationMethod", "") if isinstance(proof, list) else ""
-    named = document.get("sm2PublicKey")
-    if not isinstance(named, str) or method != f"{document.get('did')}{SM2_FRAGMENT}{named}":
-        raise NodeProtocolError("the gm NodeInfo's sm2PublicKey is not the key of its SM2 proof")
-    try:
-        return SM2PublicKey.from_hex(named)
-    except ValueError:
-        raise NodeProtocolError("the gm NodeInfo names no valid SM2 public key") from None
 
 
 @dataclass(frozen=True)
@@ -240,24 +225,18 @@ class NodeClient:
         try:
             reply = self._stub.GetNodeInfo(node_pb2.NodeInfoRequest(version=VERSION),
                                            timeout=self.timeout)
-            document = json.loads(reply.document)
-            gm = isinstance(document, dict) and document.get("profile") == "gm"
-            # A gm node's description must carry the SM2 proof chain: it vouches for the key
-            # sessions are opened to.
-            signer = verify_document(document, require_sm2=gm)
+            document, sm2_key = protocol.verify_node_info(reply.document)
         except grpc.RpcError as exc:
             raise self._rpc_error(exc) from None
-        except (ValueError, ConsentError) as exc:
-            raise NodeProtocolError(f"the node's NodeInfo does not verify: {exc}") from None
-        if document.get("did") != signer or document.get("type") != "NodeInfo":
-            raise NodeProtocolError("the NodeInfo is not signed by the DID it describes")
+        except protocol.ProtocolError as exc:
+            raise NodeProtocolError(str(exc)) from None
         self._info = NodeInfo(
-            did=signer, name=document["name"], region=document["region"],
+            did=document["did"], name=document["name"], region=document["region"],
             residency=document["residency"], profile=document["profile"],
             k_threshold=int(document["k_threshold"]), max_ttl_hours=int(document["max_ttl_hours"]),
             access_log_head=document.get("access_log_head", {}),
             datasets=document.get("datasets", {}), document=document,
-            sm2_public_key=_node_sm2_key(document) if gm else None)
+            sm2_public_key=sm2_key)
         return self._info
 
     @property
@@ -297,15 +276,14 @@ class NodeClient:
 
     def sealed_request(self, method: str, body: dict[str, Any]) -> tuple[bytes, str]:
         """The sealed envelope for one call (exposed so tests can replay or tamper with it)."""
-        nonce = secrets.token_hex(16)
-        message = canonicalize({"v": VERSION, "method": method, "nonce": nonce,
-                                "ts": _time(datetime.now(UTC)), "body": body})
+        message, nonce = protocol.request_message(method, body)
         if self.gm:
             try:
-                return self.gm_session()[0].seal(message), nonce
+                return protocol.seal_request(message, self.caller, self.node_info().did,
+                                             self.gm_session()[0]), nonce
             except ConsentError as exc:
                 raise NodeError(f"cannot seal a gm request: {exc}") from None
-        return seal(message, self.caller, self.node_info().did), nonce
+        return protocol.seal_request(message, self.caller, self.node_info().did), nonce
 
     def _key_binding_for(self, envelope: bytes) -> bytes:
         """The SM2KeyBinding travels with session openings (gm kind 1) only."""
@@ -334,13 +312,12 @@ class NodeClient:
     def _open_reply(self, envelope: bytes, request: bytes) -> tuple[str, bytes]:
         """(sender DID, plaintext) of a reply; in gm the session proves the sender is the node."""
         if not self.gm:
-            opened = open_sealed(envelope, self.caller)
-            return opened.sender_did, opened.plaintext
+            return protocol.open_reply(envelope, self.caller, self.node_info().did)
         with self._gm_lock:
             session = self._gm_sessions.get(request[3:3 + SESSION_ID_BYTES])
         if session is None:
             raise NodeProtocolError("the reply belongs to a gm session this client closed")
-        return self.node_info().did, session.open_reply(envelope)
+        return protocol.open_reply(envelope, self.caller, self.node_info().did, session)
 
     def _verify_reply(self, method: str, envelope: bytes, nonce: str,
                       request: bytes = b"") -> dict[str, Any]:
@@ -349,15 +326,12 @@ class NodeClient:
         require_sm2 = self.gm and method != "Query"
         try:
             sender, plaintext = self._open_reply(envelope, request)
-            document = orjson.loads(plaintext)
-            signer = verify_document(document, require_sm2=require_sm2)
-        except (ValueError, ConsentError) as exc:
+            return protocol.verify_reply(sender, plaintext, method, nonce, node_did,
+                                         require_sm2=require_sm2)
+        except protocol.ProtocolError as exc:
+            raise NodeProtocolError(str(exc)) from None
+        except ConsentError as exc:  # the envelope itself does not open
             raise NodeProtocolError(f"the node's reply does not verify: {exc}") from None
-        if sender != node_did or signer != node_did:
-            raise NodeProtocolError("the reply was not sealed and signed by the node")
-        if document.get("method") != method or document.get("in_reply_to") != nonce:
-            raise NodeProtocolError("the reply answers another request")
-        return document
 
     def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         envelope, nonce = self.sealed_request(method, body)

@@ -45,20 +45,18 @@ from agent_node.vault import (
     table_name,
 )
 from agent_node.vaultcrypto import decrypt_cell
+from consent import protocol
 from consent.canonical import canonical_sha256, canonicalize
-from consent.envelope import PROFILE_INTL, open_sealed, seal
-from consent.envelope_gm import PROFILE_GM, GMSessionCache, verify_key_binding
-from consent.errors import EnvelopeError, ReplayError
+from consent.envelope_gm import GMSessionCache
+from consent.errors import ReplayError
 from consent.identity import Identity
 from consent.integrity import SM2_JCS, sign_document
-from consent.sm import SM2PublicKey
 from ledger.events import subject_commitment
 from protos.sovereign.v1 import node_pb2, node_pb2_grpc
 
 VERSION = 1
 SERVICE_NAME = "sovereign.v1.AgentNode"
-PROFILE_BYTES = {"intl": PROFILE_INTL, "gm": PROFILE_GM}  # byte 1 of every envelope
-MAX_KEY_BINDING_BYTES = 4096
+PROFILE_BYTES = protocol.PROFILE_BYTES  # byte 1 of every envelope
 log = logging.getLogger("agent_node.service")
 
 
@@ -76,15 +74,17 @@ class Metrics:
 
 
 def _parse_ts(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise InvalidRequest("the request's ts must be an RFC 3339 UTC time string")
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest("the request's ts is not an RFC 3339 time") from None
-    if moment.tzinfo is None:
-        raise InvalidRequest("the request's ts must carry a time zone (end it with Z)")
-    return moment
+        return protocol.parse_ts(value)
+    except protocol.ProtocolError as exc:
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: protocol.ProtocolError) -> RequestError:
+    """The gRPC refusal of a protocol error (same sentence, same reason)."""
+    kind = {protocol.WrongProfile: PreconditionFailed,
+            protocol.BadEnvelope: Unauthenticated}.get(type(exc), InvalidRequest)
+    return kind(str(exc), reason=exc.reason)
 
 
 class NodeService(node_pb2_grpc.AgentNodeServicer):
@@ -104,41 +104,15 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _check_profile(self, envelope: bytes) -> None:
-        """Refuse the other profile's envelopes before any crypto runs (byte 1 names it)."""
-        expected = PROFILE_BYTES[self.profile]
-        if len(envelope) > 1 and envelope[1] != expected and envelope[1] in PROFILE_BYTES.values():
-            other = "gm" if envelope[1] == PROFILE_GM else "intl"
-            raise PreconditionFailed(
-                f"this node uses the {self.profile} crypto profile and refuses {other} "
-                "envelopes; use the node's profile, see GetNodeInfo", reason="wrong-profile")
-
     def _unseal(self, request: node_pb2.SealedRequest) -> tuple[str, bytes, bytes | None]:
         """(caller DID, plaintext, gm session id or None) of a request's envelope."""
-        self._check_profile(request.envelope)
         try:
-            if self.profile == "gm":
-                gm = self.sessions.open(request.envelope, self.identity,
-                                        self._sm2_key_lookup(request.key_binding))
-                return gm.sender_did, gm.plaintext, gm.session_id
-            opened = open_sealed(request.envelope, self.identity)
-        except EnvelopeError as exc:
-            raise Unauthenticated(f"the envelope cannot be opened ({exc}); seal it to this "
-                                  "node's DID from GetNodeInfo", reason="bad-envelope") from None
-        return opened.sender_did, opened.plaintext, None
-
-    def _sm2_key_lookup(self, key_binding: bytes) -> Callable[[str], SM2PublicKey]:
-        """The sender's SM2 key from its signed SM2KeyBinding; called once per new session."""
-        def lookup(sender_did: str) -> SM2PublicKey:
-            if len(key_binding) > MAX_KEY_BINDING_BYTES:
-                raise LookupError("the key_binding field is too large")
-            try:
-                document = json.loads(key_binding) if key_binding else None
-            except ValueError:
-                raise LookupError("the key_binding field is not JSON") from None
-            return verify_key_binding(document, sender_did, max_age=self.home.config.replay_window,
-                                      clock_skew=self.home.config.clock_skew)
-        return lookup
+            return protocol.open_request(
+                request.envelope, request.key_binding, self.identity, self.profile,
+                self.sessions, max_age=self.home.config.replay_window,
+                clock_skew=self.home.config.clock_skew)
+        except protocol.ProtocolError as exc:
+            raise _refusal(exc) from None
 
     def _open(self, method: str, request: node_pb2.SealedRequest, replay: bool = True
               ) -> tuple[str, dict[str, Any], bytes | None]:
@@ -155,16 +129,9 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     def _message(self, method: str, plaintext: bytes, replay: bool = True) -> dict[str, Any]:
         """The opened request, checked: JSON, version, method, body, and a fresh nonce."""
         try:
-            message = orjson.loads(plaintext)
-        except ValueError:
-            raise InvalidRequest("the sealed request is not JSON") from None
-        if not isinstance(message, dict) or message.get("v") != VERSION:
-            raise InvalidRequest(f"the sealed request must be a JSON object with v = {VERSION}")
-        if message.get("method") != method:
-            raise InvalidRequest(f"the sealed request is for another method; seal one for "
-                                 f"{method}", reason="wrong-method")
-        if not isinstance(message.get("body"), dict):
-            raise InvalidRequest("the sealed request needs a body object")
+            message = protocol.parse_request(plaintext, method)
+        except protocol.ProtocolError as exc:
+            raise _refusal(exc) from None
         nonce = message.get("nonce")
         if not replay:
             return message  # a relayed revocation (RelayRevoke): applying it again is harmless
@@ -181,19 +148,12 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any],
                  session_id: bytes | None = None) -> node_pb2.SealedResponse:
         signer = self._answer_identity if method == "Query" else self.identity
-        document = sign_document({"v": VERSION, "method": method, "in_reply_to": nonce,
-                                  "issued": iso(datetime.now(UTC)), "body": body}, signer)
-        # The signature covers the canonical form; the envelope carries plain JSON, which the
-        # caller parses and re-canonicalises to verify (canonicalising twice cost ~0.1 ms).
-        payload = orjson.dumps(document)
-        if session_id is None:
-            envelope = seal(payload, self.identity, caller)
-        else:
-            try:
-                envelope = self.sessions.seal_reply(session_id, payload)
-            except EnvelopeError as exc:
-                raise Unauthenticated(f"the reply cannot be sealed ({exc})",
-                                      reason="bad-envelope") from None
+        payload = protocol.sign_reply(method, nonce, iso(datetime.now(UTC)), body, signer)
+        try:
+            envelope = protocol.seal_reply(payload, self.identity, caller, self.sessions,
+                                           session_id)
+        except protocol.ProtocolError as exc:
+            raise _refusal(exc) from None
         return node_pb2.SealedResponse(version=VERSION, envelope=envelope)
 
     def _handle(self, method: str, request: node_pb2.SealedRequest, context: grpc.ServicerContext,
