@@ -359,13 +359,19 @@ def register(home: str, passphrase_file: Path | None, coordinator: str, coordina
               help="write the bound port here once serving (useful with port 0)")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="server processes sharing the port (SO_REUSEPORT) and the vault")
+@click.option("--fl", "fl_superlink", default=None, metavar="FLEET_ADDRESS",
+              help="also run a Flower SuperNode for federated training, connected to the "
+                   "coordinator's fleet address (TLS with node.toml coordinator_ca)")
+@click.option("--fl-min-customers", type=click.IntRange(1, 10**9), default=None,
+              help="refuse to train on fewer consenting customers (default 20)")
 def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file: str | None,
-          workers: int) -> None:
-    """Serve the AgentNode gRPC API over TLS until interrupted."""
+          workers: int, fl_superlink: str | None, fl_min_customers: int | None) -> None:
+    """Serve the AgentNode gRPC API over TLS until interrupted (with --fl, a SuperNode too)."""
     from agent_node.server import start
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     node = _open(home, passphrase_file)
+    supernode = _supernode(node, fl_superlink, passphrase_file, fl_min_customers)
     address = check_listen(listen, "--listen") if listen else node.config.listen
     children: list[int] = []
     reservation = None
@@ -384,12 +390,35 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text(str(running.port))
         tmp.replace(port_file)
+    if supernode is not None:
+        supernode.start()
+        click.echo(f"SuperNode for federated training connecting to {fl_superlink}")
     stop.wait()
+    if supernode is not None:
+        supernode.stop()
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     running.stop(grace=2.0)
     for pid in children:
         os.waitpid(pid, 0)
+
+
+def _supernode(node: NodeHome, superlink: str | None, passphrase_file: Path | None,
+               min_customers: int | None) -> Any:
+    """The SuperNode beside the service (agent_node.flnode), or None without --fl."""
+    if not superlink:
+        return None
+    from agent_node.flnode import SuperNodeProcess
+
+    if not node.config.coordinator_ca:
+        raise click.ClickException("--fl needs node.toml coordinator_ca (the coordinator's CA "
+                                   "certificate) to check the SuperLink's TLS certificate")
+    if passphrase_file is None and not os.environ.get(PASSPHRASE_ENV):
+        # Each ClientApp is a fresh process that opens the vault itself.
+        raise click.ClickException(f"--fl needs --passphrase-file or {PASSPHRASE_ENV}: the "
+                                   "training processes open the vault themselves")
+    return SuperNodeProcess(node.path, superlink, node.resolve(node.config.coordinator_ca),
+                            passphrase_file=passphrase_file, min_customers=min_customers)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -130,7 +130,9 @@ class BoundedGrid(Grid):
             for reply in self.inner.pull_messages(list(waiting)):
                 node = waiting.pop(reply.metadata.reply_to_message_id, None)
                 if reply.has_error():
-                    self.dropped[reply.metadata.src_node_id or node or -1] = (
+                    # The node we addressed: an error the SuperLink writes for a node that
+                    # stopped heartbeating does not come from that node.
+                    self.dropped[node if node is not None else reply.metadata.src_node_id] = (
                         reply.error.reason or f"error code {reply.error.code}")
                 replies.append(reply)
             if not waiting or time.monotonic() >= deadline:
