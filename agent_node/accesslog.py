@@ -492,12 +492,21 @@ def operator_view(conn: sqlite3.Connection, since: str | None = None, limit: int
                                              body.get("subjects_root"))
                 and ("left_out_root" not in body or set_commitment(left_out) == (
                     body.get("left_out_count"), body.get("left_out_root"))))
-        chain_ok = (chain_hash(prev, hashlib.sha256(text.encode()).hexdigest()) == hash_
+        chain_ok = (chain_hash(prev, _text_digest(conn, seq, text)) == hash_
                     and prev == (before if seq > 1 else GENESIS))
         view.append({**body, "seq": seq, "hash": hash_, "grant_ids": grants, "subject_refs": refs,
                      "left_out_grant_ids": left_out, "sets_match": sets_match,
                      "chain_ok": chain_ok})
     return view
+
+
+def _text_digest(conn: sqlite3.Connection, seq: int, text: str) -> str:
+    """The digest an event's stored body commits to; a body redacted by an erasure keeps
+    its former digest (``REDACTED``), which the chain still checks."""
+    if text == REDACTED:
+        return str(conn.execute("SELECT body_digest FROM access_log WHERE seq = ?",
+                                (seq,)).fetchone()[0])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -841,3 +850,52 @@ def set_setting(conn: sqlite3.Connection, key: str, value: str) -> None:
     ensure_ledger_tables(conn)
     conn.execute("INSERT INTO ledger_settings (key, value) VALUES (?, ?) "
                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+# -- erasure (issue 13): the access log's locations -----------------------------------------------
+
+#: What an erased event's body becomes: the row keeps ``body_digest``, ``prev_hash`` and
+#: ``hash``, so the chain (and every other customer's listing) still verifies from digests.
+REDACTED = '{"redacted":"erasure"}'
+
+
+def _redact_events(conn: sqlite3.Connection, customer: Any) -> Any:
+    """Redact the bodies of events that name the customer's DID (calls the node logged under
+    them as sender, e.g. a refused or replayed request of theirs)."""
+    from agent_node import locations
+
+    rows = conn.execute("SELECT seq, body FROM access_log WHERE instr(body, ?) > 0 "
+                        "AND body != ?", (customer.did, REDACTED)).fetchall()
+    conn.executemany("UPDATE access_log SET body = ? WHERE seq = ?",
+                     [(REDACTED, seq) for seq, _ in rows])
+    return locations.Erased(len(rows), locations.digest_rows(rows))
+
+
+def _erase_salt(conn: sqlite3.Connection, customer: Any) -> Any:
+    from agent_node import locations
+
+    if not _has_ledger_tables(conn):
+        return locations.Erased(0, locations.EMPTY_DIGEST)
+    return locations.delete_rows(conn, "subject_salts", "did = ?", (customer.did,))
+
+
+def _register() -> None:
+    from agent_node import locations
+
+    owner = "agent_node.accesslog"
+    locations.table("access_log", owner, "event bodies (requester, purpose, outcome, set "
+                    "roots); an event logged under the customer as sender names their DID",
+                    "redact", _redact_events)
+    locations.table("access_sets", owner, "", "none")
+    locations.table("access_set_subjects", owner, "opaque sids of the subjects each event "
+                    "used (other customers' Merkle proofs need their references)", "keep-opaque")
+    locations.table("access_set_grants", owner, "random grant ids each event used",
+                    "keep-opaque")
+    locations.table("ledger_heads", owner, "salted subject commitments and event tags, "
+                    "unlinkable once the customer's salt is destroyed", "keep-opaque")
+    locations.table("subject_salts", owner, "the customer's DID and commitment salt",
+                    "delete", _erase_salt)
+    locations.table("ledger_settings", owner, "", "none")
+
+
+_register()

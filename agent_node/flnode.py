@@ -78,3 +78,14 @@ class SuperNodeProcess:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def _register_locations() -> None:
+    """The SuperNode's files under the home (agent_node.locations): its key, Flower's state
+    and log; updates are computed in memory and nothing about customers is written here."""
+    from agent_node import locations
+
+    locations.file("flower", "agent_node.flnode", "flower/*", "", "none")
+
+
+_register_locations()

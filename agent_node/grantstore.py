@@ -14,7 +14,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent_node import accesslog, privacy
+from agent_node import accesslog, locations, privacy
 from agent_node.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -204,3 +204,27 @@ def _status(row: dict[str, Any], usage: tuple[int, int], now: datetime) -> dict[
         "expires": iso(datetime.fromtimestamp(row["expires"], UTC)),
         "revoked_at": row["revoked_at"],
     }
+
+
+# -- erasure (issue 13): the grants store's locations -----------------------------------------
+
+def _erase_grants(conn: sqlite3.Connection, customer: locations.Customer) -> locations.Erased:
+    """Revoke the customer's grants (the consent version moves before the next answer), then
+    delete them: each credential names the customer's DID and carries their signature. Grant
+    ids stay in the access log's grant sets: random ids, which other proofs need."""
+    conn.execute("UPDATE grants SET revoked_at = ? WHERE subject = ? AND revoked_at IS NULL",
+                 (iso(datetime.now(UTC)), customer.did))
+    return locations.delete_rows(conn, "grants", "subject = ?", (customer.did,))
+
+
+def _erase_usage(conn: sqlite3.Connection, customer: locations.Customer) -> locations.Erased:
+    return locations.delete_rows(conn, "grant_usage", "grant_id IN (SELECT value FROM "
+                                 "json_each(?))", (locations.json_list(customer.grant_ids),))
+
+
+# The grants tables' schema is still in agent_node.vault.SCHEMA (and some of their SQL in the
+# engine, the service and the access log): moving it here is the last step of issue 13.
+locations.table("grants", "agent_node.grantstore", "the customer's signed grants (their DID, "
+                "requester, purpose, scopes) and revocations", "delete", _erase_grants)
+locations.table("grant_usage", "agent_node.grantstore", "queries and privacy budget used per "
+                "grant id", "delete", _erase_usage)

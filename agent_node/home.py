@@ -294,3 +294,19 @@ def load_home(home: Path, passphrase: str) -> NodeHome:
     except (OSError, ValueError, KeyError):
         raise ConfigError(f"{home / 'master.key'} is damaged or missing") from None
     return NodeHome(home, identity, VaultKeys(master), config)
+
+
+def _register_locations() -> None:
+    """The home's own files in the data-location registry (agent_node.locations): keys,
+    certificates and settings, nothing about customers."""
+    from agent_node import locations
+
+    owner = "agent_node.home"
+    for name, pattern in (("node-key", "node.key"), ("retired-keys", "node.key.retired-*"),
+                          ("master-key", "master.key"), ("tls", "tls/*"),
+                          ("config", "node.toml"), ("datamap", "datamap.toml"),
+                          ("rotations", ROTATIONS_FILE)):
+        locations.file(name, owner, pattern, "", "none")
+
+
+_register_locations()

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_node import accesslog, engine
+from agent_node import accesslog, engine, trainingstore
 from agent_node.engine import EngineSettings, QueryEngine
 from agent_node.errors import RequestError
 from agent_node.home import NodeHome, load_home
@@ -46,9 +46,6 @@ from fl.protocol import PURPOSE, parse_plan
 
 DEFAULT_MIN_CUSTOMERS = 20
 PASSPHRASE_ENV = "SOV_NODE_PASSPHRASE"
-SCHEMA = ("CREATE TABLE IF NOT EXISTS training_runs (plan_id TEXT PRIMARY KEY, "
-          "run_id TEXT NOT NULL, requester TEXT NOT NULL, first_seen TEXT NOT NULL) "
-          "WITHOUT ROWID")
 
 
 class VaultSource:
@@ -60,7 +57,7 @@ class VaultSource:
         self.min_customers = min_customers
         self.touched: set[int] = set()  # every sid whose row was read, for tests and audits
         with vault.transaction() as conn:
-            conn.execute(SCHEMA)
+            conn.execute(trainingstore.SCHEMA)
 
     # -- select -------------------------------------------------------------------------------
 
@@ -157,11 +154,7 @@ class VaultSource:
 
     def _bind_run(self, plan_id: str, run_id: int, requester: str, now: datetime) -> None:
         with self.vault.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO training_runs (plan_id, run_id, requester, "
-                         "first_seen) VALUES (?, ?, ?, ?)", (plan_id, str(run_id),
-                                                             requester, iso(now)))
-            bound = conn.execute("SELECT run_id FROM training_runs WHERE plan_id = ?",
-                                 (plan_id,)).fetchone()[0]
+            bound = trainingstore.bind_run(conn, plan_id, str(run_id), requester, iso(now))
         if str(bound) != str(run_id):
             raise Refused(f"this run plan was already used by run {bound}; sign a new plan "
                           "for a new run")

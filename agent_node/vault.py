@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from agent_node import accesslog
+from agent_node import accesslog, locations
 from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
 from agent_node.sources import read_rows
@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS released_sets (
   digest TEXT NOT NULL, members BLOB NOT NULL, released_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS released_lookup ON released_sets(requester, dataset, size);
 CREATE INDEX IF NOT EXISTS released_digest ON released_sets(requester, dataset, digest);
+CREATE TABLE IF NOT EXISTS erased_subjects (
+  subject_ref TEXT PRIMARY KEY, erased_at TEXT NOT NULL, proof_digest TEXT NOT NULL)
+  WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('consent_version', '0');
 CREATE TRIGGER IF NOT EXISTS consent_revoked AFTER UPDATE OF revoked_at ON grants BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
@@ -611,9 +614,13 @@ class _Syncer:
             cols.append(encrypted_column(column.name) if column.encrypted
                         else plain_column(column.name))
         self.columns = cols
+        self.erased = erased_refs(conn)
+        self.skipped = 0
 
-    def _subject(self, key_values: list[Any]) -> tuple[int, Any]:
+    def _subject(self, key_values: list[Any]) -> tuple[int, Any] | None:
         ref = self.vault.keys.subject_ref(key_values)
+        if ref in self.erased:
+            return None  # erased here: the source's copy never comes back (issue 13)
         cached = self.subjects.get(ref)
         if cached is None:
             sid = self.vault.subject_sid(self.conn, ref)
@@ -632,17 +639,21 @@ class _Syncer:
         self.occurrences[content] = seen + 1
         return keys.row_mac(["occ", content, seen])
 
-    def record(self, raw: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    def record(self, raw: dict[str, Any]) -> tuple[str, str, list[Any]] | None:
+        """The row as stored, or None for a row of an erased customer (not stored)."""
         dataset = self.dataset
         key_values = [raw[c] for c in dataset.subject_key]
         if any(v is None or v == "" for v in key_values):
             raise SourceError(f"dataset {dataset.name!r}: a row has an empty subject key; "
                               "every row must name its subject")
+        subject = self._subject([str(v) for v in key_values])
+        if subject is None:
+            return None
+        sid, cipher = subject
         values = [_convert(raw[c.source_column], c.type, dataset.name, c.name)
                   for c in dataset.columns.values()]
         row_id = self._row_id([str(v) for v in key_values], values, raw)
         mac = self.vault.keys.row_mac(["v", values])
-        sid, cipher = self._subject([str(v) for v in key_values])
         stored: list[Any] = [row_id, sid, row_fingerprint(row_id, mac), mac]
         for column, value in zip(dataset.columns.values(), values, strict=True):
             if column.encrypted:
@@ -661,7 +672,11 @@ class _Syncer:
         inserted = updated = unchanged = 0
         seen: set[str] = set()
         for raw in read_rows(self.datamap, self.dataset):
-            row_id, mac, stored = self.record(raw)
+            recorded = self.record(raw)
+            if recorded is None:
+                self.skipped += 1
+                continue
+            row_id, mac, stored = recorded
             if row_id in seen:
                 raise SourceError(f"dataset {self.dataset.name!r}: two rows share a row key; "
                                   "fix row_key in the data map so that it is unique")
@@ -701,3 +716,86 @@ def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None) -> list[
             _ensure_table(vault, conn, dataset)
             stats.append(_Syncer(vault, conn, datamap, dataset).run())
     return stats
+
+
+# -- erasure (issue 13): the vault's locations and how an erasure treats them -----------------
+
+def erased_refs(conn: sqlite3.Connection) -> set[str]:
+    """The subject references erased at this node: their rows are never synced again."""
+    return {r[0] for r in conn.execute("SELECT subject_ref FROM erased_subjects")}
+
+
+def mark_erased(conn: sqlite3.Connection, refs: list[str], at: str, proof_digest: str) -> None:
+    conn.executemany("INSERT OR IGNORE INTO erased_subjects (subject_ref, erased_at, "
+                     "proof_digest) VALUES (?, ?, ?)", [(r, at, proof_digest) for r in refs])
+
+
+def _erase_dataset_rows(conn: sqlite3.Connection, customer: locations.Customer
+                        ) -> locations.Erased:
+    rows = 0
+    digests = []
+    sids = locations.json_list(customer.sids)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                                "name LIKE 'ds\\_%' ESCAPE '\\' ORDER BY name").fetchall():
+        erased = locations.delete_rows(conn, name, "sid IN (SELECT value FROM json_each(?))",
+                                       (sids,))
+        rows += erased.rows
+        digests.append([name, erased.rows, erased.digest])
+    return locations.Erased(rows, locations.digest_rows(digests))
+
+
+def _erase_keys(conn: sqlite3.Connection, customer: locations.Customer) -> locations.Erased:
+    """Destroy the subjects' wrapped SM4 data keys. A subject whose reference is a member of
+    a stored access set keeps its (sid, reference) row with an empty key: other customers'
+    Merkle proofs are built over those references. The others go entirely."""
+    sids = locations.json_list(customer.sids)
+    rows = conn.execute("SELECT sid, subject_ref, wrapped_key FROM subjects WHERE sid IN "
+                        "(SELECT value FROM json_each(?)) AND length(wrapped_key) > 0",
+                        (sids,)).fetchall()
+    kept = conn.execute("UPDATE subjects SET wrapped_key = X'' WHERE sid IN (SELECT value FROM "
+                        "json_each(?)) AND sid IN (SELECT sid FROM access_set_subjects)",
+                        (sids,)).rowcount
+    conn.execute("DELETE FROM subjects WHERE sid IN (SELECT value FROM json_each(?)) AND sid "
+                 "NOT IN (SELECT sid FROM access_set_subjects)", (sids,))
+    return locations.Erased(len(rows), locations.digest_rows(rows), kept=kept)
+
+
+def _erase_bindings(conn: sqlite3.Connection, customer: locations.Customer) -> locations.Erased:
+    return locations.delete_rows(conn, "bindings", "did = ? OR sid IN (SELECT value FROM "
+                                 "json_each(?))", (customer.did,
+                                                   locations.json_list(customer.sids)))
+
+
+def data_key_id(wrapped_key: bytes) -> str:
+    """The id of a subject's data key as an erasure proof names it: SM3 of its wrapped form
+    (identifies the key without revealing it; the wrapped form is useless without the node's
+    master key, and destroyed with it)."""
+    from consent.sm import sm3
+
+    return "sm4:" + sm3(wrapped_key).hex()[:32]
+
+
+_OWNER = "agent_node.vault"
+locations.table("meta", _OWNER, "", "none")
+locations.table("datasets", _OWNER, "", "none")
+locations.table("replay_nonces", _OWNER, "", "none")
+locations.table("dataset_rows", _OWNER, "the customer's synced rows (identity and sentiment "
+                "cells SM4-encrypted under their data key, transaction values plain)",
+                "delete", _erase_dataset_rows, pattern="ds_*")
+locations.table("subjects", _OWNER, "the customer's opaque subject reference and wrapped SM4 "
+                "data key", "destroy-key", _erase_keys)
+locations.table("bindings", _OWNER, "the customer's wallet DID bound to their subject",
+                "delete", _erase_bindings)
+# SQL in agent_node.engine (the overlap control): packed (sid, keyed row fingerprint) pairs.
+locations.table("released_sets", "agent_node.engine", "opaque (sid, keyed row fingerprint) "
+                "pairs of released answer sets, for the overlap control", "keep-opaque")
+locations.table("erased_subjects", _OWNER, "opaque references of erased subjects, so that a "
+                "sync or a restore never brings them back", "keep-opaque")
+locations.file("vault", _OWNER, "vault.sqlite", "every vault table above, in database pages; "
+               "deleted content is overwritten (secure_delete)", "delete")
+locations.file("vault-wal", _OWNER, "vault.sqlite-wal", "recent page versions; checkpointed "
+               "and truncated by an erasure", "delete")
+locations.file("vault-shm", _OWNER, "vault.sqlite-shm", "the WAL index (page numbers)", "none")
+locations.file("vault-journal", _OWNER, "vault.sqlite-journal", "a rollback journal, if any",
+               "delete")
+locations.file("vault-lock", _OWNER, "vault.sqlite.write-lock", "", "none")

@@ -1,0 +1,446 @@
+"""Erasure of one customer at this node (issue 13): verify the signed request, destroy what
+every registered location (``agent_node.locations``) holds about them, scan the node home's
+raw bytes for their identifiers and values, and sign the proof (``ledger.erasure``).
+
+The erasure runs in three durable steps, recorded in ``erasures`` (one row per customer,
+found by a keyed tag of their DID, never the DID itself once done):
+
+1. ``requested`` -> ``erased``, one transaction: every table location's erase function
+   (grants revoked and deleted, rows deleted, log bodies naming them redacted, their
+   commitment salt deleted), their subject references added to the erasure list
+   (``erased_subjects``: never synced or restored again); the request is dropped and the
+   values to scan for are kept SM4-encrypted (key derived from the master key) until step 3.
+2. WAL checkpoint and truncation, then a scan of every file under the node home (database
+   pages, WAL, journals, backups, logs) for the customer's DID and values.
+3. ``erased`` -> ``proved``, one transaction: the customer's SM4 data keys are destroyed (the
+   ``destroy-key`` locations), the signed proof and the ledger entry are stored, the request
+   and the encrypted values dropped; then a second checkpoint and truncation.
+
+A crash anywhere is completed by ``resume`` (``sov-node serve`` runs it on start): step 1 is
+atomic, step 2 is repeatable, step 3 is atomic. A repeated request returns the stored proof.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent_node import locations
+from agent_node.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from agent_node.home import NodeHome
+from agent_node.vault import (
+    Vault,
+    data_key_id,
+    encrypted_column,
+    iso,
+    mark_erased,
+    plain_column,
+    table_name,
+)
+from agent_node.vaultcrypto import NONCE_BYTES, decrypt_cell
+from ledger import erasure as protocol
+from ledger.events import subject_commitment
+
+log = logging.getLogger("agent_node.erasure")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS erasures (
+  did_tag TEXT PRIMARY KEY, state TEXT NOT NULL, request_hash TEXT NOT NULL, request TEXT,
+  pending TEXT, proof TEXT, entry TEXT, receipt TEXT, updated_at TEXT NOT NULL) WITHOUT ROWID;
+"""
+LIST_FILE = "erasure-list.json"
+MIN_NEEDLE = 4  # shorter values match random bytes; they are not scanned for
+CHUNK = 64 << 20
+STATE_AAD = b"sovereign-fabric/erasure-state"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An erasure's result as the customer receives it."""
+
+    proof: dict[str, Any]
+    entry: dict[str, Any] | None  # the signed ledger entry (None: no commitment salt known)
+    receipt: dict[str, Any] | None  # the ledger's receipt once anchored
+    ledger: str  # "anchored", "not anchored yet: ...", "no ledger configured", ...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proof": self.proof, "ledger_entry": self.entry, "receipt": self.receipt,
+                "ledger": self.ledger}
+
+
+class Erasure:
+    """Erasures at one node (the service's Erase RPC and ``sov-node erase``)."""
+
+    def __init__(self, home: NodeHome, vault: Vault) -> None:
+        self.home, self.vault = home, vault
+        with vault.connection() as conn:
+            conn.executescript(SCHEMA)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def erase(self, request: Any, *, caller: str | None = None,
+              salt_hex: str | None = None) -> Outcome:
+        """Carry out (or finish, or repeat) a verified erasure request."""
+        config = self.home.config
+        try:
+            did = protocol.verify_request(request, self.home.identity.did, caller=caller,
+                                          require_sm2=config.profile == "gm",
+                                          clock_skew=config.clock_skew)
+        except protocol.ErasureError as exc:
+            kind = PermissionDenied if "another" in str(exc) else Unauthenticated
+            raise kind(str(exc), reason="bad-erasure-request") from None
+        if salt_hex is not None and not _valid_salt(salt_hex):
+            raise InvalidRequest("subject_salt must be 64 hex characters (32 random bytes)")
+        tag = self._tag(did)
+        with self.vault.transaction() as conn:
+            row = conn.execute("SELECT state FROM erasures WHERE did_tag = ?",
+                               (tag,)).fetchone()
+            if row is None:
+                if not _holds(conn, did):
+                    raise NotFound("this node holds nothing about that customer: there is "
+                                   "nothing to erase", reason="unknown-customer")
+                conn.execute("INSERT INTO erasures (did_tag, state, request_hash, request, "
+                             "pending, updated_at) VALUES (?, 'requested', ?, ?, ?, ?)",
+                             (tag, protocol.request_hash(request), json.dumps(request),
+                              json.dumps({"salt": salt_hex}), _now()))
+        self._run(tag)
+        self.push_pending()
+        return self.outcome(did)
+
+    def resume(self) -> int:
+        """Finish every erasure a crash interrupted; how many were finished."""
+        with self.vault.connection() as conn:
+            tags = [r[0] for r in conn.execute(
+                "SELECT did_tag FROM erasures WHERE state != 'proved'")]
+        for tag in tags:
+            self._run(tag)
+        if tags:
+            self.push_pending()
+        return len(tags)
+
+    def outcome(self, did: str) -> Outcome:
+        with self.vault.connection() as conn:
+            row = conn.execute("SELECT proof, entry, receipt FROM erasures WHERE did_tag = ? "
+                               "AND state = 'proved'", (self._tag(did),)).fetchone()
+        if row is None:
+            raise NotFound("no finished erasure of that customer at this node",
+                           reason="unknown-customer")
+        proof = {**json.loads(row[0]), "customer": did}
+        entry = json.loads(row[1]) if row[1] else None
+        receipt = json.loads(row[2]) if row[2] else None
+        if entry is None:
+            state = "not written: the node holds no commitment salt of this customer"
+        elif receipt is not None:
+            state = "anchored"
+        elif not self.home.config.ledger_address:
+            state = "no ledger configured"
+        else:
+            state = "not anchored yet: the node retries"
+        return Outcome(proof, entry, receipt, state)
+
+    def erased_count(self) -> int:
+        with self.vault.connection() as conn:
+            return int(conn.execute("SELECT count(*) FROM erasures WHERE state = 'proved'")
+                       .fetchone()[0])
+
+    # -- the three steps --------------------------------------------------------------------------
+
+    def _run(self, tag: str) -> None:
+        with self.vault.connection() as conn:
+            row = conn.execute("SELECT state FROM erasures WHERE did_tag = ?", (tag,)).fetchone()
+        if row is None or row[0] == "proved":
+            return
+        if row[0] == "requested":
+            self._destroy_rows(tag)
+        self._checkpoint()
+        scan = self._scan(tag)
+        self._prove(tag, scan)
+        self._checkpoint()
+        self._write_list()
+
+    def _destroy_rows(self, tag: str) -> None:
+        with self.vault.transaction() as conn:
+            request, pending = conn.execute(
+                "SELECT request, pending FROM erasures WHERE did_tag = ? AND state = "
+                "'requested'", (tag,)).fetchone()
+            did = json.loads(request)["subject"]
+            customer = _customer(conn, did)
+            salt = _salt(conn, did) or json.loads(pending).get("salt")
+            private, plain = self._values(conn, customer)
+            keys = [data_key_id(w) for (w,) in conn.execute(
+                "SELECT wrapped_key FROM subjects WHERE sid IN (SELECT value FROM json_each(?))"
+                " AND length(wrapped_key) > 0", (locations.json_list(customer.sids),))]
+            results = {}
+            for location in locations.locations():
+                if location.kind == "table" and location.erase is not None \
+                        and location.erasure != "destroy-key":
+                    results[location.name] = _result(location, location.erase(conn, customer))
+            shared = {v for (table, column), values in plain.items() for v in values
+                      if conn.execute(f'SELECT 1 FROM "{table}" WHERE "{column}" = ? LIMIT 1',
+                                      (v,)).fetchone()}
+            needles = sorted({did, *private, *(v for vs in plain.values() for v in vs)}
+                             - shared)
+            mark_erased(conn, list(customer.refs), _now(), "")
+            state = {"customer": [did, list(customer.sids), list(customer.refs),
+                                  list(customer.grant_ids)],
+                     "salt": salt, "keys": keys, "locations": results, "needles": needles,
+                     "shared": len(shared)}
+            # Sealed, and the request dropped: the scan must find the DID nowhere in clear.
+            conn.execute("UPDATE erasures SET state = 'erased', request = NULL, pending = ?, "
+                         "updated_at = ? WHERE did_tag = ?",
+                         (self._seal(tag, state), _now(), tag))
+
+    def _scan(self, tag: str) -> dict[str, Any]:
+        with self.vault.connection() as conn:
+            state = self._open(tag, conn.execute("SELECT pending FROM erasures WHERE "
+                                                 "did_tag = ?", (tag,)).fetchone()[0])
+        return scan_home(self.home.path, state["needles"], shared=int(state["shared"]))
+
+    def _prove(self, tag: str, scan: dict[str, Any]) -> None:
+        with self.vault.transaction() as conn:
+            row = conn.execute("SELECT request_hash, pending FROM erasures WHERE did_tag = ? "
+                               "AND state = 'erased'", (tag,)).fetchone()
+            if row is None:
+                return
+            request_hash, pending = row
+            state = self._open(tag, pending)
+            did, sids, refs, grant_ids = state["customer"]
+            customer = locations.Customer(did, tuple(sids), tuple(refs), tuple(grant_ids))
+            results = dict(state["locations"])
+            for location in locations.locations():
+                if location.kind == "table" and location.erasure == "destroy-key":
+                    assert location.erase is not None
+                    results[location.name] = _result(location, location.erase(conn, customer))
+            salt_location = results.get("vault.subject_salts", {})
+            proof = protocol.sign_proof({
+                "customer": did, "node": self.home.identity.did, "request": request_hash,
+                "locations": [{"name": name, **result}
+                              for name, result in sorted(results.items())],
+                "destroyed_keys": state["keys"],
+                "salt_destroyed": bool(salt_location.get("rows")),
+                "scan": scan, "erased_at": iso(datetime.now(UTC)),
+            }, self.home.identity)
+            digest = protocol.proof_digest(proof)
+            entry = None
+            if state.get("salt"):
+                from ledger.authority import sign_entry
+
+                commitment = subject_commitment(did, bytes.fromhex(state["salt"]))
+                entry = sign_entry(protocol.ledger_entry(proof, commitment), self.home.identity)
+            conn.execute("UPDATE erased_subjects SET proof_digest = ? WHERE subject_ref IN "
+                         "(SELECT value FROM json_each(?))", (digest, json.dumps(refs)))
+            stored = {k: v for k, v in proof.items() if k != "customer"}
+            conn.execute("UPDATE erasures SET state = 'proved', request = NULL, pending = NULL, "
+                         "proof = ?, entry = ?, updated_at = ? WHERE did_tag = ?",
+                         (json.dumps(stored), json.dumps(entry) if entry else None, _now(),
+                          tag))
+        log.info(json.dumps({"event": "erasure-proved", "proof_digest": digest,
+                             "hits": protocol.scan_hits(proof)}))
+
+    # -- ledger ---------------------------------------------------------------------------------
+
+    def push_pending(self) -> int:
+        """Append the erasure entries not anchored yet to the ledger (when one is configured);
+        how many were anchored. A ledger outage leaves them for the next try."""
+        if not self.home.config.ledger_address:
+            return 0
+        from agent_node.server import LedgerPusher
+        from ledger.errors import LedgerError
+
+        with self.vault.connection() as conn:
+            pending = conn.execute("SELECT did_tag, entry FROM erasures WHERE state = 'proved' "
+                                   "AND entry IS NOT NULL AND receipt IS NULL").fetchall()
+        if not pending:
+            return 0
+        pusher = LedgerPusher(self.home, self.vault)
+        try:
+            receipts = pusher.client().append_many([json.loads(e) for _, e in pending])
+        except (LedgerError, OSError) as exc:
+            log.warning(json.dumps({"event": "erasure-anchor-failed",
+                                    "error": type(exc).__name__}))
+            return 0
+        finally:
+            pusher.close()
+        with self.vault.transaction() as conn:
+            conn.executemany("UPDATE erasures SET receipt = ? WHERE did_tag = ?",
+                             [(json.dumps(r.to_json()), tag)
+                              for (tag, _), r in zip(pending, receipts, strict=True)])
+        return len(pending)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _tag(self, did: str) -> str:
+        # Keyed: finds a repeated request without keeping the DID; only the node's master key
+        # could test a guessed DID against it.
+        return self.vault.keys.row_mac(["erasure-did", did])
+
+    def _values(self, conn: sqlite3.Connection, customer: locations.Customer
+                ) -> tuple[set[str], dict[tuple[str, str], set[str]]]:
+        """The customer's text values: encrypted tiers (decrypted), and per plain column."""
+        private: set[str] = set()
+        plain: dict[tuple[str, str], set[str]] = {}
+        for dataset in self.home.datamap().datasets.values():
+            if not self.vault.dataset_ready(conn, dataset):
+                continue
+            table = table_name(dataset.name)
+            columns = list(dataset.columns.values())
+            names = ", ".join(f'"{_stored(c)}"' for c in columns)
+            for sid in customer.sids:
+                cipher = None
+                for row in conn.execute(f'SELECT row_id, {names} FROM "{table}" WHERE sid = ?',
+                                        (sid,)):
+                    for column, value in zip(columns, row[1:], strict=True):
+                        if value is None:
+                            continue
+                        if column.encrypted:
+                            cipher = cipher or self.vault.keys.cell_cipher(
+                                self.vault.data_key(conn, sid))
+                            value = decrypt_cell(cipher, value, f"{dataset.name}|{column.name}|"
+                                                 f"{row[0]}".encode())
+                            if isinstance(value, str) and len(value) >= MIN_NEEDLE:
+                                private.add(value)
+                        elif isinstance(value, str) and len(value) >= MIN_NEEDLE:
+                            plain.setdefault((table, plain_column(column.name)), set()).add(value)
+        return private, plain
+
+    def _cipher(self, tag: str) -> Any:
+        """The SM4 key that seals an erasure's working state until its proof is signed (the
+        state is deleted then; the key is derived from the master key and the DID's tag)."""
+        key = bytes.fromhex(self.vault.keys.row_mac(["erasure-state", tag]))[:16]
+        return self.vault.keys.cell_cipher(key)
+
+    def _seal(self, tag: str, state: dict[str, Any]) -> str:
+        nonce = os.urandom(NONCE_BYTES)
+        return (nonce + self._cipher(tag).encrypt(nonce, json.dumps(state).encode(),
+                                                  STATE_AAD)).hex()
+
+    def _open(self, tag: str, sealed: str) -> dict[str, Any]:
+        blob = bytes.fromhex(sealed)
+        return dict(json.loads(self._cipher(tag).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
+                                                         STATE_AAD)))
+
+    def _checkpoint(self) -> None:
+        """Move every committed page into the database file and truncate the WAL to zero
+        bytes, so old page versions (the deleted rows') are gone from it."""
+        conn = sqlite3.connect(self.vault.path, timeout=30, isolation_level=None)
+        try:
+            for _ in range(100):
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.05)  # a reader's snapshot still needs the WAL: wait it out
+            log.warning(json.dumps({"event": "erasure-checkpoint-busy"}))
+        finally:
+            conn.close()
+
+    def _write_list(self) -> None:
+        """Mirror the erasure list (opaque references, proof digests) in a file beside the
+        vault: it survives a restore of the vault from an older backup."""
+        with self.vault.connection() as conn:
+            listed = [{"subject_ref": r, "erased_at": a, "proof_digest": d} for r, a, d in
+                      conn.execute("SELECT subject_ref, erased_at, proof_digest FROM "
+                                   "erased_subjects ORDER BY subject_ref")]
+        path = self.home.path / LIST_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(listed, indent=1), encoding="utf-8")
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+
+def scan_home(home: Path, needles: list[str], *, shared: int = 0) -> dict[str, Any]:
+    """Count the needles' occurrences in the raw bytes of every file under ``home``."""
+    encoded = [n.encode() for n in needles if n]
+    files = []
+    for relative in locations.home_files(home):
+        path = Path(home) / relative
+        location = locations.file_location(relative)
+        files.append({"path": relative, "location": location.name if location else
+                      "unregistered", "bytes": path.stat().st_size,
+                      "hits": count_in_file(path, encoded)})
+    return {"needles": len(encoded), "shared_values_skipped": shared, "files": files}
+
+
+def count_in_file(path: Path, needles: list[bytes]) -> int:
+    """Occurrences of any needle in ``path``, read in chunks that overlap by the longest
+    needle, so a match across a chunk boundary is counted once."""
+    if not needles:
+        return 0
+    overlap = max(len(n) for n in needles) - 1
+    hits = 0
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            while True:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    break
+                data = tail + chunk
+                for needle in needles:
+                    # Matches that lie wholly in the carried-over tail were counted before.
+                    hits += data.count(needle) - tail.count(needle)
+                tail = data[-overlap:] if overlap else b""
+    except OSError:
+        return 0
+    return hits
+
+
+def _customer(conn: sqlite3.Connection, did: str) -> locations.Customer:
+    sids = tuple(r[0] for r in conn.execute("SELECT sid FROM bindings WHERE did = ? ORDER BY "
+                                            "sid", (did,)))
+    refs = tuple(r[0] for r in conn.execute(
+        "SELECT subject_ref FROM subjects WHERE sid IN (SELECT value FROM json_each(?)) "
+        "ORDER BY sid", (json.dumps(sids),)))
+    grants = tuple(r[0] for r in conn.execute("SELECT grant_id FROM grants WHERE subject = ? "
+                                              "ORDER BY grant_id", (did,)))
+    return locations.Customer(did, sids, refs, grants)
+
+
+def _holds(conn: sqlite3.Connection, did: str) -> bool:
+    customer = _customer(conn, did)
+    return bool(customer.sids or customer.grant_ids or _salt(conn, did))
+
+
+def _salt(conn: sqlite3.Connection, did: str) -> str | None:
+    try:
+        row = conn.execute("SELECT salt FROM subject_salts WHERE did = ?", (did,)).fetchone()
+    except sqlite3.OperationalError:  # no salt was ever sent: the table is not there
+        return None
+    return str(row[0]) if row else None
+
+
+def _stored(column: Any) -> str:
+    return encrypted_column(column.name) if column.encrypted else plain_column(column.name)
+
+
+def _result(location: locations.Location, erased: locations.Erased) -> dict[str, Any]:
+    return {"treatment": location.erasure, "rows": erased.rows, "kept": erased.kept,
+            "digest": erased.digest}
+
+
+def _valid_salt(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) != 64:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _now() -> str:
+    return iso(datetime.now(UTC))
+
+
+locations.table("erasures", "agent_node.erasure", "a keyed tag of an erased customer's DID "
+                "and their signed proof without the DID; while an erasure runs, the signed "
+                "request, then the values to scan for (SM4-encrypted) until the proof is signed",
+                "keep-opaque")
+locations.file("erasure-list", "agent_node.erasure", LIST_FILE, "opaque references of erased "
+               "subjects and their proof digests (survives restores)", "keep-opaque")

@@ -1,0 +1,217 @@
+"""Erasure (issue 13) on a real vault in one process: the data-location registry accounts for
+every table and every file holding a customer's markers; an erasure leaves none of them in any
+byte of the node home; the proof verifies and any change to it does not; other customers'
+access-log proofs still verify; the customer never comes back through a sync; bad requests
+change nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_node import accesslog, locations
+from agent_node.erasure import Erasure, count_in_file
+from agent_node.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from agent_node.vault import sync
+from consent.grants import issue_grant
+from consent.identity import Identity
+from consent.integrity import sign_document
+from ledger import erasure as protocol
+from tests.agent_node.conftest import THRESHOLD, InProcessNode, in_process_node
+
+MARKERS = {"job": "zq-marker-job-4711", "education": "zq-marker-edu-4711",
+           "y": "zq-marker-y-4711"}
+
+
+def _rows(bank_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Customer C000 gets a marker in every tier (transaction, identity, sentiment)."""
+    rows = copy.deepcopy(bank_rows)
+    for row in rows:
+        if row["customer_id"] == "C000":
+            row.update(MARKERS)
+    return rows
+
+
+def _use(node: InProcessNode) -> tuple[Identity, list[str]]:
+    """A demo-like run: every customer grants (with a salt), a requester asks, customers
+    list their events."""
+    requester = Identity.generate()
+    ids = []
+    for wallet in node.wallets:
+        credential = issue_grant(wallet, requester=requester.did, nodes=[node.home.identity.did],
+                                 purpose="marketing-analytics",
+                                 scopes=["transaction", "identity", "sentiment"],
+                                 ttl=timedelta(hours=24))
+        grant, at = node.store.submit(credential)
+        ids.append(grant.id)
+        with node.vault.transaction() as conn:
+            accesslog.remember_salt(conn, wallet.did, secrets.token_hex(32), at)
+    for group in ("job", "education"):
+        node.engine.run({"dataset": "contacts", "measures": ["count"],
+                         "group_by": [group], "purpose": "marketing-analytics"}, requester.did)
+    # A refusal logged under the customer as its sender: their DID in an event body.
+    with pytest.raises(InvalidRequest):
+        node.engine.run({"dataset": "nope", "measures": ["count"],
+                         "purpose": "marketing-analytics"}, node.wallets[0].did)
+    return requester, ids
+
+
+@pytest.fixture(scope="module")
+def used(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
+         ) -> tuple[InProcessNode, Identity, list[str]]:
+    node = in_process_node(tmp_path_factory.mktemp("erasure"), _rows(bank_rows), "erasure-node",
+                           THRESHOLD)
+    requester, ids = _use(node)
+    return node, requester, ids
+
+
+def _needles(node: InProcessNode) -> list[bytes]:
+    return [m.encode() for m in MARKERS.values()] + [node.wallets[0].did.encode()]
+
+
+def _hits(home: Path, needles: list[bytes]) -> dict[str, int]:
+    found = {}
+    for relative in locations.home_files(home):
+        hits = count_in_file(home / relative, needles)
+        if hits:
+            found[relative] = hits
+    return found
+
+
+def test_every_table_and_file_holding_customer_data_is_registered(
+        used: tuple[InProcessNode, Identity, list[str]]) -> None:
+    node, _, _ = used
+    with node.vault.connection() as conn:
+        assert locations.unregistered_tables(conn) == []
+        for table in locations.vault_tables(conn):
+            columns = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
+            text = " || ".join(f'coalesce(CAST("{c}" AS TEXT), \'\')' for c in columns)
+            for marker in [*MARKERS.values(), node.wallets[0].did]:
+                held = conn.execute(f'SELECT count(*) FROM "{table}" WHERE instr({text}, ?)',
+                                    (marker,)).fetchone()[0]
+                if held:
+                    location = locations.table_location(table)
+                    assert location is not None and location.erasure != "none", table
+    found = _hits(node.home.path, _needles(node))
+    assert found, "the markers must be somewhere before the erasure"
+    for relative in found:
+        location = locations.file_location(relative)
+        assert location is not None and location.erasure != "none", relative
+
+
+def test_an_unregistered_table_is_found(tmp_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "x.sqlite")
+    conn.execute("CREATE TABLE grants (x)")
+    conn.execute("CREATE TABLE shadow_copy (x)")
+    assert locations.unregistered_tables(conn) == ["shadow_copy"]
+
+
+def test_bad_requests_are_refused_and_change_nothing(
+        used: tuple[InProcessNode, Identity, list[str]]) -> None:
+    node, _, _ = used
+    erasure = Erasure(node.home, node.vault)
+    alice, bob = node.wallets[0], node.wallets[1]
+    node_did = node.home.identity.did
+    before = _snapshot(node)
+    altered = protocol.issue_request(bob, node_did)
+    altered["subject"] = alice.did  # bob's signature, alice's name
+    unsigned = {k: v for k, v in altered.items() if k != "proof"}
+    cases = [
+        (altered, None, Unauthenticated, "signature does not verify"),
+        (sign_document(unsigned, bob), None, Unauthenticated, "not signed by the customer"),
+        ({k: v for k, v in protocol.issue_request(alice, node_did).items() if k != "proof"},
+         None, Unauthenticated, "signature"),
+        (protocol.issue_request(alice, node_did), bob.did, PermissionDenied, "another customer"),
+        (protocol.issue_request(alice, "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
+         None, PermissionDenied, "another node"),
+        (protocol.issue_request(Identity.generate(), node_did), None, NotFound, "holds nothing"),
+        (protocol.issue_request(alice, node_did, now=datetime.now(UTC) - timedelta(days=31)),
+         None, Unauthenticated, "older than 30 days"),
+    ]
+    for request, caller, error, words in cases:
+        with pytest.raises(error, match=words):
+            erasure.erase(request, caller=caller)
+    assert _snapshot(node) == before
+
+
+def _snapshot(node: InProcessNode) -> list[Any]:
+    with node.vault.connection() as conn:
+        return [conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+                for t in locations.vault_tables(conn)]
+
+
+def test_erasure_leaves_no_byte_and_a_verifiable_proof(
+        used: tuple[InProcessNode, Identity, list[str]]) -> None:
+    node, _, ids = used
+    alice, bob = node.wallets[0], node.wallets[1]
+    with node.vault.connection() as conn:
+        bob_sids = node.vault.sids_for_did(conn, bob.did)
+        bob_before, _ = accesslog.events_for(conn, bob_sids, [ids[1]], None)
+    erasure = Erasure(node.home, node.vault)
+    request = protocol.issue_request(alice, node.home.identity.did)
+    outcome = erasure.erase(request, caller=alice.did)
+    proof = outcome.proof
+    assert protocol.verify_proof(proof, node_did=node.home.identity.did, customer=alice.did,
+                                 request=request) == node.home.identity.did
+    # Every byte of the node home: no marker, no DID.
+    assert _hits(node.home.path, _needles(node)) == {}
+    assert protocol.scan_hits(proof) == 0 and proof["scan"]["needles"] >= 4
+    by_name = {loc["name"]: loc for loc in proof["locations"]}
+    assert by_name["vault.dataset_rows"]["rows"] == 6
+    assert by_name["vault.grants"]["rows"] == 1 and by_name["vault.subject_salts"]["rows"] == 1
+    assert by_name["vault.access_log"]["rows"] == 1  # the refusal under alice's DID, redacted
+    assert by_name["vault.subjects"]["kept"] == 1  # her reference is in others' access sets
+    assert len(proof["destroyed_keys"]) == 1 and proof["salt_destroyed"] is True
+    assert outcome.entry is not None and outcome.entry["type"] == "erasure"
+    protocol.check_entry(proof, outcome.entry)
+    # The same request, or a new one, returns the same proof.
+    again = erasure.erase(protocol.issue_request(alice, node.home.identity.did))
+    assert again.proof == proof
+    # Another customer's listing still verifies: chain and Merkle proofs.
+    with node.vault.connection() as conn:
+        events, chain = accesslog.events_for(conn, bob_sids, [ids[1]], None)
+        head = accesslog.head(conn)
+        view = accesslog.operator_view(conn, limit=1000)
+    assert [e["body"] for e in events] == [e["body"] for e in bob_before]
+    check = accesslog.verify_events(events, chain, head["seq"], head["hash"])
+    assert check.chain_intact and all(check.verified.values())
+    for event in events:
+        body = event["body"]
+        for proof_ in event["proofs"]["subjects"]:
+            assert accesslog.verify_membership(proof_, body["subject_count"],
+                                               body["subjects_root"])
+    assert all(e["chain_ok"] for e in view)  # the redacted body keeps its digest
+    # A sync from the source (which still holds her rows) never brings her back.
+    stats = sync(node.vault, node.home.datamap())
+    assert stats[0].inserted == 0
+    assert _hits(node.home.path, _needles(node)) == {}
+
+
+@pytest.mark.parametrize("field", sorted(protocol.PROOF_FIELDS - {"proof"}))
+def test_a_proof_changed_in_any_field_fails(
+        used: tuple[InProcessNode, Identity, list[str]], field: str) -> None:
+    node, _, _ = used
+    erasure = Erasure(node.home, node.vault)
+    proof = erasure.outcome(node.wallets[0].did).proof
+    changed = json.loads(json.dumps(proof))
+    value = changed[field]
+    if isinstance(value, str):
+        changed[field] = value[:-1] + ("0" if value[-1] != "0" else "1")
+    elif isinstance(value, bool):
+        changed[field] = not value
+    elif isinstance(value, int):
+        changed[field] = value + 1
+    elif isinstance(value, list):
+        changed[field] = value[:-1] if value else ["x"]
+    else:
+        changed[field] = {**value, "needles": 0}
+    with pytest.raises(protocol.ErasureError):
+        protocol.verify_proof(changed)
