@@ -13,9 +13,11 @@ from typing import Any
 import tomli_w
 
 from agent_node.network import CoordinatorClient
+from agent_node.requester import ask_network
 from consent.identity import Identity
 from protos.transport import free_port
 from tests.agent_node.conftest import (
+    DATASET_TOML,
     SUBJECTS,
     bind_all,
     grant_all,
@@ -30,6 +32,7 @@ from tests.coordinator.conftest import (
     node_home,
     register,
     serve_coordinator,
+    set_node_config,
     stop_process,
 )
 
@@ -142,3 +145,45 @@ def test_operator_mistakes_are_one_sentence_and_change_nothing(tmp_path: Path) -
     assert not (tmp_path / "pg").exists()
     for result in (twice, missing, bad_dsn, down):
         assert "Traceback" not in result.stderr
+
+
+def test_a_gm_node_answers_a_gm_requester_through_the_coordinator(
+        tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    """The gm profile through the coordinator: the node's SM2 key comes from its SM2-signed
+    registration, the session opening travels with its key binding, replies open in the
+    session; the coordinator only carries the bytes."""
+    home = init_coordinator(tmp_path / "coord")
+    rows = bank_rows[:60]
+    write_sqlite(tmp_path / "crm.db", rows)
+    node_home = tmp_path / "gm" / "node"
+    run_cli("sov-node", "init", "--home", str(node_home), "--name", "gm-shop", "--region",
+            "cn-east", "--profile", "gm")
+    (node_home / "datamap.toml").write_text(
+        f'[sources.crm]\nkind = "sqlite"\npath = "{tmp_path / "crm.db"}"\n' + DATASET_TOML)
+    set_node_config(node_home, coordinator_listen=f"127.0.0.1:{free_port()}",
+                    coordinator_ca=str(home / "tls" / "ca.pem"), privacy="threshold")
+    run_cli("sov-node", "sync", "--home", str(node_home))
+    wallets = [Identity.generate("gm") for _ in range(6)]
+    bind_all(node_home, wallets)
+    coordinator = serve_coordinator(home)
+    node = serve(node_home)
+    try:
+        node.wallets = wallets
+        requester = Identity.generate("gm")
+        grant_all(node, requester, wallets)
+        register(node_home, coordinator)
+        with coordinator.client() as client:
+            (listed,) = client.nodes()
+            assert listed.registration.profile == "gm" and listed.registration.sm2_public_key
+            query = {"dataset": "contacts", "purpose": "marketing-analytics",
+                     "measures": ["count"]}
+            first = ask_network(requester, client, query)
+            again = ask_network(requester, client, query)  # same session, no SM2 work
+        customers = {f"C{i:03d}" for i in range(len(wallets))}
+        expected = sum(1 for r in rows if r["customer_id"] in customers)
+        for result in (first, again):
+            (group,) = result.combined["groups"]
+            assert group["values"]["count"] == expected
+    finally:
+        stop(node)
+        stop_process(coordinator.process)
