@@ -494,7 +494,12 @@ def _print_integrity(view: service.AccessView) -> None:
 def _outcome(event: dict[str, Any]) -> str:
     """The event's meaning for you (service.outcome_label) and the epsilon it debited."""
     label = service.outcome_label(event)
-    if label in (service.ANSWERED, service.NOTHING_RELEASED) and event.get("epsilon"):
+    if event.get("training_run") and label == service.ANSWERED:
+        # A federated training phase (agent_node.training): your row trained a model.
+        label = (f"used for training run {event['training_run']} ({event.get('phase')}"
+                 + (f", round {event['round']}" if event.get("round") else "") + ")")
+    if event.get("epsilon") and (label.startswith("used for training")
+                                 or label in (service.ANSWERED, service.NOTHING_RELEASED)):
         label += f" (epsilon {event['epsilon']:g} debited)"
     return label
 
