@@ -3,7 +3,8 @@
 A distributor runs an agent node next to its order system (SQLite) and its chat-sentiment
 store (PostgreSQL). Customers create wallets and grant the CRM application `quote-generation`
 on the `transaction` tier for 24 hours. The CRM asks for order totals by region and gets
-aggregates with small groups suppressed; a question outside the granted scope is refused. A
+differentially private aggregates, each with its 95 % interval, and each customer's privacy
+budget goes down; a question outside the granted scope is refused. A
 customer sees who used their data and checks it against the ledger, revokes, and the next
 question under that grant is refused. A compliance officer verifies every receipt offline.
 
@@ -39,9 +40,12 @@ BIN = Path(sys.executable).parent
 DEMO_PASSPHRASE = "demo-only passphrase, never reuse"
 PG_DSN = "host=127.0.0.1 port=5432 user=postgres"
 PG_DATABASE = "sovfab_demo_chat"
-CUSTOMERS = 40
-# The customers who grant, by region: north and south reach k = 5, east does not.
+CUSTOMERS = 600
+# The customers who grant through their wallets, by region; BULK more grant through the
+# Python API, so that differentially private answers have enough customers to be useful.
 GRANTING = {"north": 7, "south": 5, "east": 2}
+NEVER = 40  # customers who never grant: their data is never used
+BULK = CUSTOMERS - NEVER - sum(GRANTING.values())
 REGIONS = ["north", "south", "east", "west"]
 
 
@@ -150,11 +154,18 @@ source = "orders"
 table = "orders"
 subject_key = ["customer_id"]
 row_key = ["order_id"]
+max_rows_per_subject = 6   # at most six orders per customer in this system
 
 [datasets.orders.columns]
-region = {{ type = "text", scope = "transaction", index = true }}
-amount = {{ type = "real", scope = "transaction", bounds = [0, 200] }}
-contract = {{ type = "text", scope = "transaction" }}
+amount = {{ type = "real", scope = "transaction", bounds = [0, 120] }}  # monthly charges
+contract = {{ type = "text", scope = "transaction", groups_per_subject = 1 }}
+
+[datasets.orders.columns.region]  # one region per customer, and the four are public
+type = "text"
+scope = "transaction"
+index = true
+groups_per_subject = 1
+public_keys = ["north", "south", "east", "west"]
 """
     if with_chats:
         text += f"""
@@ -169,7 +180,7 @@ subject_key = ["customer_id"]
 row_key = ["chat_id"]
 
 [datasets.chats.columns]
-mood = {{ type = "text", scope = "sentiment" }}
+mood = {{ type = "text", scope = "sentiment", groups_per_subject = 1 }}
 """
     return text
 
@@ -263,16 +274,23 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         ask = ["sov-query", "ask", "--home", str(crm_home), "--node", node_addr,
                "--ca", str(node_ca), "--purpose", "quote-generation"]
 
-        say("5. The CRM asks for order totals by region: aggregates only, small groups withheld")
+        say("5. The CRM asks for order totals by region: differentially private per customer, "
+            "each value with its 95 % interval")
         run([*ask, "--dataset", "orders", "--measure", "count", "--measure", "sum:amount",
-             "--group-by", "region"], env)
+             "--measure", "avg:amount", "--group-by", "region"], env)
+        say("   Alice's privacy budget went down by that answer's epsilon (the node's default "
+            "budget, as her grant set none); a second question costs 0.5 more")
+        wallet = ["consent-wallet", "--home", str(alice_home)]
+        run([*wallet, "grants"], env)
+        run([*ask, "--dataset", "orders", "--measure", "avg:amount", "--group-by", "contract",
+             "--epsilon", "0.5"], env)
+        run([*wallet, "grants"], env)
         if with_chats:
             say("   ... and a question about chat sentiment, which no grant covers, is refused")
             run([*ask, "--dataset", "chats", "--measure", "count", "--group-by", "mood"], env,
                 check=False)
 
         say("6. Alice asks her wallet who used her data, and checks it against the ledger")
-        wallet = ["consent-wallet", "--home", str(alice_home)]
         run(["sov-node", "log", "push", "--home", str(node_home)], env)
         run([*wallet, "access-log"], env)
         say("   The node's operator sees which grants and customers each event used, checked "
@@ -352,9 +370,32 @@ def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr:
         customer.grant(node=node_addr, requester=crm_did, purpose="quote-generation",
                        scopes=["transaction"], ttl=timedelta(hours=24),
                        node_ca=node_ca.read_bytes())
-    print(f"  {others + 1} of {CUSTOMERS} customers granted; the other "
-          f"{CUSTOMERS - others - 1} never did, so their data is never used")
+    bulk_grant(node_home, node_addr, crm_did, customers[others + 1:others + 1 + BULK])
+    print(f"  ... and {BULK} more through the Python API (keys, bindings, signed grants)")
+    print(f"  {CUSTOMERS - NEVER} of {CUSTOMERS} customers granted; the other {NEVER} never "
+          "did, so their data is never used")
     return alice_grant
+
+
+def bulk_grant(node_home: Path, node_addr: str, crm_did: str,
+               customers: list[dict[str, str]]) -> None:
+    """Customers who grant the CRM without the wallet's CLI: a key each, bound by the
+    operator in bulk, a signed grant delivered over the node's API."""
+    from agent_node.client import NodeClient
+    from agent_node.home import load_home
+    from agent_node.vault import Vault
+    from consent.grants import issue_grant
+    from consent.identity import Identity
+
+    node = load_home(node_home, DEMO_PASSPHRASE)
+    vault = Vault(node.vault_path, node.keys)
+    for row in customers:
+        customer = Identity.generate()
+        vault.bind([row["customerID"]], customer.did)
+        with NodeClient(node_addr, node.ca_pem(), customer) as client:
+            client.submit_grant(issue_grant(
+                customer, requester=crm_did, nodes=[node.identity.did],
+                purpose="quote-generation", scopes=["transaction"], ttl=timedelta(hours=24)))
 
 
 def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) -> None:

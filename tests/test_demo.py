@@ -17,13 +17,17 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "orders: 0 added, 0 updated, 0 removed" in out  # the second sync is incremental
-    assert "group(s) withheld" in out                        # k-suppression is visible
+    assert "differentially private per customer: epsilon 1;" in out  # dp answers ...
+    assert "north   " in out and "] " in out                  # ... each value with its interval
+    assert "privacy budget epsilon 9/10 left" in out         # Alice's budget goes down
+    assert "privacy budget epsilon 8.5/10 left" in out
+    assert "answered (epsilon 0.5 debited)" in out           # her log says what it cost
     assert "registered did:key:" in out and "(UNAUTHENTICATED)" in out  # an unsigned append
 
     assert "use sentiment data" in out                       # an ungranted scope is refused
     assert "in the ledger]" in out                           # access checked against the ledger
-    assert "(+13 other customers' grants)" in out            # others' grants only as a count
-    assert "14 grant(s), 14 customer(s)  [sets ok, chain ok]" in out  # the operator's view
+    assert "(+559 other customers' grants)" in out           # others' grants only as a count
+    assert "560 grant(s), 560 customer(s)  [sets ok, chain ok]" in out  # the operator's view
     assert "was revoked by its subject" in out               # revocation took effect
     assert "OK: all" in out and "NOT VERIFIED" in out        # receipts pass, the tampered fails
     own = out[out.index("Alice checks her own receipts"):]   # a customer's own audit, by CLI
