@@ -18,7 +18,6 @@ from consent.identity import Identity
 from protos.transport import free_port
 from tests.agent_node.conftest import (
     DATASET_TOML,
-    SUBJECTS,
     bind_all,
     grant_all,
     run_cli,
@@ -76,7 +75,7 @@ def test_two_coordinators_over_one_postgresql_registry(
         a, b = serve_coordinator(first), serve_coordinator(second)
         processes += [a.process, b.process]
         run_cli("sov-node", "sync", "--home", str(home))
-        wallets = [Identity.generate() for _ in range(SUBJECTS)]
+        wallets = [Identity.generate() for _ in range(8)]  # k = 5 is reached
         bind_all(home, wallets)
         node = serve(home)
         processes.append(node.process)
