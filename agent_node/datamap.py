@@ -28,10 +28,11 @@ Only names found here ever become SQL identifiers; every error names the offendi
     public_keys = ["north", "south", "east", "west"]
 
 Differential privacy reads three contribution bounds from here: ``max_rows_per_subject``
-(rows one customer adds to a group), a numeric column's ``bounds`` (each value is clamped to
-them) and, on a column the requester groups by, ``groups_per_subject`` (how many of its
-values one customer's rows may span; rows beyond are dropped) and/or ``public_keys`` (the
-column's values, all released without partition selection; other values never appear).
+(rows one customer adds to an answer, all groups together), a numeric column's ``bounds``
+(each value is clamped to them) and, on a column the requester groups by,
+``groups_per_subject`` (how many of its values one customer's rows may span; rows beyond
+are dropped) and/or ``public_keys`` (the column's values, all released without partition
+selection; other values never appear).
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ TEMPLATE = '''# Data map: which source tables the node may read, and each column
 # subject_key = ["customer_id"]
 # row_key = ["order_id"]
 #
-# max_rows_per_subject = 10   # differential privacy: rows one customer adds to a group
+# max_rows_per_subject = 10   # differential privacy: rows one customer adds to an answer
 #
 # [datasets.orders.columns]
 # amount = { type = "real", scope = "transaction", bounds = [0, 500] }   # clamp, sized to data

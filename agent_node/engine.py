@@ -700,40 +700,47 @@ class QueryEngine:
                       dataset: DatasetSpec, columns: dict[str, ColumnSpec], dense: bool,
                       trivial: bool, l0: int, public: list[tuple[Any, ...]] | None
                       ) -> dict[tuple[Any, ...], dict[str, Any]]:
-        """Contribution-bounded aggregates per group, in one SQL pass: the inner level groups
-        by (group keys, unit) with each value clamped to its bounds; the middle level (only
-        when a unit could span more groups than ``l0``) keeps each unit's ``l0`` groups with
-        the most rows; the outer level counts units and sums each unit's rows and counts
-        capped at ``max_rows_per_subject`` and its clamped sum capped at that many values."""
+        """Contribution-bounded aggregates per group, in one SQL pass. The inner level groups
+        by (group keys, unit), each value clamped to its bounds. With a group-by, the middle
+        level orders each unit's groups (most rows first) and keeps the first ``l0``, and
+        gives each group an allowance ``a`` of rows: what is left of ``max_rows_per_subject``
+        after the unit's groups before it, so that a unit contributes at most that many rows
+        in all. Without one, ``a`` is simply the unit's rows, capped. The outer level counts
+        units per group and sums each unit's allowance, its non-null counts capped at it and
+        its clamped sum capped at that many values: a customer moves the counts by at most
+        ``max_rows_per_subject`` in total (L1), the sums by that many times the bound."""
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
         outer_keys = [f"k{i}" for i in range(len(keys))]
         cap = dataset.max_rows_per_subject
         unit = "sid" if trivial else "(SELECT unit FROM temp._eligible e WHERE e.sid = t.sid)"
         inner = [*(f"{k} AS {o}" for k, o in zip(keys, outer_keys, strict=True)),
                  f"{unit} AS u", "COUNT(*) AS r"]
-        outer = [*outer_keys, "COUNT(*)", f"SUM(MIN(r, {cap}))"]
+        allowance = "a" if keys else f"MIN(r, {cap})"
+        outer = [*outer_keys, "COUNT(*)", f"SUM({allowance})"]
         names: list[str] = ["units", "rows"]
         summed = {m.column for m in query.measures if m.aggregate in ("sum", "avg")}
         counted = sorted({m.column for m in query.measures
                           if m.column and m.aggregate in ("count", "avg")})
         for i, name in enumerate(counted):
             inner.append(f'COUNT("{plain_column(name)}") AS n{i}')
-            outer.append(f"SUM(MIN(n{i}, {cap}))")
+            outer.append(f"SUM(MIN(n{i}, {allowance}))")
             names.append(f"n:{name}")
         for i, name in enumerate(sorted(c for c in summed if c)):
             low, high = columns[name].bounds or (0.0, 0.0)
             col = f'"{plain_column(name)}"'
             inner.append(f"SUM(MIN(MAX({col}, {low!r}), {high!r})) AS s{i}")
-            outer.append(f"TOTAL(MAX(MIN(COALESCE(s{i}, 0), {cap * max(high, 0.0)!r}), "
-                         f"{cap * min(low, 0.0)!r}))")
+            outer.append(f"TOTAL(MAX(MIN(COALESCE(s{i}, 0), {allowance} * {max(high, 0.0)!r}), "
+                         f"{allowance} * {min(low, 0.0)!r}))")
             names.append(f"s:{name}")
         where, params = self._where(query, columns, dense)
         where, params = _public_filter(where, params, query, columns)
         middle = (f"SELECT {', '.join(inner)} FROM {source} AS t WHERE {where} "
                   f"GROUP BY {', '.join([*keys, 'u'])}")
-        if query.group_by and not (public is not None and l0 >= len(public)):
-            middle = (f"SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY u ORDER BY "
-                      f"r DESC, {', '.join(outer_keys)}) AS g FROM ({middle})) WHERE g <= {l0}")
+        if keys:
+            order = f"PARTITION BY u ORDER BY r DESC, {', '.join(outer_keys)}"
+            middle = (f"SELECT *, MAX(0, MIN(r, {cap} - (run - r))) AS a FROM (SELECT *, "
+                      f"ROW_NUMBER() OVER ({order}) AS g, SUM(r) OVER ({order} ROWS UNBOUNDED "
+                      f"PRECEDING) AS run FROM ({middle})) WHERE g <= {l0}")
         sql = (f"SELECT {', '.join(outer)} FROM ({middle})"
                + (f" GROUP BY {', '.join(outer_keys)}" if keys else " HAVING COUNT(*) > 0"))
         width = len(keys)
@@ -1116,7 +1123,10 @@ def _noisy_groups(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnS
                                                                   list[float]]]
                   ) -> list[dict[str, Any]]:
     """Each released group's noisy values and their accuracy, one OpenDP measurement per
-    measure over all released groups (a customer changes at most ``l0`` of them)."""
+    measure over all released groups. Counts and sums: a customer's rows are capped in all
+    groups together (``_aggregate_dp``), so the L1 sensitivity over the vector is the row cap
+    (times the bound for sums). Quantiles: each of the customer's at most ``l0`` groups
+    changes by at most the row cap, so each group's quantile gets ``share / l0``."""
     cap = dataset.max_rows_per_subject
 
     def stat(name: str) -> list[Any]:
@@ -1129,7 +1139,7 @@ def _noisy_groups(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnS
         if measure.aggregate == "count":
             released, _ = privacy.noisy_counts(
                 [int(v) for v in stat("rows" if column is None else f"n:{column.name}")],
-                l0 * cap, share)
+                cap, share)
         elif measure.aggregate == "quantile" and column is not None:
             low, high = column.bounds or (0.0, 0.0)
             candidates = privacy.quantile_candidates(low, high, column.type == "integer")
@@ -1142,10 +1152,10 @@ def _noisy_groups(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnS
             integer = column.type == "integer" and low.is_integer() and high.is_integer()
             released, sum_half = privacy.noisy_sums(
                 [float(v) for v in stat(f"s:{column.name}")],
-                l0 * cap * max(abs(low), abs(high)), share, integer)
+                cap * max(abs(low), abs(high)), share, integer)
             if measure.aggregate == "avg":
                 counts, count_half = privacy.noisy_counts(
-                    [int(v) for v in stat(f"n:{column.name}")], l0 * cap, share)
+                    [int(v) for v in stat(f"n:{column.name}")], cap, share)
                 released = [privacy.ratio(total, count, sum_half, count_half, low, high)
                             for total, count in zip(released, counts, strict=True)]
         for i, item in enumerate(released):

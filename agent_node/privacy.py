@@ -3,14 +3,14 @@ budget arithmetic and the error bounds that travel with every noisy value.
 
 The privacy unit is one customer: every row of every source customer id bound to them (the
 engine merges customers who share a bound id into one unit). The engine bounds each unit's
-contribution before anything here sees the data: at most ``max_rows_per_subject`` rows per
-group, values clamped to the column's data-map bounds, and at most ``l0`` groups per unit.
-Given those bounds this module calibrates
+contribution before anything here sees the data: at most ``max_rows_per_subject`` rows in
+all groups together (``rows``), values clamped to the column's data-map bounds, and at most
+``l0`` groups per unit. Given those bounds this module calibrates
 
 - counts: the discrete Laplace mechanism (``make_laplace`` on integers), L1 sensitivity
-  ``l0 * rows``;
+  ``rows`` over the vector of groups;
 - sums: the Laplace mechanism (discrete on integer columns), L1 sensitivity
-  ``l0 * rows * max(|low|, |high|)``; an average is a noisy sum over a noisy count;
+  ``rows * max(|low|, |high|)``; an average is a noisy sum over a noisy count;
 - quantiles: OpenDP's exponential-mechanism quantile (``make_private_quantile``) over
   candidates spread across the column's bounds, ``rows`` changed rows per group, ``l0``
   groups;
