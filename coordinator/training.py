@@ -40,6 +40,7 @@ from flwr.supercore.run import Run
 from fl import models
 from fl.features import Moments, combine_moments
 from fl.protocol import (
+    EMPTY,
     EXAMPLES,
     LINEAGE,
     MOMENTS,
@@ -153,6 +154,7 @@ class TrainingOutcome:
     #: Each node's weight: its Laplace-noised customer count from the scaling phase (nodes
     #: never send an exact count; ``fl.client`` sends 1 where Flower expects one).
     weights: dict[int, float] = field(default_factory=dict)
+    empty_rounds: list[float] = field(default_factory=list)  # bench: Flower-only rounds
 
     def weigh(self, replies: Iterable[Message]) -> float:
         """Set each reply's ``num-examples`` to its node's noisy count; their sum."""
@@ -169,7 +171,8 @@ class TrainingOutcome:
                 "rounds": self.rounds, "nodes": self.nodes,
                 "dropped": {str(k): v for k, v in self.dropped.items()},
                 "scaling": self.scaling,
-                "weights": {str(k): v for k, v in self.weights.items()}}
+                "weights": {str(k): v for k, v in self.weights.items()},
+                "empty_rounds": self.empty_rounds}
 
 
 def _lineage(outcome: TrainingOutcome, replies: Iterable[Message]) -> None:
@@ -188,7 +191,14 @@ def _strategy(options: RunOptions, outcome: TrainingOutcome,
               progress: Callable[[dict[str, Any]], None]) -> FedAvg:
     base = FedProx if options.strategy == "fedprox" else FedAvg
 
+    started: list[float] = []
+
     class Strategy(base):  # type: ignore[valid-type, misc]
+        def configure_train(self, server_round: int, arrays: ArrayRecord,
+                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+            started.append(time.monotonic())  # the round's wall time starts here
+            return super().configure_train(server_round, arrays, config, grid)  # type: ignore[no-any-return]
+
         def aggregate_train(self, server_round: int, replies: Iterable[Message]
                             ) -> tuple[ArrayRecord | None, MetricRecord | None]:
             replies = list(replies)
@@ -203,6 +213,7 @@ def _strategy(options: RunOptions, outcome: TrainingOutcome,
             examples = outcome.weigh(ok)
             arrays, metrics = super().aggregate_train(server_round, ok)
             entry = {"round": server_round, "nodes": len(ok), "examples": round(examples),
+                     "seconds": round(time.monotonic() - started[-1], 3),
                      **{k: float(v) for k, v in (metrics or {}).items()
                         if not isinstance(v, list)}}
             outcome.rounds.append(entry)
@@ -276,6 +287,21 @@ def run_training(grid: Grid, signed_plan: dict[str, Any], options: RunOptions, *
     return outcome
 
 
+def empty_rounds(grid: BoundedGrid, options: RunOptions) -> list[float]:
+    """Wall seconds of ``options.rounds`` rounds whose message every node answers at once
+    (``query.empty``: no vault, no model): what a round costs in Flower alone."""
+    times = []
+    for _ in range(options.rounds):
+        start = time.monotonic()
+        nodes = grid.get_node_ids()
+        replies = grid.send_and_receive([Message(RecordDict(), node, EMPTY) for node in nodes],
+                                        timeout=options.round_timeout)
+        if sum(not r.has_error() for r in replies) < options.min_nodes:
+            raise TrainingRunError("too few nodes answered the empty round")
+        times.append(round(time.monotonic() - start, 3))
+    return times
+
+
 # -- the ServerApp ---------------------------------------------------------------------------------
 
 app = ServerApp()
@@ -298,7 +324,11 @@ def main(grid: Grid, context: Context) -> None:
             handle.write(json.dumps(entry) + "\n")
 
     try:
-        outcome = run_training(grid, json.loads(str(cfg["plan"])), options, progress=progress)
+        bounded = BoundedGrid(grid, options)
+        outcome = run_training(bounded, json.loads(str(cfg["plan"])), options,
+                               progress=progress)
+        if cfg.get("empty-model"):  # bench/fl.py: Flower's own cost of a round
+            outcome.empty_rounds = empty_rounds(bounded, options)
     except Exception as exc:
         (out / "failure.json").write_text(json.dumps({"error": str(exc)}))
         raise

@@ -79,6 +79,10 @@ def make_client_app(open_source: Callable[[Context], TrainingSource]) -> ClientA
     def moments(msg: Message, context: Context) -> Message:
         return _guarded(msg, lambda: _moments(open_source(context), msg, context))
 
+    @app.query("empty")
+    def empty(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)  # no vault, no model: Flower's cost only
+
     @app.train()
     def train_(msg: Message, context: Context) -> Message:
         return _guarded(msg, lambda: _train(open_source(context), msg, context))

@@ -35,6 +35,7 @@ PLAN_TYPE = "IntentTrainingPlan"
 MOMENTS = "query.moments"
 TRAIN = "train"
 EVALUATE = "evaluate"
+EMPTY = "query.empty"  # answered at once, touching nothing (bench/fl.py's baseline round)
 #: Record keys: the strategy's own ("arrays", "config", "metrics") and ours.
 PLAN_KEY = "plan"  # in "config": the signed plan, canonical JSON
 SCALING_KEY = "scaling"  # in "config": {"mean": [...], "std": [...]} as JSON

@@ -1,0 +1,37 @@
+"""The commands docs/training.md shows exist with the options it uses (click's own help)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from agent_node.cli import main as node_cli
+from coordinator.cli import main as coordinator_cli
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    text = DOC.read_text().replace("\\\n", " ")
+    found = []
+    for line in text.splitlines():
+        match = re.match(r"\s*(sov-node|sov-coordinator) (\S+)(.*)", line)
+        if match:
+            options = re.findall(r"(--[a-z-]+)", match.group(3).split("#")[0])
+            found.append((match.group(1), match.group(2), options))
+    return found
+
+
+def test_every_documented_option_exists() -> None:
+    commands = documented_commands()
+    assert {(tool, name) for tool, name, _ in commands} >= {
+        ("sov-node", "serve"), ("sov-coordinator", "train"), ("sov-coordinator", "models")}
+    runner = CliRunner()
+    for tool, name, options in commands:
+        cli = node_cli if tool == "sov-node" else coordinator_cli
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, f"{tool} {name}: {result.output}"
+        for option in options:
+            assert option in result.output, f"{tool} {name} has no {option}"
