@@ -405,3 +405,22 @@ class NodeClient:
 
     def export(self) -> dict[str, Any]:
         return self.call("Export", {})["body"]["export"]
+
+    def erase(self, request: dict[str, Any], *, subject_salt: str | None = None
+              ) -> dict[str, Any]:
+        """Ask the node to erase the caller (``request``: their signed ErasureRequest, see
+        ``ledger.erasure``); the reply body with the node's proof, verified to be this node's
+        proof for this caller."""
+        from ledger.erasure import ErasureError, verify_proof
+
+        body: dict[str, Any] = {"request": request}
+        if subject_salt is not None:
+            body["subject_salt"] = subject_salt
+        reply = self.call("Erase", body)["body"]
+        try:
+            # A repeated request gets the proof of the first one: not checked against this.
+            verify_proof(reply.get("proof"), node_did=self.node_info().did,
+                         customer=self.caller.did)
+        except ErasureError as exc:
+            raise NodeProtocolError(f"the node's erasure proof does not verify: {exc}") from None
+        return dict(reply)

@@ -190,6 +190,11 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
     --workers``) only the ``primary`` one exports metrics and anchors heads in the ledger."""
     service = build_service(home)
     config = home.config
+    if primary:
+        from agent_node.erasure import Erasure
+
+        # An erasure a crash interrupted is finished before anything else is served.
+        Erasure(home, service.vault).resume()
     cert_pem, key_pem = home.server_tls()
     running = serve(add_to_server(service), [SERVICE_NAME], address=address or config.listen,
                     cert_pem=cert_pem, key_pem=key_pem,

@@ -252,6 +252,10 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
                ) -> node_pb2.SealedResponse:
         return self._handle("Export", request, context, self._export)
 
+    def Erase(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+              ) -> node_pb2.SealedResponse:
+        return self._handle("Erase", request, context, self._erase)
+
     # -- handlers -------------------------------------------------------------------------------
 
     def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +376,13 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             head = accesslog.signed_head(conn, self.identity)
             anchors = accesslog.anchors_covering(conn, [e["body"]["seq"] for e in events])
         return {"events": events, "chain": chain, "head": head, "anchors": anchors}
+
+    def _erase(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        from agent_node.erasure import Erasure
+
+        outcome = Erasure(self.home, self.vault).erase(
+            body.get("request"), caller=caller, salt_hex=body.get("subject_salt"))
+        return outcome.to_json()
 
     def _export(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.vault.connection() as conn:

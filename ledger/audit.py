@@ -257,3 +257,51 @@ def build_bundle(
     for i, proof in enumerate(proofs):
         check_consistency(outcome, f"consistency proof {i + 1}", proof, log_key)
     return Bundle(log_key, tuple(receipts), tuple(proofs)), outcome
+
+
+def check_erasure(outcome: Outcome, label: str, document: Mapping[str, Any],
+                  log_key: LogPublicKey, chain: Any = None,
+                  policy: AuthorityPolicy | None = None) -> None:
+    """An erasure receipt (``ledger.erasure``): the node's signed proof, the ledger receipt
+    of its ``erasure`` entry (signature, inclusion, authority) and that the entry names
+    exactly this proof. A proof changed in any field fails its signature or the entry."""
+    from ledger.erasure import ErasureError, check_entry, scan_hits, verify_proof
+
+    proof = document.get("proof")
+
+    def signed() -> str:
+        try:
+            signer = verify_proof(proof)
+        except ErasureError as exc:
+            raise CheckFailed("erasure", str(exc)) from exc
+        assert isinstance(proof, dict)
+        rows = sum(int(loc.get("rows", 0)) for loc in proof["locations"])
+        files = proof["scan"].get("files", [])
+        return (f"erasure proof signed by {signer} at {proof['erased_at']}: {rows} row(s) "
+                f"destroyed in {len(proof['locations'])} location(s), "
+                f"{len(proof['destroyed_keys'])} data key(s) destroyed, scan of {len(files)} "
+                f"file(s) for {proof['scan'].get('needles')} value(s): "
+                f"{scan_hits(proof)} hit(s)")
+
+    if not outcome.run(label, signed):
+        return
+    raw = document.get("receipt")
+    if not isinstance(raw, dict):
+        outcome.failed.append(CheckFailed("erasure", f"{label}: the proof is not anchored in "
+                                          "the ledger yet (no receipt)"))
+        return
+    try:
+        receipt = load_receipt(json.dumps(raw))
+    except LedgerError as exc:
+        outcome.failed.append(CheckFailed("format", f"{label}: {exc}"))
+        return
+    check_receipt(outcome, label, receipt, log_key, chain, policy)
+
+    def named() -> str:
+        try:
+            check_entry(proof, receipt.event)  # type: ignore[arg-type]
+        except ErasureError as exc:
+            raise CheckFailed("erasure", str(exc)) from exc
+        return f"ledger entry {receipt.index} is the erasure entry of exactly this proof"
+
+    outcome.run(label, named)

@@ -23,9 +23,11 @@ from ledger.audit import (
     Outcome,
     build_bundle,
     check_consistency,
+    check_erasure,
     check_heads_match,
     check_receipt,
     load_items,
+    load_json,
     read_tree_head,
 )
 from ledger.errors import LedgerError
@@ -103,13 +105,17 @@ def main() -> None:
                    "'unauthenticated (legacy)' (they fail otherwise).")
 def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
            authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool) -> None:
-    """Verify receipts or bundles: signature, inclusion, who wrote each entry (authority), and
-    with --chain-rpc, the anchor."""
+    """Verify receipts, bundles or erasure receipts: signature, inclusion, who wrote each entry
+    (authority), an erasure's signed proof against its entry, and with --chain-rpc, the
+    anchor."""
     log_key = _log_key(log_key_path)
     policy = _policy(authors_path, grant_paths, accept_legacy)
     chain = _chain(chain_rpc)
     outcome = Outcome()
     for path in files:
+        if _is_erasure(path):
+            check_erasure(outcome, str(path), load_json(path), log_key, chain, policy)
+            continue
         try:
             receipts, proofs, bundle_key = load_items(path)
         except CheckFailed as exc:
@@ -126,6 +132,16 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
         for n, proof in enumerate(proofs):
             check_consistency(outcome, f"{path} consistency {n + 1}", proof, log_key)
     _report(outcome)
+
+
+def _is_erasure(path: Path) -> bool:
+    """An erasure receipt (the node's proof + the ledger receipt of its entry)?"""
+    from ledger.erasure import RECEIPT_FORMAT
+
+    try:
+        return load_json(path).get("format") == RECEIPT_FORMAT
+    except CheckFailed:
+        return False  # load_items reports the file's defect
 
 
 def _policy(authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool

@@ -544,12 +544,44 @@ def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bo
 
 
 @cli.command()
+@click.option("--node", required=True, help="Node address HOST:PORT.")
+@click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="The node's CA certificate (remembered for this address).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@json_option
+@pass_ctx
+def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: bool) -> None:
+    """Ask a node to erase everything it holds about you, and keep its signed proof."""
+    if not yes:
+        click.confirm(f"Erase everything {node} holds about you? Your grants there end and "
+                      "this cannot be undone", abort=True)
+    ca_pem = service.read_ca(node_ca) if node_ca else None
+    with _open(ctx) as wallet:
+        receipt = wallet.erase(node, node_ca=ca_pem)
+    proof = receipt["proof"]
+    rows = sum(int(loc["rows"]) for loc in proof["locations"])
+    files = proof["scan"]["files"]
+    hits = sum(int(f["hits"]) for f in files)
+
+    def human() -> None:
+        click.echo(f"{node} erased you: {rows} row(s) in {len(proof['locations'])} "
+                   f"location(s), {len(proof['destroyed_keys'])} data key(s) destroyed")
+        click.echo(f"  scan of {len(files)} file(s) for {proof['scan']['needles']} of your "
+                   f"values: {hits} hit(s)")
+        click.echo(f"  proof signed by {proof['node']}; ledger: {receipt.get('ledger')}")
+        click.echo("  `consent-wallet receipts --out DIR` writes it for sov-audit verify")
+
+    _emit(as_json, receipt, human)
+
+
+@cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the receipts into (created if missing).")
 @json_option
 @pass_ctx
 def receipts(ctx: Context, out: Path, as_json: bool) -> None:
-    """Write every ledger receipt you hold (grants, revocations) for `sov-audit verify`."""
+    """Write every ledger receipt you hold (grants, revocations, erasures) for `sov-audit
+    verify`."""
     result = service.write_receipts(ctx.home, out)
     data = {"out": str(out), "written": [str(p) for p in result.written],
             "not_anchored": result.pending}

@@ -970,6 +970,27 @@ class Wallet:
         events = [_flat_event(e) for e in log.events]
         return check_events(events, getattr(log, "anchors", []), node_did, self.ledger_key())
 
+    def erase(self, node: str, *, node_ca: bytes | None = None) -> dict[str, Any]:
+        """Ask ``node`` to erase everything it holds about this wallet's subject; the erasure
+        receipt (``ledger.erasure``: the node's verified proof, its ledger entry and receipt),
+        kept in the store. The signed request is stored before it is sent, so a retry after a
+        failure sends the same request and gets the same proof."""
+        from ledger.erasure import RECEIPT_FORMAT, issue_request
+
+        self._use_node_ca(node, node_ca)
+        client = self._client(node)
+        node_did = client.node_info().did
+        request = self.store.erasure_request(node_did)
+        if request is None:
+            self.store.add_erasure(node_did, node, issue_request(self.identity, node_did))
+            request = self.store.erasure_request(node_did)
+        reply = client.erase(request, subject_salt=self._subject_salt().hex())
+        receipt = {"format": RECEIPT_FORMAT, "node_address": node, "proof": reply["proof"],
+                   "ledger_entry": reply.get("ledger_entry"), "receipt": reply.get("receipt"),
+                   "ledger": reply.get("ledger")}
+        self.store.set_erasure_receipt(node_did, receipt)
+        return receipt
+
     def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
         """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
         _refuse_wallet_file(self.home, Path(out))
@@ -1019,6 +1040,9 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
             if g.delivered_at is not None]
         items += [("revocation", r.grant_id, r.ledger_receipt) for r in store.revocations()
                   if r.delivery == DELIVERED]
+        # Erasure receipts: the node's proof with the ledger's receipt of its entry.
+        items += [("erasure", did, receipt if receipt and receipt.get("receipt") else None)
+                  for did, receipt in store.erasure_receipts()]
     finally:
         store.close()
     out = Path(out)
@@ -1028,7 +1052,9 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
     written, pending = [], []
     for kind, grant_id, receipt in items:
         if receipt is None:
-            pending.append(f"{kind} {grant_id}" if kind == "grant" else f"{kind} of {grant_id}")
+            pending.append(f"{kind} {grant_id}" if kind == "grant" else
+                           f"erasure at {grant_id}" if kind == "erasure" else
+                           f"{kind} of {grant_id}")
             continue
         path = out / f"{kind}-{_file_safe(grant_id)}.json"
         write_private_file(path, json.dumps(receipt, indent=2).encode())
@@ -1038,7 +1064,8 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
 
 def _file_safe(grant_id: str) -> str:
     """``urn:uuid:X`` -> ``X``: a grant id as a file name on every system."""
-    return grant_id.removeprefix("urn:uuid:").replace(":", "-").replace("/", "-")
+    return grant_id.removeprefix("urn:uuid:").removeprefix("did:key:").replace(":", "-")\
+        .replace("/", "-")
 
 
 def read_node_document(path: Path) -> str:

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS access_events (
     ledger_status TEXT, ledger_detail TEXT,
     PRIMARY KEY (node_address, seq)
 );
+CREATE TABLE IF NOT EXISTS erasures (
+    node_did TEXT PRIMARY KEY, node_address TEXT NOT NULL, request TEXT NOT NULL,
+    requested_at TEXT NOT NULL, receipt TEXT, erased_at TEXT
+);
 """
 
 # Columns added after the first release: (table, column, type). Added in place on open.
@@ -411,3 +415,27 @@ class WalletStore:
             )
             for row in rows
         ]
+
+    # erasures (ledger.erasure) ----------------------------------------------------------------
+
+    def add_erasure(self, node_did: str, address: str, request: dict[str, Any]) -> None:
+        """Keep the signed request before it is sent: a retry sends the same one."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO erasures (node_did, node_address, request, "
+                       "requested_at) VALUES (?, ?, ?, ?)",
+                       (node_did, address, json.dumps(request), iso(utcnow())))
+
+    def set_erasure_receipt(self, node_did: str, receipt: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE erasures SET receipt = ?, erased_at = ? WHERE node_did = ?",
+                       (json.dumps(receipt), iso(utcnow()), node_did))
+
+    def erasure_request(self, node_did: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT request FROM erasures WHERE node_did = ?",
+                               (node_did,)).fetchone()
+        return None if row is None else dict(json.loads(row["request"]))
+
+    def erasure_receipts(self) -> list[tuple[str, dict[str, Any] | None]]:
+        """(node DID, erasure receipt or None while not confirmed) of every erasure asked."""
+        return [(row["node_did"], _loads(row["receipt"])) for row in self._db.execute(
+            "SELECT node_did, receipt FROM erasures ORDER BY requested_at")]

@@ -74,6 +74,11 @@ class AgentNodeStub:
                 request_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
                 response_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
                 _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/sovereign.v1.AgentNode/Erase',
+                request_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
+                response_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
+                _registered_method=True)
 
 
 class AgentNodeServicer:
@@ -143,6 +148,14 @@ class AgentNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Erase(self, request, context):
+        """Erase everything the node holds about the caller (right to erasure) and prove it: the
+        caller's signed ErasureRequest in, the node's signed ErasureProof out (ledger.erasure).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +196,11 @@ def add_AgentNodeServicer_to_server(servicer, server):
             ),
             'Export': grpc.unary_unary_rpc_method_handler(
                     servicer.Export,
+                    request_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.FromString,
+                    response_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
                     request_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.FromString,
                     response_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.SerializeToString,
             ),
@@ -401,6 +419,33 @@ class AgentNode:
             request,
             target,
             '/sovereign.v1.AgentNode/Export',
+            protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
+            protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.AgentNode/Erase',
             protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
             protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
             options,
