@@ -3,8 +3,11 @@
 Builds a vault from the bank-marketing table replicated and perturbed to --rows rows
 (1,000,000 by default, 100,000 with --quick), with transaction columns and two SM4-encrypted
 ones (identity, sentiment), then measures
-- a group-by aggregate end to end (gRPC + TLS, sealing, consent filtering, signing) against
-  the same aggregate in raw sqlite3 in-process on the source table (target <= 1.5);
+- a group-by aggregate end to end (gRPC + TLS, sealing, consent filtering, differential
+  privacy as the node does by default: per-customer contribution bounds, OpenDP noise,
+  budgets debited for every consenting customer, signing) against the same aggregate in raw
+  sqlite3 in-process on the source table (target <= 1.5), and the accuracy of one typical
+  value of that answer (its 95 % interval);
 - small indexed queries from 32 concurrent clients against a bare grpcio echo server
   (target >= 0.5). The harness is the same for both: each server (`sov-node serve`, and
   this script with --echo-server) is built by protos.transport.serve with the same TLS
@@ -86,12 +89,18 @@ source = "crm"
 table = "contacts"
 subject_key = ["customer_id"]
 row_key = ["contact_id"]
+max_rows_per_subject = 10
 [datasets.contacts.columns]
-age = { type = "integer", scope = "transaction", index = true }
-job = { type = "text", scope = "transaction", index = true }
-duration = { type = "integer", scope = "transaction" }
+age = { type = "integer", scope = "transaction", index = true, bounds = [17, 100] }
+duration = { type = "integer", scope = "transaction", bounds = [0, 2000] }
 education = { type = "text", scope = "identity" }
 y = { type = "text", scope = "sentiment" }
+[datasets.contacts.columns.job]
+type = "text"
+scope = "transaction"
+index = true
+public_keys = ["admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired",
+               "self-employed", "services", "student", "technician", "unemployed", "unknown"]
 """
 CACHED_CODE = ("agent_node/vault.py", "agent_node/vaultcrypto.py", "agent_node/sources.py",
                "agent_node/datamap.py", "bench/query.py")
@@ -333,6 +342,9 @@ def make_gm(home_dir: Path) -> None:
 def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
             profile: str = "intl", echo: bool = True, workers: int = 1) -> dict[str, Any]:
     home = load_home(home_dir, PASS)
+    # Differential privacy is on (the default); budgets large enough for every bench query.
+    home.config.grant_budget = 1000.0
+    save_config(home_dir / "node.toml", home.config)
     proc, port = start_node(home_dir, workers)
     time.sleep(1.0)
     idle = rss_mib(proc.pid)
@@ -345,7 +357,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         asker = Requester(requester)
         group_query = {"dataset": "contacts", "purpose": "marketing-analytics",
                        "measures": ["count", "sum:duration", "avg:age"], "group_by": ["job"]}
-        asker.ask_with(client, group_query)  # warm up: connection, page cache
+        typical = typical_value(asker.ask_with(client, group_query))  # warm up too
         e2e = median_time(lambda: asker.ask_with(client, group_query), 7)
         raw = sqlite3.connect(source_db)
         sql = "SELECT job, COUNT(*), SUM(duration), AVG(age) FROM contacts GROUP BY job"
@@ -354,7 +366,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         print(f"[{profile}] group-by e2e median {e2e * 1000:.1f} ms, raw sqlite3 "
               f"{baseline * 1000:.1f} ms")
 
-        small = {"dataset": "contacts", "purpose": "marketing-analytics",
+        small = {"dataset": "contacts", "purpose": "marketing-analytics", "epsilon": 0.05,
                  "measures": ["count"], "filters": [{"column": "age", "op": "eq",
                                                      "value": SMALL_AGE}]}
         envelope, nonce = client.sealed_request("Query", {"query": small})
@@ -374,7 +386,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         print(f"[{profile}] small queries {node_qps:.0f}/s ({CLIENTS} clients, one session "
               f"each); RSS under load {loaded:.0f} MiB")
         return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle,
-                "node": node}
+                "node": node, "typical": typical}
     echo = echo_load(home_dir, len(envelope), reply_bytes, seconds, workers)
     base_qps = echo.qps
     print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
@@ -384,7 +396,20 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
           f"{node.client_ms:.2f} ms; echo server {echo.server_ms:.2f} ms + client "
           f"{echo.client_ms:.2f} ms")
     return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "echo_qps": base_qps,
-            "idle": idle, "node": node, "echo": echo}
+            "idle": idle, "node": node, "echo": echo, "typical": typical}
+
+
+def typical_value(answer: Any) -> dict[str, Any]:
+    """The accuracy of one typical value of a dp answer: the noisy count of the job with the
+    most contacts, its 95 % interval and that interval's half-width relative to the value."""
+    group = next(g for g in answer.groups if g["key"] == ["admin."])
+    value = group["values"]["count"]
+    low, high = group["accuracy"]["count"]["ci95"]
+    print(f"typical dp value: count for job {group['key'][0]!r} = {value} [{low:g}, {high:g}] "
+          f"(95 %, epsilon {answer.dp['epsilon']:g} for the whole answer)")
+    return {"group": group["key"][0], "measure": "count", "value": value, "ci95": [low, high],
+            "relative_half_width": round((high - low) / 2 / max(value, 1), 3),
+            "epsilon": answer.dp["epsilon"]}
 
 
 def main() -> None:
@@ -415,9 +440,9 @@ def main() -> None:
         result = measure(home_dir, cached / "crm.db", subjects, seconds,
                          workers=args.workers)
         print(f"node workers: {args.workers}")
-        summary = {"bench": "query", "rows": rows,
+        summary = {"bench": "query", "rows": rows, "privacy": "dp",
                    "e2e_vs_sqlite": round(result["e2e"] / result["baseline"], 3),
-                   "target": 1.5,
+                   "target": 1.5, "typical_dp_answer": result["typical"],
                    "throughput_vs_echo": round(result["node_qps"] / result["echo_qps"], 3),
                    "throughput_target": 0.5, "workers": args.workers,
                    "node_cpu_ms_per_query": round(result["node"].server_ms, 2),
