@@ -114,6 +114,7 @@ class Links:
     uses: dict[str, list[ReportItem]] = field(default_factory=dict)
     revocations: dict[str, list[ReportItem]] = field(default_factory=dict)
     by_subject: dict[str, list[ReportItem]] = field(default_factory=dict)
+    unlisted: int = 0  # access heads that do not list the grants they used
 
     @classmethod
     def of(cls, items: Iterable[ReportItem]) -> Links:
@@ -126,6 +127,7 @@ class Links:
             elif item.kind == "revocation":
                 links.revocations.setdefault(event["grant_digest"], []).append(item)
             elif item.kind == "access_head":
+                links.unlisted += "grant_digests" not in event
                 for digest in event.get("grant_digests", []):
                     links.uses.setdefault(digest, []).append(item)
         return links
@@ -160,6 +162,14 @@ def author_of(event: dict[str, Any]) -> str:
         return LEGACY
     endorser = event.get("endorser")
     return f"customer key, endorsed by {endorser}" if endorser else str(author)
+
+
+def _author_label(text: str) -> str:
+    """An ``author_of`` text with its DID shortened (full on hover)."""
+    head, _, did = text.rpartition(" ")
+    if not did.startswith("did:"):
+        return escape(text)
+    return f"{escape(head)} {_short(did)}" if head else _short(did)
 
 
 def _author_cell(event: dict[str, Any]) -> str:
@@ -198,7 +208,9 @@ def _grant_cells(item: ReportItem, links: Links) -> list[str]:
         outcome += f", until {parse_time(event['expires']):%Y-%m-%d %H:%M}Z"
     uses = links.uses.get(digest, [])
     revoked = links.revocations.get(digest, [])
-    link_parts = [f"used under {_refs(uses)}" if uses else "no use in this report",
+    unlisted = f" ({links.unlisted} head(s) do not list their grants)" if links.unlisted else ""
+    link_parts = [f"used under {_refs(uses)}" if uses
+                  else f"no access head in this report names it{unlisted}",
                   f"revoked by {_refs(revoked)}" if revoked else "not revoked in this report"]
     return [
         _short(requester) if requester else _digest_only("not recorded (digest only)"),
@@ -243,6 +255,9 @@ def _access_cells(item: ReportItem, links: Links) -> list[str]:
         parts.append(f"under grants {_refs(known)}")
     if len(digests) > len(known):
         parts.append(f"{len(digests) - len(known)} grant(s) known only by digest")
+    if "grant_digests" not in event:
+        # A node lists at most 100 grants per head (agent_node.accesslog.MAX_LISTED).
+        parts.append("the grants used are not listed in this head (none, or too many)")
     rows = event.get("accesses")
     if rows is None:
         summary = _digest_only(
@@ -341,7 +356,7 @@ def _summary(items: Sequence[ReportItem]) -> str:
                "before heads summarised their accesses): their accesses are not counted "
                "here.</p>" if unsummarised else "")
     authors = Counter(author_of(i.event) for i in items)
-    author_rows = "".join(f"<li>{escape(a)}: {n}</li>" for a, n in authors.most_common())
+    author_rows = "".join(f"<li>{_author_label(a)}: {n}</li>" for a, n in authors.most_common())
     return f"""<section id="summary"><h2>Summary</h2>
 <div class="cards">
 <div class="card"><h3>Entries by kind</h3><table class="small">{kind_rows}

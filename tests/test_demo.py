@@ -44,4 +44,4 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     report = (tmp_path / "demo-audit-report.html").read_text()
     # The officer's report: accesses and refusals from the nodes' heads, grant -> revocation.
     assert 'data-outcome="answered">0<' not in report and 'data-outcome="refused">0<' not in report
-    assert "revoked by <a href=" in report and "used under <a href=" in report
+    assert "revoked by <a href=" in report and "revokes the grant <a href=" in report

@@ -155,8 +155,10 @@ def test_authors_are_shown_when_entries_carry_them() -> None:
     html = render(items, title="t", origin="o", selection="all events")
     assert "(the node)" in _row(html, 0)
     assert "customer's per-grant key" in _row(html, 1) and "endorsed by node" in _row(html, 1)
-    text = visible(html)
-    assert f"{NODE}: 1" in text and f"customer key, endorsed by {NODE}: 1" in text
+    # Entries by author, DIDs shortened with the full DID on hover.
+    assert re.search(rf'<li><code class="did" title="{NODE}">[^<]+</code>: 1</li>', html)
+    assert re.search(rf'<li>customer key, endorsed by <code class="did" title="{NODE}">'
+                     r"[^<]+</code>: 1</li>", html)
     assert "cd" * 64 not in html  # signatures are not shown, not even folded
 
 
@@ -170,13 +172,19 @@ def test_models_erasures_and_an_empty_selection() -> None:
         ReportItem(moment, "model", 1, 3, {
             "type": "model", "time": "2026-03-05T09:00:00Z", "model_digest": "ab" * 32,
             "run_id": "run-7", "purpose": "intent-model-training", "nodes": [NODE]}),
-        ReportItem(moment, "erasure", 2, 3, {
+        ReportItem(moment, "erasure", 2, 4, {
             "type": "erasure", "time": "2026-03-05T09:00:00Z", "proof_digest": "cd" * 32,
             "subject_commitment": subject, "node": NODE}),
+        ReportItem(moment, "access_head", 3, 4, {  # used more grants than a head lists
+            "type": "access_head", "time": "2026-03-05T09:00:00Z", "node": NODE,
+            "head": "ab" * 32, "sequence": 9, "accesses": [{"outcome": "answered", "count": 1}]}),
     ]
     html = render(items, title="t", origin="o", selection="all events")
     # A grant anchored without requester or scopes (an older wallet): said, not guessed.
     assert _row(html, 0).count("not recorded (digest only)") == 2
+    assert "no access head in this report names it (1 head(s) do not list their grants)" in \
+        _row(html, 0)
+    assert "the grants used are not listed in this head" in _row(html, 3)
     assert "model recorded (run run-7)" in _row(html, 1)
     assert "erased" in _row(html, 2) and "the subject of grants #0" in _row(html, 2)
     assert "No receipt carries a chain anchor" in visible(html)
