@@ -197,6 +197,35 @@ def _subject_key(text: str) -> list[str]:
     return [str(v) for v in values]
 
 
+@main.command()
+@home_option
+@pass_option
+@click.argument("request_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the signed erasure proof here (JSON, 0600) for the customer")
+def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path | None
+          ) -> None:
+    """Carry out a customer's signed erasure request (ErasureRequest JSON, e.g. sent by
+    email): everything this node holds about them is destroyed, and the signed proof kept."""
+    from agent_node.erasure import Erasure
+    from consent.keystore import write_private_file
+
+    try:
+        request = json.loads(request_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _fail(f"{request_file} is not a readable JSON erasure request ({exc.__class__.__name__})")
+    node = _open(home, passphrase_file)
+    outcome = Erasure(node, Vault(node.vault_path, node.keys)).erase(request)
+    proof = outcome.proof
+    if out is not None:
+        write_private_file(out, json.dumps(outcome.to_json(), indent=2).encode())
+    rows = sum(int(loc["rows"]) for loc in proof["locations"])
+    hits = sum(int(f["hits"]) for f in proof["scan"]["files"])
+    click.echo(f"erased {proof['customer']}: {rows} row(s), {len(proof['destroyed_keys'])} "
+               f"data key(s) destroyed; scan of {len(proof['scan']['files'])} file(s): "
+               f"{hits} hit(s); ledger: {outcome.ledger}")
+
+
 @main.group()
 def grants() -> None:
     """The consent grants this node holds."""
