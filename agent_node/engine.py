@@ -200,6 +200,16 @@ class QueryEngine:
         #: are final, so an entry never goes stale; other processes' releases are found in SQL.
         self._released: set[tuple[str, str, str]] = set()
 
+    def privacy_info(self) -> dict[str, Any]:
+        """What NodeInfo tells requesters and wallets about how this node answers."""
+        settings = self.settings
+        if not settings.dp:
+            return {"mode": "threshold", "k": settings.k}
+        return {"mode": "dp", "unit": "customer", "library": "opendp",
+                "epsilon_min": settings.epsilon_min, "epsilon_max": settings.epsilon_max,
+                "default_epsilon": settings.default_epsilon,
+                "grant_budget": settings.grant_budget, "delta": settings.delta}
+
     # -- entry point --------------------------------------------------------------------------
 
     def run(self, raw_query: Any, requester: str, now: datetime | None = None,

@@ -213,6 +213,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             "region": config.region, "residency": config.residency, "profile": config.profile,
             "k_threshold": self.engine.settings.k, "max_ttl_hours": config.max_ttl_hours,
             "access_log_head": head, "datasets": datasets, "issued": iso(datetime.now(UTC)),
+            "privacy": self.engine.privacy_info(),
         }
         if self.rotations:
             # Wallets that pinned an older DID follow these (consent.rotation) to this one.

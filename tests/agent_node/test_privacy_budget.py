@@ -76,6 +76,10 @@ def _concurrently(node: NodeProcess, who: Identity, query: dict[str, Any], n: in
 
 def test_concurrent_answers_never_overspend(node: NodeProcess) -> None:
     requester = Identity.generate()
+    with node.client(requester) as client:  # the node says how it answers, signed
+        assert client.node_info().document["privacy"] == {
+            "mode": "dp", "unit": "customer", "library": "opendp", "epsilon_min": 0.05,
+            "epsilon_max": 2.0, "default_epsilon": 1.0, "grant_budget": 10.0, "delta": 1e-9}
     ids = grant_all(node, requester, node.wallets[:20], purpose="churn-analysis",
                     dp_epsilon=1.0)
     query = {**QUERY, "purpose": "churn-analysis", "epsilon": 0.3}
