@@ -15,6 +15,12 @@ grant ids and subject references, and never sees another customer's. Events writ
 (no ``v``) listed every grant id and a plain digest of the subject references; they still
 verify on the chain.
 
+An event from the query engine also says its ``mode`` (``dp`` or ``threshold``), whether
+it ``released`` anything and the ``epsilon`` each debited grant paid, and commits to a third
+set, the grants left out because their privacy budget was spent (``left_out_count``,
+``left_out_root``; stored as the event's ``left_out_set``), so a customer's listing proves
+"left out: budget spent" the same way.
+
 Which events touched whom is indexed through sets, not per event: an event references one
 stored subject set (the sids whose data the answer used) and one grant set, each kept once
 under its digest (``access_sets``, members in ``access_set_subjects`` / ``access_set_grants``).
