@@ -23,17 +23,21 @@ from agent_node.errors import AgentNodeError
 from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, load_home
 from agent_node.vault import Vault, sync
 from consent import timespec
+from consent.commandline import (
+    SharedOption,
+    ToolGroup,
+    emit,
+    fail,
+    json_native,
+    json_option,
+    out_option,
+)
 from consent.did import resolve
 from consent.errors import ConsentError
-from consent.passphrase import passphrase_file_option, read_passphrase
+from consent.passphrase import read_passphrase, shared_passphrase_file
 from protos.transport import reserve_shared_port
 
 HOME_ENV = "SOV_NODE_HOME"
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 def _passphrase(file: Path | None, confirm: bool = False) -> str:
@@ -44,20 +48,16 @@ def _open(home: str, passphrase_file: Path | None) -> NodeHome:
     return load_home(Path(home), _passphrase(passphrase_file))
 
 
-home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
-                           help=f"node home folder (or ${HOME_ENV})")
-pass_option = passphrase_file_option(PASSPHRASE_ENV, "node passphrase")
+HOME = SharedOption("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                    help="node home folder")
+PASSPHRASE_FILE = shared_passphrase_file(PASSPHRASE_ENV, "node passphrase")
+home_option = HOME.command
+pass_option = PASSPHRASE_FILE.command
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (AgentNodeError, ConsentError, OSError) as exc:
-            _fail(str(exc))
-
-
-@click.group(cls=_Group)
+@click.group(cls=ToolGroup, expected_errors=(AgentNodeError, ConsentError))
+@HOME.group
+@PASSPHRASE_FILE.group
 def main() -> None:
     """Sovereign Fabric agent node."""
 
@@ -70,20 +70,23 @@ def main() -> None:
 @click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl")
 @click.option("--listen", default="127.0.0.1:7443", show_default=True)
 @click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
+@json_option
 def init(home: str, passphrase_file: Path | None, name: str, region: str, profile: str, listen: str,
-         hostnames: tuple[str, ...]) -> None:
+         hostnames: tuple[str, ...], as_json: bool) -> None:
     """Create a node home: keys, TLS certificates, node.toml, encrypted master key."""
     node = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
                      region=region, profile=profile, listen=listen,
                      hostnames=list(hostnames) or None)
-    click.echo(f"node {name} created in {home}")
-    click.echo(f"DID: {node.identity.did}")
-    click.echo(f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
+    emit(as_json, {"name": name, "home": str(home), "did": node.identity.did,
+                   "datamap": str(node.datamap_path), "ca": str(node.tls_dir / "ca.pem")},
+         f"node {name} created in {home}\nDID: {node.identity.did}\n"
+         f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
 
 
 @main.command(name="identity")
 @home_option
 @pass_option
+@json_native
 def identity_command(home: str, passphrase_file: Path | None) -> None:
     """Print the node's signed identity document (JSON) for wallets to pin its DID ahead."""
     from consent.rotation import issue_node_document
@@ -117,17 +120,20 @@ def rotate_key(home: str, passphrase_file: Path | None, as_json: bool) -> None:
 @home_option
 @pass_option
 @click.option("--dataset", "datasets", multiple=True, help="sync only these datasets")
-def sync_command(home: str, passphrase_file: Path | None, datasets: tuple[str, ...]) -> None:
+@json_option
+def sync_command(home: str, passphrase_file: Path | None, datasets: tuple[str, ...],
+                 as_json: bool) -> None:
     """Copy mapped source data into the vault (incremental)."""
     node = _open(home, passphrase_file)
     datamap = node.datamap()
     if not datamap.datasets:
-        _fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
+        fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
               "(see docs/operator.md, section 2)")
     vault = Vault(node.vault_path, node.keys)
-    for stats in sync(vault, datamap, list(datasets) or None):
-        click.echo(f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
-                   f"{stats.deleted} removed, {stats.unchanged} unchanged")
+    done = sync(vault, datamap, list(datasets) or None)
+    emit(as_json, [vars(stats) for stats in done], "\n".join(
+        f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
+        f"{stats.deleted} removed, {stats.unchanged} unchanged" for stats in done))
 
 
 @main.group()
@@ -140,13 +146,16 @@ def subjects() -> None:
 @pass_option
 @click.argument("subject_key")
 @click.argument("did")
-def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str) -> None:
+@json_option
+def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
+         as_json: bool) -> None:
     """Bind SUBJECT_KEY (a JSON array for composite keys) to the wallet DID."""
     resolve(did)
     values = _subject_key(subject_key)
     node = _open(home, passphrase_file)
     ref = Vault(node.vault_path, node.keys).bind(values, did)
-    click.echo(f"bound subject {ref} to {did}")
+    emit(as_json, {"subject_ref": ref, "did": did, "bound": True},
+         f"bound subject {ref} to {did}")
 
 
 @subjects.command()
@@ -154,13 +163,16 @@ def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str) ->
 @pass_option
 @click.argument("subject_key")
 @click.argument("did")
-def unbind(home: str, passphrase_file: Path | None, subject_key: str, did: str) -> None:
+@json_option
+def unbind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
+           as_json: bool) -> None:
     """Remove the binding of SUBJECT_KEY to the wallet DID (its grants stop covering this
     customer before the node's next answer)."""
     values = _subject_key(subject_key)
     node = _open(home, passphrase_file)
     ref = Vault(node.vault_path, node.keys).unbind(values, did)
-    click.echo(f"unbound subject {ref} from {did}")
+    emit(as_json, {"subject_ref": ref, "did": did, "bound": False},
+         f"unbound subject {ref} from {did}")
 
 
 @subjects.command(name="list")
@@ -213,7 +225,7 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
     try:
         request = json.loads(request_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        _fail(f"{request_file} is not a readable JSON erasure request ({exc.__class__.__name__})")
+        fail(f"{request_file} is not a readable JSON erasure request ({exc.__class__.__name__})")
     node = _open(home, passphrase_file)
     outcome = Erasure(node, Vault(node.vault_path, node.keys)).erase(request)
     proof = outcome.proof
@@ -243,8 +255,10 @@ def grants_list(home: str, passphrase_file: Path | None, only: str | None,
     from agent_node.grantstore import GrantStore
 
     node = _open(home, passphrase_file)
+    settings = node.config.privacy_settings()
     store = GrantStore(Vault(node.vault_path, node.keys), node.identity.did,
-                       max_ttl=node.config.max_ttl, clock_skew=node.config.clock_skew)
+                       max_ttl=node.config.max_ttl, clock_skew=node.config.clock_skew,
+                       default_budget=settings.grant_budget if settings.dp else None)
     listed = [g for g in store.overview() if only is None or g["status"] == only]
     if as_json:
         click.echo(json.dumps(listed, indent=2))
@@ -256,7 +270,9 @@ def grants_list(home: str, passphrase_file: Path | None, only: str | None,
             str(g["queries_used"])
         click.echo(f"{g['grant_id']}  {g['status'].upper()}  {g['subject']} -> "
                    f"{g['requester']}  {g['purpose']} [{','.join(g['scopes'])}]  "
-                   f"{used} queries  until {g['expires']}")
+                   f"{used} queries  until {g['expires']}"
+                   + (f"  epsilon {g['epsilon_left']:g}/{g['epsilon_budget']:g} left"
+                      if g.get("epsilon_budget") is not None else ""))
 
 
 @main.group(name="log")
@@ -267,6 +283,7 @@ def log_group() -> None:
 @log_group.command()
 @home_option
 @pass_option
+@json_native
 def head(home: str, passphrase_file: Path | None) -> None:
     """Print the node-signed access-log chain head (JSON, for the ledger)."""
     from agent_node.accesslog import signed_head
@@ -311,40 +328,41 @@ def events(home: str, passphrase_file: Path | None, since: timespec.TimeBound | 
                    f"{e.get('outcome')}/{e.get('reason')}  {len(e['grant_ids'])} grant(s), "
                    f"{len(e['subject_refs'])} customer(s)  [{sets}, {chain}]")
     if any(e["sets_match"] is False or not e["chain_ok"] for e in listed):
-        _fail("some events do not match their sets or the chain: the vault was altered")
+        fail("some events do not match their sets or the chain: the vault was altered")
 
 
 @log_group.command()
 @home_option
 @pass_option
-def push(home: str, passphrase_file: Path | None) -> None:
+@json_option
+def push(home: str, passphrase_file: Path | None, as_json: bool) -> None:
     """Anchor the current access-log head (and every queued one) in the ledger now."""
     from agent_node.server import LedgerPusher
 
     node = _open(home, passphrase_file)
     if not node.config.ledger_address:
-        _fail("no ledger is configured: set ledger_address and ledger_ca in node.toml")
+        fail("no ledger is configured: set ledger_address and ledger_ca in node.toml")
     pusher = LedgerPusher(node, Vault(node.vault_path, node.keys))
     try:
         result = pusher.push()
     finally:
         pusher.close()
     if result.error is not None:
-        _fail(f"the ledger did not take the heads ({result.error}); {result.pending} head(s) "
+        fail(f"the ledger did not take the heads ({result.error}); {result.pending} head(s) "
               "stay queued and are retried by 'sov-node serve' or the next 'sov-node log push'")
-    if result.anchored:
-        click.echo(f"anchored {len(result.anchored)} head(s), up to sequence "
-                   f"{result.anchored[-1]}; nothing pending")
-    else:
-        click.echo("nothing to anchor: every head is already in the ledger")
+    emit(as_json, {"anchored": list(result.anchored), "pending": result.pending},
+         f"anchored {len(result.anchored)} head(s), up to sequence {result.anchored[-1]}; "
+         "nothing pending" if result.anchored
+         else "nothing to anchor: every head is already in the ledger")
 
 
 @log_group.command()
 @home_option
 @pass_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="folder to write receipt-<sequence>.json files to (for sov-audit verify)")
-def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
+@out_option("folder to write receipt-<sequence>.json files to (for sov-audit verify)",
+            required=True, folder=True)
+@json_option
+def receipts(home: str, passphrase_file: Path | None, out: Path, as_json: bool) -> None:
     """Write the ledger receipts of the anchored access-log heads, one file per head."""
     from agent_node.accesslog import anchored_heads, queue_counts
 
@@ -356,7 +374,8 @@ def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
     for anchored in heads:
         (out / f"receipt-{anchored.sequence}.json").write_text(
             json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
-    click.echo(f"wrote {len(heads)} receipt(s) to {out}; {pending} head(s) pending")
+    emit(as_json, {"out": str(out), "written": [h.sequence for h in heads], "pending": pending},
+         f"wrote {len(heads)} receipt(s) to {out}; {pending} head(s) pending")
 
 
 @main.command()
@@ -367,8 +386,9 @@ def receipts(home: str, passphrase_file: Path | None, out: Path) -> None:
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--endpoint", default=None,
               help="where the coordinator reaches this node (default: coordinator_listen)")
+@json_option
 def register(home: str, passphrase_file: Path | None, coordinator: str, coordinator_ca: str,
-             endpoint: str | None) -> None:
+             endpoint: str | None, as_json: bool) -> None:
     """Sign a NodeRegistration and register this node with a coordinator (with its key
     rotations, so a name registered under an older key moves to this one)."""
     from agent_node.coordination import register as register_node
@@ -376,8 +396,10 @@ def register(home: str, passphrase_file: Path | None, coordinator: str, coordina
     node = _open(home, passphrase_file)
     reply = register_node(node, coordinator, Path(coordinator_ca).read_bytes(),
                           endpoint=endpoint)
-    click.echo(f"registered {reply.name} ({reply.did}) at {coordinator}"
-               + (" (key rotated)" if reply.rotated else ""))
+    emit(as_json, {"name": reply.name, "did": reply.did, "coordinator": coordinator,
+                   "rotated": bool(reply.rotated)},
+         f"registered {reply.name} ({reply.did}) at {coordinator}"
+         + (" (key rotated)" if reply.rotated else ""))
 
 
 @main.command()

@@ -87,3 +87,6 @@ def test_grants_list_shows_state_and_use(tmp_path: Path, bank_rows: list[dict[st
     human = run_cli("sov-node", "grants", "list", "--home", str(node.home.path)).stdout
     assert f"{issued[1]}  ACTIVE  {node.wallets[1].did} -> {requester.did}" in human
     assert "1/3 queries" in human
+    # dp mode (the node home's default): each grant's privacy budget, the node's default here.
+    assert by_id[issued[1]]["epsilon_left"] == 9.0 and by_id[issued[1]]["epsilon_budget"] == 10
+    assert "1/3 queries  until " in human and "  epsilon 9/10 left" in human
