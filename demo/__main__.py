@@ -303,6 +303,10 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
             check=False)
         run([*wallet, "grants"], env)
 
+        say("7b. Alice asks the node to erase everything it holds about her: its signed proof "
+            "(rows, destroyed key, a scan of every byte of its home) is anchored in the ledger")
+        run([*wallet, "erase", "--node", node_addr, "--yes"], env)
+
     say("8. A compliance officer verifies every receipt offline")
     run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
          str(work / "node-receipts")], env)
@@ -435,6 +439,8 @@ def own_audit(work: Path, env: dict[str, str], alice_home: Path, log_key: Path) 
         sys.exit("Alice's wallet holds no ledger receipts")
     print(f"  wrote {len(paths)} receipt(s): " + ", ".join(p.name for p in paths))
     run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, paths)], env)
+    # The erasure receipt (proof + entry) is checked by verify; the report reads entries.
+    paths = [p for p in paths if not p.name.startswith("erasure-")]
     key = json.loads(run([*wallet, "audit-key", "--yes", "--json"], env).stdout)
     report = work / "alice-report.html"
     run(["sov-audit", "report", "--log-key", str(log_key), "--subject-did", key["did"],

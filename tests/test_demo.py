@@ -29,6 +29,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "(+559 other customers' grants)" in out           # others' grants only as a count
     assert "560 grant(s), 560 customer(s)  [sets ok, chain ok]" in out  # the operator's view
     assert "was revoked by its subject" in out               # revocation took effect
+    assert "erased you:" in out and "0 hit(s)" in out         # Alice erased, nothing left
+    assert "the erasure entry of exactly this proof" in out  # sov-audit checked the proof
     assert "OK: all" in out and "NOT VERIFIED" in out        # receipts pass, the tampered fails
     own = out[out.index("Alice checks her own receipts"):]   # a customer's own audit, by CLI
     assert "consent-wallet --home" in own and " receipts --out " in own
