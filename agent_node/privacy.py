@@ -27,6 +27,7 @@ micro-epsilon (``MICRO``), so the vault compares and adds them exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class PrivacyError(ValueError):
     """A mechanism cannot be built for these parameters (a bug or a bad node setting)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def to_micro(epsilon: float, *, up: bool) -> int:
     """``epsilon`` in whole micro-epsilon, read from its shortest decimal form (so 0.7 is
     700000, not 699999) and rounded up (a cost) or down (a budget)."""
