@@ -213,10 +213,10 @@ def _subject_key(text: str) -> list[str]:
 @home_option
 @pass_option
 @click.argument("request_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="write the signed erasure proof here (JSON, 0600) for the customer")
-def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path | None
-          ) -> None:
+@out_option("write the signed erasure proof here (JSON, 0600) for the customer")
+@json_option
+def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path | None,
+          as_json: bool) -> None:
     """Carry out a customer's signed erasure request (ErasureRequest JSON, e.g. sent by
     email): everything this node holds about them is destroyed, and the signed proof kept."""
     from agent_node.erasure import Erasure
@@ -231,6 +231,9 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
     proof = outcome.proof
     if out is not None:
         write_private_file(out, json.dumps(outcome.to_json(), indent=2).encode())
+    if as_json:
+        emit(True, outcome.to_json(), "")
+        return
     rows = sum(int(loc["rows"]) for loc in proof["locations"])
     hits = sum(int(f["hits"]) for f in proof["scan"]["files"])
     click.echo(f"erased {proof['customer']}: {rows} row(s), {len(proof['destroyed_keys'])} "

@@ -34,6 +34,7 @@ from consent.keystore import (
     save_identity,
     write_private_file,
 )
+from consent.passphrase import MIN_LENGTH
 from protos.tls import create_ca, issue_server_certificate, write_private_pem
 
 PASSPHRASE_ENV = "SOV_NODE_PASSPHRASE"
@@ -199,7 +200,7 @@ class NodeHome:
         return self.path / Path(configured).expanduser()
 
 
-MIN_PASSPHRASE = 12
+MIN_PASSPHRASE = MIN_LENGTH  # one rule for every tool (consent.passphrase)
 
 
 def init_home(home: Path, passphrase: str, *, name: str = "node", region: str = "unspecified",

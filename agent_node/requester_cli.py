@@ -7,7 +7,6 @@ answer is verified (node signature) before it is printed as a table or ``--json`
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,14 @@ from agent_node.client import NodeError
 from agent_node.errors import AgentNodeError
 from agent_node.query import parse_filter_text
 from agent_node.requester import Answer, Requester
+from consent.commandline import SharedOption, ToolGroup, emit, fail, json_option
 from consent.errors import ConsentError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
-from consent.passphrase import passphrase_file_option, read_passphrase
+from consent.passphrase import read_passphrase, shared_passphrase_file
 
 PASSPHRASE_ENV = "SOV_QUERY_PASSPHRASE"
 HOME_ENV = "SOV_QUERY_HOME"
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
 
 
 def _passphrase(file: Path | None, confirm: bool = False) -> str:
@@ -36,20 +31,16 @@ def _passphrase(file: Path | None, confirm: bool = False) -> str:
                            confirm=confirm)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (NodeError, AgentNodeError, ConsentError, OSError) as exc:
-            _fail(str(exc))
+HOME = SharedOption("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                    help="requester home folder")
+PASSPHRASE_FILE = shared_passphrase_file(PASSPHRASE_ENV, "requester passphrase")
+home_option = HOME.command
+pass_option = PASSPHRASE_FILE.command
 
 
-home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
-                           help=f"requester home folder (or ${HOME_ENV})")
-pass_option = passphrase_file_option(PASSPHRASE_ENV, "requester passphrase")
-
-
-@click.group(cls=_Group)
+@click.group(cls=ToolGroup, expected_errors=(NodeError, AgentNodeError, ConsentError))
+@HOME.group
+@PASSPHRASE_FILE.group
 def main() -> None:
     """Ask consent-scoped aggregate questions of an agent node."""
 
@@ -60,15 +51,28 @@ def main() -> None:
 @click.option("--profile", type=click.Choice(["intl", "gm"]), default="intl", show_default=True,
               help="crypto profile: intl (Ed25519, NaCl box) or gm (SM2 + SM4 sessions beside "
                    "Ed25519); use the profile of the nodes you ask")
-def init(home: str, passphrase_file: Path | None, profile: str) -> None:
+@json_option
+def init(home: str, passphrase_file: Path | None, profile: str, as_json: bool) -> None:
     """Create the requester's did:key (and SM2 key in gm) in an encrypted keystore."""
     path = Path(home) / "requester.key"
     if path.exists():
-        _fail(f"{path} already exists; use another --home")
+        fail(f"{path} already exists; use another --home")
     identity = Identity.generate(profile)  # type: ignore[arg-type]
     save_identity(path, identity, _passphrase(passphrase_file, confirm=True))
-    click.echo(f"profile: {identity.profile}")
-    click.echo(f"requester DID: {identity.did}")  # last, so scripts can take the last word
+    # The DID last, so scripts can take the last word.
+    emit(as_json, {"did": identity.did, "profile": identity.profile},
+         f"profile: {identity.profile}\nrequester DID: {identity.did}")
+
+
+@main.command()
+@home_option
+@pass_option
+@json_option
+def whoami(home: str, passphrase_file: Path | None, as_json: bool) -> None:
+    """Show this requester's DID (what customers name in their grants) and profile."""
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
+    emit(as_json, {"did": identity.did, "profile": identity.profile},
+         f"profile: {identity.profile}\nrequester DID: {identity.did}")
 
 
 def _table(answer: Answer) -> str:

@@ -1,8 +1,8 @@
 """``sov-coordinator``: the network operator's command line (init, serve, nodes, status).
 
-Thin by design: every command calls into coordinator modules. Errors print one sentence and
-exit 1, never a traceback. ``nodes`` and ``status`` read the registry directly (SQLite file or
-PostgreSQL DSN), so they work whether or not the server runs.
+Thin by design: every command calls into coordinator modules. Options, errors and output
+follow the shared convention (``consent.commandline``). ``nodes`` and ``status`` read the
+registry directly (SQLite file or PostgreSQL DSN), so they work whether or not the server runs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 
 import click
 
+from consent.commandline import SharedOption, ToolGroup, emit, fail, json_option
 from consent.errors import ConsentError
-from consent.passphrase import passphrase_file_option, read_passphrase
+from consent.passphrase import read_passphrase, shared_passphrase_file
 from coordinator.errors import CoordinatorError
 from coordinator.home import PASSPHRASE_ENV, CoordinatorHome, init_home, open_home
 from coordinator.registry import Registry
@@ -27,22 +28,11 @@ from ledger.errors import LedgerError
 HOME_ENV = "SOV_COORDINATOR_HOME"
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (CoordinatorError, ConsentError, LedgerError, OSError) as exc:
-            _fail(str(exc))
-
-
-home_option = click.option("--home", envvar=HOME_ENV, required=True, type=click.Path(),
-                           help=f"coordinator home folder (or ${HOME_ENV})")
-pass_option = passphrase_file_option(PASSPHRASE_ENV, "coordinator passphrase")
+HOME = SharedOption("--home", envvar=HOME_ENV, required=True, type=click.Path(),
+                    help="coordinator home folder")
+PASSPHRASE_FILE = shared_passphrase_file(PASSPHRASE_ENV, "coordinator passphrase")
+home_option = HOME.command
+pass_option = PASSPHRASE_FILE.command
 
 
 def _passphrase(file: Path | None, confirm: bool = False) -> str:
@@ -50,7 +40,9 @@ def _passphrase(file: Path | None, confirm: bool = False) -> str:
                            confirm=confirm)
 
 
-@click.group(cls=_Group)
+@click.group(cls=ToolGroup, expected_errors=(CoordinatorError, ConsentError, LedgerError))
+@HOME.group
+@PASSPHRASE_FILE.group
 def main() -> None:
     """Sovereign Fabric coordinator: registry, routing of sealed queries, revocation relay."""
 
@@ -65,8 +57,9 @@ def main() -> None:
 @click.option("--hostname", "hostnames", multiple=True, help="extra TLS hostnames")
 @click.option("--host-ledger", is_flag=True,
               help="also host the hash ledger (HOME/ledger, served on the same port)")
+@json_option
 def init(home: str, passphrase_file: Path | None, name: str, listen: str, registry_dsn: str,
-         hostnames: tuple[str, ...], host_ledger: bool) -> None:
+         hostnames: tuple[str, ...], host_ledger: bool, as_json: bool) -> None:
     """Create a coordinator home: did:key, TLS CA and certificate, coordinator.toml."""
     if registry_dsn.startswith(("postgresql://", "postgres://")):
         Registry(registry_dsn).close()  # reachable (tables made) before anything is written
@@ -74,13 +67,16 @@ def init(home: str, passphrase_file: Path | None, name: str, listen: str, regist
                                listen=listen, registry_dsn=registry_dsn,
                                hostnames=list(hostnames) or None, host_ledger=host_ledger)
     Registry(made.registry_target).close()  # creates (or checks) the registry tables now
-    click.echo(f"coordinator {name} created in {home}")
-    click.echo(f"give nodes and requesters {made.tls_dir / 'ca.pem'}")
+    lines = [f"coordinator {name} created in {home}",
+             f"give nodes and requesters {made.tls_dir / 'ca.pem'}"]
     if made.ledger_path is not None:
-        click.echo(f"hosting the ledger in {made.ledger_path}: give auditors "
-                   f"{made.ledger_path / 'log-public.json'}; register nodes as authors with "
-                   f"'sov-ledger authors add --home {made.ledger_path} ...'")
-    click.echo(f"DID: {identity.did}")
+        lines.append(f"hosting the ledger in {made.ledger_path}: give auditors "
+                     f"{made.ledger_path / 'log-public.json'}; register nodes as authors with "
+                     f"'sov-ledger authors add --home {made.ledger_path} ...'")
+    emit(as_json, {"name": name, "home": str(home), "did": identity.did,
+                   "ca": str(made.tls_dir / "ca.pem"),
+                   "ledger": str(made.ledger_path) if made.ledger_path else None},
+         "\n".join([*lines, f"DID: {identity.did}"]))
 
 
 @main.command()
@@ -220,10 +216,12 @@ def _serving(home: CoordinatorHome) -> bool:
 @click.option("--ledger", "ledger_address", default=None,
               help="ledger service for the model entry (default: this coordinator's own, "
                    "when it hosts the ledger and serves)")
+@click.option("--secagg", is_flag=True,
+              help="SecAgg+: the coordinator sees only the sum of the updates (3+ nodes)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen: str,
           strategy: str, rounds: int, min_nodes: int, round_timeout: float, node_wait: float,
-          ledger_address: str | None, as_json: bool) -> None:
+          ledger_address: str | None, secagg: bool, as_json: bool) -> None:
     """Train an intent model across the registered nodes (Flower deployment engine) and
     register it, with a signed ledger entry."""
     from coordinator.trainjob import train as run_job
@@ -234,9 +232,9 @@ def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen:
     try:
         plan = json.loads(Path(plan_file).read_text())
     except ValueError:
-        _fail(f"{plan_file} is not JSON; pass the signed plan the requester wrote")
+        fail(f"{plan_file} is not JSON; pass the signed plan the requester wrote")
     options = {"strategy": strategy, "rounds": rounds, "min-nodes": min_nodes,
-               "round-timeout": round_timeout, "node-wait": node_wait}
+               "round-timeout": round_timeout, "node-wait": node_wait, "secagg": secagg}
     address = ledger_address or (opened.config.listen if opened.ledger_path else None)
     ledger = LedgerClient(address, opened.ca_pem()) if address else None
     bar = click.progressbar(length=rounds, label="training", file=sys.stderr,

@@ -26,11 +26,12 @@ import tomli_w
 from consent.errors import KeystoreError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
+from consent.passphrase import MIN_LENGTH
 from coordinator.errors import ConfigError
 from protos.tls import create_ca, issue_server_certificate, write_private_pem
 
 PASSPHRASE_ENV = "SOV_COORDINATOR_PASSPHRASE"
-MIN_PASSPHRASE = 12
+MIN_PASSPHRASE = MIN_LENGTH  # one rule for every tool (consent.passphrase)
 KEY = "coordinator.key"
 CONFIG = "coordinator.toml"
 

@@ -2,7 +2,8 @@
 C2SP signed tree heads, chain anchors).
 
 Exit status: 0 only when every check passed; 1 when a check failed (each failure names the
-check and why); 2 for usage errors. No tracebacks.
+check and why); 2 for usage errors. Options, errors and output follow the shared convention
+(``consent.commandline``); ``--json`` prints every check and its outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from consent import timespec
+from consent.commandline import ToolGroup, emit, json_option, out_option, usage_error
 from ledger.audit import (
     AuthorityPolicy,
     Bundle,
@@ -39,17 +41,12 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 LOG_KEY_HELP = "The log's public-key file (log-public.json), obtained out of band."
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
 def _log_key(path: Path) -> LogPublicKey:
     try:
         return LogPublicKey.load(path)
     except LedgerError as exc:
-        _fail(str(exc))
-        raise AssertionError from exc  # unreachable: _fail exits
+        usage_error(str(exc))
+        raise AssertionError from exc  # unreachable: usage_error raises
 
 
 def _write(out: Path, text: str) -> None:
@@ -57,10 +54,18 @@ def _write(out: Path, text: str) -> None:
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror}; give -o a path in an existing folder")
+        usage_error(f"cannot write {out}: {exc.strerror}; give --out a path in an existing "
+                    "folder")
 
 
-def _report(outcome: Outcome) -> None:
+def _report(outcome: Outcome, as_json: bool = False, **extra: Any) -> None:
+    """Every check and its outcome (or one JSON object with them), then exit 0 only when all
+    passed, else 1."""
+    if as_json:
+        emit(True, {"ok": outcome.ok, "passed": outcome.passed, "legacy": outcome.legacy,
+                    "failed": [{"check": f.check, "reason": f.reason} for f in outcome.failed],
+                    **extra}, "")
+        sys.exit(0 if outcome.ok else 1)
     for line in outcome.passed:
         click.echo(f"PASS {line}")
     for line in outcome.legacy:
@@ -84,7 +89,7 @@ def _chain(url: str | None) -> Any:
     return rpc_web3(url)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, expected_errors=(LedgerError,))
 def main() -> None:
     """Verify hash-ledger receipts, tree heads and anchors, offline or against a chain."""
 
@@ -103,8 +108,10 @@ def main() -> None:
 @click.option("--accept-legacy", is_flag=True,
               help="Accept entries written before entries were signed, reported as "
                    "'unauthenticated (legacy)' (they fail otherwise).")
+@json_option
 def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
-           authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool) -> None:
+           authors_path: Path | None, grant_paths: tuple[Path, ...], accept_legacy: bool,
+           as_json: bool) -> None:
     """Verify receipts, bundles or erasure receipts: signature, inclusion, who wrote each entry
     (authority), an erasure's signed proof against its entry, and with --chain-rpc, the
     anchor."""
@@ -131,7 +138,7 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
             check_receipt(outcome, label, receipt, log_key, chain, policy)
         for n, proof in enumerate(proofs):
             check_consistency(outcome, f"{path} consistency {n + 1}", proof, log_key)
-    _report(outcome)
+    _report(outcome, as_json)
 
 
 def _is_erasure(path: Path) -> bool:
@@ -155,7 +162,7 @@ def _policy(authors_path: Path | None, grant_paths: tuple[Path, ...], accept_leg
     try:
         authors = load_authors_file(authors_path) if authors_path is not None else None
     except LedgerError as exc:
-        _fail(str(exc))
+        usage_error(str(exc))
     grants = {}
     for path in grant_paths:
         try:
@@ -163,7 +170,7 @@ def _policy(authors_path: Path | None, grant_paths: tuple[Path, ...], accept_leg
             # Expired grants are still the customer's: judge the proof, not today's validity.
             grant = verify_grant(credential, now=_issued(credential))
         except (CheckFailed, ConsentError, ValueError) as exc:
-            _fail(f"{path} is not a signed grant: {exc}")
+            usage_error(f"{path} is not a signed grant: {exc}")
         grants[grant.digest] = grant
     return AuthorityPolicy(authors, accept_legacy, grants)
 
@@ -187,6 +194,7 @@ def _issued(credential: dict[str, Any]) -> datetime:
 @click.option("--ledger", "address", help="Fetch the proof from this ledger service (host:port).")
 @click.option("--ca", "ca_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CA certificate of the ledger service (with --ledger).")
+@json_option
 def consistency(
     old: Path,
     new: Path,
@@ -194,11 +202,12 @@ def consistency(
     proof_path: Path | None,
     address: str | None,
     ca_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Check that tree head OLD is a prefix of tree head NEW (files: checkpoints or receipts)."""
     log_key = _log_key(log_key_path)
     if (proof_path is None) == (address is None):
-        _fail("give exactly one of --proof FILE or --ledger HOST:PORT --ca FILE")
+        usage_error("give exactly one of --proof FILE or --ledger HOST:PORT --ca FILE")
     outcome = Outcome()
 
     def run() -> str:
@@ -211,7 +220,7 @@ def consistency(
         return f"tree size {old_head.size} is a prefix of tree size {new_head.size}"
 
     outcome.run("consistency", run)
-    _report(outcome)
+    _report(outcome, as_json)
 
 
 def _load_proof(
@@ -245,10 +254,11 @@ def _load_proof(
               help=LOG_KEY_HELP)
 @click.option("--consistency", "proof_paths", multiple=True, type=click.Path(path_type=Path),
               help="Consistency proof JSON to include (repeatable).")
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
-              help="Where to write the bundle.")
+@out_option("Where to write the bundle.", required=True)
+@json_option
 def bundle(
-    receipts: tuple[Path, ...], log_key_path: Path, proof_paths: tuple[Path, ...], out: Path
+    receipts: tuple[Path, ...], log_key_path: Path, proof_paths: tuple[Path, ...], out: Path,
+    as_json: bool,
 ) -> None:
     """Verify RECEIPTS and write one offline bundle (receipts, tree heads, anchors, key)."""
     from ledger.audit import load_json
@@ -275,10 +285,13 @@ def bundle(
     outcome.failed.extend(checks.failed)
     if outcome.ok:
         _write(out, json.dumps(result.to_json(), indent=2) + "\n")
-        click.echo(f"wrote {out}: {len(loaded)} receipt(s), {len(proofs)} consistency proof(s)")
-    else:
+        if not as_json:
+            click.echo(f"wrote {out}: {len(loaded)} receipt(s), {len(proofs)} consistency "
+                       "proof(s)")
+    elif not as_json:
         click.echo("no bundle written: some items did not verify")
-    _report(outcome)
+    _report(outcome, as_json, out=str(out) if outcome.ok else None, receipts=len(loaded),
+            consistency_proofs=len(proofs))
 
 
 @main.command()
@@ -290,7 +303,8 @@ def bundle(
 @click.option("--salt", help="The subject's 32-byte commitment salt, hex (from their wallet).")
 @timespec.since_option()
 @timespec.until_option()
-@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path))
+@out_option("Where to write the HTML report.", required=True)
+@json_option
 def report(
     files: tuple[Path, ...],
     log_key_path: Path,
@@ -300,6 +314,7 @@ def report(
     since: timespec.TimeBound | None,
     until: timespec.TimeBound | None,
     out: Path,
+    as_json: bool,
 ) -> None:
     """Write a readable HTML report of the verified entries of a subject or a period:
     summary, entries per day by purpose, one row per entry with its links."""
@@ -332,8 +347,9 @@ def report(
         failures=[f"{f.check}: {f.reason}" for f in outcome.failed],
     )
     _write(out, html)
-    click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
-    _report(outcome)
+    if not as_json:
+        click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
+    _report(outcome, as_json, out=str(out), events=len(chosen), selection=selection)
 
 
 def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:
@@ -356,18 +372,19 @@ def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:
 def _commitment(commitment: str | None, did: str | None, salt: str | None) -> str | None:
     if did is not None:
         if commitment is not None:
-            _fail("give --subject-did with --salt, or --subject-commitment, not both")
+            usage_error("give --subject-did with --salt, or --subject-commitment, not both")
         try:
             raw = bytes.fromhex(salt or "")
             return make_commitment(did, raw)
         except (ValueError, LedgerError):
-            _fail("--subject-did needs --salt: the subject's 32-byte salt as 64 hex characters")
+            usage_error("--subject-did needs --salt: the subject's 32-byte salt as 64 hex "
+                        "characters")
     if salt is not None and did is None:
-        _fail("--salt only makes sense with --subject-did")
+        usage_error("--salt only makes sense with --subject-did")
     if commitment is None:
         return None
     if _HEX64.fullmatch(commitment.lower()) is None:
-        _fail("--subject-commitment must be the subject's commitment: 64 hex characters")
+        usage_error("--subject-commitment must be the subject's commitment: 64 hex characters")
     return commitment.lower()
 
 

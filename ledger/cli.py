@@ -1,7 +1,8 @@
 """``sov-ledger``: run and operate the hash ledger (an RFC 9162 log with C2SP tree heads).
 
 The log key's passphrase comes from ``--passphrase-file``, else ``SOV_LEDGER_PASSPHRASE``,
-else a prompt. Errors are one sentence on stderr with exit status 1; no tracebacks.
+else a prompt. Options, errors and output follow the shared convention
+(``consent.commandline``).
 """
 
 from __future__ import annotations
@@ -10,14 +11,22 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from consent.commandline import (
+    SharedOption,
+    ToolGroup,
+    emit,
+    fail,
+    json_native,
+    json_option,
+    out_option,
+)
 from consent.errors import ConsentError
-from consent.passphrase import passphrase_file_option, read_passphrase
+from consent.passphrase import read_passphrase, shared_passphrase_file
 from ledger.errors import LedgerError
 
 PASSPHRASE_ENV = "SOV_LEDGER_PASSPHRASE"
@@ -27,26 +36,20 @@ EMBEDDED_WARNING = (
     "(e.g. anvil --state FILE) for anchors that last."
 )
 
-home_option = click.option(
-    "--home", required=True, type=click.Path(path_type=Path), help="The ledger's home folder."
-)
-passphrase_option = passphrase_file_option(PASSPHRASE_ENV, "log key's passphrase")
+HOME = SharedOption("--home", required=True, type=click.Path(path_type=Path),
+                    help="The ledger's home folder.")
+PASSPHRASE_FILE = shared_passphrase_file(PASSPHRASE_ENV, "log key's passphrase")
+home_option = HOME.command
+passphrase_option = PASSPHRASE_FILE.command
 
 
 def _passphrase(path: Path | None, *, confirm: bool = False) -> str:
     return read_passphrase(PASSPHRASE_ENV, file=path, what="log key passphrase", confirm=confirm)
 
 
-def _guard(action: Callable[[], None]) -> None:
-    """Run ``action``; turn ledger and key errors into one sentence and exit status 1."""
-    try:
-        action()
-    except (LedgerError, ConsentError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, expected_errors=(LedgerError, ConsentError))
+@HOME.group
+@PASSPHRASE_FILE.group
 def main() -> None:
     """Run the hash ledger: init, serve, append, receipts, consistency proofs, anchoring."""
 
@@ -63,6 +66,7 @@ def main() -> None:
               help="'generate' a new anchoring account, or FILE: a v3 keystore or hex key.")
 @click.option("--anchor-chain-id", type=int, help="Chain id the anchor key may sign for.")
 @passphrase_option
+@json_option
 def init(
     home: Path,
     origin: str,
@@ -72,6 +76,7 @@ def init(
     anchor_key: str | None,
     anchor_chain_id: int | None,
     passphrase_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Create a ledger home: log key (encrypted), public key, database, TLS material."""
     from ledger.home import PUBLIC, init_home
@@ -86,27 +91,36 @@ def init(
             hash_algorithm=hash_algorithm,
             chain_rpc=chain_rpc,
         )
-        click.echo(f"ledger home created at {home}")
-        click.echo(f"log origin: {public.origin} ({public.hash_algorithm})")
-        click.echo(f"give auditors this public key file: {home / PUBLIC}")
+        address = None
         if anchor_key is not None:
-            _create_anchor_key(home, passphrase, anchor_key, anchor_chain_id, None)
+            address = _create_anchor_key(home, passphrase, anchor_key, anchor_chain_id, None)
+        emit(as_json, {"home": str(home), "origin": public.origin,
+                       "hash": public.hash_algorithm, "public_key": str(home / PUBLIC),
+                       "anchor_account": address},
+             f"ledger home created at {home}\nlog origin: {public.origin} "
+             f"({public.hash_algorithm})\ngive auditors this public key file: {home / PUBLIC}"
+             + (f"\n{_anchor_text(home, address)}" if address else ""))
 
-    _guard(run)
+    run()
 
 
 def _create_anchor_key(
     home: Path, passphrase: str, source: str, chain_id: int | None, source_pass: Path | None
-) -> None:
-    from ledger.home import ANCHOR_KEY, create_anchor_key
+) -> str:
+    from ledger.home import create_anchor_key
 
     path = None if source == "generate" else Path(source)
     source_passphrase = _passphrase(source_pass) if source_pass is not None else None
-    address = create_anchor_key(home, passphrase, source=path,
-                                source_passphrase=source_passphrase, chain_id=chain_id)
-    click.echo(f"anchoring account {address} (key encrypted in {home / ANCHOR_KEY})")
-    click.echo("fund this account on the anchoring chain; anchors are signed with it whenever "
-               "a --chain-rpc is used")
+    return str(create_anchor_key(home, passphrase, source=path,
+                                 source_passphrase=source_passphrase, chain_id=chain_id))
+
+
+def _anchor_text(home: Path, address: str) -> str:
+    from ledger.home import ANCHOR_KEY
+
+    return (f"anchoring account {address} (key encrypted in {home / ANCHOR_KEY})\n"
+            "fund this account on the anchoring chain; anchors are signed with it whenever "
+            "a --chain-rpc is used")
 
 
 @main.command("anchor-key")
@@ -116,12 +130,14 @@ def _create_anchor_key(
 @click.option("--key-passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Passphrase of the keystore FILE (default: the ledger's passphrase).")
 @passphrase_option
+@json_option
 def anchor_key(
     home: Path,
     source: str,
     chain_id: int | None,
     key_passphrase_file: Path | None,
     passphrase_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Give the ledger its own anchoring account: SOURCE is 'generate' or a key FILE.
 
@@ -134,9 +150,10 @@ def anchor_key(
 
         load_config(home)  # a clear error if HOME is not a ledger home
         passphrase = _passphrase(passphrase_file)
-        _create_anchor_key(home, passphrase, source, chain_id, key_passphrase_file)
+        address = _create_anchor_key(home, passphrase, source, chain_id, key_passphrase_file)
+        emit(as_json, {"anchor_account": address}, _anchor_text(home, address))
 
-    _guard(run)
+    run()
 
 
 def _open(home: Path, passphrase_file: Path | None) -> Any:
@@ -207,17 +224,18 @@ def serve(
         server.stop(2)
         log.close()
 
-    _guard(run)
+    run()
 
 
 @main.command()
 @home_option
 @click.argument("events_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--out-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Write one receipt-<index>.json per event here (default: print them).")
+@out_option("Write one receipt-<index>.json per event to this folder (default: print them).",
+            folder=True)
 @passphrase_option
+@json_native
 def append(
-    home: Path, events_file: Path, out_dir: Path | None, passphrase_file: Path | None
+    home: Path, events_file: Path, out: Path | None, passphrase_file: Path | None
 ) -> None:
     """Append the signed events in EVENTS_FILE (a JSON object or a list of them) as one batch.
 
@@ -240,9 +258,9 @@ def append(
         with _open(home, passphrase_file) as log:
             receipts = log.append_new(entries)
         for receipt in receipts:
-            _emit(receipt.dumps(), out_dir, f"receipt-{receipt.index}.json")
+            _emit(receipt.dumps(), out, f"receipt-{receipt.index}.json")
 
-    _guard(run)
+    run()
 
 
 @main.command()
@@ -253,10 +271,11 @@ def append(
               help="The ledger service's CA certificate.")
 @click.option("--log-key", "log_key_path", type=click.Path(path_type=Path, dir_okay=False),
               help="The log's public key (log-public.json) to check the receipts against.")
-@click.option("-o", "--out-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Write one receipt-<index>.json per event here (default: print them).")
+@out_option("Write one receipt-<index>.json per event to this folder (default: print them).",
+            folder=True)
+@json_native
 def submit(events_file: Path, address: str, ca_path: Path, log_key_path: Path | None,
-           out_dir: Path | None) -> None:
+           out: Path | None) -> None:
     """Send the signed events in EVENTS_FILE to a running ledger service as one batch.
 
     What a node or the coordinator does, from the command line: each event must be signed
@@ -277,9 +296,9 @@ def submit(events_file: Path, address: str, ca_path: Path, log_key_path: Path | 
         with LedgerClient(address, ca_path.read_bytes(), log_key=log_key) as client:
             receipts = client.append_many(events)
         for receipt in receipts:
-            _emit(receipt.dumps(), out_dir, f"receipt-{receipt.index}.json")
+            _emit(receipt.dumps(), out, f"receipt-{receipt.index}.json")
 
-    _guard(run)
+    run()
 
 
 def _emit(text: str, out_dir: Path | None, name: str) -> None:
@@ -295,8 +314,9 @@ def _emit(text: str, out_dir: Path | None, name: str) -> None:
 @home_option
 @click.argument("entry_hash")
 @click.option("--with-anchors", is_flag=True, help="Attach anchors covering the entry.")
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False))
+@out_option("Write it to this file (default: print it).")
 @passphrase_option
+@json_native
 def receipt(
     home: Path, entry_hash: str, with_anchors: bool, out: Path | None, passphrase_file: Path | None
 ) -> None:
@@ -314,7 +334,7 @@ def receipt(
             text = log.receipt(entry_hash, anchors=anchors).dumps()
         _write(text, out)
 
-    _guard(run)
+    run()
 
 
 def _write(text: str, out: Path | None) -> None:
@@ -329,8 +349,9 @@ def _write(text: str, out: Path | None) -> None:
 @home_option
 @click.argument("old_size", type=int)
 @click.argument("new_size", type=int, required=False)
-@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False))
+@out_option("Write it to this file (default: print it).")
 @passphrase_option
+@json_native
 def consistency(
     home: Path, old_size: int, new_size: int | None, out: Path | None, passphrase_file: Path | None
 ) -> None:
@@ -341,14 +362,16 @@ def consistency(
             proof = log.consistency(old_size, new_size)
         _write(json.dumps(proof.to_json(), indent=2) + "\n", out)
 
-    _guard(run)
+    run()
 
 
 @main.command()
 @home_option
 @click.option("--chain-rpc", help="JSON-RPC URL to anchor to (overrides ledger.json).")
 @passphrase_option
-def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None) -> None:
+@json_option
+def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None,
+           as_json: bool) -> None:
     """Anchor the latest tree head now, and retry anything queued."""
 
     def run() -> None:
@@ -359,18 +382,18 @@ def anchor(home: Path, chain_rpc: str | None, passphrase_file: Path | None) -> N
             anchorer = _anchorer(home, chain_rpc, log.origin, passphrase)
             anchorer.store.request(log.latest_note())
             written, errors = anchorer.run_once()
-        for a in written:
+        for a in written if not as_json else []:
             click.echo(f"anchored tree size {a.size} on chain {a.chain_id}: tx {a.tx_hash} "
                        f"(block {a.block_number})")
         pending = anchorer.store.pending()
         if errors:
-            click.echo(f"error: {errors[0]}; {len(pending)} anchor(s) stay queued for retry",
-                       err=True)
-            sys.exit(1)
-        if not written:
+            fail(f"{errors[0]}; {len(pending)} anchor(s) stay queued for retry")
+        if as_json:
+            emit(True, {"anchored": [a.size for a in written], "pending": len(pending)}, "")
+        elif not written:
             click.echo("nothing to anchor: the latest tree head is anchored already")
 
-    _guard(run)
+    run()
 
 
 @main.group()
@@ -407,7 +430,7 @@ def authors_add(home: Path, did: str, name: str, role: str, kinds: tuple[str, ..
         line = f"registered {_author_line(author)}"
         click.echo(json.dumps(author.to_json()) if as_json else line)
 
-    _guard(run)
+    run()
 
 
 @authors.command("list")
@@ -431,7 +454,7 @@ def authors_list(home: Path, everyone: bool, as_json: bool) -> None:
         if not shown:
             click.echo("no authors registered: 'sov-ledger authors add' registers one")
 
-    _guard(run)
+    run()
 
 
 @authors.command("remove")
@@ -447,4 +470,4 @@ def authors_remove(home: Path, did: str, as_json: bool) -> None:
             author = registry.remove(did)
         click.echo(json.dumps(author.to_json()) if as_json else f"removed {_author_line(author)}")
 
-    _guard(run)
+    run()

@@ -8,7 +8,6 @@ non-zero exit (never a traceback).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -18,7 +17,8 @@ from typing import Any
 import click
 
 from consent import timespec
-from consent.passphrase import passphrase_file_option, read_passphrase
+from consent.commandline import GlobalOption, ToolGroup, global_value
+from consent.passphrase import read_passphrase
 from wallet import service
 from wallet.parsing import check_purpose_text, format_duration, parse_duration
 from wallet.store import iso, utcnow
@@ -28,17 +28,13 @@ HOME_ENV = "CONSENT_WALLET_HOME"
 EXIT_PENDING = 3  # saved locally, not yet delivered: `consent-wallet sync` finishes the job
 
 
-class WalletGroup(click.Group):
-    """Turns every expected error into a one-sentence ``click.ClickException``."""
+class WalletGroup(ToolGroup):
+    """The shared convention (consent.commandline), and a locked wallet database said in
+    words."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except service.expected_errors() as exc:
-            raise click.ClickException(_sentence(exc)) from None
-        except OSError as exc:
-            name = exc.filename or "a file"
-            raise click.ClickException(f"cannot access {name}: {exc.strerror}") from None
         except sqlite3.Error as exc:
             # e.g. wallet.db locked by another wallet process for longer than the timeout
             raise click.ClickException(
@@ -58,9 +54,17 @@ def _sentence(exc: Exception | str) -> str:
 
 
 class Context:
-    def __init__(self, home: Path, passphrase_file: Path | None = None) -> None:
-        self.home = home
-        self.passphrase_file = passphrase_file
+    """The wallet folder and passphrase file, from --home / --passphrase-file written before
+    or after the subcommand (consent.commandline.GlobalOption)."""
+
+    @property
+    def home(self) -> Path:
+        return Path(global_value("home", service.default_home())).expanduser()
+
+    @property
+    def passphrase_file(self) -> Path | None:
+        value = global_value("passphrase_file")
+        return None if value is None else Path(value)
 
 
 def _passphrase(ctx: Context, confirm: bool = False) -> str:
@@ -87,22 +91,23 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(cls=WalletGroup)
+@click.group(cls=WalletGroup, expected_errors=service.expected_errors())
 @click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
     default=service.default_home, show_default="~/.consent-wallet",
-    help=f"Wallet folder (or {HOME_ENV}).",
+    help=f"Wallet folder (or {HOME_ENV}).", cls=GlobalOption, copy=True,
 )
-@passphrase_file_option(PASSPHRASE_ENV, "wallet passphrase")
-@click.version_option(package_name="sovereign-fabric")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help=f"File holding the wallet passphrase (else {PASSPHRASE_ENV}, else a prompt).",
+              cls=GlobalOption, copy=True)
 @click.pass_context
-def cli(click_ctx: click.Context, home: Path, passphrase_file: Path | None) -> None:
+def cli(click_ctx: click.Context) -> None:
     """Your consent wallet: grant, revoke and watch the use of your data.
 
     The passphrase is read from --passphrase-file, else CONSENT_WALLET_PASSPHRASE, else
     asked for.
     """
-    click_ctx.obj = Context(Path(home).expanduser(), passphrase_file)
+    click_ctx.obj = Context()
 
 
 @cli.command()
@@ -530,7 +535,7 @@ def _event_json(e: Any) -> dict[str, Any]:
 @click.option("--node", required=True, help="Node address HOST:PORT.")
 @click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
               help="The node's CA certificate (remembered for this address).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the JSON export.")
 @json_option
 @pass_ctx
@@ -575,7 +580,7 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the receipts into (created if missing).")
 @json_option
 @pass_ctx
@@ -660,9 +665,6 @@ def dashboard(ctx: Context, port: int, refresh: bool, as_json: bool) -> None:
 
 
 def main() -> None:
-    # gRPC's C core logs TLS handshake failures to stderr at INFO by default; the wallet
-    # already says what went wrong in one sentence, so keep only real errors from the core.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     cli(prog_name="consent-wallet")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from consent.grants import issue_grant, issue_revocation, verify_grant
 from consent.identity import PROFILES, Identity
 from consent.keystore import load_identity, save_identity, write_private_file
+from consent.passphrase import MIN_LENGTH as MIN_PASSPHRASE
 from ledger.customer import grant_key
 from wallet.errors import (
     DeliveryPending,
@@ -300,8 +301,10 @@ class Wallet:
             )
         if profile not in PROFILES:
             raise InvalidInput(f"unknown profile {profile!r}: use intl or gm")
-        if not passphrase:
-            raise InvalidInput("the passphrase must not be empty")
+        if len(passphrase) < MIN_PASSPHRASE:
+            # The same rule as every tool's new keys (consent.passphrase).
+            raise InvalidInput(f"the passphrase must be at least {MIN_PASSPHRASE} characters "
+                               "(it alone protects your keys at rest)")
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = Identity.generate(profile)  # type: ignore[arg-type]
         save_identity(_keystore_path(home), identity, passphrase)

@@ -277,7 +277,7 @@ def test_authors_bad_input_is_one_sentence_and_changes_nothing(tmp_path: Path) -
     home = tmp_path / "authors"
     _run(ledger_cli, ["init", "--home", str(home)])
     base = ["authors", "add", "--home", str(home), NODE.did]
-    assert "Invalid value for '--kind'" in _run(
+    assert "error: invalid value for '--kind'" in _run(
         ledger_cli, [*base, "--name", "n", "--role", "node", "--kind", "poem"], code=2)
     assert "the name must be 1 to 80" in _run(
         ledger_cli, [*base, "--name", "<script>", "--role", "node"], code=1)

@@ -103,7 +103,7 @@ def test_rows_deleted_from_the_stored_sets_are_detected(story: tuple) -> None:
     [mismatch] = document["integrity"][node.address]["mismatches"]
     assert mismatch["count"] == 2 and (mismatch["first_seq"], mismatch["last_seq"]) == (1, 2)
     assert f"the node at {node.address} hid or changed 2 access(es)" in mismatch["message"]
-    assert "Error: The node at" in text and "hid or changed 2 access(es) before" in text
+    assert "error: the node at" in text and "hid or changed 2 access(es) before" in text
     assert "unreachable" not in text.lower()
 
 

@@ -188,4 +188,4 @@ def test_ledger_set_refuses_another_key(
     finally:
         other.stop()
     assert_clean_error(result, "different log key", "nothing was changed")
-    assert_clean_error(initialised("ledger", "show"), "No ledger is set")
+    assert_clean_error(initialised("ledger", "show"), "no ledger is set")

@@ -53,10 +53,19 @@ def test_init_refuses_to_overwrite(initialised: WalletCLI, home: Path) -> None:
 def test_init_prompts_for_passphrase_twice(home: Path, monkeypatch) -> None:
     monkeypatch.delenv("CONSENT_WALLET_PASSPHRASE")
     cli = WalletCLI(home)
-    result = cli("init", input="s3cret-pass\ns3cret-pass\n")
+    result = cli("init", input="s3cret-passphrase\ns3cret-passphrase\n")
     assert result.exit_code == 0, result.output
     assert "s3cret-pass" not in result.output
-    assert load_identity(home / "keystore.json", "s3cret-pass").did in result.output
+    assert load_identity(home / "keystore.json", "s3cret-passphrase").did in result.output
+
+
+def test_init_refuses_a_short_passphrase_like_every_tool(home: Path, monkeypatch) -> None:
+    """One passphrase policy (consent.passphrase.MIN_LENGTH) for the wallet and the node."""
+    monkeypatch.delenv("CONSENT_WALLET_PASSPHRASE")
+    result = WalletCLI(home)("init", input="s3cret-pass\ns3cret-pass\n")
+    assert result.exit_code == 1
+    assert "error: the passphrase must be at least 12 characters" in result.output
+    assert not (home / "keystore.json").exists()
 
 
 def test_wrong_passphrase(initialised: WalletCLI) -> None:
@@ -161,6 +170,6 @@ def test_errors_have_no_traceback_in_a_real_process(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"Error: No wallet in {tmp_path / 'nowhere'}: run `consent-wallet init` first "
+        f"error: no wallet in {tmp_path / 'nowhere'}: run `consent-wallet init` first "
         "(or pass --home)"
     ]

@@ -115,7 +115,7 @@ def test_refused_grant_fails_plainly_and_can_be_retried(
     result = wallet(*_grant_args(node, crm, "--node-ca", str(node.ca_path), "--json"))
     assert_clean_error(result, "refused", "sov-node subjects bind", exit_code=1)
     grant_id = json.loads(result.stdout)["grant_id"]
-    assert result.output.splitlines()[-1].startswith("Error: The node refused the grant")
+    assert result.output.splitlines()[-1].startswith("error: the node refused the grant")
     [view] = json.loads(wallet.ok("grants", "--json").output)
     assert view["status"] == "refused"
     assert "Nothing pending" in wallet.ok("sync").output  # sync cannot fix a refusal
@@ -182,7 +182,7 @@ def test_one_line_on_stderr_for_a_tls_failure(
     assert proc.returncode == 1
     assert proc.stdout == ""
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"Error: The node at {node.address} cannot be reached")
+    assert line.startswith(f"error: the node at {node.address} cannot be reached")
     assert "nothing was saved" in line
 
 
@@ -222,7 +222,7 @@ def test_ledger_set_on_an_unreachable_ledger_changes_nothing(
     for address in (node.address, "127.0.0.1:9"):
         result = initialised("ledger", "set", address, "--ca", str(node.ca_path))
         assert_clean_error(result, "a verified log key from the ledger", "nothing was changed")
-    assert_clean_error(initialised("ledger", "show"), "No ledger is set")
+    assert_clean_error(initialised("ledger", "show"), "no ledger is set")
 
 
 def test_an_altered_access_event_shows_not_verified(
