@@ -41,7 +41,7 @@ from agent_node.vault import Batch, Vault, encrypted_column, iso, plain_column, 
 from agent_node.vaultcrypto import decrypt_cell
 from consent import errors as ce
 from consent.integrity import verify_document
-from fl.client import Refused, Selection, make_client_app
+from fl.client import Refused, Selection, make_client_app, make_secagg_client_app
 from fl.protocol import PURPOSE, parse_plan
 
 DEFAULT_MIN_CUSTOMERS = 20
@@ -243,3 +243,5 @@ def open_source(node_config: dict[str, Any]) -> VaultSource:
 
 
 app = make_client_app(lambda context: open_source(dict(context.node_config)))
+#: The same node behind Flower's SecAgg+ (legacy API): the run option ``secagg``.
+secagg_app = make_secagg_client_app(lambda context: open_source(dict(context.node_config)))

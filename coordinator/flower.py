@@ -74,6 +74,7 @@ class FlowerLink:
         self.control = f"127.0.0.1:{free_port()}"
         self.env = flower_env(self.folder / "flwr")
         self.app = write_app(self.folder / "app")
+        self.secagg_app = write_app(self.folder / "app-secagg", secagg=True)
         self.ca_path = self.folder / "ca.pem"
         self.ca_path.write_bytes(ca.cert_pem)
         host = fleet_listen.rpartition(":")[0].strip("[]")
@@ -234,7 +235,8 @@ class FlowerLink:
         overrides = result_dir / "run-config.toml"
         overrides.write_text(tomli_w.dumps({**config, "result-dir": str(result_dir.resolve())}))
         started = time.monotonic()
-        submitted = self.flwr("run", str(self.app), CONNECTION, "--run-config", str(overrides))
+        app = self.secagg_app if config.get("secagg") else self.app
+        submitted = self.flwr("run", str(app), CONNECTION, "--run-config", str(overrides))
         run_id = int(submitted["run-id"])
         status = self._follow(run_id, result_dir, progress or (lambda entry: None),
                               started + timeout)

@@ -188,7 +188,8 @@ def _lineage(outcome: TrainingOutcome, replies: Iterable[Message]) -> None:
 
 
 def _strategy(options: RunOptions, outcome: TrainingOutcome,
-              progress: Callable[[dict[str, Any]], None]) -> FedAvg:
+              progress: Callable[[dict[str, Any]], None],
+              dropped: dict[int, str] | None = None) -> FedAvg:
     base = FedProx if options.strategy == "fedprox" else FedAvg
 
     started: list[float] = []
@@ -204,7 +205,8 @@ def _strategy(options: RunOptions, outcome: TrainingOutcome,
             replies = list(replies)
             ok = [r for r in replies if not r.has_error()]
             if len(ok) < options.min_nodes:
-                reasons = sorted({r.error.reason or "" for r in replies if r.has_error()})
+                reasons = sorted({r.error.reason or "" for r in replies if r.has_error()}
+                                 | {f"node {n}: {why}" for n, why in (dropped or {}).items()})
                 raise TrainingRunError(
                     f"round {server_round}: only {len(ok)} node(s) trained, fewer than the "
                     f"minimum of {options.min_nodes}"
@@ -277,13 +279,88 @@ def run_training(grid: Grid, signed_plan: dict[str, Any], options: RunOptions, *
     model = models.build(plan.model, plan.features.width, plan.seed)
     initial = ArrayRecord({k: Array(v) for k, v in models.get_state(model).items()})
     config = ConfigRecord({PLAN_KEY: plan_text, SCALING_KEY: encode_scaling(scaling)})
-    strategy = _strategy(options, outcome, progress)
+    strategy = _strategy(options, outcome, progress, bounded.dropped)
     result = strategy.start(grid=bounded, initial_arrays=initial, num_rounds=options.rounds,
                             timeout=options.round_timeout, train_config=config,
                             evaluate_config=ConfigRecord(dict(config)),
                             evaluate_fn=evaluate_fn)
     outcome.state = {k: a.numpy() for k, a in result.arrays.items()}
     outcome.dropped = dict(bounded.dropped)
+    return outcome
+
+
+def run_secagg(grid: BoundedGrid, context: Context, signed_plan: dict[str, Any],
+               options: RunOptions, progress: Callable[[dict[str, Any]], None]
+               ) -> TrainingOutcome:
+    """The run with SecAgg+ (Flower's legacy ``SecAggPlusWorkflow``; the nodes run
+    ``fl.client.make_secagg_client_app``): the scaling statistics as in ``run_training``,
+    then FedAvg rounds in which the coordinator sees only the sum of the nodes' updates.
+    Nodes count equally (it cannot reweight single updates); FedProx is not offered."""
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    from fl.client import SECAGG_LINEAGE_GRANTS, SECAGG_LINEAGE_NODE
+
+    if options.strategy != "fedavg":
+        raise TrainingRunError("SecAgg+ runs use FedAvg: the coordinator sees only the sum")
+    plan_text = encode_plan(signed_plan)
+    plan = parse_plan(signed_plan)
+    outcome = TrainingOutcome(state={})
+    scaling = scaling_phase(grid, plan_text, outcome, options)
+    outcome.scaling = {"mean": list(scaling.mean), "std": list(scaling.std)}
+    progress({"phase": "scaling", "nodes": len(outcome.nodes)})
+    model = models.build(plan.model, plan.features.width, plan.seed)
+    names = list(models.get_state(model))
+    initial = [models.get_state(model)[n] for n in names]
+    config = {PLAN_KEY: plan_text, SCALING_KEY: encode_scaling(scaling)}
+    nodes = len(grid.get_node_ids())
+    started: list[float] = []
+
+    class Strategy(LegacyFedAvg):  # type: ignore[misc]
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any
+                          ) -> Any:
+            started.append(time.monotonic())
+            return super().configure_fit(server_round, parameters, client_manager)
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            if len(results) < options.min_nodes:
+                raise TrainingRunError(f"round {server_round}: only {len(results)} node(s) "
+                                       f"trained, fewer than the minimum of {options.min_nodes}")
+            for _, res in results:
+                hashes = outcome.nodes.setdefault(str(res.metrics[SECAGG_LINEAGE_NODE]), [])
+                hashes.extend(h for h in json.loads(str(res.metrics[SECAGG_LINEAGE_GRANTS]))
+                              if h not in hashes)
+            entry = {"round": server_round, "nodes": len(results), "secagg": 1.0,
+                     "seconds": round(time.monotonic() - started[-1], 3)}
+            outcome.rounds.append(entry)
+            progress(entry)
+            return super().aggregate_fit(server_round, results, failures)
+
+    strategy = Strategy(fraction_fit=1.0, fraction_evaluate=0.0,
+                        min_fit_clients=options.min_nodes, min_evaluate_clients=0,
+                        min_available_clients=options.min_nodes,
+                        initial_parameters=ndarrays_to_parameters(initial),
+                        on_fit_config_fn=lambda rnd: {**config, "server-round": rnd})
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=options.rounds,
+                                                                round_timeout=None),
+                           strategy=strategy)
+    if nodes < 3:
+        raise TrainingRunError(f"SecAgg+ needs at least 3 nodes (it has {nodes}): with two, "
+                               "each learns the other's update from the sum")
+    # Every node holds a share of every other's secrets; any threshold of them can unmask a
+    # dropped node's contribution, fewer learn nothing.
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=nodes, reconstruction_threshold=max(2, min(options.min_nodes, nodes - 1)),
+        timeout=options.round_timeout))
+    workflow(grid, legacy)
+    from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+    final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+    outcome.state = dict(zip(names, (np.asarray(a, dtype=np.float32) for a in final),
+                             strict=True))
+    outcome.dropped = dict(grid.dropped)
     return outcome
 
 
@@ -325,8 +402,12 @@ def main(grid: Grid, context: Context) -> None:
 
     try:
         bounded = BoundedGrid(grid, options)
-        outcome = run_training(bounded, json.loads(str(cfg["plan"])), options,
-                               progress=progress)
+        if cfg.get("secagg"):
+            outcome = run_secagg(bounded, context, json.loads(str(cfg["plan"])), options,
+                                 progress)
+        else:
+            outcome = run_training(bounded, json.loads(str(cfg["plan"])), options,
+                                   progress=progress)
         if cfg.get("empty-model"):  # bench/fl.py: Flower's own cost of a round
             outcome.empty_rounds = empty_rounds(bounded, options)
     except Exception as exc:

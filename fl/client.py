@@ -173,3 +173,65 @@ def _evaluate(source: TrainingSource, msg: Message, context: Context) -> RecordD
     return RecordDict({"metrics": MetricRecord({
         EXAMPLES: 1, "eval-loss": found.loss,
         "auc": found.auc if found.auc is not None else 0.5})})
+
+
+# -- SecAgg+ (Flower's legacy API: the only one SecAggPlusWorkflow speaks in 1.41) ------------
+
+SECAGG_LINEAGE_NODE = "lineage-node"
+SECAGG_LINEAGE_GRANTS = "lineage-grants"
+
+
+def make_secagg_client_app(open_source: Callable[[Context], TrainingSource]) -> ClientApp:
+    """A ``client_fn`` ClientApp behind ``secaggplus_mod``: the coordinator sees only the sum
+    of the nodes' updates. ``query.*`` messages (the scaling statistics) are answered by the
+    Message API handlers of ``make_client_app`` before the legacy machinery sees them."""
+    from flwr.client.mod import secaggplus_mod
+
+    inner = make_client_app(open_source)
+
+    def message_api_queries(msg: Message, context: Context, call_next: Any) -> Message:
+        if msg.metadata.message_type.startswith("query."):
+            return inner(msg, context)
+        return call_next(msg, context)  # type: ignore[no-any-return]
+
+    def client_fn(context: Context) -> Any:
+        return _SecAggClient(open_source(context), context).to_client()
+
+    return ClientApp(client_fn=client_fn, mods=[message_api_queries, secaggplus_mod])
+
+
+def _secagg_client_base() -> type:
+    from flwr.client import NumPyClient
+
+    return NumPyClient  # type: ignore[no-any-return]
+
+
+class _SecAggClient(_secagg_client_base()):  # type: ignore[misc]
+    """Local training as in ``_train``; the weights travel masked (``secaggplus_mod``)."""
+
+    def __init__(self, source: TrainingSource, context: Context) -> None:
+        self.source, self.context = source, context
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]
+            ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        probe = decode_plan(config.get(PLAN_KEY))
+        dp = (probe.get("train") or {}).get("dp") or {}
+        sel = self.source.select(probe, self.context.run_id, "train", float(dp.get("epsilon", 0)))
+        plan = sel.plan
+        x, y = encode(sel.rows, plan.features, decode_scaling(config.get(SCALING_KEY),
+                                                              plan.features))
+        model = models.build(plan.model, plan.features.width, plan.seed)
+        names = list(models.get_state(model))  # the order both ends use (state_dict order)
+        models.set_state(model, dict(zip(names, parameters, strict=True)))
+        round_ = int(config.get("server-round", 0))
+        cfg = TrainConfig(plan.train.epochs, plan.train.lr, plan.train.batch_size, 0.0,
+                          plan.train.dp)
+        result = train(model, x, y, cfg, seed=plan.seed * 1000 + round_)
+        self.source.commit(sel, "train", round_, result.epsilon)
+        state = models.get_state(model)
+        # Weight 1: no exact customer count leaves the node, and under SecAgg+ the coordinator
+        # cannot reweight single updates, so nodes count equally.
+        return [state[n] for n in names], 1, {
+            SECAGG_LINEAGE_NODE: sel.node,
+            SECAGG_LINEAGE_GRANTS: json.dumps(sorted(sel.grant_hashes)),
+            "epsilon": result.epsilon}

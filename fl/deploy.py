@@ -107,8 +107,9 @@ def check_public_key(line: Any) -> str:
 
 # -- the app ------------------------------------------------------------------------------------
 
-def write_app(folder: Path) -> Path:
-    """The Flower app folder ``flwr run`` builds its FAB from (components of this package)."""
+def write_app(folder: Path, *, secagg: bool = False) -> Path:
+    """The Flower app folder ``flwr run`` builds its FAB from (components of this package);
+    with ``secagg`` the nodes run the SecAgg+ ClientApp (``agent_node.training:secagg_app``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     project = {
@@ -117,7 +118,8 @@ def write_app(folder: Path) -> Path:
         "tool": {"flwr": {"app": {
             "publisher": "sovereign",
             "components": {"serverapp": "coordinator.training:app",
-                           "clientapp": "agent_node.training:app"},
+                           "clientapp": "agent_node.training:"
+                                        + ("secagg_app" if secagg else "app")},
             "config": RUN_CONFIG}}},
     }
     (folder / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")

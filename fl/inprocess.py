@@ -10,6 +10,7 @@ centralised-vs-federated comparison; the node's real source is ``agent_node.trai
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 from uuid import uuid4
@@ -68,7 +69,9 @@ class InProcessGrid(Grid):
                 continue
             self.handled.append((node, msg.metadata.message_type))
             try:
-                reply = self.apps[node](msg, self.contexts[node])
+                # A copy, as the wire would give: a ClientApp (secaggplus_mod) may change the
+                # records it received, which the server may have shared between messages.
+                reply = self.apps[node](copy.deepcopy(msg), self.contexts[node])
             except Exception as exc:  # a crashing ClientApp, as a SuperNode reports it
                 reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"),
                                 reply_to=msg)

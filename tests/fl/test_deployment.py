@@ -140,7 +140,7 @@ def test_a_node_killed_mid_run_does_not_hang_it(deployment: Deployment,
             victim.kill()
 
     config = {"plan": encode_plan(signed_plan(requester)), "min-nodes": 2, "rounds": 2,
-              **FAST, "round-timeout": 60.0}
+              **FAST, "round-timeout": 120.0}
     try:
         result = deployment.link.run(config, deployment.tmp / "run-kill", timeout=900,
                                      progress=kill_after_round_one)
@@ -158,3 +158,16 @@ def test_a_node_killed_mid_run_does_not_hang_it(deployment: Deployment,
 def victim_did(deployment: Deployment, proc: SuperNodeProcess) -> str:
     return next(n.source.node.identity.did for n in deployment.nodes
                 if n.source.node.path.resolve() == proc.home)
+
+
+@pytest.mark.long
+def test_a_secagg_run_on_three_supernodes(deployment: Deployment, requester: Identity) -> None:
+    plan = signed_plan(requester)
+    result = deployment.run(plan, "run-secagg",
+                            **{"min-nodes": 3, "secagg": True, "round-timeout": 120.0})
+    assert result.status == "finished:completed"
+    assert [(r["nodes"], r["secagg"]) for r in result.outcome["rounds"]] == [(3, 1.0)]
+    assert set(result.outcome["nodes"]) == {n.source.node.identity.did
+                                            for n in deployment.nodes}
+    for node in deployment.nodes:
+        assert [e["phase"] for e in training_events(node, plan["id"])] == ["moments", "train"]
