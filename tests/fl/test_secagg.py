@@ -16,8 +16,8 @@ from fl.inprocess import InProcessGrid, MemorySource
 from fl.metrics import roc_auc
 from fl.protocol import parse_plan
 from fl.train import TrainConfig, train
-from tests.fl.test_server_inprocess import FAST, _memory_grid
 from tests.fl.test_pure import synthetic
+from tests.fl.test_server_inprocess import FAST, _memory_grid
 
 
 def secagg_grid(n: int) -> tuple[InProcessGrid, list[MemorySource]]:
