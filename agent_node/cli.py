@@ -31,6 +31,7 @@ from consent.commandline import (
     json_native,
     json_option,
     out_option,
+    progress,
 )
 from consent.did import resolve
 from consent.errors import ConsentError
@@ -239,6 +240,60 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
     click.echo(f"erased {proof['customer']}: {rows} row(s), {len(proof['destroyed_keys'])} "
                f"data key(s) destroyed; scan of {len(proof['scan']['files'])} file(s): "
                f"{hits} hit(s); ledger: {outcome.ledger}")
+
+
+@main.command(name="backup")
+@home_option
+@pass_option
+@out_option("the backup file to write (encrypted, 0600), e.g. backups/2026-12-04.sfbk",
+            required=True)
+@json_option
+def backup_command(home: str, passphrase_file: Path | None, out: Path, as_json: bool) -> None:
+    """Write an encrypted, authenticated backup of the vault; every customer's rows are
+    sealed under a key only this node's keyring holds (an erasure destroys it)."""
+    from agent_node.backup import backup
+
+    node = _open(home, passphrase_file)
+    with progress(as_json) as shown:
+        info = backup(node, out, progress=shown.advance)
+    emit(as_json, vars(info), f"wrote {info.path} ({info.bytes} bytes): {info.customers} "
+         f"customer(s) and {info.wallets} wallet(s) sealed under their backup keys")
+
+
+@main.command(name="restore")
+@home_option
+@pass_option
+@click.argument("backup_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="do not ask for confirmation (for scripts)")
+@json_option
+def restore_command(home: str, passphrase_file: Path | None, backup_file: Path, yes: bool,
+                    as_json: bool) -> None:
+    """Replace the vault's content with a backup this node made (stop 'sov-node serve'
+    first). Customers erased since the backup stay erased: their rows are dropped."""
+    from agent_node.backup import read_header, restore
+
+    header = read_header(backup_file)
+    if not yes:
+        click.confirm(f"Replace this node's vault with the backup of {header.get('created')}? "
+                      "Changes since then are lost", abort=True)
+    node = _open(home, passphrase_file)
+    with progress(as_json) as shown:
+        report = restore(node, backup_file, progress=shown.advance)
+    emit(as_json, report.to_json(), lambda: _restore_report(report))
+
+
+def _restore_report(report: Any) -> None:
+    click.echo(f"restored the backup of {report.created}: {report.customers} customer(s) and "
+               f"{report.wallets} wallet(s) back")
+    if report.erased_subjects or report.erased_wallets:
+        click.echo(f"dropped {report.erased_subjects} customer(s) and {report.erased_wallets} "
+                   "wallet(s) erased since this backup was taken: their keys are gone, they "
+                   "do not come back")
+    if report.keyless:
+        click.echo(f"warning: {report.keyless} sealed part(s) have no key in the keyring "
+                   "(keyring.sqlite) and were left out; a sync brings their rows back from the "
+                   "source", err=True)
+    click.echo(f"erasure list: {report.erasure_list} erased subject(s), kept across the restore")
 
 
 @main.group()

@@ -198,12 +198,26 @@ class Erasure:
                          (self._seal(tag, state), _now(), tag))
 
     def _scan(self, tag: str) -> dict[str, Any]:
+        from agent_node.backup import clear_work
+
+        clear_work(self.home.path)  # a crashed backup's plain snapshot must not outlive this
         with self.vault.connection() as conn:
             state = self._open(tag, conn.execute("SELECT pending FROM erasures WHERE "
                                                  "did_tag = ?", (tag,)).fetchone()[0])
         return scan_home(self.home.path, state["needles"], shared=int(state["shared"]))
 
     def _prove(self, tag: str, scan: dict[str, Any]) -> None:
+        from agent_node.backup import erase_backup_keys
+
+        with self.vault.connection() as conn:
+            row = conn.execute("SELECT pending FROM erasures WHERE did_tag = ? AND state = "
+                               "'erased'", (tag,)).fetchone()
+        if row is None:
+            return
+        did, _, refs, _ = self._open(tag, row[0])["customer"]
+        # Idempotent (a repeated step 3 destroys nothing more): every backup's sealed rows of
+        # this customer become unreadable, whoever holds the backup file (agent_node.backup).
+        keyring = erase_backup_keys(self.home, did, refs)
         with self.vault.transaction() as conn:
             row = conn.execute("SELECT request_hash, pending FROM erasures WHERE did_tag = ? "
                                "AND state = 'erased'", (tag,)).fetchone()
@@ -214,6 +228,8 @@ class Erasure:
             did, sids, refs, grant_ids = state["customer"]
             customer = locations.Customer(did, tuple(sids), tuple(refs), tuple(grant_ids))
             results = dict(state["locations"])
+            results["file.keyring"] = {"treatment": "destroy-key", "rows": keyring.rows,
+                                       "kept": 0, "digest": keyring.digest}
             for location in locations.locations():
                 if location.kind == "table" and location.erasure == "destroy-key":
                     assert location.erase is not None

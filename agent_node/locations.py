@@ -122,6 +122,7 @@ def _import_owners() -> None:
     # The owners register on import; importing them here makes the list complete wherever
     # it is read from (a CLI, a test) without a central list to forget.
     import agent_node.accesslog
+    import agent_node.backup
     import agent_node.erasure
     import agent_node.flnode
     import agent_node.grantstore
