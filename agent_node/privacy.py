@@ -216,6 +216,18 @@ class _ThresholdCache:
 _THRESHOLDS = _ThresholdCache()
 
 
+def _selector(l0: int, budget: Fraction, delta: float) -> tuple[Any, int]:
+    """The Laplace threshold measurement (and its threshold) for ``l0`` groups per customer
+    within ``budget`` and ``delta``: scale l0 / epsilon, widened until OpenDP's map fits."""
+    scale = l0 / float(budget)
+    for _ in range(64):
+        try:
+            return _THRESHOLDS.get(scale, l0, delta, budget)  # type: ignore[no-any-return]
+        except PrivacyError:
+            scale *= 1 + 1e-12
+    raise PrivacyError("no partition selection fits this epsilon")  # pragma: no cover
+
+
 def select_groups(unit_counts: dict[str, int], l0: int, budget: Fraction, delta: float
                   ) -> set[str]:
     """The Laplace threshold mechanism on customers per group: the keys it releases. A key
@@ -223,22 +235,14 @@ def select_groups(unit_counts: dict[str, int], l0: int, budget: Fraction, delta:
     chosen so that releasing it costs at most ``delta``; absent keys are never released."""
     if not unit_counts:
         return set()
-    scale = l0 / float(budget)
-    for _ in range(64):
-        try:
-            measurement, _ = _THRESHOLDS.get(scale, l0, delta, budget)
-            break
-        except PrivacyError:
-            scale *= 1 + 1e-12
-    else:  # pragma: no cover
-        raise PrivacyError("no partition selection fits this epsilon")
+    measurement, _ = _selector(l0, budget, delta)
     return set(measurement(dict(unit_counts)))
 
 
 def selection_threshold(l0: int, budget: Fraction, delta: float) -> int:
-    """The threshold ``select_groups`` uses (about how many customers a group needs to have
-    an even chance of release), for the docs and the answer's note."""
-    return int(_THRESHOLDS.get(l0 / float(budget), l0, delta, budget)[1])
+    """The threshold ``select_groups`` uses (a group with that many customers is released
+    about half the time), for the docs and tests."""
+    return _selector(l0, budget, delta)[1]
 
 
 def quantile_candidates(low: float, high: float, integer: bool) -> list[float]:
