@@ -121,20 +121,47 @@ def rotate_key(home: str, passphrase_file: Path | None, as_json: bool) -> None:
 @home_option
 @pass_option
 @click.option("--dataset", "datasets", multiple=True, help="sync only these datasets")
+@click.option("--drop-removed", is_flag=True,
+              help="delete the vault rows of datasets no longer in the data map")
 @json_option
 def sync_command(home: str, passphrase_file: Path | None, datasets: tuple[str, ...],
-                 as_json: bool) -> None:
-    """Copy mapped source data into the vault (incremental)."""
+                 drop_removed: bool, as_json: bool) -> None:
+    """Copy mapped source data into the vault (incremental); say which datasets left the
+    data map (--drop-removed deletes their rows) and which source rows were malformed."""
     node = _open(home, passphrase_file)
     datamap = node.datamap()
     if not datamap.datasets:
         fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
               "(see docs/operator.md, section 2)")
     vault = Vault(node.vault_path, node.keys)
-    done = sync(vault, datamap, list(datasets) or None)
-    emit(as_json, [vars(stats) for stats in done], "\n".join(
-        f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
-        f"{stats.deleted} removed, {stats.unchanged} unchanged" for stats in done))
+    with progress(as_json) as shown:
+        done = sync(vault, datamap, list(datasets) or None,
+                    on_rows=lambda name, n: shown.advance(f"sync {name}", n))
+    removed = vault.removed_datasets(datamap)
+    if drop_removed and removed:
+        vault.drop_datasets(sorted(removed))
+    emit(as_json, {"datasets": [{**vars(s), "problems": list(s.problems)} for s in done],
+                   "removed_from_datamap": removed, "dropped": drop_removed and bool(removed)},
+         lambda: _sync_report(done, removed, drop_removed))
+
+
+def _sync_report(done: list[Any], removed: dict[str, int], dropped: bool) -> None:
+    for stats in done:
+        click.echo(f"{stats.dataset}: {stats.inserted} added, {stats.updated} updated, "
+                   f"{stats.deleted} removed, {stats.unchanged} unchanged"
+                   + (f", {stats.skipped} malformed row(s) left out" if stats.skipped else ""))
+        for problem in stats.problems:
+            click.echo(f"warning: {stats.dataset}: left out {problem}", err=True)
+        if stats.skipped > len(stats.problems):
+            click.echo(f"warning: {stats.dataset}: and {stats.skipped - len(stats.problems)} "
+                       "more malformed row(s)", err=True)
+    for name, rows in sorted(removed.items()):
+        if dropped:
+            click.echo(f"{name}: no longer in the data map; its {rows} row(s) were deleted")
+        else:
+            click.echo(f"warning: dataset {name!r} is no longer in the data map but its {rows} "
+                       "row(s) stay in the vault (not answered); 'sov-node sync "
+                       "--drop-removed' deletes them", err=True)
 
 
 @main.group()
@@ -500,7 +527,7 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file
         tmp.write_text(str(running.port))
         tmp.replace(port_file)
     if supernode is not None:
-        supernode.start()
+        supernode.supervise()  # restarted until the coordinator admits its key
         click.echo(f"SuperNode for federated training connecting to {fl_superlink}")
     stop.wait()
     if supernode is not None:

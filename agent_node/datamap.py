@@ -15,6 +15,7 @@ Only names found here ever become SQL identifiers; every error names the offendi
     subject_key = ["customer_id"]
     row_key = ["order_id"]     # optional; without it rows are keyed by their content
     max_rows_per_subject = 10  # contribution bound used by differential privacy
+    on_bad_row = "refuse"      # or "skip": a malformed row is reported and left out
 
     [datasets.orders.columns]
     amount = { type = "real", scope = "transaction", bounds = [0, 500] }
@@ -100,6 +101,10 @@ class DatasetSpec:
     max_rows_per_subject: int = 10
     #: What intent models may read (``fl.features.FeatureSpec``), if declared.
     features: Any = None
+    #: A malformed source row (a CSV line with extra or missing fields, a value not of its
+    #: column's type, an empty subject key): ``refuse`` the sync (nothing changes) or
+    #: ``skip`` the row; either way it is reported with where it is, never altered.
+    on_bad_row: str = "refuse"
 
     def column(self, name: str) -> ColumnSpec:
         try:
@@ -205,6 +210,7 @@ def _parse_column(dataset: str, name: str, raw: Any) -> ColumnSpec:
 
 
 MAX_PUBLIC_KEYS = 1000
+BAD_ROW_POLICIES = ("refuse", "skip")
 
 
 def _parse_public_keys(key: str, raw: Any, kind: str) -> tuple[str | int | float, ...] | None:
@@ -252,8 +258,12 @@ def _parse_dataset(name: str, raw: Any, sources: dict[str, SourceSpec]) -> Datas
     bound = raw.get("max_rows_per_subject", 10)
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
         raise _fail(f"{key}.max_rows_per_subject", "must be a positive integer")
+    on_bad_row = raw.get("on_bad_row", "refuse")
+    if on_bad_row not in BAD_ROW_POLICIES:
+        raise _fail(f"{key}.on_bad_row", 'must be "refuse" (the default: a malformed row '
+                    'stops the sync) or "skip" (it is reported and left out)')
     unknown = set(raw) - {"source", "table", "subject_key", "row_key", "columns",
-                          "max_rows_per_subject", "features"}
+                          "max_rows_per_subject", "features", "on_bad_row"}
     if unknown:
         raise _fail(f"{key}.{sorted(unknown)[0]}", "is not a known dataset option")
     features = None
@@ -266,7 +276,7 @@ def _parse_dataset(name: str, raw: Any, sources: dict[str, SourceSpec]) -> Datas
         except FeatureSpecError as exc:
             raise DataMapError(str(exc)) from None
     return DatasetSpec(name, source, str(table), subject_key, row_key, columns, bound,
-                       features)
+                       features, on_bad_row)
 
 
 def parse_datamap(document: dict[str, Any], base_dir: Path) -> DataMap:
@@ -310,6 +320,7 @@ TEMPLATE = '''# Data map: which source tables the node may read, and each column
 # row_key = ["order_id"]
 #
 # max_rows_per_subject = 10   # differential privacy: rows one customer adds to an answer
+# on_bad_row = "refuse"       # or "skip": a malformed source row is reported, left out
 #
 # [datasets.orders.columns]
 # amount = { type = "real", scope = "transaction", bounds = [0, 500] }   # clamp, sized to data

@@ -1,9 +1,11 @@
 """Source connectors: SQLite and CSV files (RFC 4180), PostgreSQL (psycopg 3) and MariaDB
 (PyMySQL).
 
-Each connector streams the mapped columns of one dataset's table as dicts keyed by source
-column name. Identifiers come only from the validated data map and are quoted for the
-source's dialect; no value is ever spliced into SQL.
+Each connector streams the mapped columns of one dataset's table as :class:`SourceRow`s: a
+dict keyed by source column name, where the row is (CSV: file and line; SQL: table, row
+number and row key) and, for a row the source itself got wrong (a CSV line with more or fewer
+fields than the header), what is wrong with it. Identifiers come only from the validated data
+map and are quoted for the source's dialect; no value is ever spliced into SQL.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,16 @@ from agent_node.datamap import DataMap, DatasetSpec, SourceSpec
 from agent_node.errors import SourceError
 
 FETCH_BATCH = 5000
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One source row: its values, where it is (``orders.csv line 17``, ``table orders row
+    5 (order_id=1042)``) and, if malformed at the source, why (else None)."""
+
+    values: dict[str, Any]
+    where: str
+    problem: str | None = None
 
 
 def needed_columns(dataset: DatasetSpec) -> list[str]:
@@ -47,7 +60,7 @@ def _resolve_path(base_dir: Path, raw: str) -> Path:
 
 
 def _sqlite_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
-                 ) -> Iterator[dict[str, Any]]:
+                 ) -> Iterator[SourceRow]:
     path = _resolve_path(base_dir, source.options["path"])
     if not path.is_file():
         raise SourceError(f"source {source.name!r}: SQLite file {path} does not exist")
@@ -57,9 +70,7 @@ def _sqlite_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             _check_sqlite_columns(conn, source, dataset)
             cursor = conn.execute(_select(dataset, '"'))
-            while batch := cursor.fetchmany(FETCH_BATCH):
-                for row in batch:
-                    yield dict(zip(names, row, strict=True))
+            yield from _located(dataset, names, cursor)
     except sqlite3.Error as exc:
         raise SourceError(f"source {source.name!r}: cannot read table {dataset.table!r}: {exc}")\
             from None
@@ -84,7 +95,7 @@ def _check_sqlite_columns(conn: sqlite3.Connection, source: SourceSpec,
 
 
 def _csv_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
-              ) -> Iterator[dict[str, Any]]:
+              ) -> Iterator[SourceRow]:
     path = _resolve_path(base_dir, source.options["path"])
     if not path.is_file():
         raise SourceError(f"source {source.name!r}: CSV file {path} does not exist")
@@ -99,12 +110,28 @@ def _csv_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
                 f"source {source.name!r}: CSV file has no column {missing[0]!r}; "
                 "check the data map's column names against the header"
             )
+        width = len(reader.fieldnames or [])
         for row in reader:
-            yield {n: (row[n] if row[n] != "" else None) for n in names}
+            values = {n: (row[n] if row[n] != "" else None) for n in names}
+            yield SourceRow(values, f"{path.name} line {reader.line_num}",
+                            _csv_problem(row, width))
+
+
+def _csv_problem(row: dict[str | None, Any], width: int) -> str | None:
+    """What is wrong with a CSV record's shape: csv.DictReader keeps extra fields under the
+    key None and fills missing ones with None (an empty field is ``""``), so neither may
+    pass as a row."""
+    extra = row.get(None)
+    if extra:
+        return f"{width + len(extra)} fields where the header has {width}"
+    missing = sum(1 for k, v in row.items() if k is not None and v is None)
+    if missing:
+        return f"{width - missing} fields where the header has {width}"
+    return None
 
 
 def _postgres_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
-                   ) -> Iterator[dict[str, Any]]:
+                   ) -> Iterator[SourceRow]:
     import psycopg
 
     names = needed_columns(dataset)
@@ -113,9 +140,7 @@ def _postgres_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
                 conn.cursor(name="sov_sync") as cursor:
             # A named (server-side) cursor streams large tables without loading them whole.
             cursor.execute(_select(dataset, '"').encode())
-            while batch := cursor.fetchmany(FETCH_BATCH):
-                for row in batch:
-                    yield dict(zip(names, row, strict=True))
+            yield from _located(dataset, names, cursor)
     except psycopg.Error as exc:
         raise SourceError(
             f"source {source.name!r}: PostgreSQL read of {dataset.table!r} failed: "
@@ -124,7 +149,7 @@ def _postgres_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
 
 
 def _mariadb_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
-                  ) -> Iterator[dict[str, Any]]:
+                  ) -> Iterator[SourceRow]:
     import pymysql
     import pymysql.cursors
 
@@ -139,9 +164,7 @@ def _mariadb_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
         )
         with closing(conn), conn.cursor() as cursor:
             cursor.execute(_select(dataset, "`"))
-            while batch := cursor.fetchmany(FETCH_BATCH):
-                for row in batch:
-                    yield dict(zip(names, row, strict=True))
+            yield from _located(dataset, names, cursor)
     except pymysql.MySQLError as exc:
         raise SourceError(
             f"source {source.name!r}: MariaDB read of {dataset.table!r} failed "
@@ -153,7 +176,36 @@ _READERS = {"sqlite": _sqlite_rows, "csv": _csv_rows, "postgresql": _postgres_ro
             "mariadb": _mariadb_rows}
 
 
-def read_rows(datamap: DataMap, dataset: DatasetSpec) -> Iterator[dict[str, Any]]:
-    """Stream the dataset's rows from its source as ``{source_column: value}`` dicts."""
+def read_rows(datamap: DataMap, dataset: DatasetSpec) -> Iterator[SourceRow]:
+    """Stream the dataset's rows from its source, each with where it is."""
     source = datamap.sources[dataset.source]
     return _READERS[source.kind](source, dataset, datamap.base_dir)
+
+
+def identity_columns(dataset: DatasetSpec) -> set[str]:
+    """Source columns that identify a customer: the subject key and identity-scoped columns.
+    Their values never appear in a message."""
+    return {*dataset.subject_key,
+            *(c.source_column for c in dataset.columns.values() if c.scope == "identity")}
+
+
+def redact(dataset: DatasetSpec, source_column: str, value: Any) -> str:
+    """A value as a message may show it: ``'12.5x'`` (cut at 40 characters), or
+    ``(redacted: identity column)``."""
+    if source_column in identity_columns(dataset):
+        return "(redacted: identity column)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _located(dataset: DatasetSpec, names: list[str], cursor: Any) -> Iterator[SourceRow]:
+    """An SQL cursor's rows, each named by its number and its row key (the row key says which
+    row to fix; without one, the number in the SELECT's order)."""
+    number = 0
+    while batch := cursor.fetchmany(FETCH_BATCH):
+        for row in batch:
+            number += 1
+            values = dict(zip(names, row, strict=True))
+            key = ", ".join(f"{k}={redact(dataset, k, values[k])}" for k in dataset.row_key)
+            yield SourceRow(values, f"table {dataset.table} row {number}"
+                            + (f" ({key})" if key else ""))

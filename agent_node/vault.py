@@ -40,7 +40,7 @@ import sqlite_utils
 from agent_node import accesslog, locations
 from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
-from agent_node.sources import read_rows
+from agent_node.sources import SourceRow, read_rows, redact
 from agent_node.vaultcrypto import VaultKeys, encrypt_cell
 from consent.errors import ReplayError
 from consent.replay import ReplayGuard
@@ -149,6 +149,19 @@ class SyncStats:
     updated: int
     deleted: int
     unchanged: int
+    #: Malformed source rows left out (data map ``on_bad_row = "skip"``) and the first
+    #: MAX_REPORTED of them in words (where, which column, the value unless it identifies).
+    skipped: int = 0
+    problems: tuple[str, ...] = ()
+
+
+class BadRow(SourceError):
+    """A malformed source row: where it is and what is wrong, in one sentence."""
+
+
+MAX_REPORTED = 20
+PROGRESS_EVERY = 1000
+RowsRead = Callable[[str, int], None]
 
 
 class Batch:
@@ -458,6 +471,20 @@ class Vault:
 
     # -- datasets ---------------------------------------------------------------------------
 
+    def removed_datasets(self, datamap: DataMap) -> dict[str, int]:
+        """Datasets synced before that the data map no longer has: name -> rows kept."""
+        with self.connection() as conn:
+            rows = conn.execute("SELECT name, row_count FROM datasets").fetchall()
+        return {name: int(count or 0) for name, count in rows if name not in datamap.datasets}
+
+    def drop_datasets(self, names: list[str]) -> None:
+        """Delete the rows and table of datasets gone from the data map, in one transaction
+        (only names :meth:`removed_datasets` gives are dropped by the CLI)."""
+        with self.transaction() as conn:
+            for name in names:
+                conn.execute(f'DROP TABLE IF EXISTS "{table_name(name)}"')
+                conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
+
     def dataset_ready(self, conn: sqlite3.Connection, dataset: DatasetSpec) -> bool:
         row = conn.execute("SELECT layout FROM datasets WHERE name = ?",
                            (dataset.name,)).fetchone()
@@ -585,18 +612,22 @@ def row_fingerprint(row_id: str, row_mac: str) -> int:
     return int.from_bytes(digest[:RFP_BITS // 8], "big")
 
 
-def _convert(value: Any, type_: str, dataset: str, column: str) -> Any:
+def _convert(value: Any, type_: str) -> Any:
+    """The value as its column's type; ValueError if it is not one (never rounded: 3.7 is not
+    an integer)."""
     if value is None or value == "":
         return None
-    try:
-        if type_ == "integer":
-            return int(value) if isinstance(value, int) else int(float(value))
-        if type_ == "real":
-            return float(value)
-    except (TypeError, ValueError):
-        raise SourceError(f"dataset {dataset!r}, column {column!r}: a value is not of type "
-                          f"{type_}; fix the source or the column's type in the data map")\
-            from None
+    if type_ == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError("not a whole number")
+        return int(number)
+    if type_ == "real":
+        if isinstance(value, bool):
+            raise ValueError("a boolean")
+        return float(value)
     return str(value)
 
 
@@ -615,12 +646,10 @@ class _Syncer:
                         else plain_column(column.name))
         self.columns = cols
         self.erased = erased_refs(conn)
-        self.skipped = 0
+        self.skipped = 0  # rows of erased customers
+        self.bad: list[str] = []
 
-    def _subject(self, key_values: list[Any]) -> tuple[int, Any] | None:
-        ref = self.vault.keys.subject_ref(key_values)
-        if ref in self.erased:
-            return None  # erased here: the source's copy never comes back (issue 13)
+    def _subject(self, ref: str) -> tuple[int, Any]:
         cached = self.subjects.get(ref)
         if cached is None:
             sid = self.vault.subject_sid(self.conn, ref)
@@ -639,20 +668,40 @@ class _Syncer:
         self.occurrences[content] = seen + 1
         return keys.row_mac(["occ", content, seen])
 
-    def record(self, raw: dict[str, Any]) -> tuple[str, str, list[Any]] | None:
+    def _check_shape(self, row: SourceRow) -> None:
+        """A row malformed at the source, or without a subject, is a :class:`BadRow`."""
+        if row.problem is not None:
+            raise BadRow(f"{row.where}: {row.problem}")
+        if any(row.values[c] is None or row.values[c] == "" for c in self.dataset.subject_key):
+            raise BadRow(f"{row.where}: the subject key "
+                         f"({', '.join(self.dataset.subject_key)}) is empty")
+
+    def _values(self, row: SourceRow) -> list[Any]:
+        """The mapped values, converted; a :class:`BadRow` names the row, the column and the
+        value (redacted for identity columns)."""
+        dataset, raw = self.dataset, row.values
+        values = []
+        for column in dataset.columns.values():
+            value = raw[column.source_column]
+            try:
+                values.append(_convert(value, column.type))
+            except (TypeError, ValueError):
+                raise BadRow(f"{row.where}: column {column.source_column!r}: "
+                             f"{redact(dataset, column.source_column, value)} is not of type "
+                             f"{column.type}") from None
+        return values
+
+    def record(self, row: SourceRow) -> tuple[str, str, list[Any]] | None:
         """The row as stored, or None for a row of an erased customer (not stored)."""
         dataset = self.dataset
-        key_values = [raw[c] for c in dataset.subject_key]
-        if any(v is None or v == "" for v in key_values):
-            raise SourceError(f"dataset {dataset.name!r}: a row has an empty subject key; "
-                              "every row must name its subject")
-        subject = self._subject([str(v) for v in key_values])
-        if subject is None:
-            return None
-        sid, cipher = subject
-        values = [_convert(raw[c.source_column], c.type, dataset.name, c.name)
-                  for c in dataset.columns.values()]
-        row_id = self._row_id([str(v) for v in key_values], values, raw)
+        self._check_shape(row)
+        key_values = [str(row.values[c]) for c in dataset.subject_key]
+        ref = self.vault.keys.subject_ref(key_values)
+        if ref in self.erased:
+            return None  # erased here: the source's copy never comes back (issue 13)
+        values = self._values(row)
+        sid, cipher = self._subject(ref)
+        row_id = self._row_id(key_values, values, row.values)
         mac = self.vault.keys.row_mac(["v", values])
         stored: list[Any] = [row_id, sid, row_fingerprint(row_id, mac), mac]
         for column, value in zip(dataset.columns.values(), values, strict=True):
@@ -663,7 +712,15 @@ class _Syncer:
                 stored.append(value)
         return row_id, mac, stored
 
-    def run(self) -> SyncStats:
+    def _bad_row(self, exc: BadRow) -> None:
+        """Refuse the sync (the transaction rolls back: nothing changes), or note the row."""
+        if self.dataset.on_bad_row != "skip":
+            raise SourceError(f"dataset {self.dataset.name!r}, {exc}; nothing was synced: fix "
+                              "the source, or set on_bad_row = \"skip\" for this dataset "
+                              "in the data map to leave such rows out") from None
+        self.bad.append(str(exc))
+
+    def run(self, on_rows: RowsRead | None = None) -> SyncStats:
         existing = dict(self.conn.execute(f'SELECT row_id, row_mac FROM "{self.table}"'))
         placeholders = ", ".join("?" for _ in self.columns)
         names = ", ".join(f'"{c}"' for c in self.columns)
@@ -671,8 +728,14 @@ class _Syncer:
         batch: list[list[Any]] = []
         inserted = updated = unchanged = 0
         seen: set[str] = set()
-        for raw in read_rows(self.datamap, self.dataset):
-            recorded = self.record(raw)
+        for number, row in enumerate(read_rows(self.datamap, self.dataset), 1):
+            if on_rows is not None and number % PROGRESS_EVERY == 0:
+                on_rows(self.dataset.name, PROGRESS_EVERY)
+            try:
+                recorded = self.record(row)
+            except BadRow as exc:
+                self._bad_row(exc)
+                continue
             if recorded is None:
                 self.skipped += 1
                 continue
@@ -700,11 +763,15 @@ class _Syncer:
         if inserted or updated or gone:
             # Statistics let the planner choose between a covering scan and per-subject seeks.
             self.conn.execute(f'ANALYZE "{self.table}"')
-        return SyncStats(self.dataset.name, inserted, updated, len(gone), unchanged)
+        return SyncStats(self.dataset.name, inserted, updated, len(gone), unchanged,
+                         len(self.bad), tuple(self.bad[:MAX_REPORTED]))
 
 
-def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None) -> list[SyncStats]:
-    """Copy every mapped dataset (or ``only`` these) into the vault, incrementally."""
+def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None,
+         on_rows: RowsRead | None = None) -> list[SyncStats]:
+    """Copy every mapped dataset (or ``only`` these) into the vault, incrementally; each
+    dataset in one transaction, so a refused one changes nothing. ``on_rows(dataset, n)``
+    hears of every ``PROGRESS_EVERY`` rows read (a progress display)."""
     names = only or list(datamap.datasets)
     for name in names:
         if name not in datamap.datasets:
@@ -714,7 +781,7 @@ def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None) -> list[
         dataset = datamap.datasets[name]
         with vault.transaction() as conn:
             _ensure_table(vault, conn, dataset)
-            stats.append(_Syncer(vault, conn, datamap, dataset).run())
+            stats.append(_Syncer(vault, conn, datamap, dataset).run(on_rows))
     return stats
 
 

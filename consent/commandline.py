@@ -20,8 +20,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -297,22 +296,73 @@ def interactive(as_json: bool = False) -> bool:
     return not as_json and sys.stderr.isatty()
 
 
-@contextmanager
-def progress(label: str, total: int | None = None, *, as_json: bool = False
-             ) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr (click's) while the block runs; yields ``advance(n)``.
-    Quiet (a no-op) under ``--json`` or without a terminal, so scripts and logs see none."""
-    if not interactive(as_json):
-        yield lambda _n=1: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr,
-                           show_pos=total is not None) as bar:
-        yield bar.update
+class Progress:
+    """Progress of long work on stderr (rich), one line per task: a bar when the total is
+    known, else a count and the rate. Drawn only when :func:`interactive`; otherwise every
+    call does nothing, so scripts, logs and ``--json`` output see none of it."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._rich: Any = None
+        self._tasks: dict[str, Any] = {}
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._rich = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TaskProgressColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False)
+
+    def advance(self, label: str, n: int = 1, total: int | None = None) -> None:
+        """Count ``n`` more units of the task ``label`` (created on first use)."""
+        if self._rich is None:
+            return
+        if label not in self._tasks:
+            self._tasks[label] = self._rich.add_task(label, total=total)
+        self._rich.advance(self._tasks[label], n)
+
+    def __enter__(self) -> Progress:
+        if self._rich is not None:
+            self._rich.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+def progress(as_json: bool = False) -> Progress:
+    """A :class:`Progress` display, quiet under ``--json`` or without a terminal."""
+    return Progress(interactive(as_json))
 
 
 __all__ = [
-    "EXIT_FAILURE", "EXIT_USAGE", "HELP_OPTIONS", "Failure", "GlobalOption", "SharedOption",
-    "ToolGroup", "emit", "fail", "global_value", "interactive", "json_native", "json_option",
-    "os_error_sentence", "out_option", "progress", "quiet_internals", "sentence",
-    "usage_error", "version",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "HELP_OPTIONS",
+    "Failure",
+    "GlobalOption",
+    "Progress",
+    "SharedOption",
+    "ToolGroup",
+    "emit",
+    "fail",
+    "global_value",
+    "interactive",
+    "json_native",
+    "json_option",
+    "os_error_sentence",
+    "out_option",
+    "progress",
+    "quiet_internals",
+    "sentence",
+    "usage_error",
+    "version",
 ]
