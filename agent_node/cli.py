@@ -181,9 +181,16 @@ def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
     resolve(did)
     values = _subject_key(subject_key)
     node = _open(home, passphrase_file)
-    ref = Vault(node.vault_path, node.keys).bind(values, did)
-    emit(as_json, {"subject_ref": ref, "did": did, "bound": True},
+    vault = Vault(node.vault_path, node.keys)
+    ref = vault.bind(values, did)
+    found = vault.datasets_holding(ref)
+    emit(as_json, {"subject_ref": ref, "did": did, "bound": True, "in_datasets": found},
          f"bound subject {ref} to {did}")
+    if not found:
+        # The id itself is customer data: never echoed.
+        click.echo("warning: no synced dataset has a row of this customer id: check it (a "
+                   "typo binds nobody), or run 'sov-node sync' first; 'sov-node subjects "
+                   "unbind' undoes the binding", err=True)
 
 
 @subjects.command()

@@ -438,6 +438,19 @@ class Vault:
                          (sid, did, iso(utcnow())))
         return ref
 
+    def datasets_holding(self, subject_ref: str) -> list[str]:
+        """The synced datasets with at least one row of this subject (a bind to a customer
+        id found in none is most likely a typo)."""
+        with self.connection() as conn:
+            row = conn.execute("SELECT sid FROM subjects WHERE subject_ref = ?",
+                               (subject_ref,)).fetchone()
+            if row is None:
+                return []
+            names = [r[0] for r in conn.execute("SELECT name FROM datasets ORDER BY name")]
+            return [name for name in names if conn.execute(
+                f'SELECT 1 FROM "{table_name(name)}" WHERE sid = ? LIMIT 1',
+                (row[0],)).fetchone()]
+
     def unbind(self, subject_key: list[str], did: str) -> str:
         """Remove the binding of the subject with ``subject_key`` to ``did``; returns the
         subject ref. The wallet's grants stop covering this customer before the next answer
@@ -721,7 +734,9 @@ class _Syncer:
         self.bad.append(str(exc))
 
     def run(self, on_rows: RowsRead | None = None) -> SyncStats:
-        existing = dict(self.conn.execute(f'SELECT row_id, row_mac FROM "{self.table}"'))
+        # Rows of customers imported from another node have no source here (importstore).
+        existing = dict(self.conn.execute(f'SELECT row_id, row_mac FROM "{self.table}" '
+                                          "WHERE sid NOT IN (SELECT sid FROM imports)"))
         placeholders = ", ".join("?" for _ in self.columns)
         names = ", ".join(f'"{c}"' for c in self.columns)
         insert = f'INSERT OR REPLACE INTO "{self.table}" ({names}) VALUES ({placeholders})'
@@ -772,6 +787,8 @@ def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None,
     """Copy every mapped dataset (or ``only`` these) into the vault, incrementally; each
     dataset in one transaction, so a refused one changes nothing. ``on_rows(dataset, n)``
     hears of every ``PROGRESS_EVERY`` rows read (a progress display)."""
+    from agent_node import importstore
+
     names = only or list(datamap.datasets)
     for name in names:
         if name not in datamap.datasets:
@@ -781,7 +798,9 @@ def sync(vault: Vault, datamap: DataMap, only: list[str] | None = None,
         dataset = datamap.datasets[name]
         with vault.transaction() as conn:
             _ensure_table(vault, conn, dataset)
+            importstore.ensure_schema(conn)
             stats.append(_Syncer(vault, conn, datamap, dataset).run(on_rows))
+            importstore.materialise(vault, conn, dataset)  # e.g. into a rebuilt table
     return stats
 
 

@@ -185,3 +185,15 @@ def test_progress_on_a_terminal_only(home: Path) -> None:
     assert quiet.returncode == 0 and "sync orders" not in quiet.stderr
     under_json = _on_a_terminal([str(BIN / "sov-node"), "sync", "--home", str(home), "--json"])
     assert "sync orders" not in under_json
+
+
+def test_bind_warns_on_a_customer_id_in_no_source(home: Path) -> None:
+    _setup(home, GOOD)
+    assert _sync(home).returncode == 0
+    did = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"
+    known = run_cli("sov-node", "subjects", "bind", "--home", str(home), "C001", did, "--json")
+    assert json.loads(known.stdout)["in_datasets"] == ["orders"] and known.stderr == ""
+    typo = run_cli("sov-node", "subjects", "bind", "--home", str(home), "C0O1", did)
+    assert typo.returncode == 0 and "bound subject" in typo.stdout
+    assert typo.stderr.startswith("warning: no synced dataset has a row of this customer id")
+    assert "C0O1" not in typo.stderr  # the id is customer data
