@@ -406,7 +406,12 @@ def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) 
     log_key = ledger_home / "log-public.json"
     alice_receipts = own_audit(work, env, alice_home, log_key)
     receipts = alice_receipts + sorted((work / "node-receipts").glob("*.json"))
-    run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, receipts)], env)
+    # The officer also gets the ledger's authors file, and sees who wrote each entry by name.
+    authors = work / "authors.json"
+    authors.write_text(run(["sov-ledger", "authors", "list", "--home", str(ledger_home),
+                            "--json"], env, quiet=True).stdout)
+    run(["sov-audit", "verify", "--log-key", str(log_key), "--authors", str(authors),
+         *map(str, receipts)], env)
     bundle, report = work / "audit-bundle.json", work / "audit-report.html"
     run(["sov-audit", "bundle", "--log-key", str(log_key), "-o", str(bundle),
          *map(str, receipts)], env)

@@ -23,6 +23,7 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "privacy budget epsilon 8.5/10 left" in out
     assert "answered (epsilon 0.5 debited)" in out           # her log says what it cost
     assert "registered did:key:" in out and "(UNAUTHENTICATED)" in out  # an unsigned append
+    assert "(node 'distributor-eu')" in out                   # the officer sees who wrote it
 
     assert "use sentiment data" in out                       # an ungranted scope is refused
     assert "in the ledger]" in out                           # access checked against the ledger
