@@ -313,6 +313,18 @@ def grant(
     max_queries: int | None, dp_epsilon: float | None, retry_id: str | None, as_json: bool,
 ) -> None:
     """Sign a consent grant and deliver it to the node."""
+    if retry_id is not None:
+        # The grant was signed as it stands: a changed --ttl or scope would be a new grant.
+        given = [name for name, value in (
+            ("--node", node), ("--node-ca", node_ca), ("--requester", requester),
+            ("--purpose", purpose), ("--purpose-text", purpose_text), ("--scope", scopes),
+            ("--ttl", ttl), ("--max-queries", max_queries), ("--dp-epsilon", dp_epsilon))
+            if value]
+        if given:
+            raise click.UsageError(
+                f"--retry re-delivers grant {retry_id} exactly as it was signed, so it takes "
+                f"no {', '.join(given)}; to change it, revoke it and sign a new grant "
+                "(consent-wallet grant without --retry)")
     if retry_id is None:
         missing = [name for name, value in (("--node", node), ("--requester", requester),
                    ("--purpose", purpose), ("--scope", scopes), ("--ttl", ttl)) if not value]
@@ -577,6 +589,54 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
         click.echo("  `consent-wallet receipts --out DIR` writes it for sov-audit verify")
 
     _emit(as_json, receipt, human)
+
+
+@cli.command()
+@click.option("--from", "source", help="The node that holds your data now (HOST:PORT).")
+@click.option("--to", "target", help="The node to move it to (HOST:PORT).")
+@click.option("--from-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="--from's CA certificate (remembered for that address).")
+@click.option("--to-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="--to's CA certificate (remembered for that address).")
+@click.option("--resume", is_flag=True,
+              help="Finish (or roll back) a migration a crash or an outage interrupted.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@json_option
+@pass_ctx
+def migrate(ctx: Context, source: str | None, target: str | None, from_ca: Path | None,
+            to_ca: Path | None, resume: bool, yes: bool, as_json: bool) -> None:
+    """Move your data from one node to another: the first exports it (signed), the second
+    imports it under your signed request, then the first erases it with its proof. All or
+    nothing: your data stays where it was unless the second node confirms the import."""
+    if not resume and not (source and target):
+        raise click.UsageError("give --from NODE_A and --to NODE_B (or --resume)")
+    if not resume and not yes:
+        click.confirm(f"Move everything {source} holds about you to {target}, then erase it "
+                      f"at {source}?", abort=True)
+    source_ca = service.read_ca(from_ca) if from_ca else None
+    target_ca = service.read_ca(to_ca) if to_ca else None
+    with _open(ctx) as wallet:
+        outcome = wallet.migrate(source, target, resume=resume, source_ca=source_ca,
+                                 target_ca=target_ca)
+    if outcome.state == "rolled-back":
+        raise service.MigrationRefused(f"{outcome.note}; nothing was moved or erased")
+    imported = outcome.import_receipt or {}
+    proof = (outcome.erasure or {}).get("proof") or {}
+
+    def human() -> None:
+        rows = sum(int(n) for n in imported.get("datasets", {}).values())
+        click.echo(f"{'Finished the interrupted move' if outcome.resumed else 'Moved you'} "
+                   f"from {outcome.source} to {outcome.target}:")
+        click.echo(f"  {outcome.target} imported {rows} row(s); receipt signed by "
+                   f"{imported.get('node')}")
+        click.echo(f"  {outcome.source} erased you: "
+                   f"{sum(int(loc['rows']) for loc in proof.get('locations', []))} row(s), "
+                   f"{len(proof.get('destroyed_keys', []))} data key(s) destroyed; "
+                   f"{outcome.note.split(': ', 1)[-1]}")
+        click.echo("  `consent-wallet receipts --out DIR` writes the migration receipt "
+                   "(export, import, erasure) for sov-audit verify")
+
+    _emit(as_json, outcome.to_json(), human)
 
 
 @cli.command()

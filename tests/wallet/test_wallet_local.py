@@ -125,6 +125,17 @@ def test_unknown_grant_ids(initialised: WalletCLI) -> None:
     assert_clean_error(initialised("grant", "--retry", "urn:uuid:nope"), "holds no grant")
 
 
+def test_retry_refuses_options_it_cannot_honour(initialised: WalletCLI, home: Path) -> None:
+    """``grant --retry ID --ttl 5h`` ignored --ttl: the grant is re-delivered as signed, so
+    any option that would change it is a usage error and nothing is sent or stored."""
+    grant_id = _store_grant(home, timedelta(hours=24))
+    before = (home / "wallet.db").read_bytes()
+    result = initialised("grant", "--retry", grant_id, "--ttl", "5h", "--scope", "identity")
+    assert_clean_error(result, f"--retry re-delivers grant {grant_id} exactly as it was "
+                       "signed, so it takes no --scope, --ttl", exit_code=2)
+    assert (home / "wallet.db").read_bytes() == before
+
+
 def _store_grant(home: Path, ttl: timedelta, *, expired: bool = False) -> str:
     """Save a signed grant straight into the store, as `grant` would before delivering it."""
     with Wallet.open(home, PASSPHRASE) as wallet:
