@@ -7,6 +7,7 @@ request is refused by the transport with RESOURCE_EXHAUSTED before any handler r
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Callable
 from concurrent import futures
@@ -92,6 +93,30 @@ def serve(
         raise OSError(f"could not bind {address}: is the port already in use?")
     server.start()
     return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def canonical_address(address: str) -> str:
+    """One spelling of a ``host:port`` a client dials, so one node is one address: the host
+    lower-cased, ``localhost`` and IPv4-mapped IPv6 as their IPv4 loopback / address, IPv6
+    compressed in brackets, the port without leading zeros (``LOCALHOST:07443`` ->
+    ``127.0.0.1:7443``). Anything not of that shape is returned stripped, for the caller's
+    own check to refuse in words."""
+    text = address.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return text
+    host = host.lower()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost":
+        return f"127.0.0.1:{int(port)}"
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return f"{host.rstrip('.')}:{int(port)}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return f"[{ip.compressed}]:{int(port)}"
+    v4 = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip
+    return f"{v4}:{int(port)}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,18 +7,17 @@ non-zero exit (never a traceback).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from consent import timespec
-from consent.commandline import GlobalOption, ToolGroup, global_value
+from consent.commandline import GlobalOption, ToolGroup, emit, global_value, json_option
 from consent.passphrase import read_passphrase
+from protos.transport import canonical_address
 from wallet import service
 from wallet.parsing import check_purpose_text, format_duration, parse_duration
 from wallet.store import iso, utcnow
@@ -80,14 +79,11 @@ def _open(ctx: Context) -> service.Wallet:
     return service.Wallet.open(ctx.home, _passphrase(ctx))
 
 
-def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        human()
+def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A node or ledger address in one spelling (localhost and 127.0.0.1 are one node)."""
+    return None if value is None else canonical_address(value)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 pass_ctx = click.make_pass_decorator(Context)
 
 
@@ -124,7 +120,7 @@ def init(ctx: Context, profile: str, as_json: bool) -> None:
     wallet = service.Wallet.create(ctx.home, _passphrase(ctx, confirm=True), profile)
     with wallet:
         who = wallet.whoami()
-    _emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home}, lambda: click.echo(
+    emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home}, lambda: click.echo(
         f"Created your wallet in {who.home}\nYour DID: {who.did}\nProfile: {who.profile}\n"
         "Keep your passphrase safe: without it the keys cannot be opened."
     ))
@@ -136,7 +132,7 @@ def init(ctx: Context, profile: str, as_json: bool) -> None:
 def whoami(ctx: Context, as_json: bool) -> None:
     """Show your DID and crypto profile."""
     who = service.whoami(ctx.home)
-    _emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home},
+    emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home},
           lambda: click.echo(f"{who.did}\nprofile: {who.profile}"))
 
 
@@ -146,7 +142,7 @@ def nodes() -> None:
 
 
 @nodes.command("add")
-@click.argument("address")
+@click.argument("address", callback=_address)
 @click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PEM CA certificate of the node's TLS certificate.")
 @click.option("--did", "expected_did",
@@ -171,14 +167,14 @@ def nodes_add(ctx: Context, address: str, ca_file: Path, expected_did: str | Non
     with _open(ctx) as wallet:
         node = wallet.add_node(address, ca_pem, expected_did=expected_did)
     data = _node_json(node)
-    _emit(as_json, data, lambda: click.echo(
+    emit(as_json, data, lambda: click.echo(
         f"Added node {node.name or '?'} at {address}\n  DID: {node.did}\n"
         f"  region: {node.region}  residency: {node.residency}"
     ))
 
 
 @nodes.command("trust")
-@click.argument("address")
+@click.argument("address", callback=_address)
 @click.option("--new-did", required=True,
               help="The node's new DID, confirmed with its operator out of band.")
 @click.option("--ca", "ca_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -192,7 +188,7 @@ def nodes_trust(ctx: Context, address: str, new_did: str, ca_file: Path | None,
     ca_pem = service.read_ca(ca_file) if ca_file else None
     with _open(ctx) as wallet:
         node = wallet.trust_node(address, new_did, ca_pem)
-    _emit(as_json, _node_json(node), lambda: click.echo(
+    emit(as_json, _node_json(node), lambda: click.echo(
         f"Node {node.name or '?'} at {address} is now pinned to {node.did}"
         + (f"\n  earlier DIDs: {', '.join(node.retired_dids)}" if node.retired_dids else "")))
 
@@ -207,7 +203,7 @@ def nodes_list(ctx: Context, as_json: bool) -> None:
         records = store.nodes()
     finally:
         store.close()
-    _emit(as_json, [_node_json(n) for n in records], lambda: [
+    emit(as_json, [_node_json(n) for n in records], lambda: [
         click.echo(f"{n.address}  {n.name or '?'}  {n.region or '?'}  {n.did or '(never reached)'}")
         for n in records
     ] or click.echo("No nodes yet: `consent-wallet nodes add ADDR --ca FILE`."))
@@ -240,7 +236,7 @@ def _load_log_key(path: Path) -> Any:
 
 
 @ledger.command("set")
-@click.argument("address")
+@click.argument("address", callback=_address)
 @click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PEM CA certificate of the ledger's TLS certificate.")
 @click.option("--log-key", "log_key_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -255,7 +251,7 @@ def ledger_set(ctx: Context, address: str, ca_file: Path, log_key_file: Path | N
     expected = _load_log_key(log_key_file) if log_key_file else None
     with _open(ctx) as wallet:
         info = wallet.set_ledger(address, ca_pem, expected_key=expected)
-    _emit(as_json, _ledger_json(info), lambda: click.echo(
+    emit(as_json, _ledger_json(info), lambda: click.echo(
         f"Ledger set to {address}.\n  log: {info.origin} ({info.hash_algorithm})\n"
         f"  key fingerprint: {info.fingerprint}\n"
         "Compare the fingerprint with the one the ledger operator publishes "
@@ -274,7 +270,7 @@ def ledger_show(ctx: Context, as_json: bool) -> None:
     if info is None:
         raise click.ClickException("No ledger is set: run `consent-wallet ledger set ADDR --ca "
                                    "FILE`.")
-    _emit(as_json, _ledger_json(info), lambda: click.echo(
+    emit(as_json, _ledger_json(info), lambda: click.echo(
         f"{info.address}  {info.origin} ({info.hash_algorithm})\n"
         f"  key fingerprint: {info.fingerprint}"))
 
@@ -287,12 +283,13 @@ def ledger_fingerprint(log_key_file: Path, as_json: bool) -> None:
     from wallet.anchoring import fingerprint
 
     key = _load_log_key(log_key_file)
-    _emit(as_json, {"origin": key.origin, "fingerprint": fingerprint(key)},
+    emit(as_json, {"origin": key.origin, "fingerprint": fingerprint(key)},
           lambda: click.echo(f"{fingerprint(key)}  {key.origin}"))
 
 
 @cli.command()
-@click.option("--node", help="Node address HOST:PORT that holds your data.")
+@click.option("--node", help="Node address HOST:PORT that holds your data.",
+              callback=_address)
 @click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
               help="The node's CA certificate (remembered for this address).")
 @click.option("--requester", help="did:key of the application you grant access to.")
@@ -349,7 +346,7 @@ def grant(
     data = {"grant_id": record.id, "expires": iso(record.expires), "delivered": outcome.delivered,
             "delivery": record.delivery, "digest": record.digest, "node": record.node_address,
             "ledger_anchored": record.ledger_receipt is not None, "message": outcome.message}
-    _emit(as_json, data, lambda: click.echo(
+    emit(as_json, data, lambda: click.echo(
         f"Grant {record.id}\n  {record.purpose} for {', '.join(record.scopes)}, "
         f"until {iso(record.expires)}\n"
         + ("  delivered to the node" if outcome.delivered else "  NOT delivered yet")
@@ -371,7 +368,7 @@ def grants(ctx: Context, offline: bool, as_json: bool) -> None:
     """Your grants: status, remaining budget, and where the data lives."""
     with _open(ctx) as wallet:
         views = wallet.grants(refresh=not offline)
-    _emit(as_json, [v.to_json() for v in views], lambda: _print_grants(views, offline))
+    emit(as_json, [v.to_json() for v in views], lambda: _print_grants(views, offline))
 
 
 def _print_grants(views: list[service.GrantView], offline: bool = False) -> None:
@@ -412,7 +409,7 @@ def revoke(ctx: Context, grant_id: str, reason: str, as_json: bool) -> None:
         outcome = wallet.revoke(grant_id, reason=reason)
     data = {"grant_id": outcome.grant_id, "confirmed": outcome.confirmed,
             "revoked_at": iso(outcome.revoked_at), "message": outcome.message}
-    _emit(as_json, data, lambda: click.echo(
+    emit(as_json, data, lambda: click.echo(
         f"Revoked {grant_id} at {iso(outcome.revoked_at)} ({outcome.message})."
     ))
 
@@ -442,7 +439,7 @@ def sync(ctx: Context, as_json: bool) -> None:
                 or report.anchored_grants or report.anchored_revocations):
             click.echo("Nothing pending.")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
     if report.failed:
         exc = click.ClickException(
             f"{len(report.failed)} item(s) still pending: " + next(iter(report.failed.values()))
@@ -487,7 +484,7 @@ def access_log(ctx: Context, since: timespec.TimeBound | None,
                        f"[{mark}]")
         _print_integrity(view)
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
     if hidden:
         raise click.ClickException(_sentence(hidden[0]) + (
             f" (and {len(hidden) - 1} more such gap(s))" if len(hidden) > 1 else ""))
@@ -544,7 +541,7 @@ def _event_json(e: Any) -> dict[str, Any]:
 
 
 @cli.command()
-@click.option("--node", required=True, help="Node address HOST:PORT.")
+@click.option("--node", required=True, help="Node address HOST:PORT.", callback=_address)
 @click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
               help="The node's CA certificate (remembered for this address).")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -556,12 +553,12 @@ def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bo
     ca_pem = service.read_ca(node_ca) if node_ca else None
     with _open(ctx) as wallet:
         wallet.export(node, out, node_ca=ca_pem)
-    _emit(as_json, {"out": str(out), "node": node},
+    emit(as_json, {"out": str(out), "node": node},
           lambda: click.echo(f"Wrote everything {node} holds about you to {out}"))
 
 
 @cli.command()
-@click.option("--node", required=True, help="Node address HOST:PORT.")
+@click.option("--node", required=True, help="Node address HOST:PORT.", callback=_address)
 @click.option("--node-ca", type=click.Path(dir_okay=False, path_type=Path),
               help="The node's CA certificate (remembered for this address).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
@@ -588,7 +585,7 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
         click.echo(f"  proof signed by {proof['node']}; ledger: {receipt.get('ledger')}")
         click.echo("  `consent-wallet receipts --out DIR` writes it for sov-audit verify")
 
-    _emit(as_json, receipt, human)
+    emit(as_json, receipt, human)
 
 
 @cli.command()
@@ -636,7 +633,7 @@ def migrate(ctx: Context, source: str | None, target: str | None, from_ca: Path 
         click.echo("  `consent-wallet receipts --out DIR` writes the migration receipt "
                    "(export, import, erasure) for sov-audit verify")
 
-    _emit(as_json, outcome.to_json(), human)
+    emit(as_json, outcome.to_json(), human)
 
 
 @cli.command()
@@ -659,7 +656,7 @@ def receipts(ctx: Context, out: Path, as_json: bool) -> None:
             click.echo(f"Check them: sov-audit verify --log-key log-public.json "
                        f"{out}/*.json")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
 
 
 AUDIT_KEY_WARNING = (
@@ -685,7 +682,7 @@ def audit_key(ctx: Context, yes: bool, as_json: bool) -> None:
     with _open(ctx) as wallet:
         key = wallet.audit_key()
     data = {"did": key.did, "salt": key.salt, "subject_commitment": key.subject_commitment}
-    _emit(as_json, data, lambda: click.echo(
+    emit(as_json, data, lambda: click.echo(
         f"DID:  {key.did}\nsalt: {key.salt}\ncommitment: {key.subject_commitment}\n"
         f"Report: sov-audit report --log-key log-public.json --subject-did {key.did} "
         f"--salt {key.salt} -o my-report.html RECEIPTS..."))
@@ -713,7 +710,7 @@ def dashboard(ctx: Context, port: int, refresh: bool, as_json: bool) -> None:
             f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); choose another --port, or "
             "--port 0 for any free one"
         ) from None
-    _emit(as_json, {"url": server.url}, lambda: click.echo(
+    emit(as_json, {"url": server.url}, lambda: click.echo(
         f"Dashboard at {server.url} (Ctrl-C to stop)"))
     sys.stdout.flush()
     try:
