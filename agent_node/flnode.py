@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,37 @@ class SuperNodeProcess:
         self.env = flower_env(self.home / "flower" / "flwr")
         self.log = log or self.home / "flower" / "supernode.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping: threading.Event | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0
 
     def start(self) -> SuperNodeProcess:
         with self.log.open("ab") as out:
             # Its own session, so stop() ends the SuperNode with its SuperExec and ClientApps.
             self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def supervise(self, retry: float = 5.0) -> SuperNodeProcess:
+        """Start it, and start it again ``retry`` s after it exits until ``stop``: a SuperNode
+        exits when the SuperLink refuses its key (the coordinator registers node keys when it
+        starts a run) or is gone, and must come back by itself."""
+        self._stopping = threading.Event()
+
+        def loop() -> None:
+            while True:
+                with self._lock:  # never start one after stop() has begun
+                    if self._stopping is None or self._stopping.is_set():
+                        return
+                    self.start()
+                    proc = self.proc
+                assert proc is not None
+                proc.wait()
+                self.restarts += 1
+                self._stopping.wait(retry)  # type: ignore[union-attr]
+
+        self._thread = threading.Thread(target=loop, name="supernode", daemon=True)
+        self._thread.start()
         return self
 
     def alive(self) -> bool:
@@ -71,6 +97,9 @@ class SuperNodeProcess:
             self.proc.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._stopping is not None:
+                self._stopping.set()
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)

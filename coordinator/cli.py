@@ -216,12 +216,15 @@ def _serving(home: CoordinatorHome) -> bool:
 @click.option("--ledger", "ledger_address", default=None,
               help="ledger service for the model entry (default: this coordinator's own, "
                    "when it hosts the ledger and serves)")
+@click.option("--ledger-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="the ledger's TLS CA (default: this coordinator's CA)")
 @click.option("--secagg", is_flag=True,
               help="SecAgg+: the coordinator sees only the sum of the updates (3+ nodes)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen: str,
           strategy: str, rounds: int, min_nodes: int, round_timeout: float, node_wait: float,
-          ledger_address: str | None, secagg: bool, as_json: bool) -> None:
+          ledger_address: str | None, ledger_ca: str | None, secagg: bool,
+          as_json: bool) -> None:
     """Train an intent model across the registered nodes (Flower deployment engine) and
     register it, with a signed ledger entry."""
     from coordinator.trainjob import train as run_job
@@ -236,7 +239,8 @@ def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen:
     options = {"strategy": strategy, "rounds": rounds, "min-nodes": min_nodes,
                "round-timeout": round_timeout, "node-wait": node_wait, "secagg": secagg}
     address = ledger_address or (opened.config.listen if opened.ledger_path else None)
-    ledger = LedgerClient(address, opened.ca_pem()) if address else None
+    ca = Path(ledger_ca).read_bytes() if ledger_ca else opened.ca_pem()
+    ledger = LedgerClient(address, ca) if address else None
     bar = click.progressbar(length=rounds, label="training", file=sys.stderr,
                             item_show_func=lambda e: e)
 
