@@ -406,6 +406,28 @@ class NodeClient:
     def export(self) -> dict[str, Any]:
         return self.call("Export", {})["body"]["export"]
 
+    def export_document(self) -> dict[str, Any]:
+        """The node-signed Export reply document, whole (what a migration hands to the
+        destination node, ``ledger.migration``)."""
+        return self.call("Export", {})
+
+    def import_customer(self, request: dict[str, Any], export: dict[str, Any], *,
+                        subject_salt: str | None = None) -> dict[str, Any]:
+        """Ask this node to import what another node exported (``request``: the caller's
+        signed MigrationRequest); its signed import receipt, verified to answer ``request``."""
+        from ledger.migration import MigrationError, verify_import
+
+        body: dict[str, Any] = {"request": request, "export": export}
+        if subject_salt is not None:
+            body["subject_salt"] = subject_salt
+        receipt = self.call("Import", body)["body"].get("receipt")
+        try:
+            verify_import(receipt, node_did=self.node_info().did, request=request)
+        except MigrationError as exc:
+            raise NodeProtocolError(f"the node's import receipt does not verify: {exc}") \
+                from None
+        return dict(receipt)
+
     def erase(self, request: dict[str, Any], *, subject_salt: str | None = None
               ) -> dict[str, Any]:
         """Ask the node to erase the caller (``request``: their signed ErasureRequest, see

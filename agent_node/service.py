@@ -257,6 +257,10 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
               ) -> node_pb2.SealedResponse:
         return self._handle("Erase", request, context, self._erase)
 
+    def Import(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
+               ) -> node_pb2.SealedResponse:
+        return self._handle("Import", request, context, self._import)
+
     # -- handlers -------------------------------------------------------------------------------
 
     def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -384,6 +388,11 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         outcome = Erasure(self.home, self.vault).erase(
             body.get("request"), caller=caller, salt_hex=body.get("subject_salt"))
         return outcome.to_json()
+
+    def _import(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        from agent_node.importstore import ImportStore
+
+        return {"receipt": ImportStore(self.home, self.vault).import_customer(caller, body)}
 
     def _export(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.vault.connection() as conn:

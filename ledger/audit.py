@@ -305,3 +305,25 @@ def check_erasure(outcome: Outcome, label: str, document: Mapping[str, Any],
         return f"ledger entry {receipt.index} is the erasure entry of exactly this proof"
 
     outcome.run(label, named)
+
+
+def check_migration(outcome: Outcome, label: str, document: Mapping[str, Any],
+                    log_key: LogPublicKey, chain: Any = None,
+                    policy: AuthorityPolicy | None = None) -> None:
+    """A migration receipt (``ledger.migration``): the customer's signed request, the source
+    node's signed export it names, the destination's signed import receipt answering it,
+    then the source's erasure receipt as :func:`check_erasure` checks it."""
+    from ledger.migration import MigrationError, check_receipt
+
+    def signed() -> str:
+        try:
+            said = check_receipt(document)
+        except MigrationError as exc:
+            raise CheckFailed("migration", str(exc)) from exc
+        return (f"migration of {said['customer']}: {said['rows']} row(s) exported signed by "
+                f"{said['from']}, imported at {said['imported_at']} (receipt signed by "
+                f"{said['to']}), erased at the source at {said['erased_at']}")
+
+    if outcome.run(label, signed):
+        check_erasure(outcome, f"{label} (erasure at the source)",
+                      document.get("erasure") or {}, log_key, chain, policy)

@@ -27,6 +27,7 @@ from ledger.audit import (
     check_consistency,
     check_erasure,
     check_heads_match,
+    check_migration,
     check_receipt,
     load_items,
     load_json,
@@ -123,6 +124,9 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
         if _is_erasure(path):
             check_erasure(outcome, str(path), load_json(path), log_key, chain, policy)
             continue
+        if _is_erasure(path, "ledger.migration"):
+            check_migration(outcome, str(path), load_json(path), log_key, chain, policy)
+            continue
         try:
             receipts, proofs, bundle_key = load_items(path)
         except CheckFailed as exc:
@@ -141,12 +145,13 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
     _report(outcome, as_json)
 
 
-def _is_erasure(path: Path) -> bool:
-    """An erasure receipt (the node's proof + the ledger receipt of its entry)?"""
-    from ledger.erasure import RECEIPT_FORMAT
+def _is_erasure(path: Path, protocol: str = "ledger.erasure") -> bool:
+    """An erasure receipt (the node's proof + the ledger receipt of its entry)? With
+    ``ledger.migration``: a migration receipt (request, export, import, erasure)?"""
+    from importlib import import_module
 
     try:
-        return load_json(path).get("format") == RECEIPT_FORMAT
+        return load_json(path).get("format") == import_module(protocol).RECEIPT_FORMAT
     except CheckFailed:
         return False  # load_items reports the file's defect
 

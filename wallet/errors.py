@@ -78,3 +78,12 @@ class StoreDamaged(WalletError):
 
 class LedgerUnavailable(WalletError):
     """The ledger could not be reached, or not verified with the CA given."""
+
+
+class MigrationPending(WalletError):
+    """A migration stopped at a step a node must finish (unreachable): its durable record
+    is kept, and ``consent-wallet migrate --resume`` carries on from there."""
+
+
+class MigrationRefused(WalletError):
+    """The destination node refused the import: the migration was rolled back, nothing moved."""

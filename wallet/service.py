@@ -32,6 +32,8 @@ from wallet.errors import (
     GrantAlreadyRevoked,
     InvalidInput,
     LedgerUnavailable,
+    MigrationPending,
+    MigrationRefused,
     NodeIdentityChanged,
     UnknownGrant,
     UnknownNode,
@@ -40,8 +42,9 @@ from wallet.errors import (
 )
 
 __all__ = [
-    "AuditKey", "GrantOutcome", "GrantView", "ReceiptFiles", "RevokeOutcome", "SyncReport",
-    "Wallet", "WalletExists", "WalletNotFound", "check_purpose", "check_ttl", "grant_views",
+    "AuditKey", "GrantOutcome", "GrantView", "MigrationOutcome", "MigrationRefused",
+    "ReceiptFiles", "RevokeOutcome", "SyncReport", "Wallet", "WalletExists", "WalletNotFound",
+    "check_purpose", "check_ttl", "grant_views",
     "open_store", "read_ca", "wallet_exists", "whoami", "write_receipts",
 ]
 from wallet.parsing import (
@@ -994,6 +997,93 @@ class Wallet:
         self.store.set_erasure_receipt(node_did, receipt)
         return receipt
 
+    def migrate(self, source: str | None = None, target: str | None = None, *,
+                resume: bool = False, source_ca: bytes | None = None,
+                target_ca: bytes | None = None) -> MigrationOutcome:
+        """Move everything ``source`` holds about this wallet's subject to ``target``:
+        A exports (signed by A), B imports under the customer's signed migration request and
+        answers with its signed receipt, A erases with its proof. Each step is recorded in
+        the store before the next begins, so a crash is finished (or rolled back) by the
+        next call; the data stays at A unless B's import is confirmed (``ledger.migration``)."""
+        record = self.store.unfinished_migration()
+        if record is not None and not resume and (source, target) != (record["source"],
+                                                                      record["target"]):
+            raise InvalidInput(f"a migration from {record['source']} to {record['target']} is "
+                               "unfinished: run `consent-wallet migrate --resume` first")
+        if record is None:
+            if resume or source is None or target is None:
+                raise InvalidInput("no migration is unfinished: start one with `consent-wallet "
+                                   "migrate --from NODE_A --to NODE_B`")
+            if source == target:
+                raise InvalidInput("--from and --to are the same node: nothing to move")
+            record = self._start_migration(source, target, source_ca, target_ca)
+        return self._advance_migration(record["id"], resumed=resume or record["state"] !=
+                                       "started" or record["export"] is not None)
+
+    def _start_migration(self, source: str, target: str, source_ca: bytes | None,
+                         target_ca: bytes | None) -> dict[str, Any]:
+        from ledger.migration import new_migration_id
+
+        self._use_node_ca(source, source_ca)
+        self._use_node_ca(target, target_ca)
+        source_did = self._client(source).node_info().did
+        target_did = self._client(target).node_info().did
+        migration = new_migration_id()
+        self.store.add_migration(migration, source, source_did, target, target_did)
+        record = self.store.migration(migration)
+        assert record is not None
+        return record
+
+    def _advance_migration(self, migration: str, *, resumed: bool) -> MigrationOutcome:
+        from ledger.migration import issue_request
+
+        NodeError, NodeUnreachable = _node_errors()
+        record = self.store.migration(migration)
+        assert record is not None
+        source, target = record["source"], record["target"]
+        if record["state"] == "started":  # 1. A's signed export, then our signed request
+            export = self._client(source).export_document()
+            request = issue_request(self.identity, source=record["source_did"],
+                                    target=record["target_did"], migration=migration,
+                                    export=export)
+            self.store.update_migration(migration, "exported", export=export, request=request)
+            record = self.store.migration(migration) or record
+        if record["state"] == "exported":  # 2. B imports, or refuses: nothing moved
+            try:
+                receipt = self._client(target).import_customer(
+                    record["request"], record["export"],
+                    subject_salt=self._subject_salt().hex())
+            except NodeUnreachable as exc:
+                raise MigrationPending(
+                    f"{_node_problem(target, exc)}; nothing was erased at {source} (your data "
+                    "stays there): run `consent-wallet migrate --resume` when it is back"
+                ) from None
+            except NodeError as exc:
+                note = f"{target} refused the import ({exc}); your data stays at {source}"
+                self.store.update_migration(migration, "rolled-back", note=note)
+                return MigrationOutcome(migration, "rolled-back", source, target, note,
+                                        resumed=resumed)
+            self.store.update_migration(migration, "imported", import_receipt=receipt)
+            record = self.store.migration(migration) or record
+        if record["state"] == "imported":  # 3. A erases, with its proof
+            try:
+                erasure = self.erase(source)
+            except NodeUnreachable as exc:
+                raise MigrationPending(
+                    f"{target} holds your data now, but {_node_problem(source, exc)}, so it "
+                    "has not erased it yet: run `consent-wallet migrate --resume` when it is "
+                    "back") from None
+            self.store.update_migration(migration, "done",
+                                        note=f"erased at {source}: {erasure['ledger']}")
+        final = self.store.migration(migration)
+        assert final is not None
+        return MigrationOutcome(migration, final["state"], source, target, final["note"] or "",
+                                resumed=resumed, import_receipt=final["import_receipt"],
+                                erasure=self._erasure_receipt(final["source_did"]))
+
+    def _erasure_receipt(self, node_did: str) -> dict[str, Any] | None:
+        return dict(self.store.erasure_receipts_by_node().get(node_did) or {}) or None
+
     def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
         """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
         _refuse_wallet_file(self.home, Path(out))
@@ -1010,6 +1100,26 @@ class Wallet:
         # The export is the customer's own data: written 0600 and atomically, like the keystore.
         write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
         return document
+
+
+@dataclass(frozen=True)
+class MigrationOutcome:
+    """Where a migration ended: "done" (B holds the data, A erased it with its proof) or
+    "rolled-back" (B refused: nothing moved), with what to tell the customer."""
+
+    migration: str
+    state: str
+    source: str
+    target: str
+    note: str
+    resumed: bool = False
+    import_receipt: dict[str, Any] | None = None
+    erasure: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"migration": self.migration, "state": self.state, "from": self.source,
+                "to": self.target, "note": self.note, "resumed": self.resumed,
+                "import_receipt": self.import_receipt, "erasure": self.erasure}
 
 
 @dataclass(frozen=True)
@@ -1046,6 +1156,7 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
         # Erasure receipts: the node's proof with the ledger's receipt of its entry.
         items += [("erasure", did, receipt if receipt and receipt.get("receipt") else None)
                   for did, receipt in store.erasure_receipts()]
+        items += _migration_receipts(store)
     finally:
         store.close()
     out = Path(out)
@@ -1063,6 +1174,19 @@ def write_receipts(home: Path, out: Path) -> ReceiptFiles:
         write_private_file(path, json.dumps(receipt, indent=2).encode())
         written.append(path)
     return ReceiptFiles(written, pending)
+
+
+def _migration_receipts(store: WalletStore) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Each finished migration's receipt (``ledger.migration``): the customer's request, A's
+    signed export, B's signed import receipt and A's erasure receipt."""
+    from ledger.migration import RECEIPT_FORMAT
+
+    erasures = store.erasure_receipts_by_node()
+    return [("migration", m["id"], {"format": RECEIPT_FORMAT, "from": m["source"],
+                                    "to": m["target"], "request": m["request"],
+                                    "export": m["export"], "import": m["import_receipt"],
+                                    "erasure": erasures.get(m["source_did"])})
+            for m in store.migrations() if m["state"] == "done"]
 
 
 def _file_safe(grant_id: str) -> str:

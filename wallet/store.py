@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS erasures (
     node_did TEXT PRIMARY KEY, node_address TEXT NOT NULL, request TEXT NOT NULL,
     requested_at TEXT NOT NULL, receipt TEXT, erased_at TEXT
 );
+CREATE TABLE IF NOT EXISTS migrations (
+    id TEXT PRIMARY KEY, source TEXT NOT NULL, source_did TEXT NOT NULL, target TEXT NOT NULL,
+    target_did TEXT NOT NULL, state TEXT NOT NULL, export TEXT, request TEXT,
+    import_receipt TEXT, note TEXT, started_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
 """
 
 # Columns added after the first release: (table, column, type). Added in place on open.
@@ -435,7 +440,52 @@ class WalletStore:
                                (node_did,)).fetchone()
         return None if row is None else dict(json.loads(row["request"]))
 
+    def erasure_receipts_by_node(self) -> dict[str, dict[str, Any]]:
+        """Node DID -> its confirmed erasure receipt."""
+        return {did: receipt for did, receipt in self.erasure_receipts() if receipt}
+
     def erasure_receipts(self) -> list[tuple[str, dict[str, Any] | None]]:
         """(node DID, erasure receipt or None while not confirmed) of every erasure asked."""
         return [(row["node_did"], _loads(row["receipt"])) for row in self._db.execute(
             "SELECT node_did, receipt FROM erasures ORDER BY requested_at")]
+
+    # migrations (ledger.migration): the durable record that makes a move all-or-nothing ------
+
+    def add_migration(self, migration: str, source: str, source_did: str, target: str,
+                      target_did: str) -> None:
+        now = iso(utcnow())
+        with self.transaction() as db:
+            db.execute("INSERT INTO migrations (id, source, source_did, target, target_did, "
+                       "state, started_at, updated_at) VALUES (?, ?, ?, ?, ?, 'started', ?, ?)",
+                       (migration, source, source_did, target, target_did, now, now))
+
+    def update_migration(self, migration: str, state: str, **values: Any) -> None:
+        """Move a migration to ``state``, keeping ``values`` (export, request,
+        import_receipt: JSON-encoded; note: text) in the same transaction."""
+        columns = {k: (v if k == "note" or v is None else json.dumps(v))
+                   for k, v in values.items()}
+        assignments = "".join(f", {k} = ?" for k in columns)
+        with self.transaction() as db:
+            db.execute(f"UPDATE migrations SET state = ?, updated_at = ?{assignments} "
+                       "WHERE id = ?", (state, iso(utcnow()), *columns.values(), migration))
+
+    def migration(self, migration: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM migrations WHERE id = ?", (migration,)).fetchone()
+        return None if row is None else _migration(row)
+
+    def unfinished_migration(self) -> dict[str, Any] | None:
+        """The migration not yet done nor rolled back (one at a time), or None."""
+        row = self._db.execute("SELECT * FROM migrations WHERE state NOT IN ('done', "
+                               "'rolled-back') ORDER BY started_at LIMIT 1").fetchone()
+        return None if row is None else _migration(row)
+
+    def migrations(self) -> list[dict[str, Any]]:
+        return [_migration(row) for row in self._db.execute(
+            "SELECT * FROM migrations ORDER BY started_at")]
+
+
+def _migration(row: sqlite3.Row) -> dict[str, Any]:
+    record = dict(row)
+    for key in ("export", "request", "import_receipt"):
+        record[key] = _loads(record[key])
+    return record

@@ -128,3 +128,9 @@ def test_tampered_truncated_foreign_backups_are_refused_and_change_nothing(
                        "--json")
     assert json.loads(restored.stdout)["customers"] == 50
     assert _counts(node)["ds_contacts"] == 60
+
+
+def test_every_table_holding_customer_data_is_sealed_in_backups() -> None:
+    holding = {loc.name for loc in locations.locations() if loc.kind == "table"
+               and loc.erasure in ("delete", "redact", "destroy-key")}
+    assert holding == backup.SEALED_LOCATIONS

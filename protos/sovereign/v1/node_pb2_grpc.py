@@ -79,6 +79,11 @@ class AgentNodeStub:
                 request_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
                 response_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
                 _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/sovereign.v1.AgentNode/Import',
+                request_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
+                response_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
+                _registered_method=True)
 
 
 class AgentNodeServicer:
@@ -156,6 +161,15 @@ class AgentNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Import(self, request, context):
+        """Import a customer moving here from another node (migrate): their signed migration
+        request and the source node's signed export in, this node's signed ImportReceipt out
+        (ledger.migration); the rows are bound to the caller and kept out of 'sov-node sync'.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +215,11 @@ def add_AgentNodeServicer_to_server(servicer, server):
             ),
             'Erase': grpc.unary_unary_rpc_method_handler(
                     servicer.Erase,
+                    request_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.FromString,
+                    response_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
                     request_deserializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.FromString,
                     response_serializer=protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.SerializeToString,
             ),
@@ -446,6 +465,33 @@ class AgentNode:
             request,
             target,
             '/sovereign.v1.AgentNode/Erase',
+            protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
+            protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sovereign.v1.AgentNode/Import',
             protos_dot_sovereign_dot_v1_dot_node__pb2.SealedRequest.SerializeToString,
             protos_dot_sovereign_dot_v1_dot_node__pb2.SealedResponse.FromString,
             options,
