@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from consent.commandline import (
     ToolGroup,
     emit,
     fail,
+    json_logging,
     json_native,
     json_option,
     out_option,
@@ -512,7 +512,7 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file
     """Serve the AgentNode gRPC API over TLS until interrupted (with --fl, a SuperNode too)."""
     from agent_node.server import start
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    json_logging()  # the node's log is JSON lines only, whatever logs (libraries too)
     node = _open(home, passphrase_file)
     supernode = _supernode(node, fl_superlink, passphrase_file, fl_min_customers)
     address = check_listen(listen, "--listen") if listen else node.config.listen

@@ -17,6 +17,7 @@ from, how long a new one must be, a quiet prompt without a terminal) :mod:`conse
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -288,6 +289,40 @@ def out_option(help: str, *, required: bool = False, folder: bool = False) -> Ca
     return click.option("-o", "--out", "out", type=kind, required=required, help=help)
 
 
+# -- logs of long-running services ---------------------------------------------------------------
+
+
+class JsonLines(logging.Formatter):
+    """Every log record as one JSON object on one line: a message that is a JSON object
+    already (the services' own events) is kept as written; anything else, such as a
+    library's plain text, becomes ``{"event": "log", "level", "logger", "message"}`` (with
+    ``"error"`` naming an exception's type, never its traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{"):
+            try:
+                if isinstance(json.loads(message), dict):
+                    return message
+            except ValueError:
+                pass
+        line: dict[str, Any] = {"event": "log", "level": record.levelname.lower(),
+                                "logger": record.name, "message": " ".join(message.split())}
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+        return json.dumps(line, sort_keys=True)
+
+
+def json_logging(level: int = logging.INFO) -> None:
+    """Send every log record of this process to stderr as JSON lines (:class:`JsonLines`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+
+
 # -- progress -----------------------------------------------------------------------------------
 
 
@@ -349,6 +384,7 @@ __all__ = [
     "HELP_OPTIONS",
     "Failure",
     "GlobalOption",
+    "JsonLines",
     "Progress",
     "SharedOption",
     "ToolGroup",
@@ -356,6 +392,7 @@ __all__ = [
     "fail",
     "global_value",
     "interactive",
+    "json_logging",
     "json_native",
     "json_option",
     "os_error_sentence",
