@@ -1160,12 +1160,16 @@ def _noisy_groups(query: Query, dataset: DatasetSpec, columns: dict[str, ColumnS
         elif column is not None:
             low, high = column.bounds or (0.0, 0.0)
             integer = column.type == "integer" and low.is_integer() and high.is_integer()
-            released, sum_half = privacy.noisy_sums(
+            released, sum_scale = privacy.noisy_sums(
                 [float(v) for v in stat(f"s:{column.name}")],
                 cap * max(abs(low), abs(high)), share, integer)
             if measure.aggregate == "avg":
-                counts, count_half = privacy.noisy_counts(
+                counts, count_scale = privacy.noisy_counts(
                     [int(v) for v in stat(f"n:{column.name}")], cap, share)
+                # Both parts at 97.5 %: the average's interval then holds with >= 95 %.
+                alpha = (1 - privacy.CONFIDENCE) / 2
+                sum_half = privacy.half_width(sum_scale, integer, alpha)
+                count_half = privacy.half_width(count_scale, True, alpha)
                 released = [privacy.ratio(total, count, sum_half, count_half, low, high)
                             for total, count in zip(released, counts, strict=True)]
         for i, item in enumerate(released):

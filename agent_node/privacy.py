@@ -126,7 +126,7 @@ def _float_space() -> tuple[Any, Any]:
 def noisy_counts(counts: list[int], l1: int, budget: Fraction) -> tuple[list[Released], float]:
     """The discrete Laplace mechanism on a vector of counts whose L1 sensitivity is ``l1``;
     each released count is floored at 0 (post-processing), its interval too. Returns the
-    counts and the interval's half-width."""
+    counts and the noise scale."""
     if not counts:
         return [], 0.0
     measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*_int_space(), scale=s), l1,
@@ -136,7 +136,7 @@ def noisy_counts(counts: list[int], l1: int, budget: Fraction) -> tuple[list[Rel
     # Counts are whole numbers: the interval is rounded outwards to whole numbers too.
     return [Released(max(0, int(v)), (float(max(0, math.floor(v - half))),
                                       float(max(0, math.ceil(v + half)))))
-            for v in noisy], half
+            for v in noisy], scale
 
 
 def noisy_sums(sums: list[float], l1: float, budget: Fraction, integer: bool
@@ -156,15 +156,23 @@ def noisy_sums(sums: list[float], l1: float, budget: Fraction, integer: bool
                                          float(l1), float(l1), budget, "float-laplace")
         noisy = [float(v) for v in measurement([float(s) for s in sums])]
         half = dp.laplacian_scale_to_accuracy(scale, 1 - CONFIDENCE)
-    return [Released(v, (v - half, v + half)) for v in noisy], half
+    return [Released(v, (v - half, v + half)) for v in noisy], scale
+
+
+def half_width(scale: float, integer: bool, alpha: float) -> float:
+    """The noise's absolute value exceeds this with probability at most ``alpha`` (OpenDP's
+    accuracy of the (discrete) Laplace mechanism at that scale)."""
+    if integer:
+        return float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
+    return float(dp.laplacian_scale_to_accuracy(scale, alpha))
 
 
 def ratio(total: Released, count: Released, sum_half: float, count_half: float,
           low: float, high: float) -> Released:
     """An average as noisy sum / noisy count, clamped to the column's bounds. Its interval
-    combines the two at the same confidence (each part's own interval is at 95 %, so the
-    pair holds with at least 90 %; the bounds are then widened to the data-map range when
-    the count's interval reaches 0)."""
+    takes the extreme ratios of the sum's and the count's intervals, each at 97.5 % (the
+    caller's half-widths), so both hold together with at least 95 %; it is the data map's
+    whole range when the count's interval reaches 0."""
     n = max(1.0, float(count.value))
     value = min(max(float(total.value) / n, low), high)
     n_low, n_high = n - count_half, n + count_half

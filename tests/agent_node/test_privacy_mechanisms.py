@@ -53,3 +53,19 @@ def test_each_measurement_stays_within_its_share(l1: int, budget: Fraction) -> N
         budget)
     assert Fraction(measurement.map(l1)) <= budget
     assert scale == pytest.approx(l1 / float(budget), rel=1e-9)
+
+
+def test_an_averages_interval_covers_it_as_often_as_stated() -> None:
+    # 100 values averaging 65 within [0, 120], 6 rows per customer, epsilon 1 per part.
+    # Both parts at 97.5 % make the ratio's interval hold with >= 95 %: more than 160 misses
+    # in 2000 draws has probability below 1e-8 if that is so.
+    misses = 0
+    for _ in range(2000):
+        [total], sum_scale = privacy.noisy_sums([6500.0], 6 * 120.0, Fraction(1), False)
+        [count], count_scale = privacy.noisy_counts([100], 6, Fraction(1))
+        avg = privacy.ratio(total, count, privacy.half_width(sum_scale, False, 0.025),
+                            privacy.half_width(count_scale, True, 0.025), 0.0, 120.0)
+        low, high = avg.interval or (0.0, 0.0)
+        misses += not low <= 65 <= high
+        assert 0 <= avg.value <= 120
+    assert misses <= 160
