@@ -120,3 +120,14 @@ def test_a_tracker_defeats_threshold_mode(node: NodeProcess,
                    {"column": "duration", "op": "ne", "value": duration}],
                   [{"column": "job", "op": "eq", "value": c}])]
     assert totals[0] - totals[1] - totals[2] + totals[3] == duration
+
+
+def test_a_grant_asking_for_dp_is_not_used_in_threshold_mode(node: NodeProcess) -> None:
+    """A wallet that set --dp-epsilon asked for differential privacy, which this node does
+    not provide: its grant is never used here."""
+    requester = Identity.generate()
+    grant_all(node, requester, node.wallets[:10], purpose="churn-analysis", dp_epsilon=1.0)
+    with pytest.raises(NodeError) as refused:
+        _ask(node, requester, purpose="churn-analysis")
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not provide" in str(refused.value)
