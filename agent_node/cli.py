@@ -31,6 +31,7 @@ from consent.commandline import (
     json_native,
     json_option,
     out_option,
+    pem_certificate,
     progress,
 )
 from consent.did import resolve
@@ -474,7 +475,8 @@ def receipts(home: str, passphrase_file: Path | None, out: Path, as_json: bool) 
 @home_option
 @pass_option
 @click.option("--coordinator", required=True, help="the coordinator's address host:port")
-@click.option("--coordinator-ca", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--coordinator-ca", required=True, type=click.Path(dir_okay=False),
+              callback=pem_certificate,
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--endpoint", default=None,
               help="where the coordinator reaches this node (default: coordinator_listen)")

@@ -16,7 +16,14 @@ from agent_node.client import NodeError
 from agent_node.errors import AgentNodeError
 from agent_node.query import parse_filter_text
 from agent_node.requester import Answer, Requester
-from consent.commandline import SharedOption, ToolGroup, emit, fail, json_option
+from consent.commandline import (
+    SharedOption,
+    ToolGroup,
+    emit,
+    fail,
+    json_option,
+    pem_certificate,
+)
 from consent.errors import ConsentError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
@@ -119,7 +126,7 @@ def _fmt(value: Any) -> str:
 @home_option
 @pass_option
 @click.option("--node", required=True, help="node address host:port")
-@click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--ca", required=True, type=click.Path(dir_okay=False), callback=pem_certificate,
               help="the node's TLS CA certificate (PEM)")
 @click.option("--dataset", required=True)
 @click.option("--measure", "measures", multiple=True, required=True,
@@ -188,7 +195,7 @@ def _network_table(combined: dict[str, Any]) -> str:
 @home_option
 @pass_option
 @click.option("--coordinator", required=True, help="the coordinator's address host:port")
-@click.option("--ca", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--ca", required=True, type=click.Path(dir_okay=False), callback=pem_certificate,
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--node-did", "node_dids", multiple=True,
               help="ask only these nodes (default: every node offering the dataset)")

@@ -256,6 +256,28 @@ class SharedOption:
         return value
 
 
+# -- files a command reads ------------------------------------------------------------------------
+
+
+def pem_certificate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Check that a ``--ca`` file holds PEM certificates before anything dials with it (gRPC's
+    C core would print its own lines and the call would fail as 'unreachable')."""
+    if value is None:
+        return value
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(Path(value).read_bytes())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {(exc.strerror or '').lower()}",
+                                 ctx, param) from None
+    except ValueError:
+        raise click.BadParameter(f"{value} holds no PEM certificate: give the CA certificate "
+                                 "the operator published (its home's tls/ca.pem)",
+                                 ctx, param) from None
+    return value
+
+
 # -- output -------------------------------------------------------------------------------------
 
 
@@ -397,6 +419,7 @@ __all__ = [
     "json_option",
     "os_error_sentence",
     "out_option",
+    "pem_certificate",
     "progress",
     "quiet_internals",
     "sentence",

@@ -68,6 +68,8 @@ def serve(
     certificate from that CA (mutual TLS). ``reuse_port`` lets several worker processes
     serve one port; otherwise binding a port in use fails.
     """
+    if not reuse_port:
+        check_bindable(address)  # before gRPC's C core tries it and prints its own lines
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         options=_server_options(max_message_bytes, reuse_port),
@@ -93,6 +95,24 @@ def serve(
         raise OSError(f"could not bind {address}: is the port already in use?")
     server.start()
     return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def check_bindable(address: str) -> None:
+    """Raise ``OSError`` with one sentence if ``address`` (``host:port``) cannot be bound now:
+    the port is taken or the host is not this machine's."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or "0.0.0.0", int(port)))
+        except OSError as exc:
+            reason = (exc.strerror or "cannot bind").lower()
+            raise OSError(f"cannot listen on {address}: {reason}; choose another address or "
+                          "port, or stop what uses it") from None
 
 
 def canonical_address(address: str) -> str:

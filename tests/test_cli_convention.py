@@ -197,3 +197,38 @@ def test_real_process_piped_prompt_is_quiet(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False, env=env)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert again.stderr.splitlines()[-1].startswith("error: "), again.stderr
+
+
+def test_a_ca_that_is_no_certificate_is_named_before_any_dialling(tmp_path: Path) -> None:
+    """`sov-query ask --ca not-a-pem-file` printed four C-core lines, then 'unreachable'."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    proc = subprocess.run(
+        [str(BIN / "sov-query"), "ask", "--home", str(tmp_path / "q"), "--node",
+         "127.0.0.1:1", "--ca", str(bad), "--dataset", "d", "--measure", "count",
+         "--purpose", "p"], capture_output=True, text=True, timeout=60, check=False,
+        stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: invalid value for '--ca': {bad} holds no PEM certificate: "
+                           "give the CA certificate the operator published (its home's "
+                           "tls/ca.pem) (see 'sov-query ask --help')\n")
+
+
+def test_serving_on_a_busy_port_is_one_sentence(tmp_path: Path) -> None:
+    """`sov-node serve` on a busy port leaked a C-core line before its own."""
+    import socket
+
+    home = tmp_path / "node"
+    env = {**os.environ, "SOV_NODE_PASSPHRASE": PASS}
+    subprocess.run([str(BIN / "sov-node"), "init", "--home", str(home)], env=env,
+                   capture_output=True, check=True, timeout=120)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        proc = subprocess.run([str(BIN / "sov-node"), "serve", "--home", str(home),
+                               "--listen", address], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: cannot listen on {address}: address already in use; "
+                           "choose another address or port, or stop what uses it\n")
