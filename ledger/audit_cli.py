@@ -18,7 +18,14 @@ from typing import Any
 import click
 
 from consent import timespec
-from consent.commandline import ToolGroup, emit, json_option, out_option, usage_error
+from consent.commandline import (
+    ToolGroup,
+    emit,
+    json_option,
+    out_option,
+    progress,
+    usage_error,
+)
 from ledger.audit import (
     AuthorityPolicy,
     Bundle,
@@ -331,16 +338,19 @@ def report(
     commitment = _commitment(subject_commitment, subject_did, salt)
     outcome = Outcome()
     verified: list[tuple[Receipt, int]] = []
-    for path in files:
-        try:
-            items, _, _ = load_items(path)
-        except CheckFailed as exc:
-            outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
-            continue
-        for receipt in items:
-            label = f"{path} entry {receipt.index}"
-            if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
-                verified.append((receipt, verify_receipt(receipt, log_key).checkpoint.size))
+    with progress(as_json) as shown:  # verifying thousands of receipts takes a while
+        for path in files:
+            try:
+                items, _, _ = load_items(path)
+            except CheckFailed as exc:
+                outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
+                continue
+            for receipt in items:
+                label = f"{path} entry {receipt.index}"
+                if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
+                    verified.append((receipt,
+                                     verify_receipt(receipt, log_key).checkpoint.size))
+                shown.advance("verifying entries")
     chosen = select(verified, subject_commitment=commitment,
                     since=since.start if since else None, until=until.end if until else None)
     selection = _selection_text(commitment, since, until)
