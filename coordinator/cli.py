@@ -266,8 +266,19 @@ def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen:
         return
     click.echo(f"model {model.digest} from run {model.run_id}: {len(model.nodes)} nodes, "
                f"{len(model.rounds)} rounds; curve {model.curve}")
-    click.echo("ledger: " + (f"entry {model.receipt['index']} ({model.receipt['entry_hash']})"
-                             if model.receipt else "no ledger entry (no ledger address)"))
+    for entry in model.rounds:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
+                          if k not in ("round", "nodes", "examples", "seconds"))
+        click.echo(f"  round {entry['round']}: {entry['nodes']} nodes, about "
+                   f"{entry.get('examples', 0)} customers (noisy count), "
+                   f"{entry.get('seconds', 0):.1f} s" + (f"; {shown}" if shown else ""))
+    if model.receipt:
+        entry = model.receipt["entry"]
+        click.echo(f"ledger: entry {model.receipt['index']} ({model.receipt['entry_hash']}), "
+                   f"'model' signed by {entry['author']}, naming "
+                   f"{len(entry.get('grant_digests', []))} grant digest(s)")
+    else:
+        click.echo("ledger: no ledger entry (no ledger address)")
 
 
 @main.command()
