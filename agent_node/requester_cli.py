@@ -21,7 +21,9 @@ from consent.commandline import (
     ToolGroup,
     emit,
     fail,
+    json_native,
     json_option,
+    out_option,
     pem_certificate,
 )
 from consent.errors import ConsentError
@@ -80,6 +82,26 @@ def whoami(home: str, passphrase_file: Path | None, as_json: bool) -> None:
     identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     emit(as_json, {"did": identity.did, "profile": identity.profile},
          f"profile: {identity.profile}\nrequester DID: {identity.did}")
+
+
+@main.command()
+@home_option
+@pass_option
+@click.option("--name", required=True, help="the name customers see, e.g. 'Acme CRM'")
+@out_option("write the signed profile here (default: print it)")
+@json_native
+def profile(home: str, passphrase_file: Path | None, name: str, out: Path | None) -> None:
+    """Sign this requester's profile (its display name, under its DID) for customers'
+    wallets: 'consent-wallet requesters add FILE' shows the name beside the DID."""
+    from consent.profile import issue_profile
+
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
+    text = json.dumps(issue_profile(identity, name), indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}: give it to customers with your DID", err=True)
 
 
 def _table(answer: Answer) -> str:

@@ -7,6 +7,7 @@ non-zero exit (never a traceback).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -134,6 +135,51 @@ def whoami(ctx: Context, as_json: bool) -> None:
     who = service.whoami(ctx.home)
     emit(as_json, {"did": who.did, "profile": who.profile, "home": who.home},
           lambda: click.echo(f"{who.did}\nprofile: {who.profile}"))
+
+
+@cli.group(cls=WalletGroup)
+def requesters() -> None:
+    """Companies you grant access to, known by the name they sign (their profile)."""
+
+
+@requesters.command("add")
+@click.argument("profile_file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@pass_ctx
+def requesters_add(ctx: Context, profile_file: Path, as_json: bool) -> None:
+    """Remember a company's name from its signed profile (the file 'sov-query profile'
+    writes, got from the company itself); its proof must be by the DID it names."""
+    from wallet.requesters import add_profile
+
+    try:
+        document = json.loads(profile_file.read_text(encoding="utf-8"))
+    except ValueError:
+        raise click.BadParameter(f"{profile_file} is not JSON: give the profile file the "
+                                 "company sent you") from None
+    store = service.open_store(ctx.home)
+    try:
+        did, name = add_profile(store, document)
+    finally:
+        store.close()
+    emit(as_json, {"did": did, "name": name},
+         f"{name} is {did}; grants and the dashboard show this name beside the DID")
+
+
+@requesters.command("list")
+@json_option
+@pass_ctx
+def requesters_list(ctx: Context, as_json: bool) -> None:
+    """The companies this wallet knows by name."""
+    from wallet.requesters import names
+
+    store = service.open_store(ctx.home)
+    try:
+        known = names(store)
+    finally:
+        store.close()
+    emit(as_json, [{"did": d, "name": n} for d, n in sorted(known.items())], lambda: [
+        click.echo(f"{n}  {d}") for d, n in sorted(known.items())
+    ] or click.echo("No company profiles yet: `consent-wallet requesters add FILE`."))
 
 
 @cli.group(cls=WalletGroup)

@@ -1,11 +1,14 @@
 """The wallet dashboard: a local web page served on 127.0.0.1 by the standard library.
 
-It shows every grant with its data location, expiry and status, and the access timeline,
-read from the local store (the ``grants`` / ``access-log`` commands and ``dashboard --refresh``
-update it). The one write is revoking a grant, which needs the passphrase. Following the OWASP
-CSRF cheat sheet, that POST must carry a per-server random token (synchronizer token pattern)
-in a custom header, a JSON body, and a Host/Origin of this very server (which also defeats DNS
-rebinding); the page's Content-Security-Policy only allows this page's own nonce-tagged script.
+It shows every grant with its data location, expiry, status and purpose text, and the access
+timeline, requesters by the display name they signed (wallet.requesters) with their DID on
+hover, times in the reader's own time zone, laid out for a desktop or a phone (390 px), with an
+empty state that says what will appear; read from the local store (the ``grants`` /
+``access-log`` commands and ``dashboard --refresh`` update it). The one write is revoking a
+grant, which needs the passphrase. Following the OWASP CSRF cheat sheet, that POST must
+carry a per-server random token (synchronizer token pattern) in a custom header, a JSON body,
+and a Host/Origin of this very server (which also defeats DNS rebinding); the page's
+Content-Security-Policy only allows this page's own nonce-tagged script.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from consent.errors import ConsentError
 from wallet.errors import WalletError
+from wallet.requesters import names as requester_names
 from wallet.service import (
     Wallet,
     expected_errors,
@@ -49,13 +53,19 @@ def dashboard_state(home: Path) -> dict[str, Any]:
     try:
         views = grant_views(store)
         events = store.access_events()
+        texts = {r.id: str(r.credential.get("credentialSubject", {}).get("purposeText") or "")
+                 for r in store.grants()}
+        known = requester_names(store)
     finally:
         store.close()
+    rows = [_event_row(e, {v.id for v in views}) for e in reversed(events)]
     return {
         "did": who.did,
         "profile": who.profile,
-        "grants": [v.to_json() for v in views],
-        "events": [_event_row(e, {v.id for v in views}) for e in reversed(events)],
+        "grants": [{**v.to_json(), "purpose_text": texts.get(v.id, ""),
+                    "requester_name": known.get(v.requester)} for v in views],
+        "events": [{**row, "requester_name": known.get(row["requester"] or "")}
+                   for row in rows],
     }
 
 

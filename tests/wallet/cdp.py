@@ -95,10 +95,11 @@ class Chromium:
             time.sleep(0.1)
         raise CDPError(f"timed out waiting for: {expression}")
 
-    def resize(self, width: int, height: int) -> None:
-        """Lay the page out as on a screen of ``width`` x ``height`` CSS pixels."""
+    def resize(self, width: int, height: int, *, mobile: bool = False) -> None:
+        """Lay the page out as on a screen of ``width`` x ``height`` CSS pixels (``mobile``:
+        as a phone does, honouring the page's viewport meta tag)."""
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+                  deviceScaleFactor=1, mobile=mobile)
 
     def screenshot(self, path: Path | None = None, *, full_page: bool = False,
                    clip: dict[str, float] | None = None) -> bytes:

@@ -2,7 +2,9 @@
 
 The page must show each grant with its data location, expiry and status, the access timeline,
 and revoke a grant after asking for the passphrase; the POST is refused without the CSRF token
-or from a foreign Host.
+or from a foreign Host. Customer-grade (issue 16): requesters by the name they signed with the
+DID on hover, the purpose text, local readable times, a layout that fits a 390 px phone with
+Revoke on screen (checked in screenshots), and an empty state saying what will appear.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import pytest
 
 from consent.grants import issue_grant, verify_grant
 from consent.identity import Identity
-from tests.wallet.cdp import Chromium
+from consent.profile import issue_profile
+from tests.wallet.cdp import Chromium, png_pixels
 from tests.wallet.conftest import NodeProcess
 from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
 from wallet.dashboard import DashboardServer, serve_dashboard
+from wallet.requesters import add_profile
 from wallet.service import Wallet
 from wallet.store import AccessRecord, from_iso
 
@@ -38,8 +42,10 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
 
 @pytest.fixture
 def populated(initialised: WalletCLI, home: Path) -> dict[str, str]:
-    """Two grants (one revocable, one cancelled), a known node and one access event."""
-    requester = Identity.generate().did
+    """Two grants (one revocable, one cancelled), a known node, two access events, and the
+    requester's signed profile ("Acme CRM")."""
+    crm = Identity.generate()
+    requester = crm.did
     node = Identity.generate()
     ids = {}
     with Wallet.open(home, PASSPHRASE) as wallet:
@@ -50,7 +56,8 @@ def populated(initialised: WalletCLI, home: Path) -> dict[str, str]:
         for name, purpose in (("keep", "quote-generation"), ("drop", "renewal-warning")):
             grant = verify_grant(issue_grant(
                 wallet.identity, requester=requester, nodes=[node.did], purpose=purpose,
-                scopes=["transaction"], ttl=timedelta(hours=24), max_queries=10))
+                scopes=["transaction"], ttl=timedelta(hours=24), max_queries=10,
+                purpose_text="Quotes for your contract renewal" if name == "keep" else ""))
             wallet.store.add_grant(grant, NODE_ADDRESS)
             ids[name] = grant.id
         wallet.store.put_access_events(NODE_ADDRESS, [AccessRecord(
@@ -63,6 +70,8 @@ def populated(initialised: WalletCLI, home: Path) -> dict[str, str]:
              "purpose": "quote-generation", "grant_count": 5, "grants_root": "ab" * 32,
              "own_grants": [ids["keep"]], "outcome": "answered"},
             verified=True, ledger_verified=None)])
+        add_profile(wallet.store, issue_profile(crm, "Acme CRM"))
+    ids["requester"] = requester
     return ids
 
 
@@ -90,7 +99,10 @@ def test_dashboard_shows_grants_and_revokes_with_passphrase(
     assert keep[0] == "pending-delivery"
     assert "quote-generation [transaction]" in keep[1]
     assert "distributor-eu" in keep[3] and "eu-west" in keep[3] and "Frankfurt, DE" in keep[3]
-    assert keep[4].endswith("Z") and keep[5].startswith("10/10 queries")
+    assert "Quotes for your contract renewal" in keep[1]
+    assert keep[2].startswith("Acme CRM")
+    assert not keep[4].endswith("Z") and "T" not in keep[4] and "(in 2" in keep[4]
+    assert keep[5].startswith("10/10 queries")
     timeline = browser.evaluate(
         "[...document.querySelectorAll('#events tbody td')].map(td => td.textContent)")
     assert "quote-generation" in timeline and "answered" in timeline and "verified" in timeline
@@ -187,3 +199,71 @@ def test_dashboard_revokes_at_a_real_node(
         server.stop()
     fresh = json.loads(initialised.ok("grants", "--json").output)
     assert fresh[0]["status"] == "revoked" and fresh[0]["status_fresh"] is True
+
+
+REVOKE_RED = (0xB4, 0x23, 0x18)
+
+
+def _revoke_drawn(browser: Chromium, grant_id: str, width: int, tmp_path: Path) -> None:
+    """The Revoke button lies inside the screen and a screenshot of the screen shows it
+    there, in its colour."""
+    rect = browser.evaluate(
+        f"(r => [r.left, r.top, r.width, r.height])(document.querySelector("
+        f"'tr[data-grant-id=\"{grant_id}\"] button.revoke').getBoundingClientRect())")
+    left, top, w, h = rect
+    assert left >= 0 and left + w <= width and w > 0 and h > 0, rect
+    browser.evaluate(f"window.scrollTo(0, {max(0, top - 100)})")
+    top = browser.evaluate(
+        f"document.querySelector('tr[data-grant-id=\"{grant_id}\"] button.revoke')"
+        ".getBoundingClientRect().top")
+    shot = browser.screenshot(tmp_path / f"dashboard-{width}.png")
+    shot_width, _, rows = png_pixels(shot)
+    assert shot_width == width  # nothing wider than the screen
+    y = int(top + h / 2)
+    reds = [x for x in range(int(left), int(left + w))
+            if tuple(rows[y][4 * x:4 * x + 3]) == REVOKE_RED]
+    assert len(reds) > w / 3, (left, w, len(reds))
+
+
+@pytest.mark.parametrize(("width", "height", "mobile"), [(1280, 900, False), (390, 844, True)])
+def test_dashboard_fits_desktop_and_phone(
+    browser: Chromium, dashboard: DashboardServer, populated: dict[str, str], tmp_path: Path,
+    width: int, height: int, mobile: bool
+) -> None:
+    browser.resize(width, height, mobile=mobile)
+    browser.navigate(dashboard.url)
+    browser.wait_for("document.body && document.body.dataset.loaded === 'true'")
+    assert browser.evaluate("document.documentElement.scrollWidth") <= width
+    # The requester by its signed name, the DID on hover.
+    who = browser.evaluate(
+        f"(e => [e.textContent, e.title])(document.querySelector('tr[data-grant-id="
+        f"\"{populated['keep']}\"] .who'))")
+    assert who == ["Acme CRM", populated["requester"]]
+    times = browser.evaluate(
+        "[...document.querySelectorAll('#events tbody tr td:first-child')]"
+        ".map(td => [td.textContent, td.title])")
+    assert times[0][1].startswith("2025-01-01T11:00:00")  # the exact UTC time on hover
+    assert "2025" in times[0][0] and "T11:00" not in times[0][0]
+    if mobile:  # cells are labelled when the table becomes cards
+        labels = browser.evaluate(
+            "[...document.querySelectorAll('#grants tbody tr:first-child td')]"
+            ".map(td => getComputedStyle(td, '::before').content)")
+        assert '"Requester: "' in labels
+    _revoke_drawn(browser, populated["keep"], width, tmp_path)
+
+
+def test_dashboard_empty_state(browser: Chromium, initialised: WalletCLI, home: Path) -> None:
+    server = serve_dashboard(home)
+    try:
+        browser.resize(390, 844, mobile=True)
+        browser.navigate(server.url)
+        browser.wait_for("document.body && document.body.dataset.loaded === 'true'")
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('.empty')].filter(p => p.offsetHeight > 0)"
+            ".map(p => p.textContent.replace(/\\s+/g, ' ').trim())")
+        assert len(shown) == 2
+        assert shown[0].startswith("No grants yet.") and "revoke" in shown[0]
+        assert shown[1].startswith("No use of your data yet.")
+        assert browser.evaluate("document.querySelector('#grants').offsetHeight") == 0
+    finally:
+        server.stop()
