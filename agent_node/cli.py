@@ -21,7 +21,7 @@ import click
 from agent_node.errors import AgentNodeError
 from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, load_home
 from agent_node.vault import Vault, sync
-from consent import timespec
+from consent import grantstate, timespec
 from consent.commandline import (
     SharedOption,
     ToolGroup,
@@ -339,7 +339,7 @@ def grants() -> None:
 @grants.command(name="list")
 @home_option
 @pass_option
-@click.option("--status", "only", type=click.Choice(["active", "pending", "expired", "revoked"]),
+@click.option("--status", "only", type=click.Choice(grantstate.AT_NODE),
               default=None, help="only grants in this state")
 @click.option("--json", "as_json", is_flag=True, help="print the grants as JSON")
 def grants_list(home: str, passphrase_file: Path | None, only: str | None,

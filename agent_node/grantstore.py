@@ -26,6 +26,7 @@ from agent_node.errors import (
 )
 from agent_node.vault import Vault, iso
 from consent import errors as ce
+from consent import grantstate
 from consent.grants import Grant, verify_grant, verify_revocation
 
 
@@ -189,13 +190,13 @@ def _grant_row(conn: sqlite3.Connection, grant_id: str) -> dict[str, Any] | None
 
 def _status(row: dict[str, Any], usage: tuple[int, int], now: datetime) -> dict[str, Any]:
     if row["revoked_at"]:
-        state = "revoked"
+        state = grantstate.REVOKED
     elif now.timestamp() >= row["expires"]:
-        state = "expired"
+        state = grantstate.EXPIRED
     elif now.timestamp() < row["not_before"]:
-        state = "pending"
+        state = grantstate.NOT_YET_VALID
     else:
-        state = "active"
+        state = grantstate.ACTIVE
     return {
         "grant_id": row["grant_id"], "status": state, "requester": row["requester"],
         "purpose": row["purpose"], "scopes": row["scopes"].split(","),

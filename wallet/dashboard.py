@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from consent import grantstate
 from consent.errors import ConsentError
 from wallet.errors import WalletError
 from wallet.requesters import names as requester_names
@@ -66,6 +67,7 @@ def dashboard_state(home: Path) -> dict[str, Any]:
                     "requester_name": known.get(v.requester)} for v in views],
         "events": [{**row, "requester_name": known.get(row["requester"] or "")}
                    for row in rows],
+        "revocable": list(grantstate.REVOCABLE),
     }
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from consent import grantstate
 from consent.grants import issue_grant, issue_revocation, verify_grant
 from consent.identity import PROFILES, Identity
 from consent.keystore import load_identity, save_identity, write_private_file
@@ -68,9 +69,9 @@ from wallet.store import (
 )
 
 KEYSTORE_FILE = "keystore.json"
-REFUSED = "refused"
+REFUSED = grantstate.REFUSED  # also the delivery state of a grant the node refused
 CANCELLED = "cancelled"
-REVOCATION_PENDING = "revocation-pending"  # revoked in the wallet, not yet at the node
+REVOCATION_PENDING = grantstate.REVOCATION_PENDING
 
 # (address, ca_pem, caller) -> a node client; the real one is agent_node.client.NodeClient.
 ClientFactory = Callable[[str, bytes, Identity], Any]
@@ -1358,24 +1359,25 @@ def _access_records(address: str, log: Any, checks: dict[int, Any]) -> list[Acce
 
 
 def _status_of(record: GrantRecord, now: datetime, revocation_pending: bool = False) -> str:
+    """The grant's state in consent.grantstate's words (the node's, plus delivery)."""
     node_status = (record.last_status or {}).get("status")
-    if node_status == "revoked":
-        return "revoked"
+    if node_status == grantstate.REVOKED:
+        return grantstate.REVOKED
     if revocation_pending and record.delivery == DELIVERED:
         # Signed and saved, but the node has not applied it: the grant still works there.
-        return "expired" if record.expires <= now else REVOCATION_PENDING
+        return grantstate.EXPIRED if record.expires <= now else REVOCATION_PENDING
     if record.revoked_at is not None:
-        return "revoked"
+        return grantstate.REVOKED
     if record.delivery == REFUSED:
-        return "refused"
+        return grantstate.REFUSED
     if record.expires <= now:
-        return "expired"
+        return grantstate.EXPIRED
     if record.delivery == PENDING:
-        return "pending-delivery"
+        return grantstate.PENDING_DELIVERY
     not_before = record.credential.get("validFrom")
     if isinstance(not_before, str) and from_iso(not_before) > now:
-        return "not-yet-valid"
-    return "active"
+        return grantstate.NOT_YET_VALID
+    return grantstate.ACTIVE
 
 
 def grant_views(
