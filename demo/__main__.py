@@ -306,12 +306,61 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         say("7b. Alice asks the node to erase everything it holds about her: its signed proof "
             "(rows, destroyed key, a scan of every byte of its home) is anchored in the ledger")
         run([*wallet, "erase", "--node", node_addr, "--yes"], env)
+        dana_receipts = migrate_dana(work, env, node_home, node_addr, customers)
 
     say("8. A compliance officer verifies every receipt offline")
     run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
          str(work / "node-receipts")], env)
     audit(work, env, ledger_home, alice_home)
+    say("   ... and Dana's migration receipt: the export signed by the distributor, the import "
+        "signed by the second node, the distributor's anchored erasure proof")
+    run(["sov-audit", "verify", "--log-key", str(ledger_home / "log-public.json"),
+         *map(str, dana_receipts)], env)
     network(work, env, crm_home, customer_rows_from(CUSTOMERS, 3 * NETWORK_CUSTOMERS))
+
+
+def migrate_dana(work: Path, env: dict[str, str], node_home: Path, node_addr: str,
+                customers: list[dict[str, str]]) -> list[Path]:
+    """7c: a customer moves from the distributor's node to a second node (issue 13)."""
+    say("7c. Dana, a customer who never granted anything, moves her data to a second node: "
+        "the distributor exports it (signed), the second node imports it under Dana's signed "
+        "request, then the distributor erases it with its proof")
+    second = work / "node-2"
+    run(["sov-node", "init", "--home", str(second), "--name", "distributor-2",
+         "--region", "eu-west", "--listen", "127.0.0.1:0"], env)
+    second_orders = work / "orders-2.db"
+    own = customers[-30:-10]  # its own customers
+    build_order_system(second_orders, own)
+    mapping = datamap(second_orders, False)
+    if "[datasets.chats]" in (node_home / "datamap.toml").read_text():
+        # It keeps chats too (SQLite here), or it could not hold Dana's and would refuse her.
+        with sqlite3.connect(second_orders) as db:
+            db.execute("CREATE TABLE chats (chat_id TEXT PRIMARY KEY, customer_id TEXT, "
+                       "mood TEXT)")
+            db.executemany("INSERT INTO chats VALUES (?, ?, 'content')",
+                           [(f"chat-{c['customerID']}", c["customerID"]) for c in own])
+        mapping += ('\n[datasets.chats]\nsource = "orders"\ntable = "chats"\n'
+                    'subject_key = ["customer_id"]\nrow_key = ["chat_id"]\n\n'
+                    '[datasets.chats.columns]\nmood = { type = "text", scope = "sentiment", '
+                    'groups_per_subject = 1 }\n')
+    (second / "datamap.toml").write_text(mapping)
+    run(["sov-node", "sync", "--home", str(second)], env, quiet=True)
+    mover_home = work / "dana"
+    dana = ["consent-wallet", "--home", str(mover_home)]
+    run([*dana, "init"], env, quiet=True)
+    dana_did = json.loads(run([*dana, "whoami", "--json"], env, quiet=True).stdout)["did"]
+    run(["sov-node", "subjects", "bind", "--home", str(node_home), customers[-1]["customerID"],
+         dana_did], env)
+    command = ["sov-node", "serve", "--home", str(second), "--port-file",
+               str(work / "node-2.port")]
+    with background(command, env, work / "node-2.port") as port:
+        second_addr = f"127.0.0.1:{port}"
+        run([*dana, "migrate", "--from", node_addr, "--from-ca",
+             str(node_home / "tls" / "ca.pem"), "--to", second_addr, "--to-ca",
+             str(second / "tls" / "ca.pem"), "--yes"], env)
+    out = work / "dana-receipts"
+    run([*dana, "receipts", "--out", str(out)], env)
+    return sorted(out.glob("migration-*.json"))
 
 
 def register_and_refuse(work: Path, env: dict[str, str], ledger_home: Path, ledger_addr: str,

@@ -32,6 +32,10 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "was revoked by its subject" in out               # revocation took effect
     assert "erased you:" in out and "0 hit(s)" in out         # Alice erased, nothing left
     assert "the erasure entry of exactly this proof" in out  # sov-audit checked the proof
+    moved = out[out.index("7c. Dana"):]                        # Dana moves to a second node
+    assert "Moved you from" in moved and "erased you:" in moved
+    dana = out[out.index("and Dana's migration receipt"):out.index("9. The network grows")]
+    assert "migration of did:key:" in dana and "FAIL" not in dana  # her three receipts verify
     assert "OK: all" in out and "NOT VERIFIED" in out        # receipts pass, the tampered fails
     own = out[out.index("Alice checks her own receipts"):]   # a customer's own audit, by CLI
     assert "consent-wallet --home" in own and " receipts --out " in own
