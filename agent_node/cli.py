@@ -19,8 +19,8 @@ from typing import Any
 import click
 
 from agent_node.errors import AgentNodeError
-from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen, init_home, load_home
-from agent_node.vault import Vault, sync
+from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen
+from agent_node.node import Node
 from consent import grantstate, timespec
 from consent.commandline import (
     SharedOption,
@@ -46,8 +46,14 @@ def _passphrase(file: Path | None, confirm: bool = False) -> str:
     return read_passphrase(PASSPHRASE_ENV, file=file, what="node passphrase", confirm=confirm)
 
 
+def _node(home: str, passphrase_file: Path | None) -> Node:
+    """The node's Python API (agent_node.node.Node) on the unlocked home: every command
+    works through it."""
+    return Node.open(home, _passphrase(passphrase_file))
+
+
 def _open(home: str, passphrase_file: Path | None) -> NodeHome:
-    return load_home(Path(home), _passphrase(passphrase_file))
+    return _node(home, passphrase_file).home
 
 
 HOME = SharedOption("--home", envvar=HOME_ENV, required=True, type=click.Path(),
@@ -76,13 +82,13 @@ def main() -> None:
 def init(home: str, passphrase_file: Path | None, name: str, region: str, profile: str, listen: str,
          hostnames: tuple[str, ...], as_json: bool) -> None:
     """Create a node home: keys, TLS certificates, node.toml, encrypted master key."""
-    node = init_home(Path(home), _passphrase(passphrase_file, confirm=True), name=name,
+    made = Node.init(home, _passphrase(passphrase_file, confirm=True), name=name,
                      region=region, profile=profile, listen=listen,
-                     hostnames=list(hostnames) or None)
-    emit(as_json, {"name": name, "home": str(home), "did": node.identity.did,
-                   "datamap": str(node.datamap_path), "ca": str(node.tls_dir / "ca.pem")},
-         f"node {name} created in {home}\nDID: {node.identity.did}\n"
-         f"next: edit {node.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
+                     hostnames=list(hostnames) or None).home
+    emit(as_json, {"name": name, "home": str(home), "did": made.identity.did,
+                   "datamap": str(made.datamap_path), "ca": str(made.tls_dir / "ca.pem")},
+         f"node {name} created in {home}\nDID: {made.identity.did}\n"
+         f"next: edit {made.datamap_path}, then 'sov-node sync' and 'sov-node serve'")
 
 
 @main.command(name="identity")
@@ -91,11 +97,7 @@ def init(home: str, passphrase_file: Path | None, name: str, region: str, profil
 @json_native
 def identity_command(home: str, passphrase_file: Path | None) -> None:
     """Print the node's signed identity document (JSON) for wallets to pin its DID ahead."""
-    from consent.rotation import issue_node_document
-
-    node = _open(home, passphrase_file)
-    click.echo(json.dumps(issue_node_document(node.identity, name=node.config.name,
-                                              region=node.config.region), indent=2))
+    click.echo(json.dumps(_node(home, passphrase_file).identity_document(), indent=2))
 
 
 @main.command(name="rotate-key")
@@ -104,11 +106,7 @@ def identity_command(home: str, passphrase_file: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the rotation statement as JSON")
 def rotate_key(home: str, passphrase_file: Path | None, as_json: bool) -> None:
     """Give the node a new did:key, signed over by the old one (wallets follow it)."""
-    from agent_node.home import rotate_identity
-
-    passphrase = _passphrase(passphrase_file)
-    node = load_home(Path(home), passphrase)
-    statement = rotate_identity(node, passphrase)
+    statement = _node(home, passphrase_file).rotate_key()
     if as_json:
         click.echo(json.dumps(statement, indent=2))
         return
@@ -129,21 +127,12 @@ def sync_command(home: str, passphrase_file: Path | None, datasets: tuple[str, .
                  drop_removed: bool, as_json: bool) -> None:
     """Copy mapped source data into the vault (incremental); say which datasets left the
     data map (--drop-removed deletes their rows) and which source rows were malformed."""
-    node = _open(home, passphrase_file)
-    datamap = node.datamap()
-    if not datamap.datasets:
-        fail(f"{node.datamap_path} maps no datasets: add a [datasets.NAME] table "
-              "(see docs/operator.md, section 2)")
-    vault = Vault(node.vault_path, node.keys)
+    node = _node(home, passphrase_file)
     with progress(as_json) as shown:
-        done = sync(vault, datamap, list(datasets) or None,
-                    on_rows=lambda name, n: shown.advance(f"sync {name}", n))
-    removed = vault.removed_datasets(datamap)
-    if drop_removed and removed:
-        vault.drop_datasets(sorted(removed))
-    emit(as_json, {"datasets": [{**vars(s), "problems": list(s.problems)} for s in done],
-                   "removed_from_datamap": removed, "dropped": drop_removed and bool(removed)},
-         lambda: _sync_report(done, removed, drop_removed))
+        report = node.sync(list(datasets), drop_removed=drop_removed,
+                           on_rows=lambda name, n: shown.advance(f"sync {name}", n))
+    emit(as_json, report.to_json(),
+         lambda: _sync_report(report.datasets, report.removed, report.dropped))
 
 
 def _sync_report(done: list[Any], removed: dict[str, int], dropped: bool) -> None:
@@ -179,15 +168,11 @@ def subjects() -> None:
 def bind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
          as_json: bool) -> None:
     """Bind SUBJECT_KEY (a JSON array for composite keys) to the wallet DID."""
-    resolve(did)
+    resolve(did)  # a bad DID is refused before the passphrase is asked
     values = _subject_key(subject_key)
-    node = _open(home, passphrase_file)
-    vault = Vault(node.vault_path, node.keys)
-    ref = vault.bind(values, did)
-    found = vault.datasets_holding(ref)
-    emit(as_json, {"subject_ref": ref, "did": did, "bound": True, "in_datasets": found},
-         f"bound subject {ref} to {did}")
-    if not found:
+    binding = _node(home, passphrase_file).bind(values, did)
+    emit(as_json, binding.to_json(), f"bound subject {binding.subject_ref} to {did}")
+    if not binding.in_datasets:
         # The id itself is customer data: never echoed.
         click.echo("warning: no synced dataset has a row of this customer id: check it (a "
                    "typo binds nobody), or run 'sov-node sync' first; 'sov-node subjects "
@@ -205,10 +190,8 @@ def unbind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
     """Remove the binding of SUBJECT_KEY to the wallet DID (its grants stop covering this
     customer before the node's next answer)."""
     values = _subject_key(subject_key)
-    node = _open(home, passphrase_file)
-    ref = Vault(node.vault_path, node.keys).unbind(values, did)
-    emit(as_json, {"subject_ref": ref, "did": did, "bound": False},
-         f"unbound subject {ref} from {did}")
+    binding = _node(home, passphrase_file).unbind(values, did)
+    emit(as_json, binding.to_json(), f"unbound subject {binding.subject_ref} from {did}")
 
 
 @subjects.command(name="list")
@@ -217,8 +200,7 @@ def unbind(home: str, passphrase_file: Path | None, subject_key: str, did: str,
 @click.option("--json", "as_json", is_flag=True, help="print the bindings as JSON")
 def list_command(home: str, passphrase_file: Path | None, as_json: bool) -> None:
     """List the bindings: subject reference, wallet DID, since when (no customer keys)."""
-    node = _open(home, passphrase_file)
-    bindings = Vault(node.vault_path, node.keys).bindings()
+    bindings = _node(home, passphrase_file).bindings()
     if as_json:
         click.echo(json.dumps(bindings, indent=2))
         return
@@ -262,8 +244,8 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
         request = json.loads(request_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         fail(f"{request_file} is not a readable JSON erasure request ({exc.__class__.__name__})")
-    node = _open(home, passphrase_file)
-    outcome = Erasure(node, Vault(node.vault_path, node.keys)).erase(request)
+    node = _node(home, passphrase_file)
+    outcome = Erasure(node.home, node.vault).erase(request)
     proof = outcome.proof
     if out is not None:
         write_private_file(out, json.dumps(outcome.to_json(), indent=2).encode())
@@ -345,14 +327,7 @@ def grants() -> None:
 def grants_list(home: str, passphrase_file: Path | None, only: str | None,
                 as_json: bool) -> None:
     """List every grant: who granted whom what, for which purpose, its use and its state."""
-    from agent_node.grantstore import GrantStore
-
-    node = _open(home, passphrase_file)
-    settings = node.config.privacy_settings()
-    store = GrantStore(Vault(node.vault_path, node.keys), node.identity.did,
-                       max_ttl=node.config.max_ttl, clock_skew=node.config.clock_skew,
-                       default_budget=settings.grant_budget if settings.dp else None)
-    listed = [g for g in store.overview() if only is None or g["status"] == only]
+    listed = _node(home, passphrase_file).grants(only)
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return
@@ -379,11 +354,7 @@ def log_group() -> None:
 @json_native
 def head(home: str, passphrase_file: Path | None) -> None:
     """Print the node-signed access-log chain head (JSON, for the ledger)."""
-    from agent_node.accesslog import signed_head
-
-    node = _open(home, passphrase_file)
-    with Vault(node.vault_path, node.keys).connection() as conn:
-        click.echo(json.dumps(signed_head(conn, node.identity), indent=2))
+    click.echo(json.dumps(_node(home, passphrase_file).head(), indent=2))
 
 
 @log_group.command()
@@ -398,16 +369,8 @@ def events(home: str, passphrase_file: Path | None, since: timespec.TimeBound | 
            until: timespec.TimeBound | None, limit: int, as_json: bool) -> None:
     """List access events with the grants and customers they used, each checked against the
     event's Merkle roots and the hash chain."""
-    from agent_node.accesslog import operator_view
-    from agent_node.vault import iso
-
-    timespec.check_range(since, until)
-    # The log keeps times to the second: whole-second bounds select exactly since <= t < until.
-    start = iso(timespec.ceil_second(since.start)) if since else None
-    end = iso(timespec.ceil_second(until.end)) if until else None
-    node = _open(home, passphrase_file)
-    with Vault(node.vault_path, node.keys).connection() as conn:
-        listed = operator_view(conn, start, limit, until=end)
+    timespec.check_range(since, until)  # a usage error before the passphrase is asked
+    listed = _node(home, passphrase_file).events(since, until, limit)
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return
@@ -430,16 +393,7 @@ def events(home: str, passphrase_file: Path | None, since: timespec.TimeBound | 
 @json_option
 def push(home: str, passphrase_file: Path | None, as_json: bool) -> None:
     """Anchor the current access-log head (and every queued one) in the ledger now."""
-    from agent_node.server import LedgerPusher
-
-    node = _open(home, passphrase_file)
-    if not node.config.ledger_address:
-        fail("no ledger is configured: set ledger_address and ledger_ca in node.toml")
-    pusher = LedgerPusher(node, Vault(node.vault_path, node.keys))
-    try:
-        result = pusher.push()
-    finally:
-        pusher.close()
+    result = _node(home, passphrase_file).push()
     if result.error is not None:
         fail(f"the ledger did not take the heads ({result.error}); {result.pending} head(s) "
               "stay queued and are retried by 'sov-node serve' or the next 'sov-node log push'")
@@ -457,18 +411,9 @@ def push(home: str, passphrase_file: Path | None, as_json: bool) -> None:
 @json_option
 def receipts(home: str, passphrase_file: Path | None, out: Path, as_json: bool) -> None:
     """Write the ledger receipts of the anchored access-log heads, one file per head."""
-    from agent_node.accesslog import anchored_heads, queue_counts
-
-    node = _open(home, passphrase_file)
-    with Vault(node.vault_path, node.keys).connection() as conn:
-        heads = anchored_heads(conn)
-        pending = queue_counts(conn)[1]
-    out.mkdir(parents=True, exist_ok=True)
-    for anchored in heads:
-        (out / f"receipt-{anchored.sequence}.json").write_text(
-            json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
-    emit(as_json, {"out": str(out), "written": [h.sequence for h in heads], "pending": pending},
-         f"wrote {len(heads)} receipt(s) to {out}; {pending} head(s) pending")
+    written, pending = _node(home, passphrase_file).receipts(out)
+    emit(as_json, {"out": str(out), "written": written, "pending": pending},
+         f"wrote {len(written)} receipt(s) to {out}; {pending} head(s) pending")
 
 
 @main.command()
@@ -485,11 +430,8 @@ def register(home: str, passphrase_file: Path | None, coordinator: str, coordina
              endpoint: str | None, as_json: bool) -> None:
     """Sign a NodeRegistration and register this node with a coordinator (with its key
     rotations, so a name registered under an older key moves to this one)."""
-    from agent_node.coordination import register as register_node
-
-    node = _open(home, passphrase_file)
-    reply = register_node(node, coordinator, Path(coordinator_ca).read_bytes(),
-                          endpoint=endpoint)
+    reply = _node(home, passphrase_file).register(
+        coordinator, Path(coordinator_ca).read_bytes(), endpoint=endpoint)
     emit(as_json, {"name": reply.name, "did": reply.did, "coordinator": coordinator,
                    "rotated": bool(reply.rotated)},
          f"registered {reply.name} ({reply.did}) at {coordinator}"

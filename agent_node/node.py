@@ -1,0 +1,235 @@
+"""The node's Python API: what every ``sov-node`` command does, callable from Python.
+
+    from agent_node.node import Node
+
+    node = Node.open("/srv/sov-node", passphrase)
+    report = node.sync()                      # SyncReport: per dataset, and removed ones
+    node.bind("C-1042", "did:key:z6Mk...")    # Binding(subject_ref, in_datasets)
+    node.grants(status="active")              # dicts, as `sov-node grants list --json`
+    node.events(since=parse_bound("24h"))     # as `sov-node log events --json`
+    node.push()                               # anchor the access-log heads now
+    running = node.serve()                    # gRPC + TLS until running.stop()
+
+The command line is a thin layer over this class (agent_node.cli), the way consent-wallet is
+over wallet.service.Wallet. Errors are the package's own (AgentNodeError and its kinds, one
+sentence each); nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent_node.errors import AgentNodeError
+from agent_node.home import NodeConfig, NodeHome, init_home, load_home
+from agent_node.vault import SyncStats, Vault, sync
+from consent import timespec
+from consent.did import resolve
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one sync did: each dataset's counts and malformed rows, and the datasets still in
+    the vault that the data map no longer has (name -> rows), ``dropped`` if deleted."""
+
+    datasets: list[SyncStats]
+    removed: dict[str, int] = field(default_factory=dict)
+    dropped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"datasets": [{**vars(s), "problems": list(s.problems)} for s in self.datasets],
+                "removed_from_datamap": self.removed, "dropped": self.dropped}
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A customer bound to (or unbound from) a wallet DID; ``in_datasets`` names the synced
+    datasets holding rows of that customer (none: most likely a mistyped id)."""
+
+    subject_ref: str
+    did: str
+    bound: bool
+    in_datasets: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject_ref": self.subject_ref, "did": self.did, "bound": self.bound,
+                "in_datasets": self.in_datasets}
+
+
+class Node:
+    """An opened node home: its keys unlocked, its vault at hand."""
+
+    def __init__(self, home: NodeHome, passphrase: str) -> None:
+        self.home = home
+        self._passphrase = passphrase  # rotate_key re-encrypts the new key with it
+        self._vault: Vault | None = None
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, home: str | Path, passphrase: str) -> Node:
+        """Unlock the node home at ``home`` (ConfigError / KeystoreError in one sentence)."""
+        return cls(load_home(Path(home), passphrase), passphrase)
+
+    @classmethod
+    def init(cls, home: str | Path, passphrase: str, **settings: Any) -> Node:
+        """Create a node home (``name``, ``region``, ``profile``, ``listen``, ``hostnames``)
+        and open it; refuses an existing home or a passphrase under 12 characters."""
+        made = init_home(Path(home), passphrase, **settings)
+        return cls(made, passphrase)
+
+    @property
+    def vault(self) -> Vault:
+        """The vault, opened on first use (``serve --workers`` forks before any SQLite
+        connection exists, so opening a node must not open the vault)."""
+        if self._vault is None:
+            self._vault = Vault(self.home.vault_path, self.home.keys)
+        return self._vault
+
+    @property
+    def did(self) -> str:
+        return str(self.home.identity.did)
+
+    @property
+    def config(self) -> NodeConfig:
+        return self.home.config
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def sync(self, datasets: list[str] | None = None, *, drop_removed: bool = False,
+             on_rows: Callable[[str, int], None] | None = None) -> SyncReport:
+        """Copy the mapped source data into the vault (incremental; each dataset in one
+        transaction, refused whole on a malformed row unless its ``on_bad_row = "skip"``)."""
+        datamap = self.home.datamap()
+        if not datamap.datasets:
+            raise AgentNodeError(f"{self.home.datamap_path} maps no datasets: add a "
+                                 "[datasets.NAME] table (see docs/operator.md, section 2)")
+        done = sync(self.vault, datamap, datasets or None, on_rows=on_rows)
+        removed = self.vault.removed_datasets(datamap)
+        if drop_removed and removed:
+            self.vault.drop_datasets(sorted(removed))
+        return SyncReport(done, removed, drop_removed and bool(removed))
+
+    def bind(self, customer: str | list[str], did: str) -> Binding:
+        """Bind a customer (its subject key: one value, or a list for a composite key) to a
+        wallet DID; the answer says which synced datasets hold that customer."""
+        resolve(did)
+        ref = self.vault.bind(_key(customer), did)
+        return Binding(ref, did, True, self.vault.datasets_holding(ref))
+
+    def unbind(self, customer: str | list[str], did: str) -> Binding:
+        """Remove a binding; its grants stop covering the customer before the next answer."""
+        return Binding(self.vault.unbind(_key(customer), did), did, False)
+
+    def bindings(self) -> list[dict[str, str]]:
+        """Every binding by subject reference (never a customer key)."""
+        return self.vault.bindings()
+
+    # -- consent and the access log ---------------------------------------------------------------
+
+    def grants(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every grant the node holds (consent.grantstate words), optionally of one state."""
+        from agent_node.grantstore import GrantStore
+
+        settings = self.config.privacy_settings()
+        store = GrantStore(self.vault, self.did, max_ttl=self.config.max_ttl,
+                           clock_skew=self.config.clock_skew,
+                           default_budget=settings.grant_budget if settings.dp else None)
+        return [g for g in store.overview() if status is None or g["status"] == status]
+
+    def events(self, since: timespec.TimeBound | None = None,
+               until: timespec.TimeBound | None = None, limit: int = 100
+               ) -> list[dict[str, Any]]:
+        """Access events with the grants and customers they used, each checked against its
+        Merkle roots (``sets_match``) and the hash chain (``chain_ok``)."""
+        from agent_node.accesslog import operator_view
+        from agent_node.vault import iso
+
+        timespec.check_range(since, until)
+        # The log keeps times to the second: whole-second bounds select since <= t < until.
+        start = iso(timespec.ceil_second(since.start)) if since else None
+        end = iso(timespec.ceil_second(until.end)) if until else None
+        with self.vault.connection() as conn:
+            return operator_view(conn, start, limit, until=end)
+
+    def head(self) -> dict[str, Any]:
+        """The node-signed access-log chain head."""
+        from agent_node.accesslog import signed_head
+
+        with self.vault.connection() as conn:
+            return signed_head(conn, self.home.identity)
+
+    def push(self) -> Any:
+        """Anchor the current head and every queued one in the ledger now (a PushResult:
+        ``anchored`` sequences, ``pending`` count, ``error`` if the ledger did not take them)."""
+        from agent_node.server import LedgerPusher
+
+        if not self.config.ledger_address:
+            raise AgentNodeError("no ledger is configured: set ledger_address and ledger_ca in "
+                                 "node.toml")
+        pusher = LedgerPusher(self.home, self.vault)
+        try:
+            return pusher.push()
+        finally:
+            pusher.close()
+
+    def receipts(self, out: Path) -> tuple[list[int], int]:
+        """Write receipt-<sequence>.json for every anchored head into ``out``; (sequences
+        written, heads still pending)."""
+        import json
+
+        from agent_node.accesslog import anchored_heads, queue_counts
+
+        with self.vault.connection() as conn:
+            heads = anchored_heads(conn)
+            pending = queue_counts(conn)[1]
+        out.mkdir(parents=True, exist_ok=True)
+        for anchored in heads:
+            (out / f"receipt-{anchored.sequence}.json").write_text(
+                json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
+        return [h.sequence for h in heads], pending
+
+    # -- identity and network ---------------------------------------------------------------------
+
+    def identity_document(self) -> dict[str, Any]:
+        """The node's signed identity document, for wallets to pin its DID ahead."""
+        from consent.rotation import issue_node_document
+
+        return issue_node_document(self.home.identity, name=self.config.name,
+                                   region=self.config.region)
+
+    def rotate_key(self) -> dict[str, Any]:
+        """Give the node a new did:key signed over by the old one; the rotation statement."""
+        from agent_node.home import rotate_identity
+
+        statement = rotate_identity(self.home, self._passphrase)
+        self.home = load_home(self.home.path, self._passphrase)
+        self._vault = None
+        return statement
+
+    def register(self, coordinator: str, coordinator_ca: bytes, *,
+                 endpoint: str | None = None) -> Any:
+        """Register with a coordinator (a signed NodeRegistration with its key rotations)."""
+        from agent_node.coordination import register
+
+        return register(self.home, coordinator, coordinator_ca, endpoint=endpoint)
+
+    def serve(self, address: str | None = None, *, primary: bool = True,
+              reuse_port: bool = False) -> Any:
+        """Serve the AgentNode gRPC API over TLS in this process until ``.stop()`` of the
+        RunningNode returned (``address`` overrides node.toml's ``listen``)."""
+        from agent_node.server import start
+
+        return start(self.home, address=address, primary=primary, reuse_port=reuse_port)
+
+
+def _key(customer: str | list[str]) -> list[str]:
+    values = [customer] if isinstance(customer, str) else [str(v) for v in customer]
+    if not values or any(not v for v in values):
+        raise AgentNodeError("a customer key must name at least one non-empty value")
+    return values
+
+
+__all__ = ["Binding", "Node", "SyncReport"]
