@@ -7,6 +7,11 @@ exit non-zero, never a traceback; nothing secret or customer-specific is printed
 
 from __future__ import annotations
 
+# First: it sets GRPC_VERBOSITY before anything below imports grpc (consent.commandline).
+import consent.commandline  # noqa: F401
+
+# isort: split
+
 import json
 import logging
 import os

@@ -6,6 +6,11 @@ answer is verified (node signature) before it is printed as a table or ``--json`
 
 from __future__ import annotations
 
+# First: it sets GRPC_VERBOSITY before anything below imports grpc (consent.commandline).
+import consent.commandline  # noqa: F401
+
+# isort: split
+
 import json
 from pathlib import Path
 from typing import Any

@@ -28,6 +28,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+# gRPC's C core reads GRPC_VERBOSITY once, when grpc is first imported: set here, at import,
+# so that a tool importing this module before grpc prints errors only (as one sentence, ours).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 DISTRIBUTION = "sovereign-fabric"

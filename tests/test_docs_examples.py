@@ -434,7 +434,7 @@ def test_wallet_walkthrough_runs_as_documented(
             continue
         command = example.command.replace(" ... ", f" {ELIDED_GRANT} ")
         proc = session.run(command)
-        failing = any(line.startswith("Error:") for line in example.expected)
+        failing = any(line.startswith("error:") for line in example.expected)
         assert (proc.returncode != 0) == failing, (example.command, proc.stdout)
         assert "Traceback" not in proc.stdout
         if expected.strip():
