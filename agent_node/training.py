@@ -41,6 +41,7 @@ from agent_node.vault import Batch, Vault, encrypted_column, iso, plain_column, 
 from agent_node.vaultcrypto import decrypt_cell
 from consent import errors as ce
 from consent.integrity import verify_document
+from fl import train as fl_train
 from fl.client import Refused, Selection, make_client_app, make_secagg_client_app
 from fl.protocol import PURPOSE, parse_plan
 
@@ -235,6 +236,7 @@ def open_source(node_config: dict[str, Any]) -> VaultSource:
             passphrase = (Path(str(file)).read_text().rstrip("\r\n") if file
                           else os.environ.get(PASSPHRASE_ENV, ""))
             node = load_home(Path(str(home)), passphrase)
+            fl_train.CALIBRATION_CACHE = node.path / "flower" / "noise-calibration.json"
             settings = node.config.privacy_settings()
             found = _sources[str(home)] = VaultSource(
                 node, Vault(node.vault_path, node.keys), settings,

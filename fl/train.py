@@ -11,8 +11,11 @@ example, so it costs no privacy and works the same with and without DP.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,10 +134,39 @@ def _private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoa
             max_grad_norm=dp.max_grad_norm)
 
 
+#: A JSON file remembering calibrations across processes (each of a node's ClientApp messages
+#: is a fresh process, and the search takes seconds); set by ``agent_node.training``.
+CALIBRATION_CACHE: Path | None = None
+
+
 @functools.lru_cache(maxsize=256)
 def noise_multiplier(epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
     """The Gaussian noise multiplier making ``epochs`` of Poisson-sampled DP-SGD at
     ``sample_rate`` (epsilon, delta)-DP under Opacus's RDP accountant."""
+    key = f"{epsilon!r}|{delta!r}|{sample_rate!r}|{epochs}"
+    cache = _read_cache()
+    if key in cache:
+        return float(cache[key])
+    found = _calibrate(epsilon, delta, sample_rate, epochs)
+    if CALIBRATION_CACHE is not None:  # a deterministic function of the key: safe to keep
+        cache[key] = found
+        tmp = CALIBRATION_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(CALIBRATION_CACHE)
+    return found
+
+
+def _read_cache() -> dict[str, float]:
+    if CALIBRATION_CACHE is None or not CALIBRATION_CACHE.exists():
+        return {}
+    try:
+        found = json.loads(CALIBRATION_CACHE.read_text())
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _calibrate(epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
