@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from protos.transport import free_port
 
@@ -58,12 +60,12 @@ def show(command: list[str]) -> None:
 
 
 def run(command: list[str], env: dict[str, str], *, check: bool = True,
-        quiet: bool = False) -> subprocess.CompletedProcess[str]:
+        quiet: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     if not quiet:
         show(command)
     tool = str(BIN / command[0])
     result = subprocess.run([tool, *command[1:]], env=env, text=True, capture_output=True,
-                            timeout=120, check=False)
+                            timeout=timeout, check=False)
     if not quiet:
         for line in (result.stdout + result.stderr).rstrip().splitlines():
             print("  " + line)
@@ -316,7 +318,8 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         "signed by the second node, the distributor's anchored erasure proof")
     run(["sov-audit", "verify", "--log-key", str(ledger_home / "log-public.json"),
          *map(str, dana_receipts)], env)
-    network(work, env, crm_home, customer_rows_from(CUSTOMERS, 3 * NETWORK_CUSTOMERS))
+    network(work, env, crm_home, customer_rows_from(CUSTOMERS, 3 * NETWORK_CUSTOMERS),
+            ledger=(ledger_home, ledger_addr))
 
 
 def migrate_dana(work: Path, env: dict[str, str], node_home: Path, node_addr: str,
@@ -493,8 +496,7 @@ def own_audit(work: Path, env: dict[str, str], alice_home: Path, log_key: Path) 
         sys.exit("Alice's wallet holds no ledger receipts")
     print(f"  wrote {len(paths)} receipt(s): " + ", ".join(p.name for p in paths))
     run(["sov-audit", "verify", "--log-key", str(log_key), *map(str, paths)], env)
-    # The erasure receipt (proof + entry) is checked by verify; the report reads entries.
-    paths = [p for p in paths if not p.name.startswith("erasure-")]
+    # Her erasure receipt too: the report shows what the node's signed proof says.
     key = json.loads(run([*wallet, "audit-key", "--yes", "--json"], env).stdout)
     report = work / "alice-report.html"
     run(["sov-audit", "report", "--log-key", str(log_key), "--subject-did", key["did"],
@@ -565,6 +567,14 @@ contract = { type = "text", scope = "transaction", index = true, public_keys = [
 """
 
 
+# What an intent model may read of the orders (step 10): will the customer stay month-to-month?
+SHOP_FEATURES = """
+[datasets.orders.features]
+target = { column = "contract", positive = "Month-to-month" }
+numeric = ["amount"]
+"""
+
+
 def set_toml(path: Path, table: str, **settings: object) -> None:
     """The operator edits a setting of node.toml or coordinator.toml."""
     import tomllib
@@ -583,7 +593,7 @@ def shop_node(work: Path, env: dict[str, str], name: str, region: str, kind: str
     run(["sov-node", "init", "--home", str(home), "--name", name, "--region", region,
          "--listen", "127.0.0.1:0"], env, quiet=True)
     (home / "datamap.toml").write_text(shop_source(work, kind, shop_orders(customers))
-                                       + SHOP_DATASET)
+                                       + SHOP_DATASET + SHOP_FEATURES)
     set_toml(home / "node.toml", "node", coordinator_listen=f"127.0.0.1:{free_port()}",
              coordinator_ca=str(coordinator_ca))
     run(["sov-node", "sync", "--home", str(home)], env, quiet=True)
@@ -614,7 +624,7 @@ def shop_customers_grant(home: Path, address: str, crm_did: str,
 
 
 def network(work: Path, env: dict[str, str], crm_home: Path,
-            customers: list[dict[str, str]]) -> None:
+            customers: list[dict[str, str]], ledger: tuple[Path, str] | None = None) -> None:
     say("9. The network grows: a coordinator joins three shops' nodes (SQLite, CSV, "
         "PostgreSQL); it routes sealed questions it cannot read")
     env = {**env, "SOV_COORDINATOR_PASSPHRASE": DEMO_PASSPHRASE}
@@ -625,6 +635,8 @@ def network(work: Path, env: dict[str, str], crm_home: Path,
     coordinator_ca = coordinator_home / "tls" / "ca.pem"
     set_toml(coordinator_home / "coordinator.toml", "coordinator", health_interval_seconds=1.0)
     crm_did = requester_did(crm_home)  # the CRM of step 3 asks across the network
+    fleet_addr = f"127.0.0.1:{free_port()}"  # where the shops' SuperNodes reach it (step 10)
+    shops: dict[str, tuple[Path, str, list[dict[str, str]]]] = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(background(
             ["sov-coordinator", "serve", "--home", str(coordinator_home), "--port-file",
@@ -635,9 +647,11 @@ def network(work: Path, env: dict[str, str], crm_home: Path,
             home = shop_node(work / "shops", env, name, region, kind, mine, coordinator_ca)
             port_file = work / f"{name}.port"
             port = stack.enter_context(background(
-                ["sov-node", "serve", "--home", str(home), "--port-file", str(port_file)],
+                ["sov-node", "serve", "--home", str(home), "--port-file", str(port_file),
+                 "--fl", fleet_addr, "--fl-min-customers", "10"],
                 env, port_file, name=name, processes=processes))
             shop_customers_grant(home, f"127.0.0.1:{port}", crm_did, mine)
+            shops[name] = (home, f"127.0.0.1:{port}", mine)
             run(["sov-node", "register", "--home", str(home), "--coordinator",
                  coordinator_addr, "--coordinator-ca", str(coordinator_ca)], env)
         time.sleep(1.5)  # one health check round, so the listing shows each node serving
@@ -649,6 +663,8 @@ def network(work: Path, env: dict[str, str], crm_home: Path,
         say("   The CRM asks all three at once: one envelope sealed per node, every answer "
             "verified, counts and sums added")
         run(ask, env)
+        if ledger is not None:
+            train_intent_model(work, env, coordinator_home, crm_home, shops, fleet_addr, ledger)
         say("   shop-csv stops in the middle of the day; the same question still gets the "
             "others' answers, and says which node is missing")
         stopped = processes["shop-csv"]
@@ -656,6 +672,82 @@ def network(work: Path, env: dict[str, str], crm_home: Path,
         stopped.wait(timeout=20)
         run(ask, env)
         run(["sov-coordinator", "status", "--home", str(coordinator_home)], env)
+
+
+# -- 10. federated training: a model from all three shops, no row leaves a shop --------------
+
+def train_intent_model(work: Path, env: dict[str, str], coordinator_home: Path,
+                       crm_home: Path, shops: dict[str, tuple[Path, str, list[dict[str, str]]]],
+                       fleet_addr: str, ledger: tuple[Path, str]) -> None:
+    say("10. The shops train a churn-intent model together (Flower, DP-SGD per customer); "
+        "only customers who granted intent-model-training take part")
+    from consent.grants import issue_grant
+    from consent.identity import Identity
+    from consent.integrity import sign_document
+    from consent.keystore import load_identity
+    from coordinator.home import open_home
+    from fl.models import ModelSpec
+    from fl.protocol import plan_document
+    from fl.train import DPConfig, TrainConfig
+
+    env = {**env, "SOV_COORDINATOR_PASSPHRASE": DEMO_PASSPHRASE}
+    crm = load_identity(crm_home / "requester.key", DEMO_PASSPHRASE)
+    home, address, mine = shops["shop-sqlite"]
+    carol = work / "carol"
+    wallet = ["consent-wallet", "--home", str(carol)]
+    run([*wallet, "init"], env, quiet=True)
+    carol_did = json.loads(run([*wallet, "whoami", "--json"], env, quiet=True).stdout)["did"]
+    run(["sov-node", "subjects", "bind", "--home", str(home), mine[0]["customerID"], carol_did],
+        env, quiet=True)
+    run([*wallet, "nodes", "add", address, "--ca", str(home / "tls" / "ca.pem")], env,
+        quiet=True)
+    run([*wallet, "grant", "--node", address, "--requester", crm.did, "--purpose",
+         "intent-model-training", "--scope", "transaction", "--ttl", "24h",
+         "--dp-epsilon", "10"], env)
+    for name, (shop, shop_addr, rows) in shops.items():
+        _training_grants(shop, shop_addr, crm.did, rows[1:] if name == "shop-sqlite" else rows,
+                         issue_grant, Identity)
+    print("  ... and every other shop customer grants it through the Python API")
+    from agent_node.home import load_home
+
+    declared = load_home(home, DEMO_PASSPHRASE).datamap().datasets["orders"].features
+    plan = sign_document(plan_document(
+        f"urn:uuid:{uuid.uuid4()}", crm.did, "orders", declared, ModelSpec("logreg"),
+        TrainConfig(epochs=1, lr=0.3, batch_size=8, dp=DPConfig(1.0, 1e-3, 1.0)),
+        stats_epsilon=0.5), crm)
+    plan_file = work / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    print(f"  the CRM signed the run plan {plan['id']} (DP-SGD epsilon 1 per round)")
+    ledger_home, ledger_addr = ledger
+    coordinator_did = open_home(coordinator_home).identity(DEMO_PASSPHRASE).did
+    run(["sov-ledger", "authors", "add", "--home", str(ledger_home), "--name",
+         "network coordinator", "--role", "coordinator", coordinator_did], env)
+    run(["sov-coordinator", "train", "--home", str(coordinator_home), "--plan",
+         str(plan_file), "--fleet-listen", fleet_addr, "--rounds", "2", "--min-nodes", "3",
+         "--ledger", ledger_addr, "--ledger-ca", str(ledger_home / "tls" / "ca.pem")], env,
+        timeout=900)
+    run(["sov-coordinator", "models", "--home", str(coordinator_home)], env)
+    say("   Carol, a shop-sqlite customer, sees the training in her wallet")
+    run([*wallet, "access-log"], env)
+
+
+def _training_grants(home: Path, address: str, crm_did: str, rows: list[dict[str, str]],
+                     issue_grant: Any, identity: Any) -> None:
+    """Customers grant the CRM intent-model-training (keys bound by the operator in bulk)."""
+    from agent_node.client import NodeClient
+    from agent_node.home import load_home
+    from agent_node.vault import Vault
+
+    node = load_home(home, DEMO_PASSPHRASE)
+    vault = Vault(node.vault_path, node.keys)
+    for row in rows:
+        customer = identity.generate()
+        vault.bind([row["customerID"]], customer.did)
+        with NodeClient(address, node.ca_pem(), customer) as client:
+            client.submit_grant(issue_grant(
+                customer, requester=crm_did, nodes=[node.identity.did],
+                purpose="intent-model-training", scopes=["transaction"],
+                ttl=timedelta(hours=24), dp_epsilon=10.0))
 
 
 def requester_did(home: Path) -> str:
