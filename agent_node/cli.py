@@ -36,8 +36,8 @@ from consent.commandline import (
     json_native,
     json_option,
     out_option,
-    pem_certificate,
     progress,
+    read_pem_certificate,
 )
 from consent.did import resolve
 from consent.errors import ConsentError
@@ -426,7 +426,6 @@ def receipts(home: str, passphrase_file: Path | None, out: Path, as_json: bool) 
 @pass_option
 @click.option("--coordinator", required=True, help="the coordinator's address host:port")
 @click.option("--coordinator-ca", required=True, type=click.Path(dir_okay=False),
-              callback=pem_certificate,
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--endpoint", default=None,
               help="where the coordinator reaches this node (default: coordinator_listen)")
@@ -435,8 +434,8 @@ def register(home: str, passphrase_file: Path | None, coordinator: str, coordina
              endpoint: str | None, as_json: bool) -> None:
     """Sign a NodeRegistration and register this node with a coordinator (with its key
     rotations, so a name registered under an older key moves to this one)."""
-    reply = _node(home, passphrase_file).register(
-        coordinator, Path(coordinator_ca).read_bytes(), endpoint=endpoint)
+    ca_pem = read_pem_certificate(coordinator_ca, "--coordinator-ca")
+    reply = _node(home, passphrase_file).register(coordinator, ca_pem, endpoint=endpoint)
     emit(as_json, {"name": reply.name, "did": reply.did, "coordinator": coordinator,
                    "rotated": bool(reply.rotated)},
          f"registered {reply.name} ({reply.did}) at {coordinator}"

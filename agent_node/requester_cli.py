@@ -29,7 +29,7 @@ from consent.commandline import (
     json_native,
     json_option,
     out_option,
-    pem_certificate,
+    read_pem_certificate,
 )
 from consent.errors import ConsentError
 from consent.identity import Identity
@@ -153,7 +153,7 @@ def _fmt(value: Any) -> str:
 @home_option
 @pass_option
 @click.option("--node", required=True, help="node address host:port")
-@click.option("--ca", required=True, type=click.Path(dir_okay=False), callback=pem_certificate,
+@click.option("--ca", required=True, type=click.Path(dir_okay=False),
               help="the node's TLS CA certificate (PEM)")
 @click.option("--dataset", required=True)
 @click.option("--measure", "measures", multiple=True, required=True,
@@ -170,6 +170,7 @@ def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: st
         measures: tuple[str, ...], group_by: tuple[str, ...], filters: tuple[str, ...],
         purpose: str, grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
     """Seal one aggregate query to a node and print its verified answer."""
+    ca_pem = read_pem_certificate(ca)  # a usage error before the passphrase
     identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     query: dict[str, Any] = {
         "dataset": dataset, "purpose": purpose, "measures": list(measures),
@@ -177,7 +178,7 @@ def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: st
         "grant_ids": list(grants)}
     if epsilon is not None:
         query["epsilon"] = epsilon
-    answer = Requester(identity).ask(node, Path(ca).read_bytes(), query)
+    answer = Requester(identity).ask(node, ca_pem, query)
     if as_json:
         click.echo(json.dumps(answer.document["body"]["answer"], indent=2, sort_keys=True))
     else:
@@ -222,7 +223,7 @@ def _network_table(combined: dict[str, Any]) -> str:
 @home_option
 @pass_option
 @click.option("--coordinator", required=True, help="the coordinator's address host:port")
-@click.option("--ca", required=True, type=click.Path(dir_okay=False), callback=pem_certificate,
+@click.option("--ca", required=True, type=click.Path(dir_okay=False),
               help="the coordinator's TLS CA certificate (PEM)")
 @click.option("--node-did", "node_dids", multiple=True,
               help="ask only these nodes (default: every node offering the dataset)")
@@ -248,13 +249,14 @@ def ask_network_command(home: str, passphrase_file: Path | None, coordinator: st
     from agent_node.network import CoordinatorClient
     from agent_node.requester import ask_network
 
+    ca_pem = read_pem_certificate(ca)  # a usage error before the passphrase
     identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     query: dict[str, Any] = {
         "dataset": dataset, "purpose": purpose, "measures": list(measures),
         "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters]}
     if epsilon is not None:
         query["epsilon"] = epsilon
-    with CoordinatorClient(coordinator, Path(ca).read_bytes()) as client:
+    with CoordinatorClient(coordinator, ca_pem) as client:
         result = ask_network(identity, client, query, nodes=list(node_dids) or None,
                              regions=list(regions) or None, deadline_ms=deadline_ms)
     if as_json:

@@ -263,23 +263,25 @@ class SharedOption:
 # -- files a command reads ------------------------------------------------------------------------
 
 
-def pem_certificate(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Check that a ``--ca`` file holds PEM certificates before anything dials with it (gRPC's
-    C core would print its own lines and the call would fail as 'unreachable')."""
-    if value is None:
-        return value
+def read_pem_certificate(path: str | Path, option: str = "--ca") -> bytes:
+    """The PEM certificates in a ``--ca`` file, checked before anything dials with them
+    (gRPC's C core would print its own lines and the call would fail as 'unreachable'); a
+    usage error naming ``option`` otherwise."""
     from cryptography import x509
 
     try:
-        x509.load_pem_x509_certificates(Path(value).read_bytes())
+        pem = Path(path).read_bytes()
+        x509.load_pem_x509_certificates(pem)
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {value}: {(exc.strerror or '').lower()}",
-                                 ctx, param) from None
+        raise click.BadParameter(f"cannot read {path}: {(exc.strerror or '').lower()}",
+                                 ctx=click.get_current_context(silent=True),
+                                 param_hint=f"'{option}'") from None
     except ValueError:
-        raise click.BadParameter(f"{value} holds no PEM certificate: give the CA certificate "
+        raise click.BadParameter(f"{path} holds no PEM certificate: give the CA certificate "
                                  "the operator published (its home's tls/ca.pem)",
-                                 ctx, param) from None
-    return value
+                                 ctx=click.get_current_context(silent=True),
+                                 param_hint=f"'{option}'") from None
+    return pem
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -423,9 +425,9 @@ __all__ = [
     "json_option",
     "os_error_sentence",
     "out_option",
-    "pem_certificate",
     "progress",
     "quiet_internals",
+    "read_pem_certificate",
     "sentence",
     "usage_error",
     "version",
