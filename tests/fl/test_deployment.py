@@ -171,3 +171,28 @@ def test_a_secagg_run_on_three_supernodes(deployment: Deployment, requester: Ide
                                             for n in deployment.nodes}
     for node in deployment.nodes:
         assert [e["phase"] for e in training_events(node, plan["id"])] == ["moments", "train"]
+
+
+@pytest.mark.long
+def test_a_supervised_supernode_joins_once_its_key_is_registered(
+        deployment: Deployment, tmp_path: Path, bank_rows: list[dict[str, Any]],
+        requester: Identity) -> None:
+    """sov-node serve --fl: the SuperNode is refused until the coordinator registers the
+    node's key, and keeps coming back until it is admitted."""
+    late = make_node(tmp_path, bank_rows, "late", requester)
+    proc = SuperNodeProcess(late.source.node.path, deployment.link.fleet_listen,
+                            deployment.link.ca_path, passphrase_file=deployment.passphrase)
+    link = deployment.link
+    keys = {did: entry["key"] for did, entry in link.known_nodes().items()}
+    proc.supervise(retry=1.0)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.restarts < 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.restarts >= 1  # refused at least once
+        late_did = late.source.node.identity.did
+        link.sync_nodes({**keys, late_did: node_key(late.source.node.path)[1]})
+        assert len(link.wait_online(4, timeout=90)) == 4
+    finally:
+        proc.stop()
+        link.sync_nodes(keys)  # the module's other tests expect three registered nodes
