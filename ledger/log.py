@@ -210,9 +210,14 @@ class Log:
         if len(entries) > MAX_BATCH:
             raise EventError(f"a batch holds at most {MAX_BATCH} events: split it")
         with self._lock:
-            indexes = self._append_entries(list(entries), refuse_known=True)
+            entries = list(entries)
+            indexes = self._append_entries(entries, refuse_known=True)
             note = self.latest_note()
-            return [self._receipt(i, note) for i in indexes]
+            # Every entry is new and in order (a replay was refused above): the receipts are
+            # built from the bytes in hand and one parse of the tree head.
+            size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
+            return [self._receipt(i, note, entry, size)
+                    for i, entry in zip(indexes, entries, strict=True)]
 
     def _append_entries(self, entries: list[bytes], refuse_known: bool = False) -> list[int]:
         leaf = self.hasher.leaf
@@ -319,13 +324,15 @@ class Log:
             links = [self._link(a, receipt) for a in anchors if a.size > index]
         return Receipt(**{**receipt.__dict__, "anchors": tuple(links)})
 
-    def _receipt(self, index: int, note: str) -> Receipt:
-        size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
+    def _receipt(self, index: int, note: str, entry: bytes | None = None,
+                 size: int | None = None) -> Receipt:
+        if size is None:
+            size = Checkpoint.parse(note.split("\n\n")[0] + "\n").size
         return Receipt(
             origin=self.origin,
             hash_algorithm=self.public_key.hash_algorithm,
             index=index,
-            entry=self.entry(index),
+            entry=self.entry(index) if entry is None else entry,
             checkpoint=note,
             inclusion_proof=tuple(self.tree.inclusion_proof(index, size)),
         )

@@ -15,14 +15,17 @@ the random-key writes that made an index by entry hash too costly stay few.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
+
+import orjson
 
 SCHEMA = ("CREATE TABLE IF NOT EXISTS head_subjects (commitment BLOB NOT NULL, "
           "idx INTEGER NOT NULL, PRIMARY KEY (commitment, idx)) WITHOUT ROWID")
 # Entries are RFC 8785 JSON: no whitespace, so an access head always holds this exact text.
 MARKER = b'"type":"access_head"'
+# A head without this key names no subject: most heads, not worth parsing.
+LISTED = b'"subject_commitments":'
 MAX_FIND = 1000
 
 
@@ -30,9 +33,9 @@ def rows(entries: Sequence[bytes], start: int) -> list[tuple[bytes, int]]:
     """(commitment, index) rows for entries ``start, start + 1, ...``."""
     found = []
     for offset, entry in enumerate(entries):
-        if MARKER not in entry:
+        if MARKER not in entry or LISTED not in entry:
             continue
-        listed = json.loads(entry).get("subject_commitments") or []
+        listed = orjson.loads(entry).get("subject_commitments") or []
         found += [(bytes.fromhex(c), start + offset) for c in set(listed)]
     return found
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consent.canonical import canonicalize
-from ledger.events import encode_event
+from ledger.events import SCHEMAS, EventError, encode_event, validate_event
 
 HEX = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 TOKEN = st.from_regex(r"[a-z0-9][a-z0-9._:-]{0,20}", fullmatch=True)
@@ -47,3 +51,63 @@ def test_fast_encoding_is_rfc8785(node, head, sequence, purpose, commitments, ac
         "accesses": accesses,
     }
     assert encode_event(event) == canonicalize(event)
+
+
+SIGNATURE = st.text(alphabet="0123456789abcdef", min_size=128, max_size=128)
+COUNT = st.integers(min_value=0, max_value=2**53 - 1)
+# One strategy per field check in ledger.events (by the check's description).
+FIELD_VALUES = {
+    "a lowercase hex SHA-256 digest (64 characters)": HEX,
+    "a did:key of an organisation's service (requester or node)": DID,
+    "a short lowercase token (letters, digits, . _ : -)": TOKEN,
+    "an RFC 3339 UTC time such as 2026-01-31T12:00:00Z": TIME,
+    "a non-negative integer": COUNT,
+    "a list of hex SHA-256 digests": st.lists(HEX, max_size=4),
+    "a list of short lowercase tokens": st.lists(TOKEN, max_size=4),
+    "a list of service did:keys": st.lists(DID, max_size=3),
+    "an Ed25519 signature as 128 lowercase hex digits": SIGNATURE,
+}
+
+
+def _value(description: str) -> st.SearchStrategy:
+    if description.startswith("a list of at most"):  # an access head's summary rows
+        return st.lists(ROW, max_size=3)
+    return FIELD_VALUES[description]
+
+
+@st.composite
+def any_event(draw: Any) -> dict:
+    """Any valid event of any type, optional and authority fields drawn or left out."""
+    kind = draw(st.sampled_from(sorted(SCHEMAS)))
+    required, optional = SCHEMAS[kind]
+    optional = {**optional, "author": (None, DID_TEXT),
+                "signature": (None, SIG_TEXT),
+                "endorser": (None, DID_TEXT),
+                "endorsement": (None, SIG_TEXT)}
+    event = {"type": kind, "schema_version": 1, "time": draw(TIME)}
+    for name, (_, description) in required.items():
+        event[name] = draw(_value(description))
+    for name, (_, description) in optional.items():
+        if draw(st.booleans()):
+            event[name] = draw(_value(description))
+    order = draw(st.permutations(list(event)))  # insertion order must not matter
+    return {name: event[name] for name in order}
+
+
+DID_TEXT = "a did:key of an organisation's service (requester or node)"
+SIG_TEXT = "an Ed25519 signature as 128 lowercase hex digits"
+
+
+@settings(max_examples=200, deadline=None)
+@given(event=any_event())
+def test_schema_encoder_is_rfc8785_for_every_event_type(event: dict) -> None:
+    validate_event(event)  # the strategy draws only valid events
+    assert encode_event(event) == rfc8785.dumps(event)
+
+
+def test_json_true_is_not_schema_version_1() -> None:
+    event = {"type": "erasure", "schema_version": True, "time": "2026-01-31T12:00:00Z",
+             "proof_digest": "a" * 64, "subject_commitment": "b" * 64,
+             "node": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"}
+    with pytest.raises(EventError, match="schema_version"):
+        encode_event(event)
