@@ -44,6 +44,7 @@ from agent_node.sources import SourceRow, read_rows, redact
 from agent_node.vaultcrypto import VaultKeys, encrypt_cell
 from consent.errors import ReplayError
 from consent.replay import ReplayGuard
+from consent.utctime import utc_text
 
 log = logging.getLogger("agent_node.vault")
 
@@ -121,7 +122,7 @@ def utcnow() -> datetime:
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(moment)
 
 
 def table_name(dataset: str) -> str:

@@ -24,6 +24,7 @@ from consent.canonical import canonicalize
 from consent.did import DID_KEY_PREFIX, verification_method_key
 from consent.errors import DIDError, SignatureError, UnsupportedCryptosuite
 from consent.identity import Identity
+from consent.utctime import utc_text
 
 PROOF_TYPE = "DataIntegrityProof"
 EDDSA_JCS = "eddsa-jcs-2022"
@@ -34,7 +35,7 @@ SIGNATURE_LENGTH = 64
 
 def format_time(moment: datetime) -> str:
     """XML Schema dateTime in UTC with second precision, as the VC examples use."""
-    return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(moment)
 
 
 def _sm3(data: bytes) -> bytes:

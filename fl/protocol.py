@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from consent.grants import check_purpose
+from consent.utctime import utc_text
 from fl.features import FeatureSpec, Scaling, feature_spec_from_dict
 from fl.models import ModelSpec
 from fl.train import DPConfig, TrainConfig
@@ -155,7 +156,7 @@ def decode_scaling(text: Any, spec: FeatureSpec) -> Scaling:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(moment)
 
 
 def _parse_time(value: Any) -> datetime:

@@ -23,6 +23,7 @@ from typing import Any
 
 from consent.did import resolve
 from consent.errors import DIDError
+from consent.utctime import utc_text
 from ledger.errors import AuthorsError
 from ledger.events import EVENT_TYPES
 
@@ -105,7 +106,7 @@ def _kind_set(kinds: Any) -> frozenset[str]:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(datetime.now(UTC))
 
 
 class AuthorRegistry:

@@ -26,6 +26,7 @@ from consent.grants import issue_grant, issue_revocation, verify_grant
 from consent.identity import PROFILES, Identity
 from consent.keystore import load_identity, save_identity, write_private_file
 from consent.passphrase import MIN_LENGTH as MIN_PASSPHRASE
+from consent.utctime import utc_text
 from ledger.customer import grant_key
 from wallet.errors import (
     DeliveryPending,
@@ -1259,7 +1260,7 @@ def _refuse_wallet_file(home: Path, out: Path) -> None:
 
 
 def iso_seconds(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(moment)
 
 
 def _receipt_json(receipt: Any) -> dict[str, Any]:

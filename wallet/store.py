@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from consent.utctime import parse_utc, utc_text
 from wallet.errors import StoreDamaged
 
 SCHEMA = """
@@ -78,11 +79,11 @@ def utcnow() -> datetime:
 
 def iso(value: datetime) -> str:
     # Fixed microsecond precision keeps the text order equal to the time order (SQL compares).
-    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return utc_text(value, micro=True)
 
 
 def from_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parse_utc(value)
 
 
 def _loads(value: str | None) -> Any:
