@@ -426,18 +426,20 @@ def customers_grant(work: Path, env: dict[str, str], node_home: Path, node_addr:
         customer.grant(node=node_addr, requester=crm_did, purpose="quote-generation",
                        scopes=["transaction"], ttl=timedelta(hours=24),
                        node_ca=node_ca.read_bytes())
-    bulk_grant(node_home, node_addr, crm_did, customers[others + 1:others + 1 + BULK])
-    print(f"  ... and {BULK} more through the Python API (keys, bindings, signed grants)")
+    bulk_grant(node_home, crm_did, customers[others + 1:others + 1 + BULK])
+    print(f"  ... and {BULK} more, bound and stored by the operator in bulk (keys and signed "
+          "grants through the Python API)")
     print(f"  {CUSTOMERS - NEVER} of {CUSTOMERS} customers granted; the other {NEVER} never "
           "did, so their data is never used")
     return alice_grant
 
 
-def bulk_grant(node_home: Path, node_addr: str, crm_did: str,
+def bulk_grant(node_home: Path, crm_did: str,
                customers: list[dict[str, str]]) -> None:
-    """Customers who grant the CRM without the wallet's CLI: a key each, bound by the
-    operator in bulk, a signed grant delivered over the node's API."""
-    from agent_node.client import NodeClient
+    """Customers who grant the CRM without the wallet's CLI: a key and a signed grant each,
+    bound and stored by the operator in bulk through the node's grant store (which verifies
+    each grant's proof as SubmitGrant does; the running node sees them at its next answer)."""
+    from agent_node.grantstore import GrantStore
     from agent_node.home import load_home
     from agent_node.vault import Vault
     from consent.grants import issue_grant
@@ -445,13 +447,14 @@ def bulk_grant(node_home: Path, node_addr: str, crm_did: str,
 
     node = load_home(node_home, DEMO_PASSPHRASE)
     vault = Vault(node.vault_path, node.keys)
+    store = GrantStore(vault, node.identity.did, max_ttl=node.config.max_ttl,
+                       clock_skew=node.config.clock_skew)
     for row in customers:
         customer = Identity.generate()
         vault.bind([row["customerID"]], customer.did)
-        with NodeClient(node_addr, node.ca_pem(), customer) as client:
-            client.submit_grant(issue_grant(
-                customer, requester=crm_did, nodes=[node.identity.did],
-                purpose="quote-generation", scopes=["transaction"], ttl=timedelta(hours=24)))
+        store.submit(issue_grant(customer, requester=crm_did, nodes=[node.identity.did],
+                                 purpose="quote-generation", scopes=["transaction"],
+                                 ttl=timedelta(hours=24)))
 
 
 def audit(work: Path, env: dict[str, str], ledger_home: Path, alice_home: Path) -> None:
