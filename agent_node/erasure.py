@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import time
@@ -57,7 +58,6 @@ CREATE TABLE IF NOT EXISTS erasures (
 """
 LIST_FILE = "erasure-list.json"
 MIN_NEEDLE = 4  # shorter values match random bytes; they are not scanned for
-CHUNK = 64 << 20
 STATE_AAD = b"sovereign-fabric/erasure-state"
 
 
@@ -384,26 +384,28 @@ def scan_home(home: Path, needles: list[str], *, shared: int = 0) -> dict[str, A
 
 
 def count_in_file(path: Path, needles: list[bytes]) -> int:
-    """Occurrences of any needle in ``path``, read in chunks that overlap by the longest
-    needle, so a match across a chunk boundary is counted once."""
+    """Occurrences of any needle in ``path`` (non-overlapping per needle, as bytes.count).
+
+    The file is memory-mapped and searched in place by each needle in turn (CPython's
+    two-way / Horspool search skips ahead by up to a needle's length): no copy of the file
+    is made, so a vault of hundreds of megabytes is searched at memory speed."""
     if not needles:
         return 0
-    overlap = max(len(n) for n in needles) - 1
-    hits = 0
     try:
         with open(path, "rb") as handle:
-            tail = b""
-            while True:
-                chunk = handle.read(CHUNK)
-                if not chunk:
-                    break
-                data = tail + chunk
-                for needle in needles:
-                    # Matches that lie wholly in the carried-over tail were counted before.
-                    hits += data.count(needle) - tail.count(needle)
-                tail = data[-overlap:] if overlap else b""
-    except OSError:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return 0
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return sum(_count(data, needle) for needle in needles if needle)
+    except (OSError, ValueError):
         return 0
+
+
+def _count(data: mmap.mmap, needle: bytes) -> int:
+    hits, at = 0, data.find(needle)
+    while at != -1:
+        hits += 1
+        at = data.find(needle, at + len(needle))
     return hits
 
 

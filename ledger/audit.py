@@ -106,12 +106,53 @@ def load_json(path: Path) -> dict[str, Any]:
 
 
 def load_items(path: Path) -> tuple[list[Receipt], list[ConsistencyProof], LogPublicKey | None]:
-    """Read a receipt or a bundle file."""
+    """Read a receipt or a bundle file; of an erasure or migration receipt, the ledger
+    receipt of its erasure entry, once its signed parts check (:func:`erasure_proofs`)."""
     doc = load_json(path)
     if doc.get("format") == BUNDLE_FORMAT:
         bundle = Bundle.from_json(doc)
         return list(bundle.receipts), list(bundle.consistency), bundle.log_key
+    if doc.get("format") in _proof_formats():
+        return [receipt for receipt, _ in erasure_proofs(doc, str(path))], [], None
     return [load_receipt(json.dumps(doc))], [], None
+
+
+def _proof_formats() -> tuple[str, str]:
+    from ledger import erasure, migration
+
+    return erasure.RECEIPT_FORMAT, migration.RECEIPT_FORMAT
+
+
+def erasure_proofs(doc: Mapping[str, Any], label: str = "receipt"
+                   ) -> list[tuple[Receipt, dict[str, Any]]]:
+    """(ledger receipt of the erasure entry, the node's signed proof) of an erasure receipt
+    (``ledger.erasure``) or a migration receipt (``ledger.migration``: its request, export and
+    import are checked first); CheckFailed when a signed part fails, when the entry names
+    another proof, or when the proof is not anchored yet."""
+    from ledger.erasure import ErasureError, check_entry, verify_proof
+    from ledger.migration import RECEIPT_FORMAT, MigrationError, check_receipt
+
+    if doc.get("format") == RECEIPT_FORMAT:
+        try:
+            check_receipt(doc)
+        except MigrationError as exc:
+            raise CheckFailed("migration", f"{label}: {exc}") from exc
+        doc = doc.get("erasure") or {}
+    proof, raw = doc.get("proof"), doc.get("receipt")
+    try:
+        verify_proof(proof)
+    except ErasureError as exc:
+        raise CheckFailed("erasure", f"{label}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CheckFailed("erasure", f"{label}: the proof is not anchored in the ledger yet "
+                          "(no receipt)")
+    try:
+        receipt = load_receipt(json.dumps(raw))
+        check_entry(proof, receipt.event)  # type: ignore[arg-type]
+    except ErasureError as exc:
+        raise CheckFailed("erasure", f"{label}: {exc}") from exc
+    assert isinstance(proof, dict)
+    return [(receipt, proof)]
 
 
 @dataclass(frozen=True)

@@ -338,10 +338,12 @@ def report(
     commitment = _commitment(subject_commitment, subject_did, salt)
     outcome = Outcome()
     verified: list[tuple[Receipt, int]] = []
+    proofs: dict[str, dict[str, Any]] = {}
     with progress(as_json) as shown:  # verifying thousands of receipts takes a while
         for path in files:
             try:
                 items, _, _ = load_items(path)
+                proofs.update(_erasure_proofs(path))
             except CheckFailed as exc:
                 outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
                 continue
@@ -360,11 +362,24 @@ def report(
         origin=log_key.origin,
         selection=selection,
         failures=[f"{f.check}: {f.reason}" for f in outcome.failed],
+        proofs=proofs,
     )
     _write(out, html)
     if not as_json:
         click.echo(f"wrote {out}: {len(chosen)} event(s) ({selection})")
     _report(outcome, as_json, out=str(out), events=len(chosen), selection=selection)
+
+
+def _erasure_proofs(path: Path) -> dict[str, dict[str, Any]]:
+    """The signed erasure proof of an erasure or migration receipt file, by its digest (the
+    report shows what it says beside its ledger entry); {} for other files."""
+    from ledger.audit import erasure_proofs, load_json
+    from ledger.erasure import proof_digest
+
+    if not (_is_erasure(path) or _is_erasure(path, "ledger.migration")):
+        return {}
+    return {proof_digest(proof): proof for _, proof in erasure_proofs(load_json(path),
+                                                                     str(path))}
 
 
 def _verified(receipt: Receipt, log_key: LogPublicKey) -> str:

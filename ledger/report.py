@@ -115,6 +115,8 @@ class Links:
     revocations: dict[str, list[ReportItem]] = field(default_factory=dict)
     by_subject: dict[str, list[ReportItem]] = field(default_factory=dict)
     unlisted: int = 0  # access heads that do not list the grants they used
+    #: Signed erasure proofs given with their receipts, by proof digest (ledger.erasure).
+    proofs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, items: Iterable[ReportItem]) -> Links:
@@ -283,7 +285,22 @@ def _other_cells(item: ReportItem, links: Links) -> list[str]:
                 escape(f"model recorded (run {event['run_id']})"), ""]
     subject = links.by_subject.get(event.get("subject_commitment", ""), [])
     link = f"the subject of grants {_refs(subject)}" if subject else ""
-    return ["—", "—", "—", "erased", link]
+    proof = links.proofs.get(event.get("proof_digest", ""))
+    return ["—", "—", "—", _erasure_text(proof) if proof else "erased", link]
+
+
+def _erasure_text(proof: dict[str, Any]) -> str:
+    """What a signed erasure proof says (checked against this entry before it got here)."""
+    rows = sum(int(loc.get("rows", 0)) for loc in proof.get("locations", []))
+    files = proof.get("scan", {}).get("files", [])
+    hits = sum(int(f.get("hits", 0)) for f in files)
+    per_location = ", ".join(f"{loc['name']} {loc['rows']}" for loc in proof["locations"]
+                             if loc.get("rows"))
+    return (f"erased {_short(str(proof.get('customer', '')))}: {rows} row(s) "
+            f"({escape(per_location)}), {len(proof.get('destroyed_keys', []))} data key(s) "
+            f"destroyed, salt {'destroyed' if proof.get('salt_destroyed') else 'not held'}; "
+            f"scan of {len(files)} file(s) for {proof.get('scan', {}).get('needles')} "
+            f"value(s): {hits} hit(s) (signed proof checked)")
 
 
 def _details(item: ReportItem) -> str:
@@ -516,8 +533,10 @@ def render(
     origin: str,
     selection: str,
     failures: Sequence[str] = (),
+    proofs: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     links = Links.of(items)
+    links.proofs = dict(proofs or {})
     rows = "".join(_row(i, links) for i in items)
     failed = "".join(f"<li>{escape(f)}</li>" for f in failures)
     status = (

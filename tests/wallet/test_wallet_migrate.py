@@ -83,6 +83,17 @@ def test_migrate_moves_the_customer_with_three_verified_receipts(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert f"migration of {did}: 3 row(s) exported signed by {a.did}" in verified.stdout
     assert "the erasure entry of exactly this proof" in verified.stdout
+    # The officer's report and bundle take it too; the report shows what the proof says.
+    report = tmp_path / "report.html"
+    made = sov_audit("report", "--log-key", log_key, "-o", str(report), str(migration))
+    assert made.returncode == 0, made.stdout + made.stderr
+    html = report.read_text()
+    assert f'erased <code class="did" title="{did}">' in html
+    assert "hit(s) (signed proof checked)" in html  # sales.db, the source, is in its home
+    assert "vault.dataset_rows 3" in html
+    bundled = sov_audit("bundle", "--log-key", log_key, "-o", str(tmp_path / "b.json"),
+                        str(migration))
+    assert bundled.returncode == 0 and "1 receipt(s)" in bundled.stdout, bundled.stdout
     # Any changed part fails: the import claiming other rows, the export altered.
     for path, change in (("import", lambda d: d["import"]["datasets"].update(orders=2)),
                          ("export", lambda d: d["export"]["body"]["export"]["datasets"]
