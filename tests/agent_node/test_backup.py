@@ -93,7 +93,9 @@ def test_tampered_truncated_foreign_backups_are_refused_and_change_nothing(
     node = in_process_node(tmp_path / "a", bank_rows[:60], "backup-a", THRESHOLD)
     other = in_process_node(tmp_path / "b", bank_rows[:60], "backup-b", THRESHOLD)
     good = tmp_path / "good.sfbk"
-    backup.backup(node.home, good)
+    made = run_cli("sov-node", "backup", "--home", str(node.home.path), "--out", str(good),
+                   "--json")
+    assert json.loads(made.stdout)["customers"] == 50 and good.stat().st_mode & 0o777 == 0o600
     foreign = tmp_path / "foreign.sfbk"
     backup.backup(other.home, foreign)
     data = good.read_bytes()
