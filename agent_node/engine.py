@@ -45,7 +45,7 @@ from typing import Any
 
 import grpc
 
-from agent_node import accesslog, privacy
+from agent_node import accesslog, privacy, spend
 from agent_node.datamap import ColumnSpec, DataMap, DatasetSpec
 from agent_node.errors import (
     BudgetExhausted,
@@ -199,6 +199,10 @@ class QueryEngine:
         #: (requester, dataset, digest) of answer sets known to be durably released. Releases
         #: are final, so an entry never goes stale; other processes' releases are found in SQL.
         self._released: set[tuple[str, str, str]] = set()
+        #: Lower bounds on each grant set's budget left (agent_node.spend): O(1) checks.
+        self._headroom = spend.HeadroomCache()
+        with vault.connection() as conn:
+            spend.ensure(conn)
 
     def privacy_info(self) -> dict[str, Any]:
         """What NodeInfo tells requesters and wallets about how this node answers."""
@@ -306,9 +310,7 @@ class QueryEngine:
         view = self._view(conn, requester, query.purpose, versions)
         active = _active(view, frozenset(scopes), ts, self.settings.dp)
         budgeted = [g[0] for g, row in active if row is None]
-        live = {r[0]: r[1:] for r in conn.execute(
-            "SELECT grant_id, queries_used, spent_micro FROM grant_usage WHERE grant_id IN "
-            "(SELECT value FROM json_each(?))", (json.dumps(budgeted),))} if budgeted else {}
+        live = spend.usage(conn, budgeted) if budgeted else {}
         grants = []
         for (gid, subject, granted, _, _, max_q, eps), row in active:
             if row is not None:  # no budget: nothing live to read
@@ -359,6 +361,7 @@ class QueryEngine:
             raise NotFound(f"this node holds no grant {gid}; the customer's wallet must submit "
                            "it first", reason="unknown-grant")
         subject, owner, purpose, granted, nbf, exp, revoked, max_q, used, eps, spent = row
+        used, spent = spend.usage(conn, [gid]).get(gid, (0, 0))  # with the debit journal
         if owner != requester:
             raise PermissionDenied(f"grant {gid} was issued to another requester",
                                    reason="wrong-requester")
@@ -527,10 +530,23 @@ class QueryEngine:
         if version != plan.consent_version:
             raise _Stale
         dp_mode = plan.epsilon is not None
-        spend = plan.epsilon or 0
-        limited = [g for g in plan.used_grants if g.limited or dp_mode]
-        _check_budgets(conn, limited, spend, {g.grant_id: self.budget(g) for g in limited}
-                       if dp_mode else {})
+        micro = plan.epsilon or 0
+        used_ids = [g.grant_id for g in plan.used_grants]
+        if dp_mode:
+            # One journal row per answer, keyed by its grant set (agent_node.spend), checked
+            # first: in O(1) while the set's cached headroom covers it, else exactly.
+            key = accesslog.set_digest(accesslog.GRANT_SET, used_ids) if used_ids else ""
+            ok, exact = spend.check(conn, self._headroom, key, micro,
+                                    {g.grant_id: self.budget(g) for g in plan.used_grants},
+                                    [g.grant_id for g in plan.used_grants if g.limited])
+            if not ok:
+                raise _Stale
+            if exact is not None and key:
+                batch.after_commit(lambda: self._headroom.remember(key, exact))
+            limited = []
+        else:
+            limited = [g for g in plan.used_grants if g.limited]
+            _check_budgets(conn, limited, 0, {})
         if nonce is not None:  # the last check and the first write: spent with the event
             _spend(conn, nonce)
         released: list[tuple[Any, ...]] = []
@@ -543,14 +559,17 @@ class QueryEngine:
                 if blob is not None:
                     batch.after_commit(lambda d=digest: self._remember_release(
                         requester, query.dataset, d))
-        # In dp mode every used grant is debited its epsilon; in threshold mode only grants
-        # with max_queries keep a counter (narrow grant_usage rows), the others' use is
-        # counted from the access log's grant sets when a wallet asks.
-        _debit(conn, [g.grant_id for g in limited], spend)
+        # In dp mode every used grant is debited its epsilon, as one journal row for the
+        # answer's grant set; in threshold mode only grants with max_queries keep a counter
+        # (narrow grant_usage rows), the others' use is counted from the access log's grant
+        # sets when a wallet asks.
+        _debit(conn, [g.grant_id for g in limited], 0)
         event = plan.event if (released or plan.noisy) else plan.empty_event
-        seq, _ = accesslog.append_batched(conn, batch, event, plan.used_sids,
-                                          [g.grant_id for g in plan.used_grants],
+        seq, _ = accesslog.append_batched(conn, batch, event, plan.used_sids, used_ids,
                                           plan.left_out)
+        if dp_mode and used_ids:
+            spend.debit(conn, accesslog.set_id(conn, batch, accesslog.GRANT_SET, used_ids),
+                        micro)
         return seq, released
 
     def _remember_release(self, requester: str, dataset: str, digest: str) -> None:

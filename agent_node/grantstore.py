@@ -14,7 +14,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent_node import accesslog, locations, privacy
+from agent_node import accesslog, locations, privacy, spend
 from agent_node.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -56,6 +56,8 @@ class GrantStore:
         self.clock_skew = clock_skew
         #: dp mode: the budget of a grant whose wallet set none (None: threshold mode)
         self.default_budget = default_budget
+        with vault.connection() as conn:
+            spend.ensure(conn)  # the debit journal its budget figures read
 
     def verify(self, credential: Any, now: datetime) -> Grant:
         if not isinstance(credential, dict):
@@ -168,11 +170,11 @@ class GrantStore:
 
 def _usage(conn: sqlite3.Connection, row: dict[str, Any]) -> tuple[int, int]:
     """(queries used, micro-epsilon spent): grants with max_queries or a DP budget keep
-    exact counters in grant_usage (debited atomically with each answer); the others count
-    their answered access events (and, in dp mode, keep their epsilon in grant_usage too)."""
-    found = conn.execute("SELECT queries_used, spent_micro FROM grant_usage "
-                         "WHERE grant_id = ?", (row["grant_id"],)).fetchone()
-    spent = int(found[1]) if found else 0
+    exact counts, debited atomically with each answer (grant_usage and, in dp mode, the
+    debit journal of agent_node.spend); the others count their answered access events (and
+    keep their epsilon in the journal too)."""
+    found = spend.usage(conn, [row["grant_id"]]).get(row["grant_id"])
+    spent = found[1] if found else 0
     if row["max_queries"] is None and not row["dp_epsilon"]:
         return accesslog.answered_with(conn, row["grant_id"]), spent
     return (int(found[0]), spent) if found else (0, 0)
