@@ -21,7 +21,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fl.deploy import flower_env, new_node_key, public_key_of, supernode_command
+from fl.deploy import (
+    die_with_parent,
+    flower_env,
+    new_node_key,
+    public_key_of,
+    supernode_command,
+)
 from protos.tls import write_private_pem
 from protos.transport import free_port
 
@@ -62,7 +68,8 @@ class SuperNodeProcess:
         with self.log.open("ab") as out:
             # Its own session, so stop() ends the SuperNode with its SuperExec and ClientApps.
             self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         return self
 
     def supervise(self, retry: float = 5.0) -> SuperNodeProcess:

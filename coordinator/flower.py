@@ -38,7 +38,7 @@ from typing import Any
 import tomli_w
 
 from coordinator.errors import CoordinatorError
-from fl.deploy import RUN_CONFIG, executable, flower_env, write_app
+from fl.deploy import RUN_CONFIG, die_with_parent, executable, flower_env, write_app
 from protos.tls import TLSMaterial, issue_server_certificate, write_private_pem
 from protos.transport import free_port
 
@@ -105,13 +105,14 @@ class FlowerLink:
              "--enable-supernode-auth", "--disable-runtime-dependency-installation",
              "--database", str(self.folder / "state.db"), "--host", host, "--port", port],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
-            start_new_session=True))
+            start_new_session=True, preexec_fn=die_with_parent))
         gate_log = (self.folder / "fleetgate.log").open("ab")
         self._procs.append(subprocess.Popen(
             [sys.executable, "-m", "coordinator.fleetgate", "--listen", self.fleet_listen,
              "--upstream", self.control, "--cert", str(self.cert_path), "--key",
              str(self.key_path), "--ca", str(self.ca_path)],
-            env=self.env, stdout=gate_log, stderr=subprocess.STDOUT, start_new_session=True))
+            env=self.env, stdout=gate_log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent))
         deadline = time.monotonic() + timeout
         while True:
             dead = [p for p in self._procs if p.poll() is not None]
