@@ -168,11 +168,13 @@ def _checked_event(event: dict[str, Any], on_chain: bool) -> dict[str, Any]:
     own: dict[str, list[str]] = {"grants": [], "subjects": [], "left_out": []}
     proven = on_chain
     if body.get("v") == EVENT_VERSION:
-        proofs = event.get("proofs") if isinstance(event.get("proofs"), dict) else {}
+        found = event.get("proofs")
+        proofs: dict[str, Any] = found if isinstance(found, dict) else {}
         for kind, size, root in (("grants", "grant_count", "grants_root"),
                                  ("subjects", "subject_count", "subjects_root"),
                                  ("left_out", "left_out_count", "left_out_root")):
-            listed = proofs.get(kind) if isinstance(proofs.get(kind), list) else []
+            given = proofs.get(kind)
+            listed: list[Any] = given if isinstance(given, list) else []
             for proof in listed:
                 if verify_membership(proof, body.get(size), body.get(root)):
                     own[kind].append(str(proof["member"]))
@@ -352,6 +354,17 @@ class NodeClient:
     def query(self, query: dict[str, Any]) -> dict[str, Any]:
         """The node-signed response document; its ``body.answer`` holds the aggregates."""
         return self.call("Query", {"query": query})
+
+    def report(self, queries: list[dict[str, Any]]
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Several queries in one sealed request, a **report** (``consent.protocol``): the
+        node-signed reply document and its results, one per query and in order, each
+        ``{"answer": ...}`` or ``{"refused": {"code", "reason", "message"}}``."""
+        document = self.call("Query", protocol.report_body(queries))
+        try:
+            return document, protocol.report_results(document["body"], len(queries))
+        except protocol.ProtocolError as exc:
+            raise NodeProtocolError(str(exc)) from None
 
     def submit_grant(self, credential: dict[str, Any], *, subject_salt: str | None = None,
                      ledger_entry: dict[str, Any] | None = None) -> GrantAck:

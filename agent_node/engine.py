@@ -38,6 +38,7 @@ import json
 import sqlite3
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -865,6 +866,14 @@ class QueryEngine:
                     left_out: list[str] | None = None) -> None:
         """Log a refusal: nothing released, nothing debited. ``left_out``: grants that were
         left out because their budget was spent (so their customers see why)."""
+        self.vault.commit(self._refusal_record(raw_query, requester, now, exc, nonce,
+                                               left_out))
+
+    def _refusal_record(self, raw_query: Any, requester: str, now: datetime,
+                        exc: RequestError, nonce: Nonce | None = None,
+                        left_out: list[str] | None = None
+                        ) -> Callable[[sqlite3.Connection, Batch], None]:
+        """The write job logging a refusal (``log_refusal``; a report runs several in one)."""
         try:
             query: Query | None = query_from_dict(raw_query)
         except RequestError:
@@ -885,7 +894,102 @@ class QueryEngine:
                              "VALUES (?, ?)", (nonce.value, nonce.expires))
             accesslog.append_batched(conn, batch, event, [], sorted(known), left)
 
-        self.vault.commit(record)
+        return record
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def run_report(self, raw_queries: list[Any], requester: str, now: datetime | None = None,
+                   nonce: Nonce | None = None,
+                   refuse: Callable[[Any], RequestError | None] | None = None
+                   ) -> list[dict[str, Any] | RequestError]:
+        """Answer a report: every query as if asked alone (its own consent check, privacy
+        accounting and access event; a refused query refuses only itself, with nothing
+        debited for it), in order. The write phases of all of them run as one job of the
+        group-committed transaction, so a report costs one durable commit, not one per
+        query; the nonce is spent once, in that transaction. ``refuse`` may refuse a query
+        before it is read (the service's region rule)."""
+        now = now or datetime.now(UTC)
+        results: list[dict[str, Any] | RequestError | None] = [None] * len(raw_queries)
+        todo: dict[int, tuple[Query, DatasetSpec, dict[str, ColumnSpec], set[str]]] = {}
+        for i, raw in enumerate(raw_queries):
+            try:
+                refused = refuse(raw) if refuse is not None else None
+                if refused is not None:
+                    raise refused
+                query = query_from_dict(raw)
+                todo[i] = (query, *self._validate(query))
+            except RequestError as exc:
+                results[i] = exc
+        unlogged = [i for i, r in enumerate(results) if r is not None]
+        for _ in range(MAX_ATTEMPTS):
+            plans: dict[int, _Plan] = {}
+            for i, (query, dataset, columns, scopes) in todo.items():
+                try:
+                    plans[i] = self._read(query, dataset, columns, scopes, requester, now)
+                except RequestError as exc:
+                    results[i] = exc
+                    unlogged.append(i)
+            todo = {i: todo[i] for i in plans}
+            records = [self._refusal_record(raw_queries[i], requester, now, results[i],
+                                            None, getattr(results[i], "left_out", []))
+                       for i in unlogged]  # type: ignore[arg-type]
+            unlogged = []
+            try:
+                done = self.vault.commit(lambda conn, batch, plans=plans, todo=todo,
+                                         records=records, nonce=nonce: self._commit_report(
+                                             conn, batch, plans, todo, records, requester,
+                                             now, nonce))
+            except Replayed as exc:  # the whole report, before anything was written
+                self.log_refusal({}, requester, now, exc)
+                raise
+            nonce = None  # spent by the transaction that just committed
+            for i, outcome in done.items():
+                if isinstance(outcome, _Stale):
+                    continue  # consent or a budget changed under the read: read it again
+                query, dataset, _, _ = todo.pop(i)
+                if isinstance(outcome, RequestError):
+                    results[i] = outcome
+                    unlogged.append(i)
+                else:
+                    results[i] = self._reply(plans[i], query, dataset, requester, now,
+                                             *outcome)
+            if not todo and not unlogged:
+                break
+        else:
+            for i in todo:
+                results[i] = Contended("grants at this node changed while the query ran; "
+                                       "retry it", reason="contended")
+                unlogged.append(i)
+            records = [self._refusal_record(raw_queries[i], requester, now, results[i])
+                       for i in unlogged]  # type: ignore[arg-type]
+            self.vault.commit(lambda conn, batch, records=records: [r(conn, batch)
+                                                                    for r in records])
+        return results  # type: ignore[return-value]
+
+    def _commit_report(self, conn: sqlite3.Connection, batch: Batch, plans: dict[int, _Plan],
+                       todo: dict[int, tuple[Query, DatasetSpec, dict[str, ColumnSpec],
+                                             set[str]]],
+                       records: list[Callable[[sqlite3.Connection, Batch], None]],
+                       requester: str, now: datetime, nonce: Nonce | None
+                       ) -> dict[int, Any]:
+        """A report's write phase: the nonce first (a replay refuses the whole report before
+        anything is written), then each query's write phase exactly as alone (a stale or
+        refused one writes nothing, the others go on), then the refusals' events."""
+        if nonce is not None:
+            _spend(conn, nonce)
+        done: dict[int, Any] = {}
+        for i, plan in plans.items():
+            query = todo[i][0]
+            before = conn.total_changes
+            try:
+                done[i] = self._commit(conn, batch, plan, query, requester, now, None)
+            except (_Stale, RequestError) as exc:
+                if conn.total_changes != before:  # never: every check comes before a write
+                    raise
+                done[i] = exc
+        for record in records:
+            record(conn, batch)
+        return done
 
 
 def _named_grants(raw_query: Any) -> list[str]:

@@ -52,6 +52,7 @@ class NodeConfig:
     clock_skew_seconds: int = 300
     replay_window_seconds: int = 300
     max_message_bytes: int = 4 * 1024 * 1024
+    max_report_queries: int = 32   # queries one sealed report may carry (consent.protocol)
     privacy: str = "dp"            # "dp": differential privacy | "threshold": k only (weaker)
     default_epsilon: float = 1.0   # dp: a query's epsilon when the requester names none
     epsilon_min: float = 0.05      # dp: the smallest epsilon a requester may ask per query
@@ -94,6 +95,8 @@ class NodeConfig:
             raise ConfigError("node.toml key 'profile': must be 'intl' or 'gm'")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
             raise ConfigError("node.toml key 'max_message_bytes': must be 1 KiB to 64 MiB")
+        if not 1 <= self.max_report_queries <= 256:
+            raise ConfigError("node.toml key 'max_report_queries': must be 1 to 256")
         if self.replay_window_seconds < 10:
             raise ConfigError("node.toml key 'replay_window_seconds': must be at least 10")
         self.privacy_settings()

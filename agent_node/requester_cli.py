@@ -30,6 +30,8 @@ from consent.commandline import (
     json_option,
     out_option,
     read_pem_certificate,
+    sentence,
+    usage_error,
 )
 from consent.errors import ConsentError
 from consent.identity import Identity
@@ -149,36 +151,98 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _questions(report: Path | None, dataset: str | None, purpose: str | None,
+               measure_sets: list[list[str]], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The questions of one command: a report file's (a JSON list of queries), or one per
+    measure set over the shared options; usage errors (exit 2) otherwise."""
+    if report is not None:
+        if dataset or purpose or measure_sets:
+            usage_error("give either --report or --dataset/--purpose/--measure, not both")
+        try:
+            queries = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            usage_error(f"cannot read the report file {report}: {sentence(exc)}")
+        if isinstance(queries, dict):
+            queries = queries.get("queries")
+        if not isinstance(queries, list) or not queries \
+                or not all(isinstance(q, dict) for q in queries):
+            usage_error(f"the report file {report} must hold a non-empty JSON list of queries "
+                        "(objects with dataset, purpose, measures, ...)")
+        return queries
+    missing = [o for o, v in (("--dataset", dataset), ("--purpose", purpose),
+                              ("--measure", measure_sets)) if not v]
+    if missing:
+        usage_error(f"missing option {missing[0]} (or give a --report file)")
+    return [{"dataset": dataset, "purpose": purpose, "measures": m, **base}
+            for m in measure_sets]
+
+
+def _measure_sets(measures: tuple[str, ...], more: tuple[str, ...]) -> list[list[str]]:
+    sets = [list(measures)] if measures else []
+    return sets + [[m.strip() for m in group.split(",") if m.strip()] for group in more]
+
+
+def _signed_answer(answer: Answer) -> dict[str, Any]:
+    """The answer object as the node signed it, inside its report reply."""
+    return next(r["answer"] for r in answer.document["body"]["report"]
+                if "answer" in r and r["answer"]["event_seq"] == answer.event_seq)
+
+
+def _report_output(results: list[Any], as_json: bool) -> None:
+    """Print every question's answer or refusal; exit 1 if any was refused."""
+    refused = [r for r in results if isinstance(r, NodeError)]
+    if as_json:
+        click.echo(json.dumps([
+            {"refused": {"code": r.code.name, "message": str(r)}} if isinstance(r, NodeError)
+            else {"answer": _signed_answer(r)} for r in results], indent=2, sort_keys=True))
+    else:
+        for i, result in enumerate(results, start=1):
+            click.echo(f"question {i}: " + (f"refused: {result}" if isinstance(result, NodeError)
+                                            else "\n" + _table(result)))
+    if refused:
+        fail(f"{len(refused)} of {len(results)} questions were refused (see above)")
+
+
 @main.command()
 @home_option
 @pass_option
 @click.option("--node", required=True, help="node address host:port")
 @click.option("--ca", required=True, type=click.Path(dir_okay=False),
               help="the node's TLS CA certificate (PEM)")
-@click.option("--dataset", required=True)
-@click.option("--measure", "measures", multiple=True, required=True,
+@click.option("--dataset", default=None)
+@click.option("--measure", "measures", multiple=True,
               help="count | count:COL | sum:COL | avg:COL | quantile:COL:Q | median:COL")
+@click.option("--measures", "more", multiple=True, metavar="M1,M2,...",
+              help="one more question with these comma-separated measures (same dataset, "
+                   "purpose, group-by and filters); several questions travel as one report")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="a JSON file holding a list of queries, asked as one report")
 @click.option("--group-by", "group_by", multiple=True)
 @click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
-@click.option("--purpose", required=True)
+@click.option("--purpose", default=None)
 @click.option("--grant", "grants", multiple=True, help="grant id(s) to use (default: all)")
 @click.option("--epsilon", type=float, default=None,
               help="privacy cost of this answer to each customer it reads (dp mode; within "
                    "the node's bounds, default the node's default_epsilon)")
 @click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
-def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: str,
-        measures: tuple[str, ...], group_by: tuple[str, ...], filters: tuple[str, ...],
-        purpose: str, grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
-    """Seal one aggregate query to a node and print its verified answer."""
+def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: str | None,
+        measures: tuple[str, ...], more: tuple[str, ...], report: Path | None,
+        group_by: tuple[str, ...], filters: tuple[str, ...], purpose: str | None,
+        grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
+    """Seal aggregate queries to a node and print the verified answers: one question, or
+    several (--measures, --report) sent as one report in one sealed request."""
     ca_pem = read_pem_certificate(ca)  # a usage error before the passphrase
-    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
-    query: dict[str, Any] = {
-        "dataset": dataset, "purpose": purpose, "measures": list(measures),
-        "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters],
-        "grant_ids": list(grants)}
+    base: dict[str, Any] = {"group_by": list(group_by),
+                            "filters": [parse_filter_text(f) for f in filters],
+                            "grant_ids": list(grants)}
     if epsilon is not None:
-        query["epsilon"] = epsilon
-    answer = Requester(identity).ask(node, ca_pem, query)
+        base["epsilon"] = epsilon
+    queries = _questions(report, dataset, purpose, _measure_sets(measures, more), base)
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
+    if len(queries) > 1 or report is not None:
+        _report_output(Requester(identity).ask_report(node, ca_pem, queries), as_json)
+        return
+    answer = Requester(identity).ask(node, ca_pem, queries[0])
     if as_json:
         click.echo(json.dumps(answer.document["body"]["answer"], indent=2, sort_keys=True))
     else:
@@ -230,8 +294,11 @@ def _network_table(combined: dict[str, Any]) -> str:
 @click.option("--region", "regions", multiple=True,
               help="regions this requester may reach (nodes elsewhere are refused)")
 @click.option("--dataset", required=True)
-@click.option("--measure", "measures", multiple=True, required=True,
+@click.option("--measure", "measures", multiple=True,
               help="count | count:COL | sum:COL | avg:COL (quantiles: per node only)")
+@click.option("--measures", "more", multiple=True, metavar="M1,M2,...",
+              help="one more question with these comma-separated measures; several questions "
+                   "reach each node as one report (one sealed envelope per node)")
 @click.option("--group-by", "group_by", multiple=True)
 @click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
 @click.option("--purpose", required=True)
@@ -241,25 +308,38 @@ def _network_table(combined: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print the combined answer as JSON")
 def ask_network_command(home: str, passphrase_file: Path | None, coordinator: str, ca: str,
                         node_dids: tuple[str, ...], regions: tuple[str, ...], dataset: str,
-                        measures: tuple[str, ...], group_by: tuple[str, ...],
+                        measures: tuple[str, ...], more: tuple[str, ...],
+                        group_by: tuple[str, ...],
                         filters: tuple[str, ...], purpose: str, epsilon: float | None,
                         deadline_ms: int, as_json: bool) -> None:
     """Ask every node of a coordinator's network (one sealed envelope each), verify every
     answer and print their combination."""
     from agent_node.network import CoordinatorClient
-    from agent_node.requester import ask_network
+    from agent_node.requester import ask_network, ask_network_report
 
     ca_pem = read_pem_certificate(ca)  # a usage error before the passphrase
-    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
-    query: dict[str, Any] = {
-        "dataset": dataset, "purpose": purpose, "measures": list(measures),
-        "group_by": list(group_by), "filters": [parse_filter_text(f) for f in filters]}
+    sets = _measure_sets(measures, more)
+    if not sets:
+        usage_error("missing option --measure (or --measures)")
+    base: dict[str, Any] = {
+        "dataset": dataset, "purpose": purpose, "group_by": list(group_by),
+        "filters": [parse_filter_text(f) for f in filters]}
     if epsilon is not None:
-        query["epsilon"] = epsilon
+        base["epsilon"] = epsilon
+    identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
+    options: dict[str, Any] = {"nodes": list(node_dids) or None,
+                               "regions": list(regions) or None, "deadline_ms": deadline_ms}
     with CoordinatorClient(coordinator, ca_pem) as client:
-        result = ask_network(identity, client, query, nodes=list(node_dids) or None,
-                             regions=list(regions) or None, deadline_ms=deadline_ms)
+        if len(sets) == 1:
+            results = [ask_network(identity, client, {**base, "measures": sets[0]}, **options)]
+        else:
+            results = ask_network_report(identity, client,
+                                         [{**base, "measures": m} for m in sets], **options)
     if as_json:
-        click.echo(json.dumps(result.combined, indent=2, sort_keys=True))
+        combined = [r.combined for r in results]
+        click.echo(json.dumps(combined[0] if len(sets) == 1 else combined, indent=2,
+                              sort_keys=True))
     else:
-        click.echo(_network_table(result.combined))
+        click.echo("\n".join((f"question {i}:\n" if len(sets) > 1 else "")
+                              + _network_table(r.combined)
+                              for i, r in enumerate(results, start=1)))

@@ -264,16 +264,40 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     # -- handlers -------------------------------------------------------------------------------
 
     def _query(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
-        query = body.get("query")
+        if "report" in body:
+            return self._report(caller, body)
+        refused = self._region_refusal(body.get("query"))
+        if refused is not None:
+            raise refused
+        answer = self.engine.run(body.get("query"), caller, nonce=self.replay.pending())
+        return {"answer": answer}
+
+    def _region_refusal(self, query: Any) -> PermissionDenied | None:
         regions = query.get("regions") if isinstance(query, dict) else None
         if isinstance(regions, list) and regions and self.home.config.region not in regions:
             # The requester named the regions it may reach inside the sealed query, so no
             # router can send its question to a node elsewhere: refused before any data.
-            raise PermissionDenied(f"this node is in region {self.home.config.region!r}, "
-                                   "outside the regions the query allows; ask nodes in "
-                                   "those regions", reason="region")
-        answer = self.engine.run(body.get("query"), caller, nonce=self.replay.pending())
-        return {"answer": answer}
+            return PermissionDenied(f"this node is in region {self.home.config.region!r}, "
+                                    "outside the regions the query allows; ask nodes in "
+                                    "those regions", reason="region")
+        return None
+
+    def _report(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A report (consent.protocol): each query answered or refused as if asked alone,
+        all in one reply. A report that is not a list, empty or over the node's limit is
+        refused whole, logged once, with nothing run and nothing debited."""
+        nonce = self.replay.pending()
+        try:
+            queries = protocol.report_queries(body, self.home.config.max_report_queries)
+        except protocol.ProtocolError as exc:
+            refused = _refusal(exc)
+            self.engine.log_refusal({}, caller, datetime.now(UTC), refused, nonce)
+            raise refused from None
+        results = self.engine.run_report(queries, caller, nonce=nonce,
+                                         refuse=self._region_refusal)
+        return {"report": [
+            protocol.report_refusal(r.code.name, r.reason, str(r))
+            if isinstance(r, RequestError) else protocol.report_answer(r) for r in results]}
 
     def _require_sm2_chain(self, document: Any, what: str) -> None:
         """A gm node's policy: grants and revocations carry the SM2 proof chain.

@@ -244,3 +244,63 @@ def seal_reply(payload: bytes, node: Identity, caller: str, sessions: GMSessionC
         return sessions.seal_reply(session_id, payload)
     except EnvelopeError as exc:
         raise BadEnvelope(f"the reply cannot be sealed ({exc})") from None
+
+
+# -- reports: several queries in one sealed request -------------------------------------------
+
+#: How many queries a node takes in one report unless its node.toml says otherwise.
+DEFAULT_MAX_REPORT = 32
+REFUSED_FIELDS = ("code", "reason", "message")
+
+
+def report_body(queries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of a Query request carrying a **report**: several queries answered in one
+    sealed, signed reply, each as if asked alone."""
+    return {"report": list(queries)}
+
+
+def report_queries(body: dict[str, Any], limit: int) -> list[Any]:
+    """The queries of a report body; MalformedRequest (one sentence) for a report that is
+    not a list, is empty or holds more than the node's ``limit``."""
+    if "query" in body:
+        raise MalformedRequest("a request carries either a query or a report, not both")
+    queries = body.get("report")
+    if not isinstance(queries, list):
+        raise MalformedRequest("a report must be a list of queries")
+    if not queries:
+        raise MalformedRequest("the report is empty: send at least one query",
+                               reason="empty-report")
+    if len(queries) > limit:
+        raise MalformedRequest(f"the report holds {len(queries)} queries, more than this "
+                               f"node's limit of {limit}; split it into reports of at most "
+                               f"{limit}", reason="report-too-large")
+    return queries
+
+
+def report_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """One answered query of a report reply."""
+    return {"answer": answer}
+
+
+def report_refusal(code: str, reason: str, message: str) -> dict[str, Any]:
+    """One refused query of a report reply: the gRPC status name it would have had alone,
+    its reason word and its sentence."""
+    return {"refused": {"code": code, "reason": reason, "message": message}}
+
+
+def report_results(body: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """The verified reply body's results, one per query sent and in order, each exactly an
+    ``answer`` object or a ``refused`` object; BadReply otherwise."""
+    results = body.get("report")
+    if not isinstance(results, list) or len(results) != count:
+        raise BadReply(f"the node's report reply does not hold one result per query "
+                       f"({count} sent)")
+    for item in results:
+        ok = isinstance(item, dict) and len(item) == 1 and (
+            isinstance(item.get("answer"), dict)
+            or (isinstance(item.get("refused"), dict)
+                and all(isinstance(item["refused"].get(f), str) for f in REFUSED_FIELDS)))
+        if not ok:
+            raise BadReply("a result in the node's report reply is neither an answer nor a "
+                           "refusal")
+    return results

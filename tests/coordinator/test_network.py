@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from agent_node.client import NodeError
 from agent_node.home import load_home
 from agent_node.network import NodeProtocolError, _routed
-from agent_node.requester import RegionRefused, ask_network
+from agent_node.requester import RegionRefused, ask_network, ask_network_report
 from agent_node.vault import Vault
 from consent.canonical import canonicalize
 from consent.grants import issue_grant, issue_revocation
@@ -196,6 +196,39 @@ def test_the_requester_combines_the_nodes_answers(network: Network, tmp_path: Pa
         job: w["count"] for job, w in want.items()}
     table = run_cli(*args).stdout
     assert "withheld at" in table and "node-csv (eu-central): answered" in table
+
+
+def test_several_questions_reach_each_node_as_one_report(network: Network,
+                                                        tmp_path: Path) -> None:
+    """Issue 15: one sealed envelope per node carries every question; each question's
+    combination equals the one asked alone, and a question a node refuses is missing from
+    that question only."""
+    by_job = {**QUERY, "measures": ["count", "sum:duration"]}
+    overall = {**QUERY, "measures": ["count"], "group_by": []}
+    refused = {**QUERY, "measures": ["count"], "group_by": ["education"]}  # identity scope
+    with network.coordinator.client() as coordinator:
+        alone = ask_network(network.requester, coordinator, by_job, deadline_ms=10_000)
+        first, second, third = ask_network_report(
+            network.requester, coordinator, [by_job, overall, refused], deadline_ms=10_000)
+    assert first.combined["groups"] == alone.combined["groups"]  # threshold mode: exact
+    assert sorted(first.combined["answered"]) == sorted(n.did for n in network.nodes)
+    [total] = second.combined["groups"]  # every consenting row, released groups or not
+    assert total["values"]["count"] >= sum(g["values"]["count"] for g in alone.combined["groups"])
+    assert [a.outcome for a in third.answers] == ["refused"] * len(network.nodes)
+    assert third.combined["groups"] == [] and all("identity" in a.message
+                                                 for a in third.answers)
+    # Each node answered all three from one signed reply document.
+    assert all(a.document is b.document for a, b in zip(first.answers, second.answers,
+                                                       strict=True))
+
+    save_identity(tmp_path / "requester.key", network.requester, PASSPHRASE)
+    printed = json.loads(run_cli(
+        "sov-query", "ask-network", "--home", str(tmp_path), "--coordinator",
+        network.coordinator.address, "--ca", str(network.coordinator.home / "tls/ca.pem"),
+        "--dataset", "contacts", "--purpose", "marketing-analytics", "--group-by", "job",
+        "--measure", "count", "--measures", "count,sum:duration", "--json").stdout)
+    assert [p["measures"] for p in printed] == [["count"], ["count", "sum:duration"]]
+    assert printed[1]["groups"] == alone.combined["groups"]
 
 
 def test_the_readme_python_example_runs(network: Network, tmp_path: Path,
