@@ -251,10 +251,14 @@ def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen:
             bar.update(1, f"round {entry['round']}: {entry['nodes']} nodes"
                           + (f", {shown}" if shown else ""))
 
+    from fl.protocol import PlanError
+
     try:
         with bar:
             model = run_job(opened, identity, plan, options, fleet_listen=fleet_listen,
                             progress=progress, ledger=ledger)
+    except PlanError as exc:
+        fail(f"the run plan is refused: {exc}")
     finally:
         if ledger is not None:
             ledger.close()

@@ -35,3 +35,22 @@ def test_every_documented_option_exists() -> None:
         assert result.exit_code == 0, f"{tool} {name}: {result.output}"
         for option in options:
             assert option in result.output, f"{tool} {name} has no {option}"
+
+
+def test_train_refuses_a_bad_plan_in_one_sentence(tmp_path: Path) -> None:
+    """sov-coordinator train: a plan that is not a signed training plan is an error line, not
+    a traceback, and nothing is started."""
+    import os
+
+    from coordinator.home import init_home
+
+    home = tmp_path / "coord"
+    init_home(home, "correct horse battery staple")
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"type": "something else"}')
+    result = CliRunner().invoke(coordinator_cli, [
+        "train", "--home", str(home), "--plan", str(plan)],
+        env={**os.environ, "SOV_COORDINATOR_PASSPHRASE": "correct horse battery staple"})
+    assert result.exit_code == 1, result.output
+    assert "the run plan is refused: the run plan must be a signed" in result.output
+    assert "Traceback" not in result.output and not (home / "flower").exists()
