@@ -32,6 +32,7 @@ protos: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: setup browser anvil
 	$(VENV)/bin/ruff check .

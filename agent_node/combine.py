@@ -136,13 +136,13 @@ def combine(measures: list[str], group_by: list[str], answers: list[NodeAnswer]
     for key in sorted(by_key, key=lambda k: [str(part) for part in k]):
         released = by_key[key]
         values, accuracy = _combine_group(measures, released)
-        group: dict[str, Any] = {"key": list(key), "values": values,
-                                 "nodes": [a.node_did for a, _ in released],
-                                 "withheld_at": [a.node_did for a in answered
-                                                 if a not in [r for r, _ in released]]}
+        combined: dict[str, Any] = {"key": list(key), "values": values,
+                                    "nodes": [a.node_did for a, _ in released],
+                                    "withheld_at": [a.node_did for a in answered
+                                                    if a not in [r for r, _ in released]]}
         if accuracy:
-            group["accuracy"] = accuracy
-        groups.append(group)
+            combined["accuracy"] = accuracy
+        groups.append(combined)
     notes = []
     if any(_kind(m) in ("quantile", "median") for m in measures):
         notes.append("quantiles and medians do not combine across nodes: see each node's "

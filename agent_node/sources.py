@@ -150,8 +150,8 @@ def _postgres_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
 
 def _mariadb_rows(source: SourceSpec, dataset: DatasetSpec, base_dir: Path
                   ) -> Iterator[SourceRow]:
-    import pymysql
-    import pymysql.cursors
+    import pymysql  # type: ignore[import-untyped]  # no stubs shipped
+    import pymysql.cursors  # type: ignore[import-untyped]
 
     options = source.options
     password = os.environ.get(options["password_env"], "") if "password_env" in options else ""

@@ -421,6 +421,7 @@ class Vault:
         cursor = conn.execute(
             "INSERT INTO subjects (subject_ref, wrapped_key, created) VALUES (?, ?, ?)",
             (subject_ref, wrapped, iso(utcnow())))
+        assert cursor.lastrowid is not None  # an INSERT always sets it
         return int(cursor.lastrowid)
 
     def data_key(self, conn: sqlite3.Connection, sid: int) -> bytes:
@@ -602,16 +603,17 @@ def _ensure_table(vault: Vault, conn: sqlite3.Connection, dataset: DatasetSpec) 
             columns[encrypted_column(column.name)] = bytes
         else:
             columns[plain_column(column.name)] = _sql_type(column.type)
-    db[name].create(columns, pk="row_id", not_null={"sid", "rfp", "row_mac"})
+    table = db.table(name)
+    table.create(columns, pk="row_id", not_null={"sid", "rfp", "row_mac"})
     # Covering indexes: a consent-scoped aggregate grouped or filtered by an indexed column
     # reads (column, sid, rfp, measures) in group order, with no sort and no table lookups.
     measures = covering_columns(dataset)
-    db[name].create_index(["sid", "rfp", *measures], index_name=f"{name}_sid")
+    table.create_index(["sid", "rfp", *measures], index_name=f"{name}_sid")
     for column in dataset.columns.values():
         if column.index and not column.encrypted:
             own = plain_column(column.name)
-            db[name].create_index([own, "sid", "rfp", *(m for m in measures if m != own)],
-                                  index_name=f"{name}_{column.name}")
+            table.create_index([own, "sid", "rfp", *(m for m in measures if m != own)],
+                               index_name=f"{name}_{column.name}")
     conn.execute("INSERT OR REPLACE INTO datasets (name, layout, synced_at, row_count) "
                  "VALUES (?, ?, NULL, 0)", (dataset.name, _layout(dataset)))
 

@@ -300,7 +300,7 @@ def json_native(f: F) -> F:
                         help="Accepted for scripts: this command prints JSON already.")(f)
 
 
-def emit(as_json: bool, data: Any, human: Callable[[], None] | str) -> None:
+def emit(as_json: bool, data: Any, human: Callable[[], object] | str) -> None:
     """Print ``data`` as indented JSON with ``--json``, else the human form (a callable or a
     text)."""
     if as_json:

@@ -422,7 +422,8 @@ class GMSessionCache:
                 session = None
         # A repeated opening is recognised by its digest, so no SM2 work is redone.
         repeated = session is not None and opening is not None
-        if repeated and sm3(opening.signed + opening.signature) != session.opening_digest:
+        if session is not None and opening is not None and repeated \
+                and sm3(opening.signed + opening.signature) != session.opening_digest:
             raise EnvelopeError(
                 "this gm session id is already in use by another session: open a new session"
             )

@@ -80,7 +80,8 @@ def follow(pinned: str, presented: str, statements: Sequence[Any]) -> list[Rotat
         except RotationError:
             continue  # a bad statement proves nothing; the chain must still be found
         by_previous.setdefault(rotation.previous, rotation)
-    chain, current = [], pinned
+    chain: list[Any] = []
+    current = pinned
     while current != presented:
         step = by_previous.get(current)
         if step is None or len(chain) >= MAX_CHAIN:

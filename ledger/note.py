@@ -44,7 +44,8 @@ def _check_key_name(name: str) -> None:
 
 
 class NoteSigner(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def key_id(self) -> bytes: ...
 
@@ -52,8 +53,11 @@ class NoteSigner(Protocol):
 
 
 class NoteVerifier(Protocol):
-    name: str
-    sig_type: bytes
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sig_type(self) -> bytes: ...
 
     def key_id(self) -> bytes: ...
 

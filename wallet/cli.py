@@ -16,7 +16,14 @@ from typing import Any
 import click
 
 from consent import timespec
-from consent.commandline import GlobalOption, ToolGroup, emit, global_value, json_option
+from consent.commandline import (
+    Failure,
+    GlobalOption,
+    ToolGroup,
+    emit,
+    global_value,
+    json_option,
+)
 from consent.passphrase import read_passphrase
 from protos.transport import canonical_address
 from wallet import service
@@ -26,6 +33,12 @@ from wallet.store import iso, utcnow
 PASSPHRASE_ENV = "CONSENT_WALLET_PASSPHRASE"
 HOME_ENV = "CONSENT_WALLET_HOME"
 EXIT_PENDING = 3  # saved locally, not yet delivered: `consent-wallet sync` finishes the job
+
+
+class Pending(click.ClickException):
+    """Saved in the wallet, not yet delivered: exit 3, `consent-wallet sync` finishes it."""
+
+    exit_code = EXIT_PENDING
 
 
 class WalletGroup(ToolGroup):
@@ -177,9 +190,9 @@ def requesters_list(ctx: Context, as_json: bool) -> None:
         known = names(store)
     finally:
         store.close()
-    emit(as_json, [{"did": d, "name": n} for d, n in sorted(known.items())], lambda: [
-        click.echo(f"{n}  {d}") for d, n in sorted(known.items())
-    ] or click.echo("No company profiles yet: `consent-wallet requesters add FILE`."))
+    emit(as_json, [{"did": d, "name": n} for d, n in sorted(known.items())],
+         "\n".join(f"{n}  {d}" for d, n in sorted(known.items()))
+         or "No company profiles yet: `consent-wallet requesters add FILE`.")
 
 
 @cli.group(cls=WalletGroup)
@@ -249,10 +262,9 @@ def nodes_list(ctx: Context, as_json: bool) -> None:
         records = store.nodes()
     finally:
         store.close()
-    emit(as_json, [_node_json(n) for n in records], lambda: [
-        click.echo(f"{n.address}  {n.name or '?'}  {n.region or '?'}  {n.did or '(never reached)'}")
-        for n in records
-    ] or click.echo("No nodes yet: `consent-wallet nodes add ADDR --ca FILE`."))
+    emit(as_json, [_node_json(n) for n in records], "\n".join(
+        f"{n.address}  {n.name or '?'}  {n.region or '?'}  {n.did or '(never reached)'}"
+        for n in records) or "No nodes yet: `consent-wallet nodes add ADDR --ca FILE`.")
 
 
 def _node_json(node: Any) -> dict[str, Any]:
@@ -383,6 +395,7 @@ def grant(
         if retry_id is not None:
             outcome = wallet.retry(retry_id)
         else:
+            assert node and requester and purpose  # checked above when not --retry
             outcome = wallet.grant(
                 node=node, requester=requester, purpose=purpose, scopes=list(scopes),
                 ttl=duration, purpose_text=purpose_text, max_queries=max_queries,
@@ -400,10 +413,9 @@ def grant(
         + (f"\n  note: {outcome.message}" if outcome.delivered and outcome.message else "")
     ))
     if not outcome.delivered and record.delivery != "delivered":
-        exc = click.ClickException(_sentence(outcome.message or "the grant was not delivered"))
+        message = _sentence(outcome.message or "the grant was not delivered")
         # A refused grant is not pending: `sync` will not deliver it, so it is a plain failure.
-        exc.exit_code = 1 if record.delivery == service.REFUSED else EXIT_PENDING
-        raise exc
+        raise (Failure(message) if record.delivery == service.REFUSED else Pending(message))
 
 
 @cli.command()
@@ -487,11 +499,9 @@ def sync(ctx: Context, as_json: bool) -> None:
 
     emit(as_json, data, human)
     if report.failed:
-        exc = click.ClickException(
+        raise Pending(
             f"{len(report.failed)} item(s) still pending: " + next(iter(report.failed.values()))
         )
-        exc.exit_code = EXIT_PENDING
-        raise exc
 
 
 @cli.command("access-log")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from consent import grantstate
 from consent.grants import issue_grant, issue_revocation, verify_grant
@@ -652,7 +652,8 @@ class Wallet:
                 client.latest_tree_head()  # the ledger can sign with that key, right now
         except LedgerError as exc:
             cause = exc.__cause__
-            code = cause.code().name if isinstance(cause, grpc_error()) else type(exc).__name__
+            code = (cast(Any, cause).code().name if isinstance(cause, grpc_error())
+                    else type(exc).__name__)
             raise LedgerUnavailable(
                 f"cannot get a verified log key from the ledger at {address} ({code}); nothing "
                 "was changed: check the address, that the ledger is running, and that the CA "
