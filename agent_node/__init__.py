@@ -16,3 +16,7 @@ Read in this order:
 - ``client``      the Python client wallets and requesters use; ``requester`` the CRM side
 - ``cli`` / ``requester_cli``  ``sov-node`` and ``sov-query`` (thin; nothing imports them)
 """
+
+# The modules other packages may import (tests/test_public_names.py): the client side a wallet
+# or a requester uses, and the node's Python API. Storage, engine and service are the node's own.
+__all__ = ["client", "errors", "network", "node", "requester"]

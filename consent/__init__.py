@@ -16,12 +16,35 @@ from consent.errors import ConsentError
 from consent.grants import Grant, Revocation, Scope, issue_grant, verify_grant
 from consent.identity import Identity
 
+# The public names other packages may import (tests/test_public_names.py): these, and every
+# module of the kernel.
 __all__ = [
     "ConsentError",
     "Grant",
     "Identity",
     "Revocation",
     "Scope",
+    "canonical",
+    "commandline",
+    "did",
+    "envelope",
+    "envelope_gm",
+    "errors",
+    "grants",
+    "grantstate",
+    "identity",
+    "integrity",
     "issue_grant",
+    "keystore",
+    "multibase",
+    "passphrase",
+    "profile",
+    "protocol",
+    "registration",
+    "replay",
+    "rotation",
+    "sm",
+    "timespec",
+    "utctime",
     "verify_grant",
 ]

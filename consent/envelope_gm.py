@@ -68,6 +68,7 @@ __all__ = [
     "KIND_REPLY",
     "KIND_REQUEST",
     "PROFILE_GM",
+    "SESSION_ID_BYTES",
     "VERSION",
     "GMOpened",
     "GMSession",

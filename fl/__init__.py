@@ -5,3 +5,6 @@ federatedly under DP; ``fl.models`` builds logistic regression and a small MLP (
 ``fl.train`` trains locally, with DP-SGD (Opacus) when asked; ``fl.metrics`` has ROC-AUC. The
 Flower apps that move these between the nodes and the coordinator are built on top of them.
 """
+
+# The modules other packages may import (tests/test_public_names.py).
+__all__ = ["artifact", "client", "deploy", "features", "metrics", "models", "protocol", "train"]

@@ -14,3 +14,8 @@ erasure proofs, with C2SP signed tree heads, receipts and chain anchoring.
 - ``home``     a ledger's home folder; ``service`` / ``wire`` / ``client`` the gRPC service
 - ``audit`` / ``report``  the logic behind ``sov-audit``; ``cli`` / ``audit_cli`` the commands
 """
+
+# The modules other packages may import (tests/test_public_names.py); the rest (the log,
+# notes, the leaf index, the audit and report logic, the commands) is the ledger's own.
+__all__ = ["anchor", "authority", "authors", "client", "customer", "erasure", "errors", "events",
+           "home", "merkle", "migration", "models", "service", "verify"]

@@ -5,3 +5,6 @@ Generated modules import as ``protos.sovereign.v1.<name>_pb2``; regenerate them 
 committed code is stale. ``protos.transport`` and ``protos.tls`` hold the gRPC/TLS plumbing
 shared by every service.
 """
+
+# The modules other packages may import (tests/test_public_names.py).
+__all__ = ["sovereign", "tls", "transport"]
