@@ -27,6 +27,7 @@ import logging
 import mmap
 import os
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,10 +158,13 @@ class Erasure:
             row = conn.execute("SELECT state FROM erasures WHERE did_tag = ?", (tag,)).fetchone()
         if row is None or row[0] == "proved":
             return
+        pages = None  # after a crash in between, the rewritten pages are unknown: full scan
         if row[0] == "requested":
             self._destroy_rows(tag)
+            if self.home.config.erasure_scan == "pages":
+                pages = rewritten_pages(self.vault.path)
         self._checkpoint()
-        scan = self._scan(tag)
+        scan = self._scan(tag, pages)
         self._prove(tag, scan)
         self._checkpoint()
         self._write_list()
@@ -197,14 +201,16 @@ class Erasure:
                          "updated_at = ? WHERE did_tag = ?",
                          (self._seal(tag, state), _now(), tag))
 
-    def _scan(self, tag: str) -> dict[str, Any]:
+    def _scan(self, tag: str, pages: Pages | None = None) -> dict[str, Any]:
         from agent_node.backup import clear_work
 
         clear_work(self.home.path)  # a crashed backup's plain snapshot must not outlive this
         with self.vault.connection() as conn:
             state = self._open(tag, conn.execute("SELECT pending FROM erasures WHERE "
                                                  "did_tag = ?", (tag,)).fetchone()[0])
-        return scan_home(self.home.path, state["needles"], shared=int(state["shared"]))
+        vault = (self.vault.path.relative_to(self.home.path), pages) if pages else None
+        return scan_home(self.home.path, state["needles"], shared=int(state["shared"]),
+                         vault_pages=vault)
 
     def _prove(self, tag: str, scan: dict[str, Any]) -> None:
         from agent_node.backup import erase_backup_keys
@@ -370,17 +376,97 @@ class Erasure:
         tmp.replace(path)
 
 
-def scan_home(home: Path, needles: list[str], *, shared: int = 0) -> dict[str, Any]:
-    """Count the needles' occurrences in the raw bytes of every file under ``home``."""
+@dataclass(frozen=True)
+class Pages:
+    """Pages of the vault database a deletion rewrote (numbers from 1), of ``size`` bytes."""
+
+    size: int
+    numbers: frozenset[int]
+
+
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def rewritten_pages(database: Path) -> Pages | None:
+    """Every page the WAL of ``database`` holds a frame of, right after the erasure's delete
+    committed: the pages that held the customer's rows and index entries (now rewritten,
+    their freed space zeroed by ``secure_delete``), plus pages of recent other writes. None
+    when that cannot be told (no WAL, or another writer restarted it meanwhile): the caller
+    then scans the whole vault."""
+    wal = Path(str(database) + "-wal")
+    numbers: set[int] = set()
+    try:
+        with open(wal, "rb") as handle:
+            header = handle.read(32)
+            length = os.fstat(handle.fileno()).st_size
+            if len(header) < 32:
+                return None
+            magic, _, size, _, salt1, salt2 = struct.unpack(">6I", header[:24])
+            if magic not in WAL_MAGIC or size < 512 or size & (size - 1):
+                return None
+            offset = 32
+            while offset + 24 + size <= length:  # frame headers only: 24 bytes a page
+                handle.seek(offset)
+                page, _, frame1, frame2 = struct.unpack(">4I", handle.read(16))
+                if (frame1, frame2) != (salt1, salt2):
+                    break  # frames of an earlier WAL generation: already in the database
+                numbers.add(page)
+                offset += 24 + size
+            handle.seek(0)
+            if handle.read(24) != header[:24]:
+                return None  # restarted by another writer while we read
+    except (OSError, struct.error):
+        return None
+    return Pages(size, frozenset(numbers)) if numbers else None
+
+
+def scan_home(home: Path, needles: list[str], *, shared: int = 0,
+              vault_pages: tuple[Path, Pages] | None = None) -> dict[str, Any]:
+    """Count the needles' occurrences in the raw bytes of every file under ``home``; with
+    ``vault_pages``, that database file is read only at those pages."""
     encoded = [n.encode() for n in needles if n]
     files = []
     for relative in locations.home_files(home):
         path = Path(home) / relative
         location = locations.file_location(relative)
-        files.append({"path": relative, "location": location.name if location else
-                      "unregistered", "bytes": path.stat().st_size,
-                      "hits": count_in_file(path, encoded)})
-    return {"needles": len(encoded), "shared_values_skipped": shared, "files": files}
+        entry: dict[str, Any] = {"path": relative, "location": location.name if location
+                                 else "unregistered", "bytes": path.stat().st_size}
+        if vault_pages is not None and Path(relative) == vault_pages[0]:
+            pages = vault_pages[1]
+            entry.update(hits=count_in_pages(path, encoded, pages), scanned="rewritten pages",
+                         pages=len(pages.numbers))
+        else:
+            entry["hits"] = count_in_file(path, encoded)
+        files.append(entry)
+    return {"needles": len(encoded), "shared_values_skipped": shared,
+            "vault": "rewritten pages" if vault_pages else "whole file", "files": files}
+
+
+def count_in_pages(path: Path, needles: list[bytes], pages: Pages) -> int:
+    """Occurrences of any needle in those pages of ``path``, runs of adjacent pages read as
+    one (a value may continue on the next page)."""
+    if not needles:
+        return 0
+    hits = 0
+    try:
+        with open(path, "rb") as handle:
+            for first, count in _runs(sorted(pages.numbers)):
+                handle.seek((first - 1) * pages.size)
+                data = handle.read(count * pages.size)
+                hits += sum(data.count(n) for n in needles if n)
+    except OSError:
+        return 0
+    return hits
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and runs[-1][0] + runs[-1][1] == number:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((number, 1))
+    return runs
 
 
 def count_in_file(path: Path, needles: list[bytes]) -> int:

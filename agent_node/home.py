@@ -72,6 +72,9 @@ class NodeConfig:
     coordinator_listen: str = ""   # optional: a second port, mutual TLS, for the coordinator
     coordinator_ca: str = ""       # the coordinator's TLS CA (PEM) its client certificate must
     #                                chain to; relative to the node home
+    erasure_scan: str = "pages"    # "pages": an erasure scans every file of the home whole and,
+    #                                in the vault, the pages its deletion rewrote; "full": the
+    #                                whole vault too (time grows with the vault)
 
     @property
     def max_ttl(self) -> timedelta:
@@ -108,6 +111,9 @@ class NodeConfig:
                               "certificate chains to coordinator_ca")
         if self.coordinator_listen:
             check_listen(self.coordinator_listen, "node.toml key 'coordinator_listen'")
+        if self.erasure_scan not in ("pages", "full"):
+            raise ConfigError("node.toml key 'erasure_scan': must be \"pages\" (the vault "
+                              "pages an erasure rewrote) or \"full\" (the whole vault)")
         if self.ledger_address and not self.ledger_ca:
             raise ConfigError("node.toml key 'ledger_ca': set it to the ledger's CA certificate "
                               "(PEM) when 'ledger_address' is set")

@@ -164,6 +164,9 @@ def test_erasure_leaves_no_byte_and_a_verifiable_proof(
     # Every byte of the node home: no marker, no DID.
     assert _hits(node.home.path, _needles(node)) == {}
     assert protocol.scan_hits(proof) == 0 and proof["scan"]["needles"] >= 4
+    # The default scan reads the vault at the pages the deletion rewrote, every other file whole.
+    vault_entry = next(f for f in proof["scan"]["files"] if f["path"] == "vault.sqlite")
+    assert proof["scan"]["vault"] == "rewritten pages" and vault_entry["pages"] > 0
     by_name = {loc["name"]: loc for loc in proof["locations"]}
     assert by_name["vault.dataset_rows"]["rows"] == 6
     assert by_name["vault.grants"]["rows"] == 1 and by_name["vault.subject_salts"]["rows"] == 1
@@ -215,3 +218,29 @@ def test_a_proof_changed_in_any_field_fails(
         changed[field] = {**value, "needles": 0}
     with pytest.raises(protocol.ErasureError):
         protocol.verify_proof(changed)
+
+
+def test_the_rewritten_pages_scan_finds_what_a_deletion_left(tmp_path: Path) -> None:
+    """The pages a committed delete rewrote are read from the WAL; a marker left in them (here:
+    without secure_delete) is found, and one in a page the delete did not touch is not read."""
+    import sqlite3
+
+    from agent_node.erasure import count_in_pages, rewritten_pages
+
+    path = tmp_path / "v.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA secure_delete=OFF")
+    db.execute("CREATE TABLE a (x TEXT)")
+    db.execute("CREATE TABLE b (x TEXT)")
+    db.executemany("INSERT INTO a VALUES (?)", [("zq-gone-4711",), ("kept",)])
+    db.execute("INSERT INTO b VALUES ('zq-other-4711')")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("UPDATE a SET x = 'zq-gone-4711 moved' WHERE x = 'kept'")  # the "deletion"
+    pages = rewritten_pages(path)
+    assert pages is not None and pages.size == 4096
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert count_in_pages(path, [b"zq-gone-4711"], pages) == 2
+    assert count_in_pages(path, [b"zq-other-4711"], pages) == 0  # table b was not rewritten
+    assert rewritten_pages(path) is None  # truncated WAL: the caller scans the whole vault
+    db.close()
