@@ -38,7 +38,8 @@ import json
 import sqlite3
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -302,8 +303,12 @@ class QueryEngine:
     # -- grants ---------------------------------------------------------------------------------
 
     def _grants(self, conn: sqlite3.Connection, query: Query, requester: str,
-                scopes: set[str], now: datetime, versions: str | None = None
-                ) -> list[_GrantRow]:
+                scopes: set[str], now: datetime, versions: str | None = None,
+                fast: bool = False) -> list[_GrantRow]:
+        """The active grants covering the query, with their spend. ``fast`` (the query
+        engine's read phase only): when the headroom cache shows every grant can pay the
+        query's epsilon, their spend is not read (``spent`` 0: every one is kept; the write
+        phase checks the spend exactly)."""
         ts = now.timestamp()
         if query.grant_ids:
             return [self._named_grant(conn, gid, query, requester, scopes, ts)
@@ -311,6 +316,9 @@ class QueryEngine:
         view = self._view(conn, requester, query.purpose, versions)
         active = _active(view, frozenset(scopes), ts, self.settings.dp)
         budgeted = [g[0] for g, row in active if row is None]
+        if fast and budgeted and self._covered(conn, query, active, budgeted):
+            return [_GrantRow(gid, subject, granted, eps, 0, False)
+                    for (gid, subject, granted, _, _, _, eps), _ in active]
         live = spend.usage(conn, budgeted) if budgeted else {}
         grants = []
         for (gid, subject, granted, _, _, max_q, eps), row in active:
@@ -326,6 +334,21 @@ class QueryEngine:
                 f"{', '.join(sorted(scopes))} data for {query.purpose!r}; ask customers for a "
                 "grant covering that purpose and scope", reason="no-grant")
         return grants
+
+    def _covered(self, conn: sqlite3.Connection, query: Query,
+                 active: list[tuple[tuple[Any, ...], _GrantRow | None]],
+                 budgeted: list[str]) -> bool:
+        """Whether the cached headroom of this grant set shows, in this snapshot, that every
+        grant can pay the query's epsilon (dp mode, no grant with max_queries)."""
+        if not self.settings.dp or len(budgeted) != len(active) \
+                or any(g[5] is not None for g, _ in active):
+            return False
+        known = self._headroom.get(accesslog.set_digest(accesslog.GRANT_SET, budgeted))
+        if known is None:
+            return False
+        now = spend.totals(conn)
+        return now[0] >= known.at[0] and now[1] >= known.at[1] \
+            and known.micro - (now[1] - known.at[1]) >= self._query_epsilon(query)
 
     def _view(self, conn: sqlite3.Connection, requester: str, purpose: str,
               versions: str | None = None) -> _ConsentView:
@@ -438,20 +461,25 @@ class QueryEngine:
                         reason="contended")
 
     def _read(self, query: Query, dataset: DatasetSpec, columns: dict[str, ColumnSpec],
-              scopes: set[str], requester: str, now: datetime) -> _Plan:
+              scopes: set[str], requester: str, now: datetime,
+              shared: tuple[sqlite3.Connection, dict[Any, Any]] | None = None) -> _Plan:
         """The read phase, on a consistent snapshot: grants and budgets, consent filter,
         aggregates, then (dp) partition selection and noise or (threshold) k-suppression and
         exact values, and the prepared access event. Nothing is written to the vault here
         (only this connection's temp tables)."""
-        with self.vault.snapshot() as conn:
+        with self._snapshot(shared) as conn:
             # One statement for what the snapshot must start with (each costs ~40 us).
             layout, version, versions, subjects = _snapshot_state(conn, dataset.name)
             if layout != self.vault.layout(dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
-            grants = self._grants(conn, query, requester, scopes, now, versions)
+            grants = self._report_memo(shared, ("grants", query.purpose, frozenset(scopes),
+                                                query.grant_ids, query.epsilon),
+                                       lambda: self._grants(conn, query, requester, scopes, now,
+                                                            versions, fast=True))
             grants, left_out, epsilon = self._privacy_budget(query, grants)
-            owners, trivial = self._eligible(conn, query, requester, grants, versions)
+            owners, trivial = self._eligible(conn, query, requester, grants, versions,
+                                             shared[1] if shared else None)
             # Many consenting subjects: read the rows the filters select and keep theirs.
             # Few: seek each one's rows through the subject index.
             dense = len(owners) * DENSE_FRACTION >= subjects
@@ -479,6 +507,28 @@ class QueryEngine:
                                 released=False)
         return _Plan(version, used_grants, None, used, candidates, digests, blobs,
                      len(groups) - len(candidates), exact, event, empty)
+
+    @contextmanager
+    def _snapshot(self, shared: tuple[sqlite3.Connection, dict[Any, Any]] | None
+                  ) -> Iterator[sqlite3.Connection]:
+        """A snapshot of its own, or the report's shared one (its read phases see one state
+        of the vault; each write phase still checks consent and budgets exactly)."""
+        if shared is not None:
+            yield shared[0]
+            return
+        with self.vault.snapshot() as conn:
+            yield conn
+
+    @staticmethod
+    def _report_memo(shared: tuple[sqlite3.Connection, dict[Any, Any]] | None, key: Any,
+                     compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per report for ``key`` (same snapshot, same inputs)."""
+        if shared is None:
+            return compute()
+        memo = shared[1]
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def _read_dp(self, conn: sqlite3.Connection, query: Query, dataset: DatasetSpec,
                  columns: dict[str, ColumnSpec], requester: str, now: datetime, version: str,
@@ -538,7 +588,8 @@ class QueryEngine:
             # first: in O(1) while the set's cached headroom covers it, else exactly.
             key = accesslog.set_digest(accesslog.GRANT_SET, used_ids) if used_ids else ""
             ok, exact = spend.check(conn, self._headroom, key, micro,
-                                    {g.grant_id: self.budget(g) for g in plan.used_grants},
+                                    lambda: {g.grant_id: self.budget(g)
+                                             for g in plan.used_grants},
                                     [g.grant_id for g in plan.used_grants if g.limited])
             if not ok:
                 raise _Stale
@@ -609,8 +660,8 @@ class QueryEngine:
         return answer
 
     def _eligible(self, conn: sqlite3.Connection, query: Query, requester: str,
-                  grants: list[_GrantRow], versions: str | None = None
-                  ) -> tuple[dict[int, list[str]], bool]:
+                  grants: list[_GrantRow], versions: str | None = None,
+                  built: dict[Any, Any] | None = None) -> tuple[dict[int, list[str]], bool]:
         """Fill temp._eligible with the sids bound to the grants' subjects (the consent
         filter) and each sid's privacy unit; skipped when this thread's temp table already
         holds exactly that set. Returns each eligible sid's subject DIDs (a customer may be
@@ -626,6 +677,10 @@ class QueryEngine:
                 found = view.remember(key, _eligible_set(
                     {g.subject: view.sids.get(g.subject, []) for g in grants}))
             owners, listed, marker, trivial = found
+        if built is not None and built.get("eligible") == marker:
+            return owners, trivial  # filled earlier in this report's shared snapshot
+        if built is not None:
+            built["eligible"] = marker
         if getattr(self._local, "eligible", None) != marker:
             self._local.eligible = None  # unknown until the snapshot commits
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS _eligible (sid INTEGER PRIMARY KEY, "
@@ -923,12 +978,15 @@ class QueryEngine:
         unlogged = [i for i, r in enumerate(results) if r is not None]
         for _ in range(MAX_ATTEMPTS):
             plans: dict[int, _Plan] = {}
-            for i, (query, dataset, columns, scopes) in todo.items():
-                try:
-                    plans[i] = self._read(query, dataset, columns, scopes, requester, now)
-                except RequestError as exc:
-                    results[i] = exc
-                    unlogged.append(i)
+            with self.vault.snapshot() as conn:
+                shared: tuple[sqlite3.Connection, dict[Any, Any]] = (conn, {})
+                for i, (query, dataset, columns, scopes) in todo.items():
+                    try:
+                        plans[i] = self._read(query, dataset, columns, scopes, requester, now,
+                                              shared)
+                    except RequestError as exc:
+                        results[i] = exc
+                        unlogged.append(i)
             todo = {i: todo[i] for i in plans}
             records = [self._refusal_record(raw_queries[i], requester, now, results[i],
                                             None, getattr(results[i], "left_out", []))

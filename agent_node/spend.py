@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from agent_node import locations
@@ -112,10 +112,10 @@ class HeadroomCache:
 
 
 def check(conn: sqlite3.Connection, cache: HeadroomCache, key: str, micro: int,
-          budgets: Mapping[str, int], limited: Iterable[str] = ()
+          budgets: Callable[[], Mapping[str, int]], limited: Iterable[str] = ()
           ) -> tuple[bool, Headroom | None]:
     """Whether every grant of a set (cached under ``key``, the set's digest, known before the
-    set is stored; ``budgets``: grant id -> its budget in
+    set is stored; ``budgets()``: grant id -> its budget in
     micro-epsilon) can pay ``micro`` and, those among ``limited`` (grants with max_queries),
     one more query. Inside the write transaction. Returns (ok, the exact headroom to
     remember once the transaction commits, or None when the cached bound sufficed)."""
@@ -128,8 +128,9 @@ def check(conn: sqlite3.Connection, cache: HeadroomCache, key: str, micro: int,
         if known.micro - spent >= micro and (known.queries is None
                                              or known.queries - asked >= 1):
             return True, None
-    used = usage(conn, budgets)
-    least = min((budgets[g] - used.get(g, (0, 0))[1] for g in budgets), default=micro)
+    of = budgets()
+    used = usage(conn, of)
+    least = min((of[g] - used.get(g, (0, 0))[1] for g in of), default=micro)
     limits = dict(conn.execute(
         "SELECT grant_id, max_queries FROM grants WHERE max_queries IS NOT NULL AND grant_id IN "
         "(SELECT value FROM json_each(?))", (json.dumps(sorted(limited)),))) if limited else {}
