@@ -161,3 +161,23 @@ def test_kill_9_mid_migrate_is_finished_by_resume(
     assert _customer_rows(b, did) == 3  # imported once: the repeated request got its receipt
     assert _count(b, "SELECT count(*) FROM imports") == 1
     assert_clean_error(wallet("migrate", "--resume"), "no migration is unfinished")
+
+
+def test_kill_9_mid_migrate_then_a_refusal_rolls_back(
+    initialised: WalletCLI, nodes: tuple[NodeProcess, NodeProcess],
+) -> None:
+    wallet, (a, b) = initialised, nodes
+    did = _prepare(wallet, a, b)
+    crashed = subprocess.run([sys.executable, "-c", CRASH.format(passphrase=PASSPHRASE),
+                              str(wallet.home), a.address, b.address, "after-export"],
+                             env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    b.stop()  # meanwhile B stops keeping orders: on resume it refuses the import
+    (b.home / "datamap.toml").write_text(DATAMAP.replace("datasets.orders", "datasets.sales"))
+    b.start()
+    result = wallet("migrate", "--resume")
+    assert_clean_error(result, "refused the import", f"your data stays at {a.address}",
+                       exit_code=1)
+    assert _customer_rows(a, did) == 3 and _count(a, "SELECT count(*) FROM grants") == 1
+    assert _count(b, "SELECT count(*) FROM bindings WHERE did = ?", did) == 0
+    assert_clean_error(wallet("migrate", "--resume"), "no migration is unfinished")
