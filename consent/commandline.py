@@ -383,13 +383,16 @@ class Progress:
                 TaskProgressColumn(), TimeElapsedColumn(),
                 console=Console(stderr=True), transient=False)
 
-    def advance(self, label: str, n: int = 1, total: int | None = None) -> None:
-        """Count ``n`` more units of the task ``label`` (created on first use)."""
+    def advance(self, label: str, n: int = 1, total: int | None = None,
+                note: str = "") -> None:
+        """Count ``n`` more units of the task ``label`` (created on first use); ``note``
+        (e.g. the last round's metrics) is shown after the label."""
         if self._rich is None:
             return
         if label not in self._tasks:
             self._tasks[label] = self._rich.add_task(label, total=total)
-        self._rich.advance(self._tasks[label], n)
+        description = f"{label}: {note}" if note else label
+        self._rich.update(self._tasks[label], advance=n, description=description)
 
     def __enter__(self) -> Progress:
         if self._rich is not None:

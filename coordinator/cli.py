@@ -8,16 +8,22 @@ registry directly (SQLite file or PostgreSQL DSN), so they work whether or not t
 from __future__ import annotations
 
 import json
-import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from consent.commandline import SharedOption, ToolGroup, emit, fail, json_option
+from consent.commandline import (
+    SharedOption,
+    ToolGroup,
+    emit,
+    fail,
+    json_logging,
+    json_option,
+)
+from consent.commandline import progress as progress_display
 from consent.errors import ConsentError
 from consent.passphrase import read_passphrase, shared_passphrase_file
 from coordinator.errors import CoordinatorError
@@ -90,7 +96,7 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None,
     """Serve sovereign.v1.Coordinator over TLS until interrupted."""
     from coordinator.server import start
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    json_logging()  # JSON lines only, as the node's log
     opened = open_home(Path(home))
     passphrase = _passphrase(passphrase_file)
     running = start(opened, opened.identity(passphrase), passphrase, address=listen)
@@ -241,20 +247,20 @@ def train(home: str, passphrase_file: Path | None, plan_file: str, fleet_listen:
     address = ledger_address or (opened.config.listen if opened.ledger_path else None)
     ca = Path(ledger_ca).read_bytes() if ledger_ca else opened.ca_pem()
     ledger = LedgerClient(address, ca) if address else None
-    bar = click.progressbar(length=rounds, label="training", file=sys.stderr,
-                            item_show_func=lambda e: e)
+    from fl.protocol import PlanError
+
+    display = progress_display(as_json)  # on a terminal only, never under --json
 
     def progress(entry: dict[str, Any]) -> None:
         if "round" in entry:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
                               if k not in ("round", "nodes") and isinstance(v, float))
-            bar.update(1, f"round {entry['round']}: {entry['nodes']} nodes"
-                          + (f", {shown}" if shown else ""))
-
-    from fl.protocol import PlanError
+            display.advance("training", 1, total=rounds,
+                            note=f"round {entry['round']}: {entry['nodes']} nodes"
+                            + (f", {shown}" if shown else ""))
 
     try:
-        with bar:
+        with display:
             model = run_job(opened, identity, plan, options, fleet_listen=fleet_listen,
                             progress=progress, ledger=ledger)
     except PlanError as exc:

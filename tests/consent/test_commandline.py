@@ -75,3 +75,13 @@ def test_progress_is_quiet_without_a_terminal_or_under_json() -> None:
     assert progress(as_json=True)._rich is None
     with Progress(False) as shown:
         shown.advance("sync orders", 1000)  # a no-op, not an error
+
+
+def test_progress_draws_counts_and_the_last_note(capsys: pytest.CaptureFixture[str]) -> None:
+    """Drawn (forced here; on a terminal in use): the task, its count of the total and the
+    latest note, e.g. a training round's metrics."""
+    with Progress(True) as shown:
+        shown.advance("training", 1, total=3, note="round 1: 3 nodes, auc 0.81")
+        shown.advance("training", 1, total=3, note="round 2: 3 nodes, auc 0.83")
+    drawn = capsys.readouterr().err
+    assert "training: round 2: 3 nodes, auc 0.83" in drawn and "2/3" in drawn
