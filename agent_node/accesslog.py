@@ -40,6 +40,7 @@ subjects whose data the events under it used, never the DIDs themselves.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import json
 import sqlite3
@@ -243,6 +244,11 @@ SET_CACHE_SIZE = 65536
 
 def set_digest(kind: str, members: list[int] | list[str]) -> str:
     """Identity of a set of subjects (sids) or grants (ids), independent of order."""
+    return _set_digest(kind, tuple(members))
+
+
+@functools.lru_cache(maxsize=64)  # a query names the same sets several times (issue 15)
+def _set_digest(kind: str, members: tuple[int, ...] | tuple[str, ...]) -> str:
     if kind == SUBJECT_SET:
         data = array.array("q", sorted(set(members))).tobytes()  # type: ignore[arg-type]
     else:

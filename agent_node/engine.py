@@ -433,8 +433,12 @@ class QueryEngine:
             return kept, [], None
         epsilon = self._query_epsilon(query)
         kept, left = [], []
+        budgets: dict[float | None, int] = {}  # most grants share the node's default
         for grant in grants:
-            (kept if grant.spent + epsilon <= self.budget(grant) else left).append(grant)
+            budget = budgets.get(grant.dp_epsilon)
+            if budget is None:
+                budget = budgets[grant.dp_epsilon] = self.budget(grant)
+            (kept if grant.spent + epsilon <= budget else left).append(grant)
         if not kept:
             exc = BudgetExhausted("every grant covering this query has spent its privacy "
                                   "budget; ask the customers for new grants or a smaller "
@@ -473,11 +477,11 @@ class QueryEngine:
             if layout != self.vault.layout(dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
-            grants = self._report_memo(shared, ("grants", query.purpose, frozenset(scopes),
-                                                query.grant_ids, query.epsilon),
-                                       lambda: self._grants(conn, query, requester, scopes, now,
-                                                            versions, fast=True))
-            grants, left_out, epsilon = self._privacy_budget(query, grants)
+            grants, left_out, epsilon = self._report_memo(
+                shared, ("grants", query.purpose, frozenset(scopes), query.grant_ids,
+                         query.epsilon),
+                lambda: self._privacy_budget(query, self._grants(
+                    conn, query, requester, scopes, now, versions, fast=True)))
             owners, trivial = self._eligible(conn, query, requester, grants, versions,
                                              shared[1] if shared else None)
             # Many consenting subjects: read the rows the filters select and keep theirs.

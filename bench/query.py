@@ -245,36 +245,38 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and its worker processes (sov-node serve --workers)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` and its worker processes (sov-node serve --workers):
+    ``VmRSS`` (all of it, including the vault's pages mapped from the OS page cache by
+    SQLite's mmap) or ``RssAnon`` (the processes' own memory)."""
     status = Path(f"/proc/{pid}/status").read_text()
-    kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    kib = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return kib / 1024 + sum(rss_mib(int(child)) for child in children)
+    return kib / 1024 + sum(rss_mib(int(child), field) for child in children)
 
 
 class Peak:
-    """The peak resident memory of a process tree, sampled every 0.2 s in a thread while
-    the ``with`` block runs (RSS under load, not after it)."""
+    """The peak resident memory (``field`` of /proc/PID/status) of a process tree, sampled
+    every 0.2 s in a thread while the ``with`` block runs (RSS under load, not after it)."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid, self.value = pid, 0.0
+    def __init__(self, pid: int, field: str = "VmRSS") -> None:
+        self.pid, self.field, self.value = pid, field, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            self.value = max(self.value, rss_mib(self.pid))
+            self.value = max(self.value, rss_mib(self.pid, self.field))
 
     def __enter__(self) -> Peak:
-        self.value = rss_mib(self.pid)
+        self.value = rss_mib(self.pid, self.field)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.value = max(self.value, rss_mib(self.pid))
+        self.value = max(self.value, rss_mib(self.pid, self.field))
 
 
 def serve_forked(start: Callable[[str, bool], RunningServer], workers: int,
@@ -377,7 +379,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
     save_config(home_dir / "node.toml", home.config)
     proc, port = start_node(home_dir, workers)
     time.sleep(1.0)
-    idle = rss_mib(proc.pid)
+    idle, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
     print(f"[{profile}] idle node RSS {idle:.1f} MiB (just started)")
     requester = Identity.generate(profile)  # type: ignore[arg-type]
     grant_everyone(home, subjects, requester)  # through the vault, as SubmitGrant stores them
@@ -408,21 +410,23 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         for client in clients:
             client.query(small)  # warm every channel and session before the CPU count
         warm = rss_mib(proc.pid)
-        peak = Peak(proc.pid)
-        with peak:
+        peak, peak_anon = Peak(proc.pid), Peak(proc.pid, "RssAnon")
+        with peak, peak_anon:
             node = measured_load(lambda i: clients[i].query(small), CLIENTS, seconds,
                                  proc.pid)
             report = [small] * REPORT
             reports = measured_load(lambda i: clients[i].report(report), CLIENTS, seconds,
                                     proc.pid)
         node_qps = node.qps
-        loaded = peak.value
+        loaded, loaded_anon = peak.value, peak_anon.value
         # Budgets must have lasted: every question of a last report is still answered.
         _, last = clients[0].report(report)
         if any("answer" not in r for r in last):
             raise RuntimeError("the bench ran out of privacy budget: raise grant_budget")
         print(f"[{profile}] node RSS: idle {idle:.1f} MiB, warm {warm:.1f} MiB, peak under "
-              f"load {loaded:.1f} MiB ({loaded / idle:.2f} x idle)")
+              f"load {loaded:.1f} MiB ({loaded / idle:.2f} x idle); own memory (RssAnon, "
+              f"without the vault's mmap'd pages) idle {idle_anon:.1f} MiB, peak "
+              f"{loaded_anon:.1f} MiB ({loaded_anon / idle_anon:.2f} x)")
     finally:
         stop(proc)
     if not echo:
@@ -430,7 +434,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
               f"each); RSS under load {loaded:.0f} MiB")
         return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle,
                 "node": node, "typical": typical, "loaded": loaded, "warm": warm,
-                "reports": reports}
+                "reports": reports, "anon": (idle_anon, loaded_anon)}
     echo = echo_load(home_dir, len(envelope), reply_bytes, seconds, workers)
     base_qps = echo.qps
     print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
@@ -444,7 +448,7 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
           f"{reports.server_ms:.2f} ms + client {reports.client_ms:.2f} ms")
     return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "echo_qps": base_qps,
             "idle": idle, "node": node, "echo": echo, "typical": typical, "loaded": loaded,
-            "warm": warm, "reports": reports}
+            "warm": warm, "reports": reports, "anon": (idle_anon, loaded_anon)}
 
 
 def typical_value(answer: Any) -> dict[str, Any]:
@@ -507,7 +511,10 @@ def main() -> None:
                    "warm_rss_mib": round(result["warm"], 1),
                    "loaded_rss_mib": round(result["loaded"], 1),
                    "rss_loaded_vs_idle": round(result["loaded"] / result["idle"], 3),
-                   "rss_target": 1.5}
+                   "rss_target": 1.5,
+                   "anon_rss_idle_mib": round(result["anon"][0], 1),
+                   "anon_rss_loaded_mib": round(result["anon"][1], 1),
+                   "anon_rss_loaded_vs_idle": round(result["anon"][1] / result["anon"][0], 3)}
         if args.profile == "gm":
             gm_dir = Path(tmp) / "gm-node"
             shutil.copytree(cached, gm_dir)
