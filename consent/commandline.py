@@ -99,6 +99,9 @@ class ToolGroup(click.Group):
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         super().add_command(cmd, name)
+        # Declared on every command, not only inherited from the group's context: click
+        # caches a command's help option the first time it builds one, whatever its context.
+        cmd.context_settings.setdefault("help_option_names", HELP_OPTIONS)
         _share(self._shared, cmd)
 
     # -- errors ---------------------------------------------------------------------------------
