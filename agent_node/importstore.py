@@ -117,6 +117,8 @@ class ImportStore:
                          (sid, did, statement["imported_at"]))
             cipher = self.vault.keys.cell_cipher(self.vault.data_key(conn, sid))
             for name, rows in export["datasets"].items():
+                if name not in datasets:
+                    continue  # an empty dataset (see _checked)
                 _ensure_table(self.vault, conn, datasets[name])
                 conn.executemany("INSERT INTO imported_rows VALUES (?, ?, ?, ?)",
                                  [(sid, name, seq, _seal(cipher, sid, name, seq, row))
@@ -136,6 +138,8 @@ class ImportStore:
         found = {}
         for name, rows in exported.items():
             spec = mapped.get(name)
+            if rows == []:
+                continue  # nothing of the customer's in it: no need to map it here
             if spec is None:
                 raise PreconditionFailed(f"this node does not map dataset {name!r}, so it "
                                          "cannot hold the exported rows; nothing was imported",

@@ -13,6 +13,7 @@ from agent_node.home import check_listen, load_home
 from agent_node.query import parse_filter_text
 from agent_node.vault import Vault
 from consent.identity import Identity
+from protos.tls import create_ca
 from tests.agent_node.conftest import BIN, PASSPHRASE, env, run_cli
 
 
@@ -30,8 +31,8 @@ def test_quoted_filter_values_keep_spaces_and_hashes() -> None:
 
 def test_sov_query_ask_with_an_unbalanced_quote_fails_in_one_sentence(tmp_path: Path) -> None:
     run_cli("sov-query", "init", "--home", str(tmp_path / "req"))
-    ca = tmp_path / "ca.pem"
-    ca.write_text("unused: the filter is refused before any connection\n")
+    ca = tmp_path / "ca.pem"  # a real certificate: the filter is refused before any dial
+    ca.write_bytes(create_ca("unused-ca").cert_pem)
     result = run_cli("sov-query", "ask", "--home", str(tmp_path / "req"), "--node",
                      "127.0.0.1:1", "--ca", str(ca), "--dataset", "contacts", "--measure",
                      "count", "--filter", "job = 'x'' OR 1=1 --", "--purpose",
