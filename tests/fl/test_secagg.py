@@ -52,12 +52,17 @@ def test_a_secagg_run_aggregates_the_sum_of_the_updates() -> None:
         train(model, x, y, TrainConfig(spec.train.epochs, spec.train.lr,
                                        spec.train.batch_size), seed=spec.seed * 1000 + 1)
         locals_.append(models.get_state(model))
+    spread, error = 0.0, 0.0
     for name, value in outcome.state.items():
         stack = np.array([s[name] for s in locals_])
         mean = stack.mean(axis=0)
-        # Each node's own update is far from the mean; the aggregate is on it.
-        assert np.abs(stack - mean).max() > 10 * np.abs(value - mean).max(), name
+        spread = max(spread, float(np.abs(stack - mean).max()))
+        error = max(error, float(np.abs(value - mean).max()))
         assert np.allclose(value, mean, atol=5e-3), name
+    # Each node's own update is far from the mean; the aggregate is on it. Judged over the
+    # whole model: SecAgg+ rounds stochastically, and one small tensor (a bias the nodes
+    # barely move) can have a spread within a few quantisation steps.
+    assert spread > 10 * error, (spread, error)
     x, y = encode(synthetic(300, seed=9), spec.features, scaling)
     model = models.build(spec.model, spec.features.width, spec.seed)
     models.set_state(model, outcome.state)
