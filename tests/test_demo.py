@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "demo"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600,
+                            text=True, timeout=1200,
                             env={"PYTHONPATH": str(REPO), "PATH": str(Path(sys.executable).parent)
                                  + ":/usr/bin:/bin"})
     out = result.stdout
@@ -48,6 +48,11 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "3/3" in first and "shop-csv (eu-central): answered" in first
     assert "2/2" in second and ("shop-csv (eu-central): unreachable" in second
                                 or "shop-csv (eu-central): offline" in second)
+    trained = out[out.index("10. The shops train"):]       # federated training, 3 nodes
+    assert "3 nodes, 2 rounds" in trained and "round 2: 3 nodes" in trained
+    assert "'model' signed by did:key:" in trained         # its ledger receipt
+    assert "used for training run urn:uuid:" in trained     # Bob's wallet line for it
+    assert "(train, round 2) (epsilon 1 debited)" in trained
     report = (tmp_path / "demo-audit-report.html").read_text()
     # The officer's report: accesses and refusals from the nodes' heads, grant -> revocation.
     assert 'data-outcome="answered">0<' not in report and 'data-outcome="refused">0<' not in report
