@@ -28,6 +28,7 @@ from typing import Any
 import click
 
 from consent.errors import ConsentError
+from consent.utctime import utc_text
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+)([smhdw])")
@@ -93,11 +94,10 @@ def stamp(moment: datetime) -> str:
     """A UTC time as short as it can be written exactly: ``2026-12-05T00:00Z``,
     ``2026-12-05T09:30:15Z``, ``2026-12-05T09:30:15.250000Z``."""
     moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if moment.second:
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return moment.strftime("%Y-%m-%dT%H:%MZ")
+    if moment.microsecond or moment.second:
+        return utc_text(moment, micro=bool(moment.microsecond))
+    # The one shorter form, for whole minutes: an input echoed back as it was typed.
+    return utc_text(moment)[:-4] + "Z"
 
 
 def parse_bound(text: str, *, now: datetime | None = None) -> TimeBound:

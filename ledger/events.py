@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from consent.utctime import utc_text
 from ledger.errors import EventError
 
 SCHEMA_VERSION = 1
@@ -69,9 +70,11 @@ def utc_now() -> str:
 
 
 def format_time(moment: datetime) -> str:
+    """An event's time, written by the project's one time format (consent.utctime); a naive
+    time is refused rather than guessed to be UTC or local."""
     if moment.tzinfo is None:
         raise EventError("event times must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(moment)
 
 
 def _hex64(value: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consent.canonical import canonicalize
-from ledger.events import SCHEMAS, EventError, encode_event, validate_event
+from consent.utctime import utc_text
+from ledger.events import SCHEMAS, EventError, encode_event, format_time, validate_event
 
 HEX = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 TOKEN = st.from_regex(r"[a-z0-9][a-z0-9._:-]{0,20}", fullmatch=True)
@@ -111,3 +114,24 @@ def test_json_true_is_not_schema_version_1() -> None:
              "node": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"}
     with pytest.raises(EventError, match="schema_version"):
         encode_event(event)
+
+
+def test_event_times_are_the_projects_one_time_format() -> None:
+    """ledger.events writes times through consent.utctime (issue 16: one time-format helper):
+    an aware time in another zone comes out as the same UTC text, a naive one is refused."""
+    moment = datetime(2026, 12, 4, 10, 30, 15, 250000, tzinfo=timezone(timedelta(hours=2)))
+    assert format_time(moment) == utc_text(moment) == "2026-12-04T08:30:15Z"
+    with pytest.raises(EventError, match="timezone-aware"):
+        format_time(datetime(2026, 12, 4, 10, 30))
+
+
+def test_no_module_writes_the_iso_time_format_itself() -> None:
+    """Only consent/utctime.py spells the ISO 8601 strftime pattern; a copy elsewhere is how
+    the four diverging time formats of issue 16 came about."""
+    root = Path(__file__).resolve().parents[2]
+    copies = [str(path.relative_to(root))
+              for package in ("consent", "ledger", "agent_node", "fl", "coordinator", "wallet")
+              for path in (root / package).rglob("*.py")
+              if "%Y-%m-%dT%H:%M" in path.read_text()
+              and path != root / "consent" / "utctime.py"]
+    assert copies == []
