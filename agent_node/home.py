@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from consent.keystore import (
     write_private_file,
 )
 from consent.passphrase import MIN_LENGTH
+from consent.settingsfile import load_settings
 from protos.tls import create_ca, issue_server_certificate, write_private_pem
 
 PASSPHRASE_ENV = "SOV_NODE_PASSPHRASE"
@@ -148,31 +148,8 @@ def check_listen(address: str, what: str = "listen address") -> str:
 
 
 def load_config(path: Path) -> NodeConfig:
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist: run 'sov-node init' first") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    stray = sorted(set(raw) - {"node"})
-    if stray:
-        # A setting outside [node] would otherwise be silently ignored (e.g. a ledger address).
-        raise ConfigError(f"node.toml key {stray[0]!r} is outside the [node] table; "
-                          "every setting belongs under [node]")
-    node = raw.get("node", {})
-    if not isinstance(node, dict):
-        raise ConfigError("node.toml key 'node' must be a table")
-    known = {f.name: f for f in fields(NodeConfig)}
-    values: dict[str, Any] = {}
-    for key, value in node.items():
-        if key not in known:
-            raise ConfigError(f"node.toml key {key!r} is unknown; see docs/operator.md")
-        default = getattr(NodeConfig, key)
-        if type(value) is not type(default) and not (isinstance(default, float)
-                                                     and type(value) is int):
-            raise ConfigError(f"node.toml key {key!r} must be a {type(default).__name__}")
-        values[key] = value
-    return NodeConfig(**values).validate()
+    return load_settings(path, "node", NodeConfig, ConfigError, missing="run 'sov-node init' first",
+                         unknown="see docs/operator.md").validate()
 
 
 @dataclass

@@ -10,6 +10,7 @@
 - ``consent.replay``    nonce + time-window replay guard
 - ``consent.sm``        SM2 / SM3 / SM4 (national-standard profile)
 - ``consent.errors``    the error classes
+- ``consent.settingsfile`` a tool's TOML settings file read into its settings dataclass
 """
 
 from consent.errors import ConsentError
@@ -43,6 +44,7 @@ __all__ = [
     "registration",
     "replay",
     "rotation",
+    "settingsfile",
     "sm",
     "timespec",
     "utctime",

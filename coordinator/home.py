@@ -16,10 +16,8 @@ and wallets get it to reach the coordinator.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import tomli_w
 
@@ -27,6 +25,7 @@ from consent.errors import KeystoreError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
 from consent.passphrase import MIN_LENGTH
+from consent.settingsfile import load_settings
 from coordinator.errors import ConfigError
 from protos.tls import create_ca, issue_server_certificate, write_private_pem
 
@@ -74,29 +73,9 @@ class CoordinatorConfig:
 
 
 def load_config(path: Path) -> CoordinatorConfig:
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist: run 'sov-coordinator init' first") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    stray = sorted(set(raw) - {"coordinator"})
-    if stray:
-        raise ConfigError(f"coordinator.toml key {stray[0]!r} is outside the [coordinator] "
-                          "table; every setting belongs under [coordinator]")
-    table = raw.get("coordinator", {})
-    known = {f.name for f in fields(CoordinatorConfig)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"coordinator.toml key {key!r} is unknown; see the README's "
-                              "coordinator guide")
-        default = getattr(CoordinatorConfig, key)
-        if type(value) is not type(default) and not (isinstance(default, float)
-                                                     and type(value) is int):
-            raise ConfigError(f"coordinator.toml key {key!r} must be a {type(default).__name__}")
-        values[key] = value
-    return CoordinatorConfig(**values).validate()
+    return load_settings(path, "coordinator", CoordinatorConfig, ConfigError,
+                         missing="run 'sov-coordinator init' first",
+                         unknown="see the README's coordinator guide").validate()
 
 
 def save_config(home: Path, config: CoordinatorConfig) -> None:
