@@ -33,6 +33,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from Cryptodome.Util.asn1 import (
     DerBitString,
@@ -86,6 +87,14 @@ class SM2KeyError(ConsentError, ValueError):
 
 
 # --------------------------------------------------------------------------- SM3
+
+
+def _der_sequence(der: bytes) -> list[Any]:
+    """A DER SEQUENCE's items (ints for INTEGERs, the encoded bytes of anything else), typed
+    here once: pycryptodomex's stubs type DerSequence's items as None and give it no
+    ``__iter__`` (it iterates through ``__getitem__``)."""
+    sequence: Any = DerSequence().decode(der, strict=True)
+    return list(sequence)
 
 
 def sm3(data: bytes) -> bytes:
@@ -316,8 +325,8 @@ class SM2PublicKey:
     def from_der(cls, der: bytes) -> SM2PublicKey:
         """Parse an X.509 SubjectPublicKeyInfo for id-ecPublicKey on the SM2 curve."""
         try:
-            spki = DerSequence().decode(der, strict=True)
-            algorithm = DerSequence().decode(spki[0], strict=True)
+            spki = _der_sequence(der)
+            algorithm = _der_sequence(spki[0])
             oids = [DerObjectId().decode(item, strict=True).value for item in algorithm]
             point = DerBitString().decode(spki[1], strict=True).value
         except (ValueError, IndexError, TypeError, EOFError):
@@ -428,11 +437,11 @@ class SM2PrivateKey:
     def from_der(cls, der: bytes) -> SM2PrivateKey:
         """Parse PKCS#8 (RFC 5208) wrapping an RFC 5915 ECPrivateKey on the SM2 curve."""
         try:
-            outer = DerSequence().decode(der, strict=True)
-            algorithm = DerSequence().decode(outer[1], strict=True)
+            outer = _der_sequence(der)
+            algorithm = _der_sequence(outer[1])
             oids = [DerObjectId().decode(item, strict=True).value for item in algorithm]
             inner_der = DerOctetString().decode(outer[2], strict=True).payload
-            inner = DerSequence().decode(inner_der, strict=True)
+            inner = _der_sequence(inner_der)
             scalar = DerOctetString().decode(inner[1], strict=True).payload
             embedded = [item for item in inner[2:] if item[:1] == b"\xa1"]
         except (ValueError, IndexError, TypeError, EOFError):
@@ -542,7 +551,7 @@ def sm2_ciphertext_to_der(ciphertext: bytes) -> bytes:
 def sm2_ciphertext_from_der(der: bytes) -> bytes:
     """GM/T 0009-2012 DER (what OpenSSL writes) to C1 || C3 || C2."""
     try:
-        items = DerSequence().decode(der, strict=True)
+        items = _der_sequence(der)
         x, y = int(items[0]), int(items[1])
         c3 = DerOctetString().decode(items[2], strict=True).payload
         c2 = DerOctetString().decode(items[3], strict=True).payload

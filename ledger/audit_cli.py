@@ -8,6 +8,7 @@ check and why); 2 for usage errors. Options, errors and output follow the shared
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -349,7 +350,7 @@ def report(
                 continue
             for receipt in items:
                 label = f"{path} entry {receipt.index}"
-                if outcome.run(label, lambda r=receipt: _verified(r, log_key)):
+                if outcome.run(label, functools.partial(_verified, receipt, log_key)):
                     verified.append((receipt,
                                      verify_receipt(receipt, log_key).checkpoint.size))
                 shown.advance("verifying entries")
