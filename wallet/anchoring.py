@@ -10,7 +10,13 @@ only when all of these hold:
    (checked by ``agent_node.client``: ``AnchorClaim.on_chain``);
 2. the receipt's tree head is signed by the log key the wallet pinned at ``ledger set``, and
    its inclusion proof leads from the entry to that tree head;
-3. the entry is an ``access_head`` event naming this node's DID, hash H and sequence N.
+3. the entry is an ``access_head`` event naming this node's DID, hash H and sequence N;
+4. the entry is signed by that node: its ``author`` is the node's DID (a key the wallet
+   pinned for the node, or one the node rotated from) and the author's signature verifies
+   over the entry (``ledger.authority``). The ledger refuses an access head whose author is
+   not the node it names, but the wallet does not take the ledger's word for it: a head
+   another registered author wrote (another node, the coordinator, or anyone a careless or
+   colluding ledger operator let in) must neither vouch for the node nor accuse it.
 
 An access event with ``seq <= N`` that is itself verified on the chain is then covered: the
 head's hash commits to the whole chain up to it. Events after the last anchored head are
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consent.canonical import canonicalize
+from ledger.authority import verify_author
 from ledger.errors import LedgerError
 from ledger.models import LogPublicKey, Receipt
 from ledger.verify import verify_receipt
@@ -84,8 +91,27 @@ def check_claim(claim: Any, node_did: str, log_key: LogPublicKey) -> ClaimResult
         return ClaimResult(claim.sequence, False,
                            f"the ledger entry for head {claim.sequence} records another "
                            f"{', '.join(wrong)}")
+    problem = authorship_problem(receipt, [node_did])
+    if problem:
+        return ClaimResult(claim.sequence, False,
+                           f"the ledger entry for head {claim.sequence}: {problem}")
     return ClaimResult(claim.sequence, True, "signed tree head and inclusion verified",
                        receipt.index)
+
+
+def authorship_problem(receipt: Receipt, node_dids: Sequence[str]) -> str | None:
+    """Why the access head in ``receipt`` is not the node's own word (None when it is): its
+    author must be the node it names, one of ``node_dids`` (the node's pinned DID and the DIDs
+    it rotated from), and the author's signature must verify over the entry."""
+    event = receipt.event
+    try:
+        author = verify_author(event, receipt.entry)
+    except LedgerError:
+        return "it carries no valid author signature, so it is not the node's"
+    if author != event.get("node") or author not in node_dids:
+        return (f"it was written by {author[:64]}, not by the node it names, so it does not "
+                "count")
+    return None
 
 
 def check_events(
@@ -167,18 +193,22 @@ def check_listing(events: Sequence[dict[str, Any]], head_seq: int, chain: dict[i
     """Check a node's listing of the customer's events against the ``access_head`` entries
     the ledger holds that name the customer's commitment (receipts already verified).
 
-    Every such head of this node (its DID, or one it rotated from) covers the events
-    (``after``, ``sequence``]; its ``subject_events`` tags say exactly which of them touched
-    the customer (``ledger.events.subject_event_tag``), and the listing must show exactly
-    those, on the node's chain, whose hash at ``sequence`` must be the head's. A head
-    without tags (too many to list) at least needs one of the customer's events in its range.
+    Every such head of this node (its DID, or one it rotated from), signed by that DID,
+    covers the events (``after``, ``sequence``]; its ``subject_events`` tags say exactly
+    which of them touched the customer (``ledger.events.subject_event_tag``), and the
+    listing must show exactly those, on the node's chain, whose hash at ``sequence`` must be
+    the head's. A head without tags (too many to list) at least needs one of the customer's
+    events in its range.
     ``events`` are the listing's (flat, with ``seq``, ``time``, ``verified``); ``chain`` is
     the node's chain hash per sequence as listed.
     """
     from ledger.events import subject_event_tag
 
     own = {int(e["seq"]): e for e in events if e.get("verified")}
-    mine = sorted((r for r in heads if r.event.get("node") in node_dids),
+    # Only heads the node itself signed count: one another author wrote naming this node
+    # could otherwise accuse it of hiding accesses it never had (or cover ones it hid).
+    mine = sorted((r for r in heads if r.event.get("node") in node_dids
+                   and authorship_problem(r, node_dids) is None),
                   key=lambda r: int(r.event["sequence"]))
     mismatches: list[Mismatch] = []
     covered: set[int] = set()
