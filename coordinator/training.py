@@ -161,7 +161,7 @@ class TrainingOutcome:
         total = 0.0
         for reply in replies:
             weight = self.weights.get(reply.metadata.src_node_id, 1.0)
-            reply.content["metrics"][EXAMPLES] = weight
+            reply.content.metric_records["metrics"][EXAMPLES] = weight
             total += weight
         return total
 
@@ -255,12 +255,25 @@ def scaling_phase(grid: BoundedGrid, plan_text: str, outcome: TrainingOutcome,
         raise TrainingRunError(f"only {len(replies)} node(s) sent scaling statistics, fewer "
                                f"than the minimum of {options.min_nodes} ({reasons})")
     _lineage(outcome, replies)
-    parts = [Moments(float(m["count"]), tuple(float(v) for v in m["sums"]),
-                     tuple(float(v) for v in m["squares"]))
-             for m in (r.content["metrics"] for r in replies)]
+    parts = [_moments(r.content.metric_records["metrics"]) for r in replies]
     outcome.weights = {r.metadata.src_node_id: max(1.0, part.count)
                        for r, part in zip(replies, parts, strict=True)}
     return combine_moments(parts, plan.features)
+
+
+def _moments(metrics: MetricRecord) -> Moments:
+    """A node's noisy moments from its reply (count, then sums and squares per column)."""
+    count = metrics["count"]
+    if not isinstance(count, int | float):
+        raise TrainingRunError("a node's scaling statistics carry no number 'count'")
+
+    def floats(key: str) -> tuple[float, ...]:
+        value = metrics[key]
+        if not isinstance(value, list):
+            raise TrainingRunError(f"a node's scaling statistics carry no list {key!r}")
+        return tuple(float(v) for v in value)
+
+    return Moments(float(count), floats("sums"), floats("squares"))
 
 
 def run_training(grid: Grid, signed_plan: dict[str, Any], options: RunOptions, *,

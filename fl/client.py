@@ -108,6 +108,14 @@ def _config(msg: Message) -> ConfigRecord:
     return config
 
 
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    """A numeric run setting of the message (a ConfigRecord value may be of any record type)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Refused(f"the message's {key!r} is not a number")
+    return float(value)
+
+
 def _lineage(sel: Selection) -> ConfigRecord:
     return ConfigRecord({"node": sel.node, "grants": json.dumps(sorted(sel.grant_hashes))})
 
@@ -137,9 +145,9 @@ def _train(source: TrainingSource, msg: Message, context: Context) -> RecordDict
     if arrays is None:
         raise Refused("the train message carries no model weights")
     models.set_state(model, {k: a.numpy() for k, a in arrays.items()})
-    round_ = int(config.get("server-round", 0))
+    round_ = int(_number(config, "server-round", 0))
     cfg = TrainConfig(plan.train.epochs, plan.train.lr, plan.train.batch_size,
-                      float(config.get("proximal-mu", 0.0)), plan.train.dp)
+                      _number(config, "proximal-mu", 0.0), plan.train.dp)
     result = train(model, x, y, cfg, seed=plan.seed * 1000 + round_)
     source.commit(sel, "train", round_, result.epsilon)
     # No exact count of consenting customers leaves the node: the coordinator weights each
@@ -169,7 +177,7 @@ def _evaluate(source: TrainingSource, msg: Message, context: Context) -> RecordD
         raise Refused("the evaluate message carries no model weights")
     models.set_state(model, {k: a.numpy() for k, a in arrays.items()})
     found = evaluate(model, x, y)
-    source.commit(sel, "evaluate", int(config.get("server-round", 0)), 0.0)
+    source.commit(sel, "evaluate", int(_number(config, "server-round", 0)), 0.0)
     return RecordDict({"metrics": MetricRecord({
         EXAMPLES: 1, "eval-loss": found.loss,
         "auc": found.auc if found.auc is not None else 0.5})})

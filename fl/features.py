@@ -213,13 +213,13 @@ def encode(rows: Sequence[Mapping[str, Any]], spec: FeatureSpec, scaling: Scalin
         y[r] = 1.0 if str(row.get(spec.target)) == spec.positive else 0.0
         at = 0
         for i, (column, low, high) in enumerate(spec.numeric):
-            value = _clamp(row.get(column), low, high, scaling.mean[i])
-            x[r, at] = (value - scaling.mean[i]) / scaling.std[i]
+            number = _clamp(row.get(column), low, high, scaling.mean[i])
+            x[r, at] = (number - scaling.mean[i]) / scaling.std[i]
             at += 1
         for column, vocab in spec.categorical:
-            value = row.get(column)
-            value = None if value is None else str(value)
-            slot = vocab.index(value) if value in vocab else len(vocab)
+            raw = row.get(column)
+            category = None if raw is None else str(raw)
+            slot = vocab.index(category) if category in vocab else len(vocab)
             x[r, at + slot] = 1.0
             at += len(vocab) + 1
     return x, y

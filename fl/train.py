@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     torch.manual_seed(seed)
     data = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
     loader = DataLoader(data, batch_size=min(config.batch_size, len(data)), shuffle=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
     anchor = [p.detach().clone() for p in model.parameters()]
     if config.dp is not None:
         model, optimizer, loader = _private(model, optimizer, loader, config)
@@ -92,7 +93,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig,
 
 
 def _epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-            loss_fn: nn.Module, params: list[torch.Tensor], anchor: list[torch.Tensor],
+            loss_fn: nn.Module, params: Sequence[torch.Tensor],
+            anchor: Sequence[torch.Tensor],
             config: TrainConfig) -> float:
     last = 0.0
     for _ in range(config.epochs):
