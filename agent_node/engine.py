@@ -47,7 +47,7 @@ from typing import Any
 
 import grpc
 
-from agent_node import accesslog, privacy, spend
+from agent_node import accesslog, privacy, scoring, spend
 from agent_node.datamap import ColumnSpec, DataMap, DatasetSpec
 from agent_node.errors import (
     BudgetExhausted,
@@ -203,6 +203,8 @@ class QueryEngine:
         self._released: set[tuple[str, str, str]] = set()
         #: Lower bounds on each grant set's budget left (agent_node.spend): O(1) checks.
         self._headroom = spend.HeadroomCache()
+        #: Installed intent models: a query naming one is scored (agent_node.scoring).
+        self.models = scoring.Models(vault, datamap)
         with vault.connection() as conn:
             spend.ensure(conn)
 
@@ -243,6 +245,9 @@ class QueryEngine:
             check_purpose(query.purpose)
         except UnknownPurpose as exc:
             raise InvalidRequest(str(exc), reason="unknown-purpose") from None
+        model_scopes: set[str] = set()
+        if query.model is not None:  # a scored question: + score, score_band
+            dataset, model_scopes = self.models.dataset(dataset, query.model)
         columns: dict[str, ColumnSpec] = {}
         for name in sorted(query.columns()):
             try:
@@ -262,7 +267,7 @@ class QueryEngine:
             raise InvalidRequest("this node runs privacy = \"threshold\", which releases no "
                                  "min, max or quantile (they would be one customer's value); "
                                  "ask for count, sum or avg", reason="threshold-measure")
-        scopes = {c.scope for c in columns.values()} or {"transaction"}
+        scopes = ({c.scope for c in columns.values()} | model_scopes) or {"transaction"}
         return dataset, columns, scopes
 
     def _query_epsilon(self, query: Query) -> int:
@@ -474,7 +479,7 @@ class QueryEngine:
         with self._snapshot(shared) as conn:
             # One statement for what the snapshot must start with (each costs ~40 us).
             layout, version, versions, subjects = _snapshot_state(conn, dataset.name)
-            if layout != self.vault.layout(dataset):
+            if layout != self.vault.layout(getattr(dataset, "base", None) or dataset):
                 raise PreconditionFailed(f"dataset {dataset.name!r} has not been synced yet; "
                                          "the operator runs 'sov-node sync'", reason="not-synced")
             grants, left_out, epsilon = self._report_memo(
@@ -699,7 +704,10 @@ class QueryEngine:
     def _source(self, conn: sqlite3.Connection, dataset: DatasetSpec,
                 columns: dict[str, ColumnSpec]) -> str:
         """The table to aggregate: the vault table, or a temp table of decrypted columns
-        when the query touches encrypted ones (dropped when the connection reuses it)."""
+        when the query touches encrypted ones (dropped when the connection reuses it), or
+        the scored rows of a question naming a model."""
+        if isinstance(dataset, scoring.ScoredDataset):
+            return dataset.build_source(conn, self.vault, columns)
         encrypted = [c for c in columns.values() if c.encrypted]
         if not encrypted:
             return table_name(dataset.name)
@@ -781,8 +789,12 @@ class QueryEngine:
             groups[tuple(row[:width])] = group
         return groups
 
-    def _columns(self, query: Query) -> dict[str, ColumnSpec]:
+    def _dataset_of(self, query: Query) -> DatasetSpec:
         dataset = self.datamap.datasets[query.dataset]
+        return self.models.dataset(dataset, query.model)[0] if query.model else dataset
+
+    def _columns(self, query: Query) -> dict[str, ColumnSpec]:
+        dataset = self._dataset_of(query)
         return {name: dataset.columns[name] for name in query.columns()}
 
     def _aggregate_dp(self, conn: sqlite3.Connection, source: str, query: Query,
@@ -842,7 +854,7 @@ class QueryEngine:
         """Per quantile column, per group: the values a quantile may use, clamped to the
         bounds, at most ``max_rows_per_subject`` per unit and group, in at most l0 groups per
         unit (each unit's groups with the most rows)."""
-        dataset = self.datamap.datasets[query.dataset]
+        dataset = self._dataset_of(query)
         cap = dataset.max_rows_per_subject
         l0, _ = _group_bounds(query, columns)
         keys = [f'"{plain_column(g)}"' for g in query.group_by]
@@ -918,6 +930,7 @@ class QueryEngine:
             "grant_count": grant_count, "grants_root": grants_root,
             "subject_count": subject_count, "subjects_root": subjects_root,
             "left_out_count": left_count, "left_out_root": left_root, **(extra or {}),
+            **({"model": query.model} if query is not None and query.model else {}),
         })
 
     def log_refusal(self, raw_query: Any, requester: str, now: datetime,

@@ -128,6 +128,7 @@ def _import_owners() -> None:
     import agent_node.grantstore
     import agent_node.home
     import agent_node.importstore
+    import agent_node.scoring
     import agent_node.spend
     import agent_node.trainingstore
     import agent_node.vault  # noqa: F401

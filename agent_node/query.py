@@ -5,6 +5,9 @@
      "filters": [{"column": "region", "op": "in", "value": ["north", "south"]}],
      "group_by": ["region"], "epsilon": 0.5}
 
+A query may name an installed intent model by its digest (``"model": "<64 hex digits>"``,
+``agent_node.scoring``): its dataset then has the columns ``score`` and ``score_band``.
+
 Everything is checked for shape here; names are checked against the data map by the engine,
 which is the only place they become SQL identifiers. Operators come from a fixed whitelist.
 """
@@ -30,6 +33,7 @@ MAX_IN_VALUES = 100
 MAX_TEXT = 256
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 GRANT_RE = re.compile(r"^urn:uuid:[0-9a-f-]{36}$")
+MODEL_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_GRANT_IDS = 1000
 MAX_REGIONS = 64
 
@@ -69,6 +73,7 @@ class Query:
     epsilon: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     regions: tuple[str, ...] = ()  # the requester's allowed regions; the node refuses others
+    model: str | None = None  # an installed model's digest: score with it (agent_node.scoring)
 
     def columns(self) -> set[str]:
         """Every data-map column the query touches (for scope checks)."""
@@ -88,6 +93,8 @@ class Query:
         }
         if self.epsilon is not None:
             body["epsilon"] = self.epsilon
+        if self.model is not None:
+            body["model"] = self.model
         return body
 
 
@@ -165,7 +172,7 @@ def query_from_dict(raw: Any) -> Query:
     if not isinstance(raw, dict):
         raise InvalidRequest("the query must be a JSON object")
     known = {"dataset", "purpose", "measures", "filters", "group_by", "grant_ids", "epsilon",
-             "regions"}
+             "regions", "model"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidRequest(f"unknown query field {unknown[0][:40]!r}: known fields are "
@@ -190,8 +197,17 @@ def query_from_dict(raw: Any) -> Query:
         filters=tuple(parse_filter(f) for f in _list(raw, "filters", MAX_FILTERS)),
         group_by=group_by, grant_ids=grant_ids,
         epsilon=float(epsilon) if epsilon is not None else None,
-        regions=_regions(raw),
+        regions=_regions(raw), model=_model(raw.get("model")),
     )
+
+
+def _model(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not MODEL_RE.match(value):
+        raise InvalidRequest("model must be an installed model's digest: 64 lower-case hex "
+                             "digits, as 'sov-node models list' prints it")
+    return value
 
 
 def _regions(raw: dict[str, Any]) -> tuple[str, ...]:

@@ -1,0 +1,186 @@
+"""Local scoring with a registered intent model (issue 14 item 6, ``agent_node.scoring``).
+
+A logistic regression is trained in this process on the bank-marketing rows (``fl.train``,
+real PyTorch), made into an artifact, and its coordinator-signed ``model`` entry appended to a
+real ledger log; the node installs it only with a receipt that verifies against the log key,
+names this file's digest and is signed by the expected author. Scored questions go through the
+real gRPC node (served in this process so the test can see which rows scoring read) and the
+same consent filter, DP noise and budgets as any query.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent_node import scoring, spend
+from agent_node.errors import NotFound
+from agent_node.grantstore import GrantStore
+from consent.grants import issue_grant
+from consent.identity import Identity
+from coordinator.models import model_event
+from fl import artifact as artifacts
+from fl import models
+from fl.features import combine_moments, encode, local_moments
+from fl.protocol import parse_plan
+from fl.scoring import scorer
+from fl.train import TrainConfig, train
+from ledger.authority import sign_entry
+from ledger.home import init_home as init_ledger
+from ledger.home import open_log
+from tests.agent_node.conftest import PASSPHRASE, in_process_node
+from tests.fl.conftest import signed_plan
+
+PURPOSE = "marketing-analytics"
+SCORED = 30  # customers who grant the purpose on the features' scope; the rest do not
+
+
+def trained_artifact(rows: list[dict[str, Any]], requester: Identity,
+                     kind: str = "logreg") -> dict[str, Any]:
+    """A model trained centrally on ``rows`` (one per customer), as the coordinator would
+    register it after a run."""
+    plan = signed_plan(requester, dp=None, kind=kind)
+    spec = parse_plan(plan).features
+    firsts = list({r["customer_id"]: r for r in reversed(rows)}.values())
+    scaling = combine_moments([local_moments(firsts, spec, 5.0)], spec)
+    x, y = encode(firsts, spec, scaling)
+    model = models.build(models.ModelSpec(kind, 8), spec.width)
+    train(model, x, y, TrainConfig(epochs=20, lr=0.3, batch_size=16))
+    return artifacts.make_artifact(plan, 7, models.get_state(model),
+                                   {"mean": scaling.mean, "std": scaling.std})
+
+
+@pytest.fixture(scope="module")
+def coordinator() -> Identity:
+    return Identity.generate()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]],
+              requester: Identity, coordinator: Identity) -> dict[str, Any]:
+    """The artifact and its receipt as files, and the log key, as a node operator gets them."""
+    tmp = tmp_path_factory.mktemp("published")
+    artifact = trained_artifact(bank_rows, requester)
+    digest = artifacts.save(artifact, tmp / "model.json")
+    log_key = init_ledger(tmp / "ledger", origin="ledger.test/log", passphrase=PASSPHRASE)
+    log = open_log(tmp / "ledger", PASSPHRASE)
+    try:
+        entry = sign_entry(model_event(digest, "7", [], {Identity.generate().did: []}), coordinator)
+        [receipt] = log.append([entry])
+    finally:
+        log.close()
+    (tmp / "model.receipt.json").write_text(receipt.dumps())
+    (tmp / "log-public.json").write_text(json.dumps(log_key.to_json()))
+    return {"digest": digest, "artifact": artifact, "model": tmp / "model.json",
+            "receipt": tmp / "model.receipt.json", "log_key": log_key,
+            "log_key_file": tmp / "log-public.json", "dir": tmp}
+
+
+def test_numpy_scores_equal_the_torch_model(bank_rows: list[dict[str, Any]],
+                                            requester: Identity) -> None:
+    for kind in ("logreg", "mlp"):
+        artifact = trained_artifact(bank_rows[:120], requester, kind)
+        found = scorer(artifact)
+        spec = parse_plan(artifact["plan"]).features
+        model = models.build(models.ModelSpec(kind, 8), spec.width)
+        models.set_state(model, artifacts.weights_of(artifact))
+        x, _ = encode(bank_rows, spec, found.scaling)
+        assert np.allclose(found.score(bank_rows), models.predict(model, x), atol=1e-6)
+        assert found.digest == artifacts.digest(artifact)
+
+
+def grant(parts: Any, wallets: list[Identity], requester: Identity,
+          scopes: tuple[str, ...] = ("transaction",)) -> list[str]:
+    store: GrantStore = parts.store
+    node = parts.home.identity.did
+    return [store.submit(issue_grant(w, requester=requester.did, nodes=[node], purpose=PURPOSE,
+                                     scopes=list(scopes), ttl=timedelta(hours=24)))[0].id
+            for w in wallets]
+
+
+@pytest.fixture()
+def node(tmp_path: Path, bank_rows: list[dict[str, Any]]) -> Any:
+    return in_process_node(tmp_path, bank_rows, "scoring-node")
+
+
+def install(parts: Any, published: dict[str, Any], author: str, **files: Path
+            ) -> tuple[scoring.InstalledModel, bool]:
+    return scoring.install(parts.vault, parts.home.datamap(),
+                           files.get("model", published["model"]),
+                           files.get("receipt", published["receipt"]), published["log_key"],
+                           author)
+
+
+def test_a_model_is_installed_only_with_a_receipt_naming_it_signed_by_its_author(
+        node: Any, published: dict[str, Any], coordinator: Identity) -> None:
+    tmp: Path = published["dir"]
+    tampered = json.loads(json.dumps(published["artifact"]))
+    tampered["weights"]["0.bias"]["values"][0] += 0.5  # one weight changed after publication
+    artifacts.save(tampered, tmp / "tampered.json")
+    with pytest.raises(scoring.ModelRefused, match=r"digest .* is not the one the ledger"):
+        install(node, published, coordinator.did, model=tmp / "tampered.json")
+    with pytest.raises(scoring.ModelRefused, match=r"signed by .* not by the expected author"):
+        install(node, published, Identity.generate().did)
+    receipt = json.loads(published["receipt"].read_text())
+    receipt["inclusion_proof"] = receipt["inclusion_proof"][::-1] or ["AAAA"]
+    receipt["index"] += 1  # a proof for another place in the log
+    (tmp / "bad.receipt.json").write_text(json.dumps(receipt))
+    with pytest.raises(scoring.ModelRefused, match="receipt does not verify"):
+        install(node, published, coordinator.did, receipt=tmp / "bad.receipt.json")
+    assert scoring.installed(node.vault) == []  # nothing written by a refusal
+    model, new = install(node, published, coordinator.did)
+    assert new and model.digest == published["digest"] and model.author == coordinator.did
+    assert model.dataset == "contacts"
+    again, new = install(node, published, coordinator.did)
+    assert not new and again == model
+    assert scoring.installed(node.vault) == [model]
+
+
+def test_a_scored_question_reads_and_debits_only_consenting_customers(
+        node: Any, published: dict[str, Any], coordinator: Identity,
+        bank_rows: list[dict[str, Any]], requester: Identity) -> None:
+    install(node, published, coordinator.did)
+    scored = grant(node, node.wallets[:SCORED], requester)
+    # Ten more grant the purpose for another scope than the model's features read: not scored.
+    other = grant(node, node.wallets[SCORED:SCORED + 10], requester, ("sentiment",))
+    query = {"dataset": "contacts", "purpose": PURPOSE, "model": published["digest"],
+             "measures": ["count", "avg:score"], "epsilon": 1.0}
+    answer = node.engine.run(query, requester.did)
+    with node.vault.connection() as conn:
+        wanted = {s for w in node.wallets[:SCORED] for s in node.vault.sids_for_did(conn, w.did)}
+        usage = spend.usage(conn, scored + other)
+        event = json.loads(conn.execute("SELECT body FROM access_log ORDER BY seq DESC "
+                                        "LIMIT 1").fetchone()[0])
+    assert node.engine.models.touched == wanted  # nobody else's row was read
+    # The exact answer, computed here from the same first row per consenting customer.
+    firsts = {r["customer_id"]: r for r in reversed(bank_rows)}
+    exact = scorer(published["artifact"]).score([firsts[f"C{i:03d}"] for i in range(SCORED)])
+    [group] = answer["groups"]
+    noisy, interval = group["values"]["avg:score"], group["accuracy"]["avg:score"]["ci95"]
+    assert noisy != pytest.approx(float(exact.mean()), abs=1e-9)  # noise was added
+    assert interval[0] - 0.05 <= float(exact.mean()) <= interval[1] + 0.05
+    assert answer["dp"]["epsilon"] == 1.0
+    assert {g: usage.get(g, (0, 0))[1] for g in scored} == {g: 1_000_000 for g in scored}
+    assert all(usage.get(g, (0, 0)) == (0, 0) for g in other)
+    assert event["model"] == published["digest"] and event["subject_count"] == SCORED
+
+
+def test_scores_are_never_released_per_customer_and_need_an_installed_model(
+        node: Any, published: dict[str, Any], requester: Identity, coordinator: Identity) -> None:
+    grant(node, node.wallets, requester)
+    query = {"dataset": "contacts", "purpose": PURPOSE, "model": published["digest"],
+             "measures": ["count"], "group_by": ["score_band"]}
+    with pytest.raises(NotFound, match=r"no model .* is installed"):
+        node.engine.run(query, requester.did)
+    install(node, published, coordinator.did)
+    answer = node.engine.run(query, requester.did)
+    # A histogram over the ten declared bands: group keys only, each a noisy count.
+    assert [g["key"] for g in answer["groups"]] == [[b] for b in range(10)]
+    assert all(set(g["values"]) == {"count"} for g in answer["groups"])
+    with pytest.raises(Exception, match="min would release one customer's exact value"):
+        node.engine.run({**query, "measures": ["min:score"], "group_by": []}, requester.did)
