@@ -74,6 +74,30 @@ HEAD_TYPE = "AccessLogHead"
 # optional lists are left out of a head that would name more (the chain hash still covers all).
 MAX_LISTED = 100
 
+#: The log's tables; ``{db}``: the schema they live in.
+LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {db}.access_log (
+  seq INTEGER PRIMARY KEY, time TEXT NOT NULL, body TEXT NOT NULL, body_digest TEXT NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, subject_set INTEGER, grant_set INTEGER,
+  answered INTEGER NOT NULL DEFAULT 0, left_out_set INTEGER);
+CREATE TABLE IF NOT EXISTS {db}.access_sets (
+  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+  UNIQUE (kind, digest));
+CREATE TABLE IF NOT EXISTS {db}.access_set_subjects (
+  sid INTEGER NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (sid, set_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS {db}.access_set_grants (
+  grant_id TEXT NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (grant_id, set_id)) WITHOUT ROWID;
+"""
+LOG_TABLES = ("access_log", "access_sets", "access_set_subjects", "access_set_grants")
+
+
+def ensure(conn: sqlite3.Connection, db: str = "main") -> None:
+    """Create the log's tables in schema ``db`` (``upgrade`` then brings old ones up)."""
+    for statement in LOG_SCHEMA.format(db=db).split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_heads (
   sequence INTEGER PRIMARY KEY, hash TEXT NOT NULL, event TEXT NOT NULL, queued_at TEXT NOT NULL,
@@ -373,10 +397,9 @@ def _upgrade_rows(conn: sqlite3.Connection) -> None:
         conn.executemany(f"UPDATE access_log SET {column} = ? WHERE seq = ?",
                          [(set_id(conn, None, kind, m), seq) for seq, m in members.items()])
         conn.execute(f"DROP TABLE {table}")
-    if "queries_used" in _columns(conn, "grants"):
-        conn.execute("INSERT OR IGNORE INTO grant_usage (grant_id, queries_used, epsilon_spent) "
-                     "SELECT grant_id, queries_used, epsilon_spent FROM grants "
-                     "WHERE max_queries IS NOT NULL OR dp_epsilon IS NOT NULL")
+    from agent_node import grantstore
+
+    grantstore.carry_legacy_counters(conn)
 
 
 def head(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -628,9 +651,9 @@ def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, Any]:
         "FROM access_log WHERE seq > ? AND seq <= ?) LIMIT ?", (after, upto, MAX_LISTED + 1))]
     digests: list[str] = []
     if len(grant_ids) <= MAX_LISTED:
-        digests = sorted({r[0] for r in conn.execute(
-            "SELECT digest FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(grant_ids),))})
+        from agent_node import grantstore
+
+        digests = sorted(set(grantstore.digests(conn, grant_ids).values()))
     room = MAX_DIGESTS - len(listed.get("subject_commitments", []))
     if tags and len(tags) <= min(room, MAX_LISTED):
         listed["subject_events"] = sorted(tags)
@@ -641,8 +664,9 @@ def _listed(conn: sqlite3.Connection, after: int, upto: int) -> dict[str, Any]:
 
 
 def _own_grant_sets(column: str) -> str:
-    return (f"l.{column} IN (SELECT m.set_id FROM access_set_grants m JOIN grants g "
-            "USING (grant_id) WHERE g.subject = ?)")
+    """SQL: the event's ``column`` set holds one of the grant ids given as a JSON list."""
+    return (f"l.{column} IN (SELECT m.set_id FROM access_set_grants m WHERE m.grant_id IN "
+            "(SELECT value FROM json_each(?)))")
 
 
 def _touched_subjects(conn: sqlite3.Connection, after: int, upto: int) -> list[tuple[str, str]]:
@@ -653,23 +677,30 @@ def _touched_subjects(conn: sqlite3.Connection, after: int, upto: int) -> list[t
         "WHERE EXISTS (SELECT 1 FROM access_set_subjects m JOIN access_log l "
         "ON l.subject_set = m.set_id WHERE m.sid = b.sid AND l.seq > ? AND l.seq <= ?) "
         "LIMIT ?", (after, upto, MAX_LISTED + 1)).fetchall()
+    from agent_node import grantstore
+
+    named = [r[0] for r in conn.execute(
+        "SELECT DISTINCT m.grant_id FROM access_set_grants m JOIN access_log l ON "
+        "(l.grant_set = m.set_id OR l.left_out_set = m.set_id) WHERE l.seq > ? AND l.seq <= ?",
+        (after, upto))]
+    granting = sorted(grantstore.subjects_of(conn, named))
     by_grant = conn.execute(
-        "SELECT DISTINCT t.did, t.salt FROM subject_salts t JOIN grants g ON g.subject = t.did "
-        "JOIN access_set_grants m USING (grant_id) JOIN access_log l ON "
-        "(l.grant_set = m.set_id OR l.left_out_set = m.set_id) WHERE l.seq > ? AND l.seq <= ? "
-        "LIMIT ?",
-        (after, upto, MAX_LISTED + 1)).fetchall()
+        "SELECT did, salt FROM subject_salts WHERE did IN (SELECT value FROM json_each(?)) "
+        "LIMIT ?", (json.dumps(granting), MAX_LISTED + 1)).fetchall()
     return sorted({(str(d), str(s)) for d, s in [*found, *by_grant]})
 
 
 def _touched_seqs(conn: sqlite3.Connection, did: str, after: int, upto: int) -> list[int]:
     """The events (after, upto] that touched ``did``, as its listing (``events_for``) finds
     them: its data in the subject set, or one of its grants in the grant (or left-out) set."""
+    from agent_node import grantstore
+
+    own = json.dumps(grantstore.ids_of(conn, did))
     return [r[0] for r in conn.execute(
         "SELECT l.seq FROM access_log l WHERE l.seq > ? AND l.seq <= ? AND ("
         "l.subject_set IN (SELECT m.set_id FROM access_set_subjects m JOIN bindings b "
         "ON b.sid = m.sid WHERE b.did = ?) OR " + _own_grant_sets("grant_set") + " OR "
-        + _own_grant_sets("left_out_set") + ") ORDER BY l.seq", (after, upto, did, did, did))]
+        + _own_grant_sets("left_out_set") + ") ORDER BY l.seq", (after, upto, did, own, own))]
 
 
 def head_event(conn: sqlite3.Connection, node_did: str) -> dict[str, Any] | None:
@@ -703,9 +734,10 @@ def access_summary(conn: sqlite3.Connection, after: int, upto: int) -> dict[str,
     them, else the tiers every grant the event used covers. ``nothing-released`` is an
     answer that released no value (``released`` false or 0). Read-only, one grouped scan.
     """
+    from agent_node import grantstore
     from consent.grants import PURPOSES, Scope
 
-    requesters = {r[0] for r in conn.execute("SELECT DISTINCT requester FROM grants")}
+    requesters = grantstore.requesters(conn)
     grouped = conn.execute(
         "SELECT json_extract(body, '$.requester'), json_extract(body, '$.purpose'), "
         "json_extract(body, '$.outcome'), json_extract(body, '$.reason'), "
@@ -736,11 +768,17 @@ is_token = TOKEN[0]
 
 def _grant_set_scopes(conn: sqlite3.Connection, set_ids: set[int]) -> dict[int, list[str]]:
     """Per grant set, the scope tiers every one of its grants covers."""
+    from agent_node import grantstore
+
+    members = conn.execute("SELECT set_id, grant_id FROM access_set_grants WHERE set_id IN "
+                           "(SELECT value FROM json_each(?))",
+                           (json.dumps(sorted(set_ids)),)).fetchall()
+    scopes = grantstore.scopes_of(conn, [gid for _, gid in members])
     found: dict[int, set[str]] = {}
-    for set_id, scopes in conn.execute(
-            "SELECT m.set_id, g.scopes FROM access_set_grants m JOIN grants g USING (grant_id) "
-            "WHERE m.set_id IN (SELECT value FROM json_each(?))", (json.dumps(sorted(set_ids)),)):
-        granted = set(scopes.split(","))
+    for set_id, gid in members:
+        if gid not in scopes:
+            continue  # a grant no longer held (erased): as the join left it out before
+        granted = scopes[gid]
         found[set_id] = found[set_id] & granted if set_id in found else granted
     return {k: sorted(v) for k, v in found.items()}
 

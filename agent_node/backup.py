@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent_node import locations
+from agent_node import locations, nonces
 from agent_node.errors import AgentNodeError
 from agent_node.home import NodeHome
 from agent_node.vault import Vault, iso
@@ -597,7 +597,7 @@ def _carry_over(db: sqlite3.Connection, vault: Vault, erased_refs: set[str]) -> 
     with vault.connection() as live:
         erasures = live.execute("SELECT * FROM erasures").fetchall()
         listed = live.execute("SELECT * FROM erased_subjects").fetchall()
-        nonces = live.execute("SELECT * FROM replay_nonces").fetchall()
+        spent = nonces.spent(live)
         versions = dict(live.execute("SELECT key, value FROM meta WHERE key IN "
                                      "('consent_version', 'grants_version')"))
     db.execute("DELETE FROM erasures")
@@ -608,7 +608,7 @@ def _carry_over(db: sqlite3.Connection, vault: Vault, erased_refs: set[str]) -> 
     known = {r[0] for r in listed}
     db.executemany("INSERT OR IGNORE INTO erased_subjects VALUES (?, ?, '')",
                    [(ref, iso(datetime.now(UTC))) for ref in sorted(erased_refs - known)])
-    db.executemany("INSERT OR IGNORE INTO replay_nonces VALUES (?, ?)", nonces)
+    nonces.restore_spent(db, spent)
     for key, value in versions.items():
         db.execute("UPDATE meta SET value = max(CAST(value AS INTEGER), ?) + 1 WHERE key = ?",
                    (int(value), key))

@@ -47,7 +47,7 @@ from typing import Any
 
 import grpc
 
-from agent_node import accesslog, privacy, scoring, spend
+from agent_node import accesslog, grantstore, nonces, privacy, releases, scoring, spend
 from agent_node.datamap import ColumnSpec, DataMap, DatasetSpec
 from agent_node.errors import (
     BudgetExhausted,
@@ -57,11 +57,10 @@ from agent_node.errors import (
     PreconditionFailed,
     RequestError,
 )
+from agent_node.nonces import Nonce
 from agent_node.query import GRANT_RE, MAX_GRANT_IDS, Filter, Query, query_from_dict
 from agent_node.vault import (
     Batch,
-    DurableReplayGuard,
-    Nonce,
     Vault,
     encrypted_column,
     iso,
@@ -205,8 +204,6 @@ class QueryEngine:
         self._headroom = spend.HeadroomCache()
         #: Installed intent models: a query naming one is scored (agent_node.scoring).
         self.models = scoring.Models(vault, datamap)
-        with vault.connection() as conn:
-            spend.ensure(conn)
 
     def privacy_info(self) -> dict[str, Any]:
         """What NodeInfo tells requesters and wallets about how this node answers."""
@@ -366,10 +363,7 @@ class QueryEngine:
             return view
         grants = tuple(
             (r[0], r[1], frozenset(r[2].split(",")), r[3], r[4], r[5], r[6])
-            for r in conn.execute(
-                "SELECT grant_id, subject, scopes, not_before, expires, max_queries, dp_epsilon "
-                "FROM grants WHERE requester = ? AND purpose = ? AND revoked_at IS NULL",
-                (requester, purpose)))
+            for r in grantstore.active_rows(conn, requester, purpose))
         sids = _bound_sids(conn, {g[1] for g in grants})
         view = _ConsentView(versions, grants, sids,
                             _subject_refs(conn, [s for v in sids.values() for s in v]))
@@ -381,15 +375,11 @@ class QueryEngine:
 
     def _named_grant(self, conn: sqlite3.Connection, gid: str, query: Query, requester: str,
                      scopes: set[str], ts: float) -> _GrantRow:
-        row = conn.execute(
-            "SELECT subject, requester, purpose, scopes, not_before, expires, revoked_at, "
-            "max_queries, COALESCE(u.queries_used, 0), dp_epsilon, COALESCE(u.spent_micro, 0) "
-            "FROM grants g LEFT JOIN grant_usage u USING (grant_id) WHERE grant_id = ?",
-            (gid,)).fetchone()
+        row = grantstore.terms(conn, gid)
         if row is None:
             raise NotFound(f"this node holds no grant {gid}; the customer's wallet must submit "
                            "it first", reason="unknown-grant")
-        subject, owner, purpose, granted, nbf, exp, revoked, max_q, used, eps, spent = row
+        subject, owner, purpose, granted, nbf, exp, revoked, max_q, eps = row
         used, spent = spend.usage(conn, [gid]).get(gid, (0, 0))  # with the debit journal
         if owner != requester:
             raise PermissionDenied(f"grant {gid} was issued to another requester",
@@ -956,14 +946,12 @@ class QueryEngine:
         def record(conn: sqlite3.Connection, batch: Batch) -> None:
             # Only grant ids the node actually holds are linked, so a subject sees refusals
             # that named its grants, and made-up ids do not pollute the index.
-            known = [g for g in grant_ids if conn.execute(
-                "SELECT 1 FROM grants WHERE grant_id = ?", (g,)).fetchone()]
+            known = grantstore.held(conn, grant_ids)
             known = [g for g in known if g not in left]
             event = self._event(conn, query, requester, now, "refused", exc.reason, [], known,
                                 left_out=left)
             if nonce is not None:  # spent by the refusal too (unless that was the refusal)
-                conn.execute("INSERT OR IGNORE INTO replay_nonces (nonce, expires) "
-                             "VALUES (?, ?)", (nonce.value, nonce.expires))
+                nonces.record_if_new(conn, nonce)
             accesslog.append_batched(conn, batch, event, [], sorted(known), left)
 
         return record
@@ -1172,28 +1160,14 @@ def _check_budgets(conn: sqlite3.Connection, grants: list[_GrantRow], epsilon: i
     mode, ``epsilon`` micro-epsilon of its budget left (``budgets``; integers, compared
     exactly), else a concurrent query spent it and the query is read again (and then answered
     without that grant, or refused)."""
-    if not grants:
-        return
-    for gid, used, max_q, spent in conn.execute(
-            "SELECT grant_id, COALESCE(u.queries_used, 0), max_queries, "
-            "COALESCE(u.spent_micro, 0) FROM grants g LEFT JOIN grant_usage u "
-            "USING (grant_id) WHERE grant_id IN (SELECT value FROM json_each(?))",
-            (json.dumps([g.grant_id for g in grants]),)):
-        if max_q is not None and used >= max_q:
-            raise _Stale
-        if gid in budgets and spent + epsilon > budgets[gid]:
-            raise _Stale
+    if not grantstore.can_debit(conn, [g.grant_id for g in grants], epsilon, budgets):
+        raise _Stale
 
 
 def _debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: int) -> None:
     """Debit one query and ``epsilon`` micro-epsilon from each grant (checked by
     ``_check_budgets`` earlier in the same transaction)."""
-    if grant_ids:
-        conn.execute("INSERT INTO grant_usage (grant_id, queries_used, spent_micro) "
-                     "SELECT value, 1, ? FROM json_each(?) WHERE true "
-                     "ON CONFLICT (grant_id) DO UPDATE SET queries_used = queries_used + 1, "
-                     "spent_micro = spent_micro + excluded.spent_micro",
-                     (epsilon, json.dumps(grant_ids)))
+    grantstore.debit(conn, grant_ids, epsilon)
 
 
 class Replayed(RequestError):
@@ -1205,7 +1179,7 @@ class Replayed(RequestError):
 
 def _spend(conn: sqlite3.Connection, nonce: Nonce) -> None:
     try:
-        DurableReplayGuard.record(conn, nonce)
+        nonces.record(conn, nonce)
     except ReplayError as exc:
         raise Replayed(f"{exc}; seal a new request", reason="replayed-nonce") from None
 
@@ -1251,10 +1225,7 @@ def _digests(conn: sqlite3.Connection, requester: str, dataset: str,
     known = {d for d in digests if (requester, dataset, d) in released}
     unknown = [d for d in digests if d not in known]
     if unknown:
-        for (digest,) in conn.execute(
-                "SELECT digest FROM released_sets WHERE requester = ? AND dataset = ? AND "
-                "digest IN (SELECT value FROM json_each(?))",
-                (requester, dataset, json.dumps(unknown))):
+        for digest in releases.released(conn, requester, dataset, unknown):
             known.add(digest)
             released.add((requester, dataset, digest))  # committed: this snapshot shows it
     blobs = [None if d in known else zlib.compress(p) for d, p in zip(digests, packed,
@@ -1272,20 +1243,15 @@ def _releasable(conn: sqlite3.Connection, requester: str, dataset: str, group: _
     near-sized sets are compared. A set released before needs no comparison: every set
     released since was compared with it then (the table is append-only).
     """
-    if conn.execute("SELECT 1 FROM released_sets WHERE requester = ? AND dataset = ? "
-                    "AND digest = ?", (requester, dataset, digest)).fetchone():
+    if releases.is_released(conn, requester, dataset, digest):
         return True
     members = group.members()
     size = len(members)
-    for other in conn.execute(
-            "SELECT members FROM released_sets WHERE requester = ? AND dataset = ? "
-            "AND size BETWEEN ? AND ?", (requester, dataset, size - k + 1, size + k - 1)):
-        if 0 < _changed_subjects(members, _unpack(other[0])) < k:
+    for other in releases.near(conn, requester, dataset, size - k + 1, size + k - 1):
+        if 0 < _changed_subjects(members, _unpack(other)) < k:
             return False
-    conn.execute("INSERT INTO released_sets (requester, dataset, size, digest, members, "
-                 "released_at) VALUES (?, ?, ?, ?, ?, ?)",
-                 (requester, dataset, size, digest,
-                  blob if blob is not None else zlib.compress(_packed(members)), iso(now)))
+    releases.record(conn, requester, dataset, size, digest,
+                    blob if blob is not None else zlib.compress(_packed(members)), iso(now))
     return True
 
 

@@ -501,8 +501,9 @@ def _customer(conn: sqlite3.Connection, did: str) -> locations.Customer:
     refs = tuple(r[0] for r in conn.execute(
         "SELECT subject_ref FROM subjects WHERE sid IN (SELECT value FROM json_each(?)) "
         "ORDER BY sid", (json.dumps(sids),)))
-    grants = tuple(r[0] for r in conn.execute("SELECT grant_id FROM grants WHERE subject = ? "
-                                              "ORDER BY grant_id", (did,)))
+    from agent_node import grantstore
+
+    grants = tuple(grantstore.ids_of(conn, did))
     return locations.Customer(did, sids, refs, grants)
 
 

@@ -10,6 +10,7 @@ table, so it takes effect before the next answer.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,187 @@ from agent_node.vault import Vault, iso
 from consent import errors as ce
 from consent import grantstate
 from consent.grants import Grant, verify_grant, verify_revocation
+
+#: The grants table and its triggers live in the vault database beside ``meta`` (the consent
+#: versions the triggers move); ``grant_usage`` goes where the per-query writes go (``{db}``).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+  grant_id TEXT PRIMARY KEY, subject TEXT NOT NULL, requester TEXT NOT NULL,
+  purpose TEXT NOT NULL, scopes TEXT NOT NULL, not_before REAL NOT NULL, expires REAL NOT NULL,
+  max_queries INTEGER, dp_epsilon REAL, digest TEXT NOT NULL, credential TEXT NOT NULL,
+  received_at TEXT NOT NULL, revoked_at TEXT, revocation TEXT);
+CREATE INDEX IF NOT EXISTS grants_requester ON grants(requester, purpose);
+CREATE INDEX IF NOT EXISTS grants_subject ON grants(subject);
+CREATE TRIGGER IF NOT EXISTS consent_revoked AFTER UPDATE OF revoked_at ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_grant_gone AFTER DELETE ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
+CREATE TRIGGER IF NOT EXISTS consent_granted AFTER INSERT ON grants BEGIN
+  UPDATE meta SET value = value + 1 WHERE key = 'grants_version'; END;
+"""
+USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {db}.grant_usage (
+  grant_id TEXT PRIMARY KEY, queries_used INTEGER NOT NULL DEFAULT 0,
+  epsilon_spent REAL NOT NULL DEFAULT 0, spent_micro INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID
+"""
+USAGE_TABLES = ("grant_usage",)
+
+
+def ensure(conn: sqlite3.Connection) -> None:
+    """Create the grants table and its triggers (outside a transaction; the vault's ``meta``
+    exists already)."""
+    conn.executescript(SCHEMA)
+
+
+def ensure_usage(conn: sqlite3.Connection, db: str = "main") -> None:
+    conn.execute(USAGE_SCHEMA.format(db=db))
+
+
+def upgrade_usage(conn: sqlite3.Connection) -> None:
+    """Vaults from before exact budgets kept only ``epsilon_spent`` (REAL): add the integer
+    micro-epsilon counter, rounded up from it (a budget is never under-counted)."""
+    def done() -> bool:
+        return "spent_micro" in {r[1] for r in conn.execute("PRAGMA table_info(grant_usage)")}
+
+    if done():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if done():  # another process upgraded it meanwhile
+            conn.execute("COMMIT")
+            return
+        conn.execute("ALTER TABLE grant_usage ADD COLUMN spent_micro INTEGER NOT NULL DEFAULT 0")
+        conn.executemany("UPDATE grant_usage SET spent_micro = ? WHERE grant_id = ?",
+                         [(math.ceil(spent * 1_000_000), gid) for gid, spent in conn.execute(
+                             "SELECT grant_id, epsilon_spent FROM grant_usage").fetchall()])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# -- what other modules read and write of the grants store (its only SQL) ---------------------
+
+def active_rows(conn: sqlite3.Connection, requester: str, purpose: str
+                ) -> list[tuple[Any, ...]]:
+    """Unrevoked grants to ``requester`` for ``purpose``: (id, subject, scopes, not_before,
+    expires, max_queries, dp_epsilon)."""
+    return conn.execute(
+        "SELECT grant_id, subject, scopes, not_before, expires, max_queries, dp_epsilon "
+        "FROM grants WHERE requester = ? AND purpose = ? AND revoked_at IS NULL",
+        (requester, purpose)).fetchall()
+
+
+def terms(conn: sqlite3.Connection, grant_id: str) -> tuple[Any, ...] | None:
+    """(subject, requester, purpose, scopes, not_before, expires, revoked_at, max_queries,
+    dp_epsilon) of one grant, or None."""
+    row = conn.execute(
+        "SELECT subject, requester, purpose, scopes, not_before, expires, revoked_at, "
+        "max_queries, dp_epsilon FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
+    return tuple(row) if row else None
+
+
+def held(conn: sqlite3.Connection, grant_ids: list[str]) -> list[str]:
+    """Those of ``grant_ids`` this node holds, in the given order."""
+    found = {r[0] for r in conn.execute("SELECT grant_id FROM grants WHERE grant_id IN "
+                                        "(SELECT value FROM json_each(?))",
+                                        (json.dumps(grant_ids),))}
+    return [g for g in grant_ids if g in found]
+
+
+def ids_of(conn: sqlite3.Connection, subject: str) -> list[str]:
+    """The ids of every grant ``subject`` (a wallet DID) issued here, by id."""
+    return [r[0] for r in conn.execute("SELECT grant_id FROM grants WHERE subject = ? "
+                                       "ORDER BY grant_id", (subject,))]
+
+
+def credentials_of(conn: sqlite3.Connection, subject: str) -> list[dict[str, Any]]:
+    return [json.loads(r[0]) for r in conn.execute(
+        "SELECT credential FROM grants WHERE subject = ? ORDER BY received_at, grant_id",
+        (subject,))]
+
+
+def credential(conn: sqlite3.Connection, grant_id: str) -> tuple[str, str, str] | None:
+    """(subject, digest, credential JSON) of one grant, or None."""
+    row = conn.execute("SELECT subject, digest, credential FROM grants WHERE grant_id = ?",
+                       (grant_id,)).fetchone()
+    return (row[0], row[1], row[2]) if row else None
+
+
+def digests(conn: sqlite3.Connection, grant_ids: list[str]) -> dict[str, str]:
+    """grant id -> its credential's digest, for those held."""
+    return dict(conn.execute("SELECT grant_id, digest FROM grants WHERE grant_id IN "
+                             "(SELECT value FROM json_each(?))", (json.dumps(grant_ids),)))
+
+
+def subjects_of(conn: sqlite3.Connection, grant_ids: list[str]) -> set[str]:
+    """The subjects (wallet DIDs) that issued these grants."""
+    return {r[0] for r in conn.execute("SELECT DISTINCT subject FROM grants WHERE grant_id IN "
+                                       "(SELECT value FROM json_each(?))",
+                                       (json.dumps(sorted(set(grant_ids))),))}
+
+
+def scopes_of(conn: sqlite3.Connection, grant_ids: list[str]) -> dict[str, set[str]]:
+    return {gid: set(scopes.split(",")) for gid, scopes in conn.execute(
+        "SELECT grant_id, scopes FROM grants WHERE grant_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(set(grant_ids))),))}
+
+
+def requesters(conn: sqlite3.Connection) -> set[str]:
+    """Every requester some customer granted to here."""
+    return {r[0] for r in conn.execute("SELECT DISTINCT requester FROM grants")}
+
+
+def query_limits(conn: sqlite3.Connection, grant_ids: list[str]) -> dict[str, int]:
+    """grant id -> max_queries, for those of ``grant_ids`` that have one."""
+    return dict(conn.execute(
+        "SELECT grant_id, max_queries FROM grants WHERE max_queries IS NOT NULL AND grant_id IN "
+        "(SELECT value FROM json_each(?))", (json.dumps(sorted(set(grant_ids))),)))
+
+
+def counters(conn: sqlite3.Connection, grant_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """(queries used, micro-epsilon spent) debited per grant in ``grant_usage`` (threshold
+    mode's max_queries counters, training, vaults from before the debit journal)."""
+    return {gid: (int(q), int(m)) for gid, q, m in conn.execute(
+        "SELECT grant_id, queries_used, spent_micro FROM grant_usage WHERE grant_id IN "
+        "(SELECT value FROM json_each(?))", (json.dumps(sorted(set(grant_ids))),))}
+
+
+def can_debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: int,
+              budgets: dict[str, int]) -> bool:
+    """Inside the write transaction: every grant still has a query (max_queries) and, for
+    those in ``budgets``, ``epsilon`` micro-epsilon of its budget left (integers, exact)."""
+    if not grant_ids:
+        return True
+    limits = query_limits(conn, grant_ids)
+    used = counters(conn, grant_ids)
+    for gid in grant_ids:
+        queries, spent = used.get(gid, (0, 0))
+        if gid in limits and queries >= limits[gid]:
+            return False
+        if gid in budgets and spent + epsilon > budgets[gid]:
+            return False
+    return True
+
+
+def debit(conn: sqlite3.Connection, grant_ids: list[str], epsilon: int) -> None:
+    """Debit one query and ``epsilon`` micro-epsilon from each grant's own counter (checked
+    by ``can_debit`` earlier in the same transaction)."""
+    if grant_ids:
+        conn.execute("INSERT INTO grant_usage (grant_id, queries_used, spent_micro) "
+                     "SELECT value, 1, ? FROM json_each(?) WHERE true "
+                     "ON CONFLICT (grant_id) DO UPDATE SET queries_used = queries_used + 1, "
+                     "spent_micro = spent_micro + excluded.spent_micro",
+                     (epsilon, json.dumps(grant_ids)))
+
+
+def carry_legacy_counters(conn: sqlite3.Connection) -> None:
+    """Vaults from before ``grant_usage`` kept counters on the grant rows: copy them over
+    (inside the caller's transaction; the access log's upgrade calls it)."""
+    if "queries_used" in {r[1] for r in conn.execute("PRAGMA table_info(grants)")}:
+        conn.execute("INSERT OR IGNORE INTO grant_usage (grant_id, queries_used, epsilon_spent) "
+                     "SELECT grant_id, queries_used, epsilon_spent FROM grants "
+                     "WHERE max_queries IS NOT NULL OR dp_epsilon IS NOT NULL")
 
 
 def grant_error(exc: ce.ConsentError) -> RequestError:
@@ -56,8 +238,6 @@ class GrantStore:
         self.clock_skew = clock_skew
         #: dp mode: the budget of a grant whose wallet set none (None: threshold mode)
         self.default_budget = default_budget
-        with vault.connection() as conn:
-            spend.ensure(conn)  # the debit journal its budget figures read
 
     def verify(self, credential: Any, now: datetime) -> Grant:
         if not isinstance(credential, dict):
@@ -225,8 +405,6 @@ def _erase_usage(conn: sqlite3.Connection, customer: locations.Customer) -> loca
                                  "json_each(?))", (locations.json_list(customer.grant_ids),))
 
 
-# The grants tables' schema is still in agent_node.vault.SCHEMA (and some of their SQL in the
-# engine, the service and the access log): moving it here is the last step of issue 13.
 locations.table("grants", "agent_node.grantstore", "the customer's signed grants (their DID, "
                 "requester, purpose, scopes) and revocations", "delete", _erase_grants)
 locations.table("grant_usage", "agent_node.grantstore", "queries and privacy budget used per "

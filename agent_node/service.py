@@ -25,7 +25,7 @@ import grpc
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from agent_node import accesslog
+from agent_node import accesslog, grantstore
 from agent_node.engine import QueryEngine
 from agent_node.errors import (
     InvalidRequest,
@@ -36,8 +36,8 @@ from agent_node.errors import (
 )
 from agent_node.grantstore import GrantStore
 from agent_node.home import NodeHome, rotations
+from agent_node.nonces import DurableReplayGuard
 from agent_node.vault import (
-    DurableReplayGuard,
     Vault,
     encrypted_column,
     iso,
@@ -104,22 +104,24 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _unseal(self, request: node_pb2.SealedRequest) -> tuple[str, bytes, bytes | None]:
-        """(caller DID, plaintext, gm session id or None) of a request's envelope."""
+    def _unseal(self, request: node_pb2.SealedRequest, relayed: bool = False
+                ) -> tuple[str, bytes, protocol.ReplyContext]:
+        """(caller DID, plaintext, what to answer in) of a request's envelope; ``relayed``
+        (RelayRevoke) opens a gm request in a session of its own, whatever its age."""
         try:
             return protocol.open_request(
                 request.envelope, request.key_binding, self.identity, self.profile,
                 self.sessions, max_age=self.home.config.replay_window,
-                clock_skew=self.home.config.clock_skew)
+                clock_skew=self.home.config.clock_skew, relayed=relayed)
         except protocol.ProtocolError as exc:
             raise _refusal(exc) from None
 
     def _open(self, method: str, request: node_pb2.SealedRequest, replay: bool = True
-              ) -> tuple[str, dict[str, Any], bytes | None]:
+              ) -> tuple[str, dict[str, Any], protocol.ReplyContext]:
         if request.version != VERSION:
             raise InvalidRequest(f"unsupported request version {request.version}; this node "
                                  f"speaks version {VERSION}")
-        caller, plaintext, session_id = self._unseal(request)
+        caller, plaintext, session_id = self._unseal(request, relayed=not replay)
         try:
             return caller, self._message(method, plaintext, replay), session_id
         except RequestError as exc:
@@ -146,7 +148,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         return message
 
     def _respond(self, method: str, caller: str, nonce: str, body: dict[str, Any],
-                 session_id: bytes | None = None) -> node_pb2.SealedResponse:
+                 session_id: protocol.ReplyContext = None) -> node_pb2.SealedResponse:
         signer = self._answer_identity if method == "Query" else self.identity
         payload = protocol.sign_reply(method, nonce, iso(datetime.now(UTC)), body, signer)
         try:
@@ -238,7 +240,8 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
     def RelayRevoke(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
                     ) -> node_pb2.SealedResponse:
         # A wallet's sealed Revoke relayed by the coordinator, maybe long after it was sealed:
-        # the replay window is waived because a revocation applied twice changes nothing.
+        # the replay window is waived because a revocation applied twice changes nothing (a
+        # gm one opens a session of its own, since any other may be gone by then).
         return self._handle("Revoke", request, context, self._revoke, replay=False)
 
     def GrantStatus(self, request: node_pb2.SealedRequest, context: grpc.ServicerContext
@@ -351,9 +354,9 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         from ledger.customer import revocation_entry
 
         with self.vault.connection() as conn:
-            subject, digest, credential = conn.execute(
-                "SELECT subject, digest, credential FROM grants WHERE grant_id = ?",
-                (grant_id,)).fetchone()
+            found = grantstore.credential(conn, grant_id)
+            assert found is not None  # the grant was just revoked here, so it is held
+            subject, digest, credential = found
             try:
                 salt = conn.execute("SELECT salt FROM subject_salts WHERE did = ?",
                                     (subject,)).fetchone()
@@ -399,8 +402,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             since = iso(_parse_ts(since))
         with self.vault.connection() as conn:
             sids = self._bound_sids(conn, caller)
-            grant_ids = [r[0] for r in conn.execute(
-                "SELECT grant_id FROM grants WHERE subject = ?", (caller,))]
+            grant_ids = grantstore.ids_of(conn, caller)
             events, chain = accesslog.events_for(conn, sids, grant_ids, since)
             head = accesslog.signed_head(conn, self.identity)
             anchors = accesslog.anchors_covering(conn, [e["body"]["seq"] for e in events])
@@ -425,8 +427,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             datasets = {name: self._export_rows(conn, ds, sids)
                         for name, ds in self.engine.datamap.datasets.items()
                         if self.vault.dataset_ready(conn, ds)}
-            grants = [json.loads(r[0]) for r in conn.execute(
-                "SELECT credential FROM grants WHERE subject = ?", (caller,))]
+            grants = grantstore.credentials_of(conn, caller)
             grant_ids = [g["id"] for g in grants]
             events, _ = accesslog.events_for(conn, sids, grant_ids, None)
         return {"export": {

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 from agent_node import locations
 
+#: ``{db}``: the schema the journal lives in.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS grant_set_spend (
+CREATE TABLE IF NOT EXISTS {db}.grant_set_spend (
   set_id INTEGER PRIMARY KEY, queries INTEGER NOT NULL DEFAULT 0,
   spent_micro INTEGER NOT NULL DEFAULT 0);
 """
@@ -37,18 +38,21 @@ TOTALS = 0  # the row of totals over every set
 CACHE_SIZE = 4096
 
 
-def ensure(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
+TABLES = ("grant_set_spend",)
+
+
+def ensure(conn: sqlite3.Connection, db: str = "main") -> None:
+    conn.execute(SCHEMA.format(db=db))
 
 
 def usage(conn: sqlite3.Connection, grant_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
     """(queries used, micro-epsilon spent) of each grant id with any use: its own counters
     plus the journal rows of every set holding it. Grants never used are absent."""
-    ids = json.dumps(sorted(set(grant_ids)))
-    found: dict[str, tuple[int, int]] = {
-        gid: (int(q), int(m)) for gid, q, m in conn.execute(
-            "SELECT grant_id, queries_used, spent_micro FROM grant_usage WHERE grant_id IN "
-            "(SELECT value FROM json_each(?))", (ids,))}
+    from agent_node import grantstore  # it imports this module
+
+    wanted = sorted(set(grant_ids))
+    ids = json.dumps(wanted)
+    found = grantstore.counters(conn, wanted)
     for gid, q, m in conn.execute(
             "SELECT m.grant_id, SUM(s.queries), SUM(s.spent_micro) FROM access_set_grants m "
             "JOIN grant_set_spend s ON s.set_id = m.set_id WHERE m.grant_id IN "
@@ -131,9 +135,9 @@ def check(conn: sqlite3.Connection, cache: HeadroomCache, key: str, micro: int,
     of = budgets()
     used = usage(conn, of)
     least = min((of[g] - used.get(g, (0, 0))[1] for g in of), default=micro)
-    limits = dict(conn.execute(
-        "SELECT grant_id, max_queries FROM grants WHERE max_queries IS NOT NULL AND grant_id IN "
-        "(SELECT value FROM json_each(?))", (json.dumps(sorted(limited)),))) if limited else {}
+    from agent_node import grantstore
+
+    limits = grantstore.query_limits(conn, list(limited)) if limited else {}
     fewest = min((limit - used.get(g, (0, 0))[0] for g, limit in limits.items()), default=None)
     exact = Headroom(least, fewest, now)
     return least >= micro and (fewest is None or fewest >= 1), exact

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent_node import accesslog, engine, trainingstore
+from agent_node import accesslog, engine, grantstore, trainingstore
 from agent_node.engine import EngineSettings, QueryEngine
 from agent_node.errors import RequestError
 from agent_node.home import NodeHome, load_home
@@ -162,9 +162,7 @@ class VaultSource:
 
     def _digest(self, grant_id: str) -> str:
         with self.vault.connection() as conn:
-            row = conn.execute("SELECT digest FROM grants WHERE grant_id = ?",
-                               (grant_id,)).fetchone()
-        return str(row[0]) if row else ""
+            return grantstore.digests(conn, [grant_id]).get(grant_id, "")
 
     # -- commit -------------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import queue
 import sqlite3
@@ -31,19 +30,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
-from agent_node import accesslog, locations
+from agent_node import accesslog, locations, nonces, releases, spend
 from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
 from agent_node.sources import SourceRow, read_rows, redact
 from agent_node.vaultcrypto import VaultKeys, encrypt_cell
-from consent.errors import ReplayError
-from consent.replay import ReplayGuard
 from consent.utctime import utc_text
 
 log = logging.getLogger("agent_node.vault")
@@ -59,50 +56,15 @@ CREATE TABLE IF NOT EXISTS bindings (
 CREATE INDEX IF NOT EXISTS bindings_did ON bindings(did);
 CREATE TABLE IF NOT EXISTS datasets (
   name TEXT PRIMARY KEY, layout TEXT NOT NULL, synced_at TEXT, row_count INTEGER);
-CREATE TABLE IF NOT EXISTS grants (
-  grant_id TEXT PRIMARY KEY, subject TEXT NOT NULL, requester TEXT NOT NULL,
-  purpose TEXT NOT NULL, scopes TEXT NOT NULL, not_before REAL NOT NULL, expires REAL NOT NULL,
-  max_queries INTEGER, dp_epsilon REAL, digest TEXT NOT NULL, credential TEXT NOT NULL,
-  received_at TEXT NOT NULL, revoked_at TEXT, revocation TEXT);
-CREATE TABLE IF NOT EXISTS grant_usage (
-  grant_id TEXT PRIMARY KEY, queries_used INTEGER NOT NULL DEFAULT 0,
-  epsilon_spent REAL NOT NULL DEFAULT 0, spent_micro INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS grants_requester ON grants(requester, purpose);
-CREATE INDEX IF NOT EXISTS grants_subject ON grants(subject);
-CREATE TABLE IF NOT EXISTS access_log (
-  seq INTEGER PRIMARY KEY, time TEXT NOT NULL, body TEXT NOT NULL, body_digest TEXT NOT NULL,
-  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, subject_set INTEGER, grant_set INTEGER,
-  answered INTEGER NOT NULL DEFAULT 0, left_out_set INTEGER);
-CREATE TABLE IF NOT EXISTS access_sets (
-  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-  UNIQUE (kind, digest));
-CREATE TABLE IF NOT EXISTS access_set_subjects (
-  sid INTEGER NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (sid, set_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS access_set_grants (
-  grant_id TEXT NOT NULL, set_id INTEGER NOT NULL, PRIMARY KEY (grant_id, set_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS replay_nonces (
-  nonce TEXT PRIMARY KEY, expires REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS replay_nonces_expires ON replay_nonces(expires);
-CREATE TABLE IF NOT EXISTS released_sets (
-  id INTEGER PRIMARY KEY, requester TEXT NOT NULL, dataset TEXT NOT NULL, size INTEGER NOT NULL,
-  digest TEXT NOT NULL, members BLOB NOT NULL, released_at TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS released_lookup ON released_sets(requester, dataset, size);
-CREATE INDEX IF NOT EXISTS released_digest ON released_sets(requester, dataset, digest);
 CREATE TABLE IF NOT EXISTS erased_subjects (
   subject_ref TEXT PRIMARY KEY, erased_at TEXT NOT NULL, proof_digest TEXT NOT NULL)
   WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('consent_version', '0');
-CREATE TRIGGER IF NOT EXISTS consent_revoked AFTER UPDATE OF revoked_at ON grants BEGIN
-  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
-CREATE TRIGGER IF NOT EXISTS consent_grant_gone AFTER DELETE ON grants BEGIN
-  UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
 CREATE TRIGGER IF NOT EXISTS consent_unbound AFTER DELETE ON bindings BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
 CREATE TRIGGER IF NOT EXISTS consent_subject_gone AFTER DELETE ON subjects BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'consent_version'; END;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('grants_version', '0');
-CREATE TRIGGER IF NOT EXISTS consent_granted AFTER INSERT ON grants BEGIN
-  UPDATE meta SET value = value + 1 WHERE key = 'grants_version'; END;
 CREATE TRIGGER IF NOT EXISTS consent_bound AFTER INSERT ON bindings BEGIN
   UPDATE meta SET value = value + 1 WHERE key = 'grants_version'; END;
 """
@@ -308,27 +270,19 @@ class _PartialJob(Exception):
     """A job raised after writing: the batch must not commit."""
 
 
-def _upgrade_budgets(conn: sqlite3.Connection) -> None:
-    """Vaults from before exact budgets kept only ``epsilon_spent`` (REAL): add the integer
-    micro-epsilon counter, rounded up from it (a budget is never under-counted)."""
-    def done() -> bool:
-        return "spent_micro" in {r[1] for r in conn.execute("PRAGMA table_info(grant_usage)")}
+def _ensure_stores(conn: sqlite3.Connection) -> None:
+    """Every store's tables, created and upgraded by the module that owns them (outside a
+    transaction)."""
+    from agent_node import grantstore  # it imports this module
 
-    if done():
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if done():  # another process upgraded it meanwhile
-            conn.execute("COMMIT")
-            return
-        conn.execute("ALTER TABLE grant_usage ADD COLUMN spent_micro INTEGER NOT NULL DEFAULT 0")
-        conn.executemany("UPDATE grant_usage SET spent_micro = ? WHERE grant_id = ?",
-                         [(math.ceil(spent * 1_000_000), gid) for gid, spent in conn.execute(
-                             "SELECT grant_id, epsilon_spent FROM grant_usage").fetchall()])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    grantstore.ensure(conn)
+    grantstore.ensure_usage(conn)
+    accesslog.ensure(conn)
+    nonces.ensure(conn)
+    releases.ensure(conn)
+    spend.ensure(conn)
+    accesslog.upgrade(conn)
+    grantstore.upgrade_usage(conn)
 
 
 class Vault:
@@ -340,8 +294,7 @@ class Vault:
         self._local = threading.local()
         with self.connection() as conn:
             conn.executescript(SCHEMA)
-            accesslog.upgrade(conn)
-            _upgrade_budgets(conn)
+            _ensure_stores(conn)
         self.committer = GroupCommitter(self._open, self.path.with_name(
             self.path.name + ".write-lock"))
         self._layouts: dict[int, tuple[DatasetSpec, str]] = {}
@@ -511,70 +464,6 @@ class Vault:
         if cached is None or cached[0] is not dataset:
             cached = self._layouts[id(dataset)] = (dataset, _layout(dataset))
         return cached[1]
-
-
-@dataclass(frozen=True)
-class Nonce:
-    """A request nonce claimed by the replay guard, kept in the vault until ``expires``."""
-
-    value: str
-    expires: float
-
-
-class DurableReplayGuard:
-    """Replay protection shared by every process serving one vault, surviving restarts.
-
-    ``check`` refuses what ``consent.replay.ReplayGuard`` refuses (bad window, a nonce this
-    process saw). The nonce is then spent durably in ``replay_nonces`` by an insert that
-    fails when any process (or this one before a restart) spent it already: a Query's by the
-    query engine in the same group-committed transaction as its access event (``pending``
-    hands it over), so an answer is never released for a nonce that is not durably spent;
-    other calls' at once (``record=True``). Expired nonces are swept at most once a minute.
-    """
-
-    SWEEP_SECONDS = 60.0
-
-    def __init__(self, vault: Vault, window: timedelta) -> None:
-        self.vault, self.window = vault, window
-        self._memory = ReplayGuard(window=window)
-        self._local = threading.local()
-        self._swept = 0.0
-
-    def check(self, nonce: str, timestamp: datetime, *, record: bool = False) -> None:
-        now = datetime.now(UTC)
-        self._local.pending = None
-        self._memory.check(nonce, timestamp, now)
-        # No lookup here: the durable insert (now, or with the Query's access event) is the
-        # check, atomic across processes, and it refuses before anything is released.
-        claimed = Nonce(nonce, max(timestamp, now).timestamp() + 2 * self.window.total_seconds())
-        self._sweep(now.timestamp())
-        if record:
-            self.vault.commit(lambda conn, batch: self.record(conn, claimed))
-        else:
-            self._local.pending = claimed
-
-    def pending(self) -> Nonce | None:
-        """The nonce this thread's last ``check`` left for the caller to record, once."""
-        claimed = getattr(self._local, "pending", None)
-        self._local.pending = None
-        return claimed  # type: ignore[no-any-return]
-
-    @staticmethod
-    def record(conn: sqlite3.Connection, nonce: Nonce) -> None:
-        """Spend ``nonce`` inside the caller's write transaction; ``ReplayError`` (before
-        any write) when some process spent it already."""
-        try:
-            conn.execute("INSERT INTO replay_nonces (nonce, expires) VALUES (?, ?)",
-                         (nonce.value, nonce.expires))
-        except sqlite3.IntegrityError:
-            raise ReplayError("this request was already received (replayed nonce)") from None
-
-    def _sweep(self, now: float) -> None:
-        if now - self._swept < self.SWEEP_SECONDS:
-            return
-        self._swept = now
-        self.vault.commit(lambda conn, batch: conn.execute(
-            "DELETE FROM replay_nonces WHERE expires < ?", (now,)))
 
 
 def _layout(dataset: DatasetSpec) -> str:
@@ -867,7 +756,6 @@ def data_key_id(wrapped_key: bytes) -> str:
 _OWNER = "agent_node.vault"
 locations.table("meta", _OWNER, "", "none")
 locations.table("datasets", _OWNER, "", "none")
-locations.table("replay_nonces", _OWNER, "", "none")
 locations.table("dataset_rows", _OWNER, "the customer's synced rows (identity and sentiment "
                 "cells SM4-encrypted under their data key, transaction values plain)",
                 "delete", _erase_dataset_rows, pattern="ds_*")
@@ -875,9 +763,6 @@ locations.table("subjects", _OWNER, "the customer's opaque subject reference and
                 "data key", "destroy-key", _erase_keys)
 locations.table("bindings", _OWNER, "the customer's wallet DID bound to their subject",
                 "delete", _erase_bindings)
-# SQL in agent_node.engine (the overlap control): packed (sid, keyed row fingerprint) pairs.
-locations.table("released_sets", "agent_node.engine", "opaque (sid, keyed row fingerprint) "
-                "pairs of released answer sets, for the overlap control", "keep-opaque")
 locations.table("erased_subjects", _OWNER, "opaque references of erased subjects, so that a "
                 "sync or a restore never brings them back", "keep-opaque")
 locations.file("vault", _OWNER, "vault.sqlite", "every vault table above, in database pages; "
