@@ -203,6 +203,7 @@ class NodeClient:
         self._gm_session: GMSession | None = None
         self._gm_binding = b""  # the current session's SM2KeyBinding (canonical JSON)
         self._gm_sessions: dict[bytes, GMSession] = {}  # by session id, current and previous
+        self._relay_sessions: dict[bytes, GMSession] = {}  # one-request sessions (relayed)
 
     def close(self) -> None:
         self._channel.close()
@@ -287,6 +288,30 @@ class NodeClient:
                 raise NodeError(f"cannot seal a gm request: {exc}") from None
         return protocol.seal_request(message, self.caller, self.node_info().did), nonce
 
+    def sealed_for_relay(self, method: str, body: dict[str, Any]
+                         ) -> tuple[bytes, str, bytes]:
+        """(envelope, nonce, key binding) of a request a relay may keep and deliver later
+        (a revocation the coordinator retries): in gm, a session of its own that the node
+        opens whatever its age (``consent.envelope_gm.open_relayed``); in intl, a NaCl box
+        as any request. The reply opens with this client (``_verify_reply``)."""
+        if not self.gm:
+            envelope, nonce = self.sealed_request(method, body)
+            return envelope, nonce, b""
+        info = self.node_info()
+        if self.caller.sm2 is None or info.sm2_public_key is None:
+            raise NodeError("this node uses the gm crypto profile, which needs a gm identity "
+                            "with an SM2 key", grpc.StatusCode.FAILED_PRECONDITION)
+        message, nonce = protocol.request_message(method, body)
+        try:
+            session = GMSession.open_to(info.did, info.sm2_public_key, self.caller,
+                                        ttl=GM_SESSION_TTL)
+            binding = canonicalize(issue_key_binding(self.caller))
+        except ConsentError as exc:
+            raise NodeError(f"cannot seal a gm request: {exc}") from None
+        with self._gm_lock:
+            self._relay_sessions[session.session_id] = session
+        return protocol.seal_request(message, self.caller, info.did, session), nonce, binding
+
     def _key_binding_for(self, envelope: bytes) -> bytes:
         """The SM2KeyBinding travels with session openings (gm kind 1) only."""
         if len(envelope) > 2 and envelope[1] == PROFILE_GM and envelope[2] == KIND_OPEN:
@@ -315,8 +340,10 @@ class NodeClient:
         """(sender DID, plaintext) of a reply; in gm the session proves the sender is the node."""
         if not self.gm:
             return protocol.open_reply(envelope, self.caller, self.node_info().did)
+        session_id = request[3:3 + SESSION_ID_BYTES]
         with self._gm_lock:
-            session = self._gm_sessions.get(request[3:3 + SESSION_ID_BYTES])
+            session = (self._gm_sessions.get(session_id)
+                       or self._relay_sessions.pop(session_id, None))
         if session is None:
             raise NodeProtocolError("the reply belongs to a gm session this client closed")
         return protocol.open_reply(envelope, self.caller, self.node_info().did, session)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,21 +217,32 @@ class CoordinatorClient:
             out.append(_routed(client, method, envelope, nonce, result))
         return out
 
-    def relay_revocation(self, clients: list[RoutedNodeClient], revocation: dict[str, Any]
+    def relay_revocation(self, clients: list[RoutedNodeClient], revocation: dict[str, Any],
+                         *, ledger_entries: Mapping[str, dict[str, Any]] | None = None
                          ) -> tuple[str, list[Relayed]]:
         """Hand the coordinator a signed revocation sealed to each node holding the grant.
 
         Returns the relay id and, per node, ``delivered`` (with the node's signed receipt,
         verified here), ``pending`` (not reached yet: the coordinator keeps retrying) or
         ``refused`` (the node's reason). Deliver to nodes directly as well when you can: a
-        node answers only from its own grants store.
+        node answers only from its own grants store. ``ledger_entries`` (per node DID) asks
+        a node to endorse the revocation's ledger entry, as a direct Revoke does. A gm node's
+        request is sealed in a session of its own (``NodeClient.sealed_for_relay``), which
+        the node opens whenever the coordinator delivers it.
         """
-        sealed = [(c, *c.sealed_request("Revoke", {"revocation": revocation})) for c in clients]
+        sealed = []
+        for client in clients:
+            body: dict[str, Any] = {"revocation": revocation}
+            entry = (ledger_entries or {}).get(client.node.did)
+            if entry is not None:
+                body["ledger_entry"] = entry
+            sealed.append((client, *client.sealed_for_relay("Revoke", body)))
         reply = self._call("RelayRevocation", pb.RelayRevocationRequest(
-            version=VERSION, targets=[pb.RouteTarget(node_did=c.node.did, envelope=e)
-                                      for c, e, _ in sealed]))
+            version=VERSION, targets=[pb.RouteTarget(node_did=c.node.did, envelope=e,
+                                                     key_binding=k)
+                                      for c, e, _, k in sealed]))
         out = []
-        for (client, envelope, nonce), result in zip(sealed, reply.results, strict=True):
+        for (client, envelope, nonce, _), result in zip(sealed, reply.results, strict=True):
             if result.node_did != client.node.did:
                 raise NodeProtocolError("the coordinator answered for another node")
             document = None

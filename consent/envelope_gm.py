@@ -40,6 +40,12 @@ opening is accepted for ``open_window`` after its creation time; callers that ne
 protection beyond a live session put a nonce and a timestamp in the plaintext
 (``consent.replay.ReplayGuard``), as in the ``intl`` profile.
 
+A request a relay keeps and forwards later (a revocation the coordinator retries until the
+node has it) is sealed in a session of its own: a kind-1 opening that the node opens with
+``open_relayed``, whatever its age, outside the session cache, and answers with a
+``RelayedReply`` (replies counted from a random point, so no retry reuses a nonce). That
+waives replay protection, so the node takes only idempotent requests this way.
+
 A node learns a sender's SM2 key without a registry through an ``SM2KeyBinding``: a statement
 ``{"type": "SM2KeyBinding", "did", "sm2PublicKey", "created"}`` signed by the sender's did:key
 with one W3C Data Integrity ``eddsa-jcs-2022`` proof (``issue_key_binding``). The node checks it
@@ -74,6 +80,7 @@ __all__ = [
     "GMSession",
     "GMSessionCache",
     "KeyBindingError",
+    "RelayedReply",
     "SM2PublicLookup",
     "issue_key_binding",
     "verify_key_binding",
@@ -441,39 +448,7 @@ class GMSessionCache:
         if opening.recipient_did != recipient.did:
             raise EnvelopeError("the gm envelope is addressed to another node")
         self._check_times(opening, now)
-        try:
-            sender_public = lookup(opening.sender_did)
-        except (LookupError, ConsentError, ValueError) as exc:
-            # The lookup's own sentence (e.g. why a key binding was refused) says how to fix it.
-            reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
-            raise EnvelopeError(
-                "no SM2 public key is registered for the sender of this gm envelope"
-                + (f": {reason}" if reason else "")
-            ) from None
-        if not isinstance(sender_public, SM2PublicKey):
-            raise EnvelopeError(
-                "no SM2 public key is registered for the sender of this gm envelope"
-            )
-        # Verify the signature before using anything the envelope carries.
-        try:
-            sender_public.verify(opening.signed, opening.signature)
-        except SignatureError:
-            raise EnvelopeError(
-                "the gm session opening is not signed by the sender's SM2 key: it was altered "
-                "or forged"
-            ) from None
-        try:
-            secret = _sm2_key(recipient, "recipient").decrypt(opening.wrapped)
-        except EnvelopeError:
-            raise EnvelopeError(
-                "the gm session key does not decrypt with this node's SM2 key: it was sealed "
-                "to another key"
-            ) from None
-        if len(secret) != SECRET_BYTES:
-            raise EnvelopeError("the gm session secret has the wrong length")
-        request_key, reply_key = _derive_keys(secret, session_id)
-        digest = sm3(opening.signed + opening.signature)
-        return _NodeSession(opening.sender_did, request_key, reply_key, opening.expires, digest)
+        return _accept(session_id, opening, recipient, lookup)
 
     def _check_times(self, opening: _Opening, now: datetime) -> None:
         if opening.created > now + self.clock_skew:
@@ -498,6 +473,46 @@ class GMSessionCache:
             self._sessions.popitem(last=False)
 
 
+def _accept(
+    session_id: bytes, opening: _Opening, recipient: _GMIdentity, lookup: SM2PublicLookup
+) -> _NodeSession:
+    """A session from an opening whose address and times were checked: the sender's SM2 key
+    (from ``lookup``) must have signed it, and the secret must decrypt with ours."""
+    try:
+        sender_public = lookup(opening.sender_did)
+    except (LookupError, ConsentError, ValueError) as exc:
+        # The lookup's own sentence (e.g. why a key binding was refused) says how to fix it.
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        raise EnvelopeError(
+            "no SM2 public key is registered for the sender of this gm envelope"
+            + (f": {reason}" if reason else "")
+        ) from None
+    if not isinstance(sender_public, SM2PublicKey):
+        raise EnvelopeError(
+            "no SM2 public key is registered for the sender of this gm envelope"
+        )
+    # Verify the signature before using anything the envelope carries.
+    try:
+        sender_public.verify(opening.signed, opening.signature)
+    except SignatureError:
+        raise EnvelopeError(
+            "the gm session opening is not signed by the sender's SM2 key: it was altered "
+            "or forged"
+        ) from None
+    try:
+        secret = _sm2_key(recipient, "recipient").decrypt(opening.wrapped)
+    except EnvelopeError:
+        raise EnvelopeError(
+            "the gm session key does not decrypt with this node's SM2 key: it was sealed "
+            "to another key"
+        ) from None
+    if len(secret) != SECRET_BYTES:
+        raise EnvelopeError("the gm session secret has the wrong length")
+    request_key, reply_key = _derive_keys(secret, session_id)
+    digest = sm3(opening.signed + opening.signature)
+    return _NodeSession(opening.sender_did, request_key, reply_key, opening.expires, digest)
+
+
 def _parse_opening(envelope: bytes) -> _Opening:
     reader = _Reader(envelope, PREFIX.size)
     created_s, expires_s = TIMES.unpack(reader.take(TIMES.size))
@@ -518,6 +533,55 @@ def _parse_opening(envelope: bytes) -> _Opening:
     return _Opening(
         created, expires, sender_did, recipient_did, wrapped, signature, signed, reader.offset
     )
+
+
+# --------------------------------------------------------------------------- relayed openings
+
+
+@dataclass(frozen=True)
+class RelayedReply:
+    """The reply side of a relayed session opening, held outside the session cache.
+
+    Replies count from a random point at or above ``MAX_COUNTER`` (which no cached session
+    reaches): a relay retried after the node lost the session opens it afresh, so a counter
+    from 0 would reuse an SM4-GCM nonce under the same reply key.
+    """
+
+    session_id: bytes
+    reply_key: SM4GCM
+
+    def seal(self, plaintext: bytes) -> bytes:
+        counter = MAX_COUNTER + secrets.randbelow(2**63 - MAX_COUNTER)
+        header = PREFIX.pack(VERSION, PROFILE_GM, KIND_REPLY, self.session_id, counter)
+        return header + self.reply_key.encrypt(_nonce(KIND_REPLY, counter), plaintext, header)
+
+
+def open_relayed(
+    envelope: bytes, recipient: _GMIdentity, sender_sm2_public_lookup: SM2PublicLookup
+) -> tuple[GMOpened, RelayedReply]:
+    """Open a session opening (kind 1) that a relay kept and forwards, maybe long after it
+    was sealed: a session of its own for one request, checked exactly as a live opening
+    (addressed to ``recipient``, signed by the sender's SM2 key, the secret sealed to ours)
+    except for its age, and kept in no session cache, so a retry opens it again.
+
+    Only for requests that change nothing when applied twice (a revocation, whose method the
+    caller checks inside the plaintext): neither the opening's time window nor the counter
+    window guards against replay here.
+    """
+    kind, session_id, counter = _parse_prefix(envelope)
+    if kind != KIND_OPEN:
+        raise EnvelopeError(
+            "a relayed gm request must open a session of its own (kind 1): the node may have "
+            "closed any other by the time it arrives"
+        )
+    opening = _parse_opening(envelope)
+    if opening.recipient_did != recipient.did:
+        raise EnvelopeError("the gm envelope is addressed to another node")
+    session = _accept(session_id, opening, recipient, sender_sm2_public_lookup)
+    plaintext = session.request_key.decrypt(
+        _nonce(kind, counter), envelope[opening.end:], envelope[:opening.end])
+    return (GMOpened(session.sender_did, plaintext, session_id),
+            RelayedReply(session_id, session.reply_key))
 
 
 # --------------------------------------------------------------------------- SM2 key binding

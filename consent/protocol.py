@@ -30,7 +30,14 @@ import orjson
 
 from consent.canonical import canonicalize
 from consent.envelope import PROFILE_INTL, open_sealed, seal
-from consent.envelope_gm import PROFILE_GM, GMSession, GMSessionCache, verify_key_binding
+from consent.envelope_gm import (
+    PROFILE_GM,
+    GMSession,
+    GMSessionCache,
+    RelayedReply,
+    open_relayed,
+    verify_key_binding,
+)
 from consent.errors import ConsentError, EnvelopeError
 from consent.identity import Identity
 from consent.integrity import SM2_FRAGMENT, sign_document, verify_document
@@ -39,6 +46,12 @@ from consent.sm import SM2PublicKey
 VERSION = 1
 PROFILE_BYTES = {"intl": PROFILE_INTL, "gm": PROFILE_GM}  # byte 1 of every envelope
 MAX_KEY_BINDING_BYTES = 4096
+# A relayed request (a revocation the coordinator retries) may arrive long after it was
+# sealed; its SM2KeyBinding is accepted up to this old (a grant lives 72 hours at most).
+RELAYED_MAX_AGE = timedelta(days=30)
+#: What a node answers a request in: None (intl), a gm session id, or a relayed gm opening's
+#: reply side.
+ReplyContext = bytes | RelayedReply | None
 
 
 class ProtocolError(ConsentError):
@@ -191,11 +204,20 @@ def sm2_key_lookup(key_binding: bytes, max_age: timedelta, clock_skew: timedelta
 
 
 def open_request(envelope: bytes, key_binding: bytes, node: Identity, profile: str,
-                 sessions: GMSessionCache, *, max_age: timedelta, clock_skew: timedelta
-                 ) -> tuple[str, bytes, bytes | None]:
-    """(caller DID, plaintext, gm session id or None) of a request's envelope."""
+                 sessions: GMSessionCache, *, max_age: timedelta, clock_skew: timedelta,
+                 relayed: bool = False) -> tuple[str, bytes, ReplyContext]:
+    """(caller DID, plaintext, what to answer in) of a request's envelope.
+
+    ``relayed``: the request came through a relay that may have kept it for long (only for
+    requests that change nothing when applied twice): a gm one must open a session of its
+    own, accepted whatever its age and kept in no cache (``envelope_gm.open_relayed``).
+    """
     check_profile(envelope, profile)
     try:
+        if profile == "gm" and relayed:
+            gm, reply = open_relayed(envelope, node, sm2_key_lookup(
+                key_binding, RELAYED_MAX_AGE, clock_skew))
+            return gm.sender_did, gm.plaintext, reply
         if profile == "gm":
             gm = sessions.open(envelope, node, sm2_key_lookup(key_binding, max_age, clock_skew))
             return gm.sender_did, gm.plaintext, gm.session_id
@@ -236,11 +258,14 @@ def sign_reply(method: str, nonce: str, issued: str, body: dict[str, Any],
 
 
 def seal_reply(payload: bytes, node: Identity, caller: str, sessions: GMSessionCache,
-               session_id: bytes | None = None) -> bytes:
-    """The reply envelope: a NaCl box to the caller, or a kind-3 message of its gm session."""
+               session_id: ReplyContext = None) -> bytes:
+    """The reply envelope: a NaCl box to the caller, or a kind-3 message of its gm session
+    (``session_id`` as ``open_request`` returned it)."""
     if session_id is None:
         return seal(payload, node, caller)
     try:
+        if isinstance(session_id, RelayedReply):
+            return session_id.seal(payload)
         return sessions.seal_reply(session_id, payload)
     except EnvelopeError as exc:
         raise BadEnvelope(f"the reply cannot be sealed ({exc})") from None

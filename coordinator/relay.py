@@ -8,9 +8,11 @@ answered. A node still answers only from its own grants store, so a coordinator 
 revocation cannot keep a grant alive at a node the wallet reached directly.
 
 The coordinator reads none of it: the envelopes are opaque, and the receipts the nodes return
-are sealed to the wallet. Only byte 1 (the envelope's profile) is looked at: gm envelopes
-belong to a session the node may have forgotten by the time of a retry, so they are refused
-here and go to the node directly.
+are sealed to the wallet. Only bytes 1 and 2 of the header (the envelope's profile and, in gm,
+its kind) are looked at: a gm revocation must open a session of its own (kind 1, its
+SM2KeyBinding beside it), which the node opens whenever it arrives; one sealed inside a
+session the node may have forgotten by the time of a retry is refused here, before anything
+is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from protos.sovereign.v1 import coordinator_pb2 as pb
 
 log = logging.getLogger("coordinator.relay")
 PROFILE_GM = 2  # byte 1 of a gm envelope (node.proto)
+GM_KIND_OPEN = 1  # byte 2 of a gm envelope that opens a session (node.proto)
 # Refusals that will not change on a retry: the node read the revocation and said no.
 FINAL_CODES = ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND",
                "FAILED_PRECONDITION")
@@ -50,10 +53,12 @@ class RelayService:
     def relay(self, targets: list[Target]) -> tuple[str, list[pb.RelayResult]]:
         """Keep, then deliver once; the per-node results (pending ones are retried later)."""
         for target in targets:
-            if len(target.envelope) > 1 and target.envelope[1] == PROFILE_GM:
-                raise InvalidRequest("gm revocations cannot be relayed (the node may have "
-                                     "closed the session by the time of a retry); send them "
-                                     "to the node directly")
+            if len(target.envelope) > 2 and target.envelope[1] == PROFILE_GM and (
+                    target.envelope[2] != GM_KIND_OPEN or not target.key_binding):
+                raise InvalidRequest("a relayed gm revocation must open a session of its own "
+                                     "and carry its SM2KeyBinding (the node may have closed "
+                                     "any other session by the time of a retry); seal it "
+                                     "with CoordinatorClient.relay_revocation")
         relay_id = f"urn:uuid:{uuid.uuid4()}"
         self.registry.add_relay(relay_id, [(t.node_did, t.envelope, t.key_binding)
                                            for t in targets])

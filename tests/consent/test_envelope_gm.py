@@ -423,3 +423,44 @@ def test_lookup_reason_reaches_the_envelope_error(
         opening_envelope, node, lambda did: verify_key_binding(binding, did, max_age=WINDOW)
     )
     assert opened.sender_did == requester.did and opened.plaintext == b"first query"
+
+
+# -- relayed openings (a revocation the coordinator keeps and retries) ------------------------
+
+
+def test_a_relayed_opening_opens_whatever_its_age_and_replies_never_reuse_a_nonce(
+        node: Identity, requester: Identity, lookup: Callable) -> None:
+    from consent.envelope_gm import open_relayed
+
+    long_ago = datetime.now(UTC) - timedelta(days=3)
+    session = GMSession.open_to(node.did, node.sm2.public_key(), requester, now=long_ago)
+    envelope = session.seal(b"revoke", now=long_ago)
+    with pytest.raises(EnvelopeError, match=r"too old|expired"):  # a live opening is refused
+        GMSessionCache().open(envelope, node, lookup)
+    replies = []
+    for _ in range(2):  # a retry opens it again: no cache, no counter window
+        opened, reply = open_relayed(envelope, node, lookup)
+        assert (opened.sender_did, opened.plaintext) == (requester.did, b"revoke")
+        replies.append(reply.seal(b"receipt"))
+    counters = [int.from_bytes(r[19:27], "big") for r in replies]
+    assert all(c >= 2**32 for c in counters) and counters[0] != counters[1]  # above any live
+    assert session.open_reply(replies[1]) == b"receipt"
+
+
+def test_a_relayed_request_must_be_an_opening_to_this_node_signed_by_its_sender(
+        node: Identity, requester: Identity, lookup: Callable) -> None:
+    from consent.envelope_gm import open_relayed
+
+    session = GMSession.open_to(node.did, node.sm2.public_key(), requester)
+    opening = session.seal(b"revoke")
+    with pytest.raises(EnvelopeError, match="addressed to another node"):
+        open_relayed(opening, Identity.generate("gm"), lookup)
+    forged = bytearray(opening)
+    forged[60] ^= 1  # inside the signed opening
+    with pytest.raises(EnvelopeError):
+        open_relayed(bytes(forged), node, lookup)
+    cache = GMSessionCache()
+    cache.open(opening, node, lookup)
+    session.open_reply(cache.seal_reply(session.session_id, b"ok"))
+    with pytest.raises(EnvelopeError, match="session of its own"):
+        open_relayed(session.seal(b"in the session"), node, lookup)

@@ -478,14 +478,20 @@ def test_a_relayed_revocation_is_accepted_again_a_direct_replay_is_not(
     channel.close()
 
 
-def test_gm_envelopes_are_not_relayed(network: Network) -> None:
+def test_gm_envelopes_inside_a_session_are_not_relayed(network: Network) -> None:
+    # A gm envelope must open a session of its own (kind 1) with its key binding: one sealed
+    # in a live session (kind 2), or an opening without the binding, is refused (the gm relay
+    # itself: tests/coordinator/test_relay_gm.py).
     node = network.nodes[0]
-    target = pb.RouteTarget(node_did=node.did, envelope=b"\x01\x02" + bytes(60))
-    with pytest.raises(grpc.RpcError) as refused:
-        stub(network).RelayRevocation(pb.RelayRevocationRequest(version=1, targets=[target]),
-                                      timeout=10)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "send them to the node directly" in refused.value.details()
+    for envelope, binding in ((b"\x01\x02\x02" + bytes(60), b"{}"),
+                              (b"\x01\x02\x01" + bytes(60), b"")):
+        target = pb.RouteTarget(node_did=node.did, envelope=envelope, key_binding=binding)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub(network).RelayRevocation(pb.RelayRevocationRequest(version=1,
+                                                                    targets=[target]),
+                                          timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must open a session of its own" in refused.value.details()
     status = json.loads(coord_cli("status", "--home", str(network.coordinator.home),
                                   "--json").stdout)
     assert status["pending_relays"] == 0  # nothing kept
