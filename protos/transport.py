@@ -8,6 +8,7 @@ request is refused by the transport with RESOURCE_EXHAUSTED before any handler r
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from concurrent import futures
@@ -115,13 +116,21 @@ def check_bindable(address: str) -> None:
                           "port, or stop what uses it") from None
 
 
-def canonical_address(address: str) -> str:
+NODE_PORT = 7443
+"""A node's port when an address names none (the port ``sov-node init`` listens on)."""
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9.])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def canonical_address(address: str, *, default_port: int | None = None) -> str:
     """One spelling of a ``host:port`` a client dials, so one node is one address: the host
     lower-cased, ``localhost`` and IPv4-mapped IPv6 as their IPv4 loopback / address, IPv6
     compressed in brackets, the port without leading zeros (``LOCALHOST:07443`` ->
-    ``127.0.0.1:7443``). Anything not of that shape is returned stripped, for the caller's
-    own check to refuse in words."""
+    ``127.0.0.1:7443``); a bare host name gets ``default_port`` when one is given. Anything
+    not of that shape is returned stripped, for the caller's own check to refuse in words."""
     text = address.strip()
+    if default_port is not None and _HOST_NAME.fullmatch(text):
+        text = f"{text}:{default_port}"
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         return text
@@ -137,6 +146,13 @@ def canonical_address(address: str) -> str:
         return f"[{ip.compressed}]:{int(port)}"
     v4 = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip
     return f"{v4}:{int(port)}"
+
+
+def node_address(address: str) -> str:
+    """A node's address as every client of the node spells it (the wallet's Python API and
+    CLI, ``sov-query --node``): :func:`canonical_address` with the node's port, NODE_PORT,
+    when none is written (``Node.ACME.example`` -> ``node.acme.example:7443``)."""
+    return canonical_address(address, default_port=NODE_PORT)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

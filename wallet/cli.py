@@ -25,7 +25,7 @@ from consent.commandline import (
     json_option,
 )
 from consent.passphrase import read_passphrase
-from protos.transport import canonical_address
+from protos.transport import canonical_address, node_address
 from wallet import service
 from wallet.parsing import check_purpose_text, format_duration, parse_duration
 from wallet.store import iso, utcnow
@@ -94,7 +94,13 @@ def _open(ctx: Context) -> service.Wallet:
 
 
 def _address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """A node or ledger address in one spelling (localhost and 127.0.0.1 are one node)."""
+    """A node's address in the one spelling the wallet's API uses too (localhost and
+    127.0.0.1 are one node; the port defaults to 7443), so messages name it as stored."""
+    return None if value is None else node_address(value)
+
+
+def _ledger_address(_ctx: click.Context, _param: click.Parameter, value: str | None
+                    ) -> str | None:
     return None if value is None else canonical_address(value)
 
 
@@ -294,7 +300,7 @@ def _load_log_key(path: Path) -> Any:
 
 
 @ledger.command("set")
-@click.argument("address", callback=_address)
+@click.argument("address", callback=_ledger_address)
 @click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="PEM CA certificate of the ledger's TLS certificate.")
 @click.option("--log-key", "log_key_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -645,8 +651,9 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
 
 
 @cli.command()
-@click.option("--from", "source", help="The node that holds your data now (HOST:PORT).")
-@click.option("--to", "target", help="The node to move it to (HOST:PORT).")
+@click.option("--from", "source", help="The node that holds your data now (HOST:PORT).",
+              callback=_address)
+@click.option("--to", "target", help="The node to move it to (HOST:PORT).", callback=_address)
 @click.option("--from-ca", type=click.Path(dir_okay=False, path_type=Path),
               help="--from's CA certificate (remembered for that address).")
 @click.option("--to-ca", type=click.Path(dir_okay=False, path_type=Path),

@@ -28,6 +28,7 @@ from consent.keystore import load_identity, save_identity, write_private_file
 from consent.passphrase import MIN_LENGTH as MIN_PASSPHRASE
 from consent.utctime import utc_text
 from ledger.customer import grant_key
+from protos.transport import canonical_address, node_address
 from wallet.errors import (
     DeliveryPending,
     GrantAlreadyExpired,
@@ -357,7 +358,11 @@ class Wallet:
         unreachable address must not replace the CA of a node the wallet already talks to.
         The first contact pins the node's DID (trust on first use), or ``expected_did`` pins
         it ahead (the DID its operator published): a node presenting another is refused.
+        ``address`` is read as every client reads a node's (protos.transport.node_address:
+        ``localhost`` is 127.0.0.1, the host's case is not kept, the port defaults to 7443),
+        so one node is one entry however it is written.
         """
+        address = node_address(address)
         if expected_did is not None:
             check_node_did(expected_did)
             known = self.store.node(address)
@@ -374,6 +379,7 @@ class Wallet:
     def trust_node(self, address: str, new_did: str, ca_pem: bytes | None = None) -> NodeRecord:
         """The customer's explicit word that the node at ``address`` is now ``new_did``
         (``nodes trust --new-did``): pinned only if the node presents exactly that DID."""
+        address = node_address(address)
         check_node_did(new_did)
         known = self._node(address)
         self._remember_node(address, ca_pem or known.ca_pem, accept_did=new_did, exact=True)
@@ -449,6 +455,7 @@ class Wallet:
         self._remember_node(address, ca_pem)
 
     def refresh_node(self, address: str) -> None:
+        address = node_address(address)
         info = self._client(address).node_info()
         self.store.put_node_info(address, info, self._checked_identity(address, info))
 
@@ -487,6 +494,7 @@ class Wallet:
         now: datetime | None = None,
     ) -> GrantOutcome:
         """Check every input, sign the grant, save it, then deliver it (and anchor its hash)."""
+        node = node_address(node)
         check_ttl(ttl, MAX_TTL)
         check_purpose(purpose)
         scope_list = check_scopes(scopes)
@@ -646,6 +654,7 @@ class Wallet:
         from ledger.client import LedgerClient
         from ledger.errors import LedgerError
 
+        address = canonical_address(address)
         try:
             with LedgerClient(address, ca_pem) as client:
                 key = client.log_key
@@ -986,6 +995,7 @@ class Wallet:
         failure sends the same request and gets the same proof."""
         from ledger.erasure import RECEIPT_FORMAT, issue_request
 
+        node = node_address(node)
         self._use_node_ca(node, node_ca)
         client = self._client(node)
         node_did = client.node_info().did
@@ -1008,6 +1018,8 @@ class Wallet:
         answers with its signed receipt, A erases with its proof. Each step is recorded in
         the store before the next begins, so a crash is finished (or rolled back) by the
         next call; the data stays at A unless B's import is confirmed (``ledger.migration``)."""
+        source = None if source is None else node_address(source)
+        target = None if target is None else node_address(target)
         record = self.store.unfinished_migration()
         if record is not None and not resume and (source, target) != (record["source"],
                                                                       record["target"]):
@@ -1089,6 +1101,7 @@ class Wallet:
 
     def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
         """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
+        node = node_address(node)
         _refuse_wallet_file(self.home, Path(out))
         self._use_node_ca(node, node_ca)
         data = self._client(node).export()
