@@ -348,6 +348,71 @@ def grants_list(home: str, passphrase_file: Path | None, only: str | None,
                       if g.get("epsilon_budget") is not None else ""))
 
 
+@main.group()
+def models() -> None:
+    """Intent models installed for scored questions (verified against the ledger)."""
+
+
+def _model_line(model: Any) -> str:
+    return (f"{model.digest}  dataset {model.dataset}  run {model.run_id}  ledger entry "
+            f"{model.ledger_index}  by {model.author}  installed {model.installed_at}")
+
+
+@models.command(name="install")
+@home_option
+@pass_option
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--receipt", "receipt_file", required=True, type=click.Path(dir_okay=False),
+              help="the ledger receipt of the model's 'model' entry (DIGEST.receipt.json)")
+@click.option("--author", required=True,
+              help="the DID expected to have signed the model entry (the coordinator's)")
+@click.option("--log-key", "log_key", type=click.Path(dir_okay=False), default=None,
+              help="the ledger's log-public.json (default: node.toml ledger_log_key, else "
+                   "the key pinned on first contact with the ledger)")
+@json_option
+def models_install(home: str, passphrase_file: Path | None, model_file: str,
+                   receipt_file: str, author: str, log_key: str | None, as_json: bool) -> None:
+    """Install a model artifact for scored questions once its ledger receipt verifies: the
+    log's signature and inclusion proof, a 'model' entry naming this file's digest, signed by
+    --author. A changed file or an unknown model is refused; nothing is installed."""
+    try:
+        resolve(author)
+    except ConsentError:
+        raise click.BadParameter("must be a did:key, e.g. the coordinator's DID",
+                                 param_hint="--author") from None
+    model, new = _node(home, passphrase_file).install_model(
+        Path(model_file), Path(receipt_file), author, Path(log_key) if log_key else None)
+    emit(as_json, {**model.to_json(), "new": new},
+         ("installed " if new else "already installed: ") + _model_line(model))
+
+
+@models.command(name="list")
+@home_option
+@pass_option
+@json_option
+def models_list(home: str, passphrase_file: Path | None, as_json: bool) -> None:
+    """The installed models: digest, dataset, training run, ledger entry and author."""
+    found = _node(home, passphrase_file).models()
+    if as_json:
+        click.echo(json.dumps([m.to_json() for m in found], indent=2))
+        return
+    if not found:
+        click.echo("no model installed; see 'sov-node models install --help'")
+    for model in found:
+        click.echo(_model_line(model))
+
+
+@models.command(name="remove")
+@home_option
+@pass_option
+@click.argument("digest")
+@json_option
+def models_remove(home: str, passphrase_file: Path | None, digest: str, as_json: bool) -> None:
+    """Uninstall a model: questions naming it are refused from now on."""
+    model = _node(home, passphrase_file).remove_model(digest)
+    emit(as_json, {**model.to_json(), "removed": True}, f"removed {model.digest}")
+
+
 @main.group(name="log")
 def log_group() -> None:
     """The hash-chained access log."""

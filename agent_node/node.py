@@ -8,6 +8,7 @@
     node.grants(status="active")              # dicts, as `sov-node grants list --json`
     node.events(since=parse_bound("24h"))     # as `sov-node log events --json`
     node.push()                               # anchor the access-log heads now
+    node.install_model(model, receipt, author)  # a registered intent model, for scoring
     running = node.serve()                    # gRPC + TLS until running.stop()
 
 The command line is a thin layer over this class (agent_node.cli), the way consent-wallet is
@@ -190,6 +191,53 @@ class Node:
             (out / f"receipt-{anchored.sequence}.json").write_text(
                 json.dumps(anchored.receipt, indent=2) + "\n", encoding="utf-8")
         return [h.sequence for h in heads], pending
+
+    # -- intent models ----------------------------------------------------------------------------
+
+    def install_model(self, model_file: Path, receipt_file: Path, author: str,
+                      log_key_file: Path | None = None) -> tuple[Any, bool]:
+        """Verify a model artifact against its ledger receipt (log key, inclusion, the
+        ``model`` entry naming the file's digest, signed by ``author``) and install it for
+        scored questions (``agent_node.scoring``); (InstalledModel, whether it is new)."""
+        from agent_node import scoring
+
+        return scoring.install(self.vault, self.home.datamap(), Path(model_file),
+                               Path(receipt_file), self._log_key(log_key_file), author)
+
+    def models(self) -> list[Any]:
+        """The installed models (``InstalledModel``), oldest first."""
+        from agent_node import scoring
+
+        return list(scoring.installed(self.vault))
+
+    def remove_model(self, digest: str) -> Any:
+        """Uninstall a model: questions naming it are refused from now on."""
+        from agent_node import scoring
+
+        return scoring.remove(self.vault, digest)
+
+    def _log_key(self, given: Path | None) -> Any:
+        """The ledger's log key: the file given, else node.toml ``ledger_log_key``, else the
+        one the node pinned on first contact with its ledger."""
+        import json
+
+        from agent_node.accesslog import get_setting
+        from ledger.errors import LogKeyError
+        from ledger.models import LogPublicKey
+
+        try:
+            if given is not None:
+                return LogPublicKey.load(Path(given))
+            if self.config.ledger_log_key:
+                return LogPublicKey.load(self.home.resolve(self.config.ledger_log_key))
+        except LogKeyError as exc:
+            raise AgentNodeError(str(exc)) from None
+        with self.vault.connection() as conn:
+            pinned = get_setting(conn, "log_key")
+        if pinned is None:
+            raise AgentNodeError("this node knows no ledger log key: pass --log-key "
+                                 "log-public.json or set ledger_log_key in node.toml")
+        return LogPublicKey.from_json(json.loads(pinned))
 
     # -- identity and network ---------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from consent.errors import ConsentError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
 from consent.passphrase import read_passphrase, shared_passphrase_file
-from protos.transport import node_address
 
 PASSPHRASE_ENV = "SOV_QUERY_PASSPHRASE"
 HOME_ENV = "SOV_QUERY_HOME"
@@ -204,11 +203,18 @@ def _report_output(results: list[Any], as_json: bool) -> None:
         fail(f"{len(refused)} of {len(results)} questions were refused (see above)")
 
 
+#: Scored questions: the node scores each consenting customer with this installed model and
+#: the question may use the columns score (0 to 1) and score_band (0 to 9).
+MODEL_OPTION = click.option(
+    "--model", default=None, metavar="DIGEST",
+    help="score with this installed intent model (its 64-hex digest): adds the columns score "
+         "and score_band, e.g. --measure avg:score --group-by score_band")
+
+
 @main.command()
 @home_option
 @pass_option
-@click.option("--node", required=True, help="node address host:port (port 7443 if none)",
-              callback=lambda _ctx, _param, value: node_address(value))
+@click.option("--node", required=True, help="node address host:port")
 @click.option("--ca", required=True, type=click.Path(dir_okay=False),
               help="the node's TLS CA certificate (PEM)")
 @click.option("--dataset", default=None)
@@ -226,11 +232,13 @@ def _report_output(results: list[Any], as_json: bool) -> None:
 @click.option("--epsilon", type=float, default=None,
               help="privacy cost of this answer to each customer it reads (dp mode; within "
                    "the node's bounds, default the node's default_epsilon)")
+@MODEL_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
 def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: str | None,
         measures: tuple[str, ...], more: tuple[str, ...], report: Path | None,
         group_by: tuple[str, ...], filters: tuple[str, ...], purpose: str | None,
-        grants: tuple[str, ...], epsilon: float | None, as_json: bool) -> None:
+        grants: tuple[str, ...], epsilon: float | None, model: str | None,
+        as_json: bool) -> None:
     """Seal aggregate queries to a node and print the verified answers: one question, or
     several (--measures, --report) sent as one report in one sealed request."""
     ca_pem = read_pem_certificate(ca)  # a usage error before the passphrase
@@ -239,6 +247,8 @@ def ask(home: str, passphrase_file: Path | None, node: str, ca: str, dataset: st
                             "grant_ids": list(grants)}
     if epsilon is not None:
         base["epsilon"] = epsilon
+    if model is not None:
+        base["model"] = model
     queries = _questions(report, dataset, purpose, _measure_sets(measures, more), base)
     identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     if len(queries) > 1 or report is not None:
@@ -305,6 +315,7 @@ def _network_table(combined: dict[str, Any]) -> str:
 @click.option("--filter", "filters", multiple=True, help="e.g. \"age >= 30\"")
 @click.option("--purpose", required=True)
 @click.option("--epsilon", type=float, default=None, help="privacy cost per node (dp mode)")
+@MODEL_OPTION
 @click.option("--deadline-ms", type=click.IntRange(0, 600_000), default=0,
               help="how long each node may take (default: the coordinator's)")
 @click.option("--json", "as_json", is_flag=True, help="print the combined answer as JSON")
@@ -313,6 +324,7 @@ def ask_network_command(home: str, passphrase_file: Path | None, coordinator: st
                         measures: tuple[str, ...], more: tuple[str, ...],
                         group_by: tuple[str, ...],
                         filters: tuple[str, ...], purpose: str, epsilon: float | None,
+                        model: str | None,
                         deadline_ms: int, as_json: bool) -> None:
     """Ask every node of a coordinator's network (one sealed envelope each), verify every
     answer and print their combination."""
@@ -328,6 +340,8 @@ def ask_network_command(home: str, passphrase_file: Path | None, coordinator: st
         "filters": [parse_filter_text(f) for f in filters]}
     if epsilon is not None:
         base["epsilon"] = epsilon
+    if model is not None:
+        base["model"] = model
     identity = load_identity(Path(home) / "requester.key", _passphrase(passphrase_file))
     options: dict[str, Any] = {"nodes": list(node_dids) or None,
                                "regions": list(regions) or None, "deadline_ms": deadline_ms}

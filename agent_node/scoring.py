@@ -142,7 +142,10 @@ def install(vault: Vault, datamap: DataMap, model_file: Path, receipt_file: Path
             ) -> tuple[InstalledModel, bool]:
     """Verify and record a model; (the installed model, whether it is new). Nothing is
     written unless every check passes."""
-    artifact = artifacts.load(model_file)
+    try:
+        artifact = artifacts.load(model_file)
+    except artifacts.ArtifactError as exc:
+        raise ModelRefused(str(exc)) from None
     try:
         receipt_text = Path(receipt_file).read_text(encoding="utf-8")
     except OSError as exc:

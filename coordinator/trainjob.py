@@ -9,7 +9,8 @@
    training curve ``DIGEST.png``; registry and lineage go into ``coordinator.models``.
 4. The ``model`` ledger entry (digest, run, metrics digest, nodes, grant digests) is signed by
    the coordinator and appended through the ledger service (the coordinator's own when it hosts
-   the ledger); its receipt is stored with the model.
+   the ledger); its receipt is stored with the model and written beside it as
+   ``DIGEST.receipt.json``, which nodes install the model with (``sov-node models install``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def register(home: CoordinatorHome, identity: Identity, plan: dict[str, Any], ru
     receipt = None
     if ledger is not None:
         entry = sign_entry(model_event(digest, str(run_id), rounds, nodes), identity)
-        receipt = ledger.append(entry).to_json()
+        appended = ledger.append(entry)
+        receipt = appended.to_json()
         models.set_receipt(digest, json.dumps(receipt))
+        # Beside the artifact: what a node operator installs it with (sov-node models install).
+        (out / f"{digest}.receipt.json").write_text(appended.dumps(), encoding="utf-8")
     return TrainedModel(digest, run_id, rounds, nodes, artifact_path, curve, receipt)

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from agent_node import scoring, spend
+from agent_node.client import NodeClient
 from agent_node.errors import NotFound
 from agent_node.grantstore import GrantStore
+from agent_node.node import Node
 from consent.grants import issue_grant
 from consent.identity import Identity
 from coordinator.models import model_event
@@ -33,7 +35,7 @@ from fl.train import TrainConfig, train
 from ledger.authority import sign_entry
 from ledger.home import init_home as init_ledger
 from ledger.home import open_log
-from tests.agent_node.conftest import PASSPHRASE, in_process_node
+from tests.agent_node.conftest import PASSPHRASE, in_process_node, run_cli
 from tests.fl.conftest import signed_plan
 
 PURPOSE = "marketing-analytics"
@@ -184,3 +186,49 @@ def test_scores_are_never_released_per_customer_and_need_an_installed_model(
     assert all(set(g["values"]) == {"count"} for g in answer["groups"])
     with pytest.raises(Exception, match="min would release one customer's exact value"):
         node.engine.run({**query, "measures": ["min:score"], "group_by": []}, requester.did)
+
+
+def test_the_operator_installs_with_sov_node_and_a_requester_asks_over_grpc(
+        tmp_path: Path, bank_rows: list[dict[str, Any]], published: dict[str, Any],
+        coordinator: Identity, requester: Identity) -> None:
+    parts = in_process_node(tmp_path, bank_rows, "grpc-scoring")
+    home = str(parts.home.path)
+    tampered = json.loads(json.dumps(published["artifact"]))
+    tampered["scaling"]["mean"][0] += 1.0
+    artifacts.save(tampered, tmp_path / "tampered.json")
+    install_args = ["sov-node", "models", "install", "--home", home, "--receipt",
+                    str(published["receipt"]), "--author", coordinator.did,
+                    "--log-key", str(published["log_key_file"])]
+    refused = run_cli(*install_args, str(tmp_path / "tampered.json"), check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: the model file's digest ")
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert json.loads(run_cli("sov-node", "models", "list", "--home", home,
+                              "--json").stdout) == []
+    done = json.loads(run_cli(*install_args, str(published["model"]), "--json").stdout)
+    assert done["digest"] == published["digest"] and done["new"] is True
+    listed = run_cli("sov-node", "models", "list", "--home", home).stdout
+    assert listed.startswith(published["digest"]) and "dataset contacts" in listed
+
+    ids = grant(parts, parts.wallets[:SCORED], requester)
+    running = Node.open(home, PASSPHRASE).serve("127.0.0.1:0")
+    try:
+        with NodeClient(f"127.0.0.1:{running.port}", parts.home.ca_pem(), requester) as client:
+            answer = client.query({"dataset": "contacts", "purpose": PURPOSE,
+                                   "model": published["digest"], "epsilon": 0.5,
+                                   "measures": ["avg:score", "quantile:score:0.5"]}
+                                  )["body"]["answer"]
+        with NodeClient(f"127.0.0.1:{running.port}", parts.home.ca_pem(),
+                        parts.wallets[0]) as wallet:
+            [status] = wallet.grant_status(ids[:1])  # the customer sees the debit
+        touched = set(running.service.engine.models.touched)
+    finally:
+        running.stop()
+    with parts.vault.connection() as conn:
+        wanted = {s for w in parts.wallets[:SCORED]
+                  for s in parts.vault.sids_for_did(conn, w.did)}
+    assert touched == wanted
+    [group] = answer["groups"]
+    assert 0.0 <= group["values"]["avg:score"] <= 1.0 and answer["dp"]["epsilon"] == 0.5
+    assert "quantile:score:0.5" in group["values"]
+    assert status.epsilon_spent == pytest.approx(0.5)
