@@ -126,7 +126,9 @@ class AgentNodeServicer:
         possibly after the node's replay window: the nonce and time checks are waived, since a
         revocation applied again changes nothing (the node answers with the first revoked_at).
         Everything else is Revoke's: method "Revoke", the wallet's signature, the reply sealed to
-        the wallet. intl envelopes only in practice (a gm session may be gone by then).
+        the wallet. A gm one must open a session of its own (kind 1, with its SM2KeyBinding in
+        key_binding), accepted whatever its age and kept in no session cache; the reply is sealed
+        in that session (consent.envelope_gm.open_relayed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
