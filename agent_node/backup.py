@@ -53,7 +53,7 @@ from typing import Any, BinaryIO
 
 from agent_node import locations, nonces
 from agent_node.errors import AgentNodeError
-from agent_node.home import NodeHome
+from agent_node.home import NodeHome, hold_exclusive
 from agent_node.vault import Vault, iso
 from agent_node.vaultcrypto import NONCE_BYTES, VaultKeys
 from consent.canonical import canonicalize
@@ -476,10 +476,22 @@ class RestoreReport:
 
 def restore(home: NodeHome, path: Path, *, progress: Progress | None = None) -> RestoreReport:
     """Replace the vault's content with the backup at ``path``; customers erased since the
-    backup stay erased. A refused restore changes nothing."""
+    backup stay erased. A refused restore changes nothing, and so does one tried while
+    ``sov-node serve`` runs on this home (it would go on serving the vault it replaces)."""
+    held = hold_exclusive(home.path)
+    if isinstance(held, str):
+        raise BackupError(f"'sov-node serve' is running on this node home"
+                          f"{f' (pid {held})' if held else ''}: stop it, then restore; "
+                          "nothing was restored")
+    try:
+        return _restore(home, Path(path), progress)
+    finally:
+        os.close(held)  # 'sov-node serve' may start again
+
+
+def _restore(home: NodeHome, path: Path, progress: Progress | None) -> RestoreReport:
     from agent_node.erasure import Erasure
 
-    path = Path(path)
     vault = Vault(home.vault_path, home.keys)
     erasure = Erasure(home, vault)
     with vault.connection() as conn:

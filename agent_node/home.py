@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -283,6 +284,38 @@ def load_home(home: Path, passphrase: str) -> NodeHome:
     return NodeHome(home, identity, VaultKeys(master), config)
 
 
+SERVE_LOCK = "serve.lock"
+
+
+def hold_serving(home: Path) -> int | None:
+    """Mark the node home as served for as long as this process lives (a shared ``flock`` on
+    HOME/serve.lock, which holds the pid: several serves and their workers share it); the
+    held file descriptor, or None when a restore holds the home (``hold_exclusive``)."""
+    fd = os.open(Path(home) / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def hold_exclusive(home: Path) -> int | str:
+    """The node home to this process alone (a restore): the held file descriptor, or, when
+    a ``sov-node serve`` holds it, that server's pid as text ("" if unknown). The lock goes
+    with the process, or with ``os.close`` of the descriptor."""
+    fd = os.open(Path(home) / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        return pid if pid.isdigit() else ""
+    return fd
+
+
 def _register_locations() -> None:
     """The home's own files in the data-location registry (agent_node.locations): keys,
     certificates and settings, nothing about customers."""
@@ -292,7 +325,7 @@ def _register_locations() -> None:
     for name, pattern in (("node-key", "node.key"), ("retired-keys", "node.key.retired-*"),
                           ("master-key", "master.key"), ("tls", "tls/*"),
                           ("config", "node.toml"), ("datamap", "datamap.toml"),
-                          ("rotations", ROTATIONS_FILE)):
+                          ("rotations", ROTATIONS_FILE), ("serve-lock", SERVE_LOCK)):
         locations.file(name, owner, pattern, "", "none")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,8 +18,9 @@ from prometheus_client import start_http_server
 
 from agent_node import accesslog
 from agent_node.engine import QueryEngine
+from agent_node.errors import ConfigError
 from agent_node.grantstore import GrantStore
-from agent_node.home import NodeHome
+from agent_node.home import NodeHome, hold_serving
 from agent_node.service import SERVICE_NAME, Metrics, NodeService, add_to_server
 from agent_node.vault import Vault, iso
 from protos.transport import RunningServer, serve
@@ -32,6 +34,7 @@ class RunningNode:
     server: RunningServer
     stop_event: threading.Event
     coordinator_server: RunningServer | None = None  # the mutual-TLS port for the coordinator
+    serving_lock: int | None = None  # HOME/serve.lock, held shared while serving
 
     @property
     def port(self) -> int:
@@ -42,6 +45,9 @@ class RunningNode:
         if self.coordinator_server is not None:
             self.coordinator_server.stop(grace)
         self.server.stop(grace)
+        if self.serving_lock is not None:
+            os.close(self.serving_lock)  # a restore may run now
+            self.serving_lock = None
 
 
 def build_service(home: NodeHome) -> NodeService:
@@ -188,6 +194,11 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
           reuse_port: bool = False) -> RunningNode:
     """Serve ``home``. With several worker processes on one port (``sov-node serve
     --workers``) only the ``primary`` one exports metrics and anchors heads in the ledger."""
+    # Held while serving: 'sov-node restore' refuses to replace the vault under a server.
+    serving_lock = hold_serving(home.path)
+    if serving_lock is None:
+        raise ConfigError("a restore is running on this node home: serve once it has "
+                          "finished")
     service = build_service(home)
     config = home.config
     if primary:
@@ -217,4 +228,4 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
         pusher = LedgerPusher(home, service.vault)
         threading.Thread(target=pusher.run, args=(stop,), name="ledger-pusher",
                          daemon=True).start()
-    return RunningNode(service, running, stop, coordinator_server)
+    return RunningNode(service, running, stop, coordinator_server, serving_lock)

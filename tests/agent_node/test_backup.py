@@ -7,6 +7,7 @@ truncated or foreign backup is refused in one sentence with nothing changed."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,17 @@ import pytest
 
 from agent_node import backup, locations
 from agent_node.erasure import LIST_FILE, Erasure, count_in_file
+from agent_node.home import hold_exclusive
 from agent_node.vault import sync
 from ledger import erasure as protocol
-from tests.agent_node.conftest import THRESHOLD, InProcessNode, in_process_node, run_cli
+from tests.agent_node.conftest import (
+    THRESHOLD,
+    InProcessNode,
+    in_process_node,
+    run_cli,
+    serve,
+    stop,
+)
 from tests.agent_node.test_erasure import MARKERS, _hits, _needles, _rows, _use
 
 
@@ -125,7 +134,28 @@ def test_tampered_truncated_foreign_backups_are_refused_and_change_nothing(
     assert "made by another node" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert _counts(node) == before
-    # The good one restores, through the CLI.
+    # Not while 'sov-node serve' runs on the home (two workers), in one sentence naming it.
+    served = serve(node.home.path, workers=2)
+    try:
+        busy = run_cli("sov-node", "restore", "--home", str(node.home.path), str(good), "--yes",
+                       check=False)
+    finally:
+        stop(served)
+    assert busy.returncode == 1 and len(busy.stderr.strip().splitlines()) == 1
+    assert f"'sov-node serve' is running on this node home (pid {served.process.pid})" \
+        in busy.stderr and "nothing was restored" in busy.stderr
+    assert _counts(node) == before
+    # Nor does a server start while a restore holds the home.
+    held = hold_exclusive(node.home.path)
+    assert isinstance(held, int)
+    try:
+        refused = run_cli("sov-node", "serve", "--home", str(node.home.path), "--listen",
+                          "127.0.0.1:0", check=False)
+    finally:
+        os.close(held)
+    assert refused.returncode == 1 and "a restore is running" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # The good one restores, through the CLI, once the server stopped.
     restored = run_cli("sov-node", "restore", "--home", str(node.home.path), str(good), "--yes",
                        "--json")
     assert json.loads(restored.stdout)["customers"] == 50
