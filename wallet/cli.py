@@ -23,6 +23,7 @@ from consent.commandline import (
     emit,
     global_value,
     json_option,
+    progress,
 )
 from consent.passphrase import read_passphrase
 from protos.transport import canonical_address, node_address
@@ -613,8 +614,8 @@ def _event_json(e: Any) -> dict[str, Any]:
 def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bool) -> None:
     """Everything the node holds about you, opened locally into a portable JSON file."""
     ca_pem = service.read_ca(node_ca) if node_ca else None
-    with _open(ctx) as wallet:
-        wallet.export(node, out, node_ca=ca_pem)
+    with _open(ctx) as wallet, progress(as_json) as shown:  # a large export takes a while
+        wallet.export(node, out, node_ca=ca_pem, progress=shown.advance)
     emit(as_json, {"out": str(out), "node": node},
           lambda: click.echo(f"Wrote everything {node} holds about you to {out}"))
 

@@ -1099,12 +1099,19 @@ class Wallet:
     def _erasure_receipt(self, node_did: str) -> dict[str, Any] | None:
         return dict(self.store.erasure_receipts_by_node().get(node_did) or {}) or None
 
-    def export(self, node: str, out: Path, *, node_ca: bytes | None = None) -> dict[str, Any]:
-        """Everything ``node`` holds about this wallet's subject, written as portable JSON."""
+    def export(self, node: str, out: Path, *, node_ca: bytes | None = None,
+               progress: ProgressReport | None = None) -> dict[str, Any]:
+        """Everything ``node`` holds about this wallet's subject, written as portable JSON.
+
+        ``progress(label, n, total)`` hears of the work as it goes (``consent-wallet export``
+        draws it on a terminal): the node's answer, then the rows, a batch at a time."""
         node = node_address(node)
         _refuse_wallet_file(self.home, Path(out))
         self._use_node_ca(node, node_ca)
+        tell = progress or _no_progress
+        tell("asking the node", 0, 1)
         data = self._client(node).export()
+        tell("asking the node", 1, 1)
         document = {
             "format": "sovereign-fabric-export",
             "version": 1,
@@ -1114,7 +1121,7 @@ class Wallet:
             "data": data,
         }
         # The export is the customer's own data: written 0600 and atomically, like the keystore.
-        write_private_file(Path(out), json.dumps(document, indent=2, default=str).encode())
+        write_private_file(Path(out), _export_text(document, tell).encode())
         return document
 
 
@@ -1261,6 +1268,39 @@ def _node_problem(address: str, exc: Exception) -> str:
 # The wallet's own files: an export must never be written over them.
 WALLET_FILES = (KEYSTORE_FILE, WalletStore.FILENAME, WalletStore.FILENAME + "-wal",
                 WalletStore.FILENAME + "-shm", WalletStore.FILENAME + "-journal")
+
+
+ProgressReport = Callable[[str, int, "int | None"], None]
+"""``(label, n, total)``: ``n`` more units of the task ``label`` of ``total``
+(consent.commandline.Progress.advance is one)."""
+EXPORT_BATCH = 1000  # rows encoded between two progress reports
+
+
+def _no_progress(_label: str, _n: int, _total: int | None) -> None:
+    return None
+
+
+def _export_text(document: dict[str, Any], tell: ProgressReport) -> str:
+    """The export as indented JSON, each dataset's rows one per line and encoded a batch at a
+    time, so that a large export's writing can be shown as it goes."""
+    datasets = document["data"].get("datasets") if isinstance(document["data"], dict) else None
+    if not isinstance(datasets, dict) or not datasets:
+        return json.dumps(document, indent=2, default=str)
+    total = sum(len(rows) for rows in datasets.values())
+    marker = f"rows-{uuid.uuid4().hex}"  # a string no export can hold, replaced below
+    text = json.dumps({**document, "data": {**document["data"], "datasets": marker}},
+                      indent=2, default=str)
+    tell("writing rows", 0, total)
+    parts = []
+    for name, rows in datasets.items():
+        lines: list[str] = []
+        for start in range(0, len(rows), EXPORT_BATCH):
+            batch = rows[start:start + EXPORT_BATCH]
+            lines.extend("        " + json.dumps(row, default=str) for row in batch)
+            tell("writing rows", len(batch), total)
+        inner = "\n" + ",\n".join(lines) + "\n      " if lines else ""
+        parts.append(f"      {json.dumps(name)}: [{inner}]")
+    return text.replace(json.dumps(marker), "{\n" + ",\n".join(parts) + "\n    }", 1)
 
 
 def _refuse_wallet_file(home: Path, out: Path) -> None:
