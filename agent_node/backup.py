@@ -427,11 +427,11 @@ def _decrypt(home: NodeHome, path: Path, target: Path, progress: Progress | None
         digest = hashlib.sha256(raw).digest()
         index = 0
         while True:
-            size = source.read(4)
-            if len(size) < 4:
+            frame = source.read(4)  # not ``size``: that is the file's, for the progress
+            if len(frame) < 4:
                 raise BackupError("the backup is truncated (its last part is missing); "
                                   "nothing was restored")
-            (length,) = struct.unpack(">I", size)
+            (length,) = struct.unpack(">I", frame)
             sealed = source.read(length) if length <= CHUNK_BYTES + 64 else b""
             if len(sealed) < NONCE_BYTES + TAG_BYTES or len(sealed) != length:
                 raise BackupError("the backup is damaged or truncated; nothing was restored")

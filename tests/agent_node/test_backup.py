@@ -65,7 +65,11 @@ def test_backup_erase_restore_never_brings_the_customer_back(
         .items() <= next(loc for loc in proof["locations"] if loc["name"] == "file.keyring").items()
     assert _hits(node.home.path, _needles(node)) == {}  # the backup file included
 
-    report = backup.restore(node.home, saved)
+    shown: list[tuple[str, int | None]] = []
+    report = backup.restore(node.home, saved,
+                            progress=lambda label, _done, total: shown.append((label, total)))
+    # The progress total is the backup file's size (it once was a part's 4-byte length).
+    assert shown and set(shown) == {("decrypting the backup", saved.stat().st_size)}
     assert (report.erased_subjects, report.erased_wallets) == (1, 1)
     assert (report.customers, report.wallets, report.keyless) == (49, 49, 0)
     after = _counts(node)
