@@ -4,10 +4,12 @@ Every signed or hashed statement in the project is serialised here, so that two 
 holding equal JSON values always hash and sign identical bytes.
 
 Two well-kept libraries do the work: ``orjson`` serialises (sorted keys, compact, raw UTF-8,
-the same string escapes as JCS), and ``rfc8785`` supplies what ``orjson`` would write
-differently, i.e. numbers with a fraction or exponent (JCS writes ECMAScript's form:
-``1.0`` is ``1``, ``1e16`` is ``10000000000000000``) and the member order of objects whose
-keys are not ASCII (JCS sorts by UTF-16 code units, ``orjson`` by code points).
+the same string escapes as JCS), and ``rfc8785`` supplies the member order of objects whose
+keys are not ASCII (JCS sorts by UTF-16 code units, ``orjson`` by code points). Floats:
+``orjson`` writes the same shortest round-trip digits as JCS but places some differently
+(JCS writes ECMAScript's form: ``1.0`` is ``1``, ``1e16`` is ``10000000000000000``); those
+few tokens are rewritten in ``orjson``'s output by ``es_number`` (property tests check every
+path against ``rfc8785``).
 
 JCS treats every number as an IEEE 754 double (RFC 8785 §3.2.2.3), so ``1e20`` is written as
 ``100000000000000000000``, which a JSON parser reads back as an integer. ``rfc8785`` refuses
@@ -17,6 +19,7 @@ statement canonicalises to the same bytes before and after a round trip through 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -30,11 +33,19 @@ _BARE_NUMBER = b"-0123456789"  # a top-level number: rare, take the slower path
 # STRICT_INTEGER: integers beyond 2**53 (JCS writes them as doubles) take the slower path.
 _ORJSON = (orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
            | orjson.OPT_PASSTHROUGH_DATACLASS)
-# A float token in orjson's compact output (JCS writes many of them otherwise: 1.0 is 1, 1e16
-# is 10000000000000000). Tokens sit between ``:[,`` and ``,]}``, so a match inside a string
-# (say ``"a:1.5,"``) only costs the slower path, never a wrong byte; a time such as
+# orjson writes a float's shortest round-trip digits, as JCS does, and places them as JCS
+# does except in three cases: an integral float ("184.0", "-0.0"; JCS "184", "0") and the
+# exponent forms of 1e16..1e21 and 1e-6..1e-5 (JCS writes those without an exponent). Every
+# other float token is already JCS's. These find the tokens that may differ (anything in a
+# string that looks like them only costs a closer look); each is then read whole.
+MAX_FLOAT_TEXT = 32  # the longest float orjson writes: -1.7976931348623157e+308 (24)
+_INTEGRAL_END = re.compile(rb"\.0[,\]}]")
+_EXPONENT = re.compile(rb"e[+-][0-9]")
+# A float token in orjson's compact output: between ``:[,`` and ``,]}``. A match inside a
+# string (say ``"a:1.5,"``) is told apart by the number of quotes before it; a time such as
 # ``00:00.5Z`` does not match.
-_FLOAT_TOKEN = re.compile(rb"[:\[,]-?[0-9]+[.eE][0-9eE+-]+[,\]}]")
+_FLOAT_TOKEN = re.compile(
+    rb"[:\[,](-?[0-9]+(?:\.[0-9]+(?:[eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+))(?=[,\]}])")
 
 
 def canonicalize(value: Any) -> bytes:
@@ -50,18 +61,20 @@ def canonicalize(value: Any) -> bytes:
         out = orjson.dumps(value, option=_ORJSON)
     except (TypeError, orjson.JSONEncodeError):
         out = None
-    # The common case: no non-ASCII text (key order) and only integers JCS writes alike.
-    if out is not None and out.isascii() and out[:1] not in _BARE_NUMBER \
-            and _FLOAT_TOKEN.search(out) is None:
+    # The common case: no non-ASCII text (key order), no NaN or infinity (written as null).
+    if out is not None and out.isascii() and out[:1] not in _BARE_NUMBER:
         if b"null" not in out:
-            return out
-        # orjson writes NaN and infinities as null, which JCS refuses: the C json encoder
-        # writes the same bytes here and raises for those.
-        try:
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True,
-                              allow_nan=False).encode("ascii")
-        except (TypeError, ValueError):
-            pass
+            fast = _jcs_floats(out)
+            if fast is not None:
+                return fast
+        elif _FLOAT_TOKEN.search(out) is None:
+            # orjson writes NaN and infinities as null, which JCS refuses: the C json encoder
+            # writes the same bytes here (there is no float) and raises for those.
+            try:
+                return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                                  sort_keys=True, allow_nan=False).encode("ascii")
+            except (TypeError, ValueError):
+                pass
     try:
         prepared, ascii_keys = _prepare(value)
         if ascii_keys:
@@ -72,6 +85,47 @@ def canonicalize(value: Any) -> bytes:
         raise ValueError(f"value cannot be canonicalised as JSON ({type(exc).__name__})") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"value cannot be canonicalised as JSON: {type(exc).__name__}") from None
+
+
+def _jcs_floats(out: bytes) -> bytes | None:
+    """orjson's ASCII output with each float token JCS writes differently rewritten in JCS's
+    form (``float(token)`` is the very double: orjson wrote its shortest round-trip digits).
+    A token is inside a string when an odd number of quotes precede it. None (the slower
+    path) when the text holds an escaped quote, where that count would not tell, or when a
+    place that looked like a token outside a string is not one."""
+    hits = [m.start() for m in _INTEGRAL_END.finditer(out)]
+    if _EXPONENT.search(out) is not None:
+        hits = sorted(hits + [m.start() for m in _EXPONENT.finditer(out)])
+    if not hits:
+        return out
+    if b'\\"' in out:
+        return None
+    parts: list[bytes] = []
+    copied = counted = quotes = 0
+    for hit in hits:
+        if hit < copied:
+            continue  # a second mark in a token already rewritten
+        quotes += out.count(b'"', counted, hit)
+        counted = hit
+        if quotes & 1:
+            continue  # inside a string
+        # The token starts after the last ``:[,`` before the mark, within MAX_FLOAT_TEXT.
+        low = max(0, hit - MAX_FLOAT_TEXT)
+        match = _FLOAT_TOKEN.match(out, max(out.rfind(b":", low, hit),
+                                            out.rfind(b"[", low, hit), out.rfind(b",", low, hit)))
+        if match is None or not match.start(1) <= hit < match.end(1):
+            return None
+        parts += (out[copied:match.start(1)], _jcs_number(float(match[1])))
+        copied = counted = match.end(1)
+    if not parts:
+        return out
+    parts.append(out[copied:])
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _jcs_number(value: float) -> bytes:
+    return es_number(value).encode("ascii")
 
 
 def _prepare(value: Any) -> tuple[Any, bool]:

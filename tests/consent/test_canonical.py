@@ -289,3 +289,39 @@ def test_fast_path_orders_keys_by_utf16_units() -> None:
     # in code points: such keys must take the RFC 8785 library's order.
     value = {"\ue000": 1, "\U0001f600": 2}
     assert canonicalize(value) == '{"\U0001f600":2,"\ue000":1}'.encode()
+
+
+# The float rewrite on orjson's output (consent.canonical._jcs_floats) must tell a float token
+# from text that looks like one inside a string: strings here are drawn from JSON's own
+# punctuation and digits (":1.0,", "[2e+16]", escaped quotes and backslashes), beside floats
+# from the ranges where orjson's text differs from JCS's (integral, 1e16..1e21, 1e-6..1e-5).
+TOKEN_TEXT = st.text(alphabet=':[]{},."0123456789e+-\\ ', max_size=12) | st.lists(
+    st.sampled_from([":", ",", "[", "]", "}", "1.0", "-0.0", "2e+16", "3e-6", '"', "\\", "a"]),
+    max_size=6).map("".join)
+DIFFERING_FLOATS = (
+    st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1).map(float)
+    | st.floats(min_value=1e16, max_value=1e21) | st.floats(min_value=-1e21, max_value=-1e16)
+    | st.floats(min_value=1e-7, max_value=1e-5) | st.floats(min_value=-1e-5, max_value=-1e-7)
+    | st.sampled_from([0.0, -0.0, 0.05, 0.95, 5e-324, 1.7976931348623157e308])
+)
+TOKEN_VALUES = st.recursive(
+    st.none() | st.booleans() | DIFFERING_FLOATS | TOKEN_TEXT
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(TOKEN_TEXT, children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(TOKEN_VALUES)
+def test_float_rewrite_equals_rfc8785(value: Any) -> None:
+    import rfc8785
+
+    assert canonicalize(value) == rfc8785.dumps(value)
+
+
+def test_float_rewrite_leaves_look_alike_text_alone() -> None:
+    value = {"a:1.0,": [1.0, "x,2.0]", -0.0, 2e16, 3e-6], "b": {"c": "[5.0}"}, "d": 0.5}
+    assert canonicalize(value) == (b'{"a:1.0,":[1,"x,2.0]",0,20000000000000000,0.000003],'
+                                   b'"b":{"c":"[5.0}"},"d":0.5}')
