@@ -133,9 +133,10 @@ def noisy_counts(counts: list[int], l1: int, budget: Fraction) -> tuple[list[Rel
                                      float(l1), budget, "int-laplace")
     noisy = measurement([int(c) for c in counts])
     half = half_width(scale, True, 1 - CONFIDENCE)
-    # Counts are whole numbers: the interval is rounded outwards to whole numbers too.
-    return [Released(max(0, int(v)), (float(max(0, math.floor(v - half))),
-                                      float(max(0, math.ceil(v + half)))))
+    # Counts are whole numbers: the interval is rounded outwards to whole numbers too (ints,
+    # which canonical JSON writes as is; an integral float needs rewriting, see
+    # consent.canonical).
+    return [Released(max(0, int(v)), (max(0, math.floor(v - half)), max(0, math.ceil(v + half))))
             for v in noisy], scale
 
 
@@ -145,11 +146,12 @@ def noisy_sums(sums: list[float], l1: float, budget: Fraction, integer: bool
     sensitivity is ``l1``; returns the released sums and the noise scale."""
     if not sums:
         return [], 0.0
+    noisy: list[int] | list[float]
     if integer:
         d_in: Any = max(1, math.ceil(l1))
         measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*_int_space(), scale=s),
                                          d_in, float(d_in), budget, "int-laplace")
-        noisy = [float(v) for v in measurement([round(s) for s in sums])]
+        noisy = [int(v) for v in measurement([round(s) for s in sums])]  # whole numbers
         half = half_width(scale, True, 1 - CONFIDENCE)
     else:
         measurement, scale = _calibrated(lambda s: dp.m.make_laplace(*_float_space(), scale=s),
