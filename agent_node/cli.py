@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from agent_node.errors import AgentNodeError
-from agent_node.home import PASSPHRASE_ENV, NodeHome, check_listen
+from agent_node.home import PASSPHRASE_ENV, check_listen
 from agent_node.node import Node
 from consent import grantstate, timespec
 from consent.commandline import (
@@ -55,10 +55,6 @@ def _node(home: str, passphrase_file: Path | None) -> Node:
     """The node's Python API (agent_node.node.Node) on the unlocked home: every command
     works through it."""
     return Node.open(home, _passphrase(passphrase_file))
-
-
-def _open(home: str, passphrase_file: Path | None) -> NodeHome:
-    return _node(home, passphrase_file).home
 
 
 HOME = SharedOption("--home", envvar=HOME_ENV, required=True, type=click.Path(),
@@ -242,15 +238,13 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
           as_json: bool) -> None:
     """Carry out a customer's signed erasure request (ErasureRequest JSON, e.g. sent by
     email): everything this node holds about them is destroyed, and the signed proof kept."""
-    from agent_node.erasure import Erasure
     from consent.keystore import write_private_file
 
     try:
         request = json.loads(request_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         fail(f"{request_file} is not a readable JSON erasure request ({exc.__class__.__name__})")
-    node = _node(home, passphrase_file)
-    outcome = Erasure(node.home, node.vault).erase(request)
+    outcome = _node(home, passphrase_file).erase(request)
     proof = outcome.proof
     if out is not None:
         write_private_file(out, json.dumps(outcome.to_json(), indent=2).encode())
@@ -273,11 +267,9 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
 def backup_command(home: str, passphrase_file: Path | None, out: Path, as_json: bool) -> None:
     """Write an encrypted, authenticated backup of the vault; every customer's rows are
     sealed under a key only this node's keyring holds (an erasure destroys it)."""
-    from agent_node.backup import backup
-
-    node = _open(home, passphrase_file)
+    node = _node(home, passphrase_file)
     with progress(as_json) as shown:
-        info = backup(node, out, progress=shown.advance)
+        info = node.backup(out, progress=shown.advance)
     emit(as_json, vars(info), f"wrote {info.path} ({info.bytes} bytes): {info.customers} "
          f"customer(s) and {info.wallets} wallet(s) sealed under their backup keys")
 
@@ -292,15 +284,13 @@ def restore_command(home: str, passphrase_file: Path | None, backup_file: Path, 
                     as_json: bool) -> None:
     """Replace the vault's content with a backup this node made (stop 'sov-node serve'
     first). Customers erased since the backup stay erased: their rows are dropped."""
-    from agent_node.backup import read_header, restore
-
-    header = read_header(backup_file)
+    header = Node.backup_header(backup_file)
     if not yes:
         click.confirm(f"Replace this node's vault with the backup of {header.get('created')}? "
                       "Changes since then are lost", abort=True)
-    node = _open(home, passphrase_file)
+    node = _node(home, passphrase_file)
     with progress(as_json) as shown:
-        report = restore(node, backup_file, progress=shown.advance)
+        report = node.restore(backup_file, progress=shown.advance)
     emit(as_json, report.to_json(), lambda: _restore_report(report))
 
 
@@ -523,10 +513,8 @@ def register(home: str, passphrase_file: Path | None, coordinator: str, coordina
 def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file: str | None,
           workers: int, fl_superlink: str | None, fl_min_customers: int | None) -> None:
     """Serve the AgentNode gRPC API over TLS until interrupted (with --fl, a SuperNode too)."""
-    from agent_node.server import start
-
     json_logging()  # the node's log is JSON lines only, whatever logs (libraries too)
-    node = _open(home, passphrase_file)
+    node = _node(home, passphrase_file)
     supernode = _supernode(node, fl_superlink, passphrase_file, fl_min_customers)
     address = check_listen(listen, "--listen") if listen else node.config.listen
     children: list[int] = []
@@ -536,11 +524,11 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file
         # forks happen before any gRPC or SQLite object exists in this process.
         reservation, address = _reserve(address)
         children = [_fork_worker(node, address) for _ in range(workers - 1)]
-    running = start(node, address=address, reuse_port=workers > 1)
+    running = node.serve(address, reuse_port=workers > 1)
     if reservation is not None:
         reservation.close()
     stop = _stop_on_signals()
-    click.echo(f"serving {node.config.name} ({node.identity.did}) on port {running.port}"
+    click.echo(f"serving {node.config.name} ({node.did}) on port {running.port}"
                + (f" with {workers} workers" if workers > 1 else ""))
     if port_file:
         tmp = Path(port_file).with_suffix(".tmp")
@@ -559,22 +547,18 @@ def serve(home: str, passphrase_file: Path | None, listen: str | None, port_file
         os.waitpid(pid, 0)
 
 
-def _supernode(node: NodeHome, superlink: str | None, passphrase_file: Path | None,
+def _supernode(node: Node, superlink: str | None, passphrase_file: Path | None,
                min_customers: int | None) -> Any:
-    """The SuperNode beside the service (agent_node.flnode), or None without --fl."""
+    """The SuperNode beside the service (Node.supernode), or None without --fl."""
     if not superlink:
         return None
-    from agent_node.flnode import SuperNodeProcess
-
-    if not node.config.coordinator_ca:
-        raise click.ClickException("--fl needs node.toml coordinator_ca (the coordinator's CA "
-                                   "certificate) to check the SuperLink's TLS certificate")
-    if passphrase_file is None and not os.environ.get(PASSPHRASE_ENV):
+    if node.config.coordinator_ca and passphrase_file is None \
+            and not os.environ.get(PASSPHRASE_ENV):
         # Each ClientApp is a fresh process that opens the vault itself.
         raise click.ClickException(f"--fl needs --passphrase-file or {PASSPHRASE_ENV}: the "
                                    "training processes open the vault themselves")
-    return SuperNodeProcess(node.path, superlink, node.resolve(node.config.coordinator_ca),
-                            passphrase_file=passphrase_file, min_customers=min_customers)
+    return node.supernode(superlink, passphrase_file=passphrase_file,
+                          min_customers=min_customers)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -591,16 +575,14 @@ def _reserve(address: str) -> tuple[socket.socket, str]:
         raise click.ClickException(f"cannot listen on {address}: {exc}") from None
 
 
-def _fork_worker(node: NodeHome, address: str) -> int:
+def _fork_worker(node: Node, address: str) -> int:
     """A worker process serving ``address`` beside this one until SIGTERM."""
-    from agent_node.server import start
-
     pid = os.fork()
     if pid:
         return pid
     code = 0
     try:
-        running = start(node, address=address, primary=False, reuse_port=True)
+        running = node.serve(address, primary=False, reuse_port=True)
         _stop_on_signals().wait()
         running.stop(grace=2.0)
     except BaseException as exc:  # a worker must not return into the parent's code

@@ -267,10 +267,56 @@ class Node:
     def serve(self, address: str | None = None, *, primary: bool = True,
               reuse_port: bool = False) -> Any:
         """Serve the AgentNode gRPC API over TLS in this process until ``.stop()`` of the
-        RunningNode returned (``address`` overrides node.toml's ``listen``)."""
+        RunningNode returned (``address`` overrides node.toml's ``listen``; ``primary=False``
+        and ``reuse_port`` for the extra worker processes of ``serve --workers``)."""
         from agent_node.server import start
 
         return start(self.home, address=address, primary=primary, reuse_port=reuse_port)
+
+    def supernode(self, superlink: str, *, passphrase_file: Path | None = None,
+                  min_customers: int | None = None) -> Any:
+        """The Flower SuperNode that trains beside the service (``serve --fl``), not yet
+        started: ``.supervise()`` starts it, ``.stop()`` stops it. Its ClientApps open the
+        vault themselves, with ``passphrase_file`` or SOV_NODE_PASSPHRASE."""
+        from agent_node.flnode import SuperNodeProcess
+
+        if not self.config.coordinator_ca:
+            raise AgentNodeError("--fl needs node.toml coordinator_ca (the coordinator's CA "
+                                 "certificate) to check the SuperLink's TLS certificate")
+        return SuperNodeProcess(self.home.path, superlink,
+                                self.home.resolve(self.config.coordinator_ca),
+                                passphrase_file=passphrase_file, min_customers=min_customers)
+
+    # -- erasure and backups ----------------------------------------------------------------------
+
+    def erase(self, request: dict[str, Any]) -> Any:
+        """Carry out a customer's signed erasure request (``sov-node erase``): everything
+        this node holds about them destroyed; the outcome with its signed proof."""
+        from agent_node.erasure import Erasure
+
+        return Erasure(self.home, self.vault).erase(request)
+
+    def backup(self, out: Path, *, progress: Callable[..., None] | None = None) -> Any:
+        """Write an encrypted backup of the vault to ``out`` (``sov-node backup``); its
+        BackupInfo. ``progress(label, n, total)`` hears of the work as it goes."""
+        from agent_node.backup import backup
+
+        return backup(self.home, Path(out), progress=progress)
+
+    @staticmethod
+    def backup_header(path: Path) -> dict[str, Any]:
+        """A backup file's header (when it was made, by which node), read without the keys."""
+        from agent_node.backup import read_header
+
+        return read_header(Path(path))
+
+    def restore(self, path: Path, *, progress: Callable[..., None] | None = None) -> Any:
+        """Replace the vault's content with the backup at ``path`` (``sov-node restore``);
+        its RestoreReport. Refused while ``sov-node serve`` runs on this home."""
+        from agent_node.backup import restore
+
+        self._vault = None  # the vault file is replaced: open it afresh afterwards
+        return restore(self.home, Path(path), progress=progress)
 
 
 def _key(customer: str | list[str]) -> list[str]:

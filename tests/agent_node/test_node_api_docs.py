@@ -4,17 +4,22 @@ what the matching sov-node commands do."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import io
 import re
 from pathlib import Path
 
+import click
 import pytest
 
+from agent_node import cli
 from agent_node.node import Node
 from tests.agent_node.conftest import PASSPHRASE
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
+CLI = Path(__file__).resolve().parents[2] / "agent_node" / "cli.py"
 DATAMAP = """
 [sources.shop]
 kind = "csv"
@@ -55,3 +60,40 @@ def test_the_documented_python_api_runs(tmp_path: Path, monkeypatch: pytest.Monk
     assert re.fullmatch(r"serving on port [1-9]\d*", lines[4])
     node = Node.open(home, PASSPHRASE)
     assert [b["subject_ref"] for b in node.bindings()] == [ref]
+
+
+def _commands(group: click.Group, prefix: str = "sov-node") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix} {name}")
+        else:
+            found.append((f"{prefix} {name}", command))
+    return found
+
+
+def test_every_sov_node_command_goes_through_the_node_api() -> None:
+    """agent_node.cli imports of its own package only the Node API, its errors and two
+    option helpers, and every command's body works through a Node (issue 16: commands no
+    longer rebuild the vault, a backup or a server by hand)."""
+    tree = ast.parse(CLI.read_text(encoding="utf-8"))
+    reached = {(node.module, alias.name) for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agent_node")
+               for alias in node.names}
+    assert reached <= {("agent_node.errors", "AgentNodeError"), ("agent_node.node", "Node"),
+                       ("agent_node.home", "PASSPHRASE_ENV"),
+                       ("agent_node.home", "check_listen")}, reached
+    commands = _commands(cli.main)
+    assert len(commands) > 15
+    for name, command in commands:
+        body = inspect.getsource(command.callback)  # type: ignore[arg-type]
+        assert "_node(" in body or "Node." in body, f"{name} does not use the Node API"
+
+
+def test_section_11_names_every_public_method_of_node() -> None:
+    section = DOC.read_text(encoding="utf-8").split("## 11. Python API", 1)[1]
+    public = [name for name, _ in inspect.getmembers(Node) if not name.startswith("_")
+              and callable(getattr(Node, name))]
+    missing = [name for name in public
+               if f"node.{name}(" not in section and f"Node.{name}(" not in section]
+    assert missing == [], f"docs/operator.md section 11 does not show {missing}"
