@@ -1,13 +1,16 @@
 """Audit logic behind ``sov-audit``: verify receipts (optionally against a chain), verify
 consistency between two tree heads, and build and check offline audit bundles.
 
-A bundle is one JSON file holding the log's public key, receipts (with their anchors) and
-consistency proofs; everything in it verifies with no network. Its log key is only as good as
+A bundle is one JSON file holding the log's public key, receipts (with their anchors),
+consistency proofs and the nodes' signed erasure proofs whose ledger entries it holds (so an
+erasure's content, its locations, digests and scan, is checked offline too, not only that an
+entry exists); everything in it verifies with no network. Its log key is only as good as
 the key the auditor compares it with, so ``verify`` takes ``--log-key`` and insists they match.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +65,7 @@ class Bundle:
     log_key: LogPublicKey
     receipts: tuple[Receipt, ...]
     consistency: tuple[ConsistencyProof, ...] = ()
+    erasures: tuple[dict[str, Any], ...] = ()  # signed erasure proofs (``ledger.erasure``)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,7 @@ class Bundle:
             "log_key": self.log_key.to_json(),
             "receipts": [r.to_json() for r in self.receipts],
             "consistency_proofs": [c.to_json() for c in self.consistency],
+            "erasure_proofs": list(self.erasures),
         }
 
     @classmethod
@@ -79,15 +84,20 @@ class Bundle:
                 "bundle format", f"unsupported bundle version: expected {BUNDLE_VERSION}"
             )
         receipts, proofs = doc.get("receipts", []), doc.get("consistency_proofs", [])
+        erasures = doc.get("erasure_proofs", [])  # absent from bundles made before them
         if not isinstance(receipts, list) or not isinstance(proofs, list):
             raise CheckFailed("bundle format", "receipts and consistency_proofs must be lists")
-        if not receipts and not proofs:
+        if not isinstance(erasures, list) or not all(isinstance(e, dict) for e in erasures):
+            raise CheckFailed("bundle format", "erasure_proofs must be a list of signed "
+                              "erasure proofs")
+        if not receipts and not proofs and not erasures:
             raise CheckFailed("bundle format", "the bundle holds nothing to verify")
         try:
             return cls(
                 LogPublicKey.from_json(doc.get("log_key")),
                 tuple(Receipt.from_json(r) for r in receipts),
                 tuple(ConsistencyProof.from_json(c) for c in proofs),
+                tuple(erasures),
             )
         except LedgerError as exc:
             raise CheckFailed("bundle format", str(exc)) from exc
@@ -115,6 +125,22 @@ def load_items(path: Path) -> tuple[list[Receipt], list[ConsistencyProof], LogPu
     if doc.get("format") in _proof_formats():
         return [receipt for receipt, _ in erasure_proofs(doc, str(path))], [], None
     return [load_receipt(json.dumps(doc))], [], None
+
+
+def bundled_erasures(doc: Mapping[str, Any], label: str = "bundle") -> list[dict[str, Any]]:
+    """The signed erasure proofs a bundle carries, each signature verified (CheckFailed
+    naming the first that does not); [] for any other document."""
+    from ledger.erasure import ErasureError, verify_proof
+
+    if doc.get("format") != BUNDLE_FORMAT:
+        return []
+    erasures = list(Bundle.from_json(dict(doc)).erasures)
+    for n, proof in enumerate(erasures):
+        try:
+            verify_proof(proof)
+        except ErasureError as exc:
+            raise CheckFailed("erasure", f"{label} erasure proof {n + 1}: {exc}") from exc
+    return erasures
 
 
 def _proof_formats() -> tuple[str, str]:
@@ -289,7 +315,8 @@ def check_heads_match(proof: ConsistencyProof, old: Checkpoint, new: Checkpoint)
 
 
 def build_bundle(
-    receipts: Sequence[Receipt], proofs: Sequence[ConsistencyProof], log_key: LogPublicKey
+    receipts: Sequence[Receipt], proofs: Sequence[ConsistencyProof], log_key: LogPublicKey,
+    erasures: Sequence[dict[str, Any]] = (),
 ) -> tuple[Bundle, Outcome]:
     """Verify everything, then bundle it; the caller writes it only if ``outcome.ok``."""
     outcome = Outcome()
@@ -297,7 +324,54 @@ def build_bundle(
         check_receipt(outcome, f"receipt {i + 1}", receipt, log_key)
     for i, proof in enumerate(proofs):
         check_consistency(outcome, f"consistency proof {i + 1}", proof, log_key)
-    return Bundle(log_key, tuple(receipts), tuple(proofs)), outcome
+    check_bundled_erasures(outcome, "bundle", erasures, receipts)
+    return Bundle(log_key, tuple(receipts), tuple(proofs), tuple(erasures)), outcome
+
+
+def check_bundled_erasures(outcome: Outcome, label: str, erasures: Sequence[Any],
+                           receipts: Sequence[Receipt]) -> None:
+    """Each signed erasure proof of a bundle: its signature (what it says is reported), and
+    that a receipt of the bundle is its ``erasure`` entry (a proof changed in any field names
+    no entry any more). The receipts themselves are checked as any others."""
+    from ledger.erasure import ErasureError, check_entry, proof_digest
+
+    entries = {r.event.get("proof_digest"): r for r in receipts
+               if r.event.get("type") == "erasure"}
+    for n, proof in enumerate(erasures):
+        item = f"{label} erasure proof {n + 1}"
+        if not outcome.run(item, functools.partial(erasure_summary, proof)):
+            continue
+
+        def named(proof: dict[str, Any] = proof) -> str:
+            receipt = entries.get(proof_digest(proof))
+            if receipt is None:
+                raise CheckFailed("erasure", "no receipt of the bundle is this proof's ledger "
+                                  "entry (the proof was changed, or its entry left out)")
+            try:
+                check_entry(proof, receipt.event)
+            except ErasureError as exc:
+                raise CheckFailed("erasure", str(exc)) from exc
+            return f"ledger entry {receipt.index} is the erasure entry of exactly this proof"
+
+        outcome.run(item, named)
+
+
+def erasure_summary(proof: Any) -> str:
+    """What a node's signed erasure proof says, in one line, once its signature verifies
+    (CheckFailed otherwise)."""
+    from ledger.erasure import ErasureError, scan_hits, verify_proof
+
+    try:
+        signer = verify_proof(proof)
+    except ErasureError as exc:
+        raise CheckFailed("erasure", str(exc)) from exc
+    rows = sum(int(loc.get("rows", 0)) for loc in proof["locations"])
+    files = proof["scan"].get("files", [])
+    return (f"erasure proof signed by {signer} at {proof['erased_at']}: {rows} row(s) "
+            f"destroyed in {len(proof['locations'])} location(s), "
+            f"{len(proof['destroyed_keys'])} data key(s) destroyed, scan of {len(files)} "
+            f"file(s) for {proof['scan'].get('needles')} value(s): "
+            f"{scan_hits(proof)} hit(s)")
 
 
 def check_erasure(outcome: Outcome, label: str, document: Mapping[str, Any],
@@ -306,25 +380,10 @@ def check_erasure(outcome: Outcome, label: str, document: Mapping[str, Any],
     """An erasure receipt (``ledger.erasure``): the node's signed proof, the ledger receipt
     of its ``erasure`` entry (signature, inclusion, authority) and that the entry names
     exactly this proof. A proof changed in any field fails its signature or the entry."""
-    from ledger.erasure import ErasureError, check_entry, scan_hits, verify_proof
+    from ledger.erasure import ErasureError, check_entry
 
     proof = document.get("proof")
-
-    def signed() -> str:
-        try:
-            signer = verify_proof(proof)
-        except ErasureError as exc:
-            raise CheckFailed("erasure", str(exc)) from exc
-        assert isinstance(proof, dict)
-        rows = sum(int(loc.get("rows", 0)) for loc in proof["locations"])
-        files = proof["scan"].get("files", [])
-        return (f"erasure proof signed by {signer} at {proof['erased_at']}: {rows} row(s) "
-                f"destroyed in {len(proof['locations'])} location(s), "
-                f"{len(proof['destroyed_keys'])} data key(s) destroyed, scan of {len(files)} "
-                f"file(s) for {proof['scan'].get('needles')} value(s): "
-                f"{scan_hits(proof)} hit(s)")
-
-    if not outcome.run(label, signed):
+    if not outcome.run(label, functools.partial(erasure_summary, proof)):
         return
     raw = document.get("receipt")
     if not isinstance(raw, dict):

@@ -28,10 +28,12 @@ from consent.commandline import (
     usage_error,
 )
 from ledger.audit import (
+    BUNDLE_FORMAT,
     AuthorityPolicy,
     Bundle,
     Outcome,
     build_bundle,
+    check_bundled_erasures,
     check_consistency,
     check_erasure,
     check_heads_match,
@@ -150,7 +152,15 @@ def verify(files: tuple[Path, ...], log_key_path: Path, chain_rpc: str | None,
             check_receipt(outcome, label, receipt, log_key, chain, policy)
         for n, proof in enumerate(proofs):
             check_consistency(outcome, f"{path} consistency {n + 1}", proof, log_key)
+        if bundle_key is not None:  # a bundle: its erasure proofs against its receipts
+            check_bundled_erasures(outcome, str(path), _bundle_erasures(path), receipts)
     _report(outcome, as_json)
+
+
+def _bundle_erasures(path: Path) -> list[dict[str, Any]]:
+    """A bundle's erasure proofs as written (each is checked by check_bundled_erasures)."""
+    doc = load_json(path)
+    return list(Bundle.from_json(doc).erasures) if doc.get("format") == BUNDLE_FORMAT else []
 
 
 def _is_erasure(path: Path, protocol: str = "ledger.erasure") -> bool:
@@ -279,10 +289,12 @@ def bundle(
     log_key = _log_key(log_key_path)
     loaded: list[Receipt] = []
     proofs: list[ConsistencyProof] = []
+    erasures: dict[str, dict[str, Any]] = {}  # the signed erasure proofs, by digest
     outcome = Outcome()
     for path in receipts:
         try:
             items, more_proofs, _ = load_items(path)
+            erasures.update(_erasure_proofs(path))
         except CheckFailed as exc:
             outcome.failed.append(CheckFailed(exc.check, f"{path}: {exc.reason}"))
             continue
@@ -293,18 +305,18 @@ def bundle(
             proofs.append(ConsistencyProof.from_json(load_json(path)))
         except LedgerError as exc:
             outcome.failed.append(CheckFailed("proof format", f"{path}: {exc}"))
-    result, checks = build_bundle(loaded, proofs, log_key)
+    result, checks = build_bundle(loaded, proofs, log_key, list(erasures.values()))
     outcome.passed.extend(checks.passed)
     outcome.failed.extend(checks.failed)
     if outcome.ok:
         _write(out, json.dumps(result.to_json(), indent=2) + "\n")
         if not as_json:
             click.echo(f"wrote {out}: {len(loaded)} receipt(s), {len(proofs)} consistency "
-                       "proof(s)")
+                       f"proof(s), {len(erasures)} erasure proof(s)")
     elif not as_json:
         click.echo("no bundle written: some items did not verify")
     _report(outcome, as_json, out=str(out) if outcome.ok else None, receipts=len(loaded),
-            consistency_proofs=len(proofs))
+            consistency_proofs=len(proofs), erasure_proofs=len(erasures))
 
 
 @main.command()
@@ -372,13 +384,15 @@ def report(
 
 
 def _erasure_proofs(path: Path) -> dict[str, dict[str, Any]]:
-    """The signed erasure proof of an erasure or migration receipt file, by its digest (the
-    report shows what it says beside its ledger entry); {} for other files."""
-    from ledger.audit import erasure_proofs, load_json
+    """The signed erasure proofs of an erasure or migration receipt file, or of a bundle, by
+    digest, each signature verified (the report shows what they say beside their ledger
+    entries; a bundle keeps them); {} for other files."""
+    from ledger.audit import bundled_erasures, erasure_proofs, load_json
     from ledger.erasure import proof_digest
 
     if not (_is_erasure(path) or _is_erasure(path, "ledger.migration")):
-        return {}
+        return {proof_digest(proof): proof
+                for proof in bundled_erasures(load_json(path), str(path))}
     return {proof_digest(proof): proof for _, proof in erasure_proofs(load_json(path),
                                                                      str(path))}
 

@@ -124,3 +124,46 @@ def test_a_gm_node_signs_its_erasure_proof_with_sm2_too(
     bad_sm2.write_text(json.dumps(forged))
     failed = _run(audit, ["verify", "--log-key", str(log_key), str(bad_sm2)], code=1)
     assert "FAIL erasure" in failed and "SM2 signature does not verify" in failed
+
+
+def test_an_audit_bundle_carries_the_erasure_proof_and_checks_its_content(
+        erased: tuple[Path, Path, dict[str, Any], Identity], tmp_path: Path) -> None:
+    """The offline bundle keeps the signed proof beside its entry's receipt: verifying the
+    bundle checks what the proof says (locations, digests, scan), not only that an entry
+    exists, and the report of the bundle shows it."""
+    log_key, erasure_file, proof, _ = erased
+    bundle = tmp_path / "bundle.json"
+    made = _run(audit, ["bundle", "--log-key", str(log_key), "-o", str(bundle),
+                        str(erasure_file)])
+    assert "1 receipt(s), 0 consistency proof(s), 1 erasure proof(s)" in made
+    doc = json.loads(bundle.read_text())
+    assert doc["erasure_proofs"] == [proof]
+    verified = _run(audit, ["verify", "--log-key", str(log_key), str(bundle)])
+    assert f"erasure proof 1: erasure proof signed by {proof['node']}" in verified
+    assert "the erasure entry of exactly this proof" in verified
+    report = tmp_path / "report.html"
+    _run(audit, ["report", "--log-key", str(log_key), "-o", str(report), str(bundle)])
+    rows = next(loc["rows"] for loc in proof["locations"] if loc["name"] == "vault.dataset_rows")
+    html = report.read_text()
+    assert f"vault.dataset_rows {rows}" in html and "(signed proof checked)" in html
+
+    # The proof's content changed in the bundle (a destroyed-rows digest, the scan's hits,
+    # or the proof left with no entry naming it): the bundle no longer verifies.
+    def digest(d: dict[str, Any]) -> None:
+        d["erasure_proofs"][0]["locations"][0]["digest"] = "0" * 64
+
+    def hits(d: dict[str, Any]) -> None:
+        d["erasure_proofs"][0]["scan"]["files"][0]["hits"] = 1
+
+    def no_entry(d: dict[str, Any]) -> None:
+        d["receipts"] = []
+
+    for change, words in ((digest, "signature does not verify"),
+                          (hits, "signature does not verify"),
+                          (no_entry, "no receipt of the bundle is this proof's ledger entry")):
+        changed = json.loads(bundle.read_text())
+        change(changed)
+        path = tmp_path / f"changed-{change.__name__}.json"
+        path.write_text(json.dumps(changed))
+        failed = _run(audit, ["verify", "--log-key", str(log_key), str(path)], code=1)
+        assert "FAIL" in failed and words in failed, failed
