@@ -27,8 +27,13 @@ from protos.transport import secure_channel
 
 log = logging.getLogger("coordinator.router")
 NODE_SERVICE = "sovereign.v1.AgentNode"
-# The sealed AgentNode methods a caller may route (GetNodeInfo is unsealed: ask the node).
-ROUTABLE = ("Query", "SubmitGrant", "Revoke", "GrantStatus", "ListAccessEvents", "Export")
+# The sealed AgentNode methods a caller may route (GetNodeInfo is unsealed: ask the node):
+# every call a requester or a wallet makes, erasure and a migration's import included, so a
+# node whose public port a customer cannot reach still serves their rights. Each is sealed to
+# the node and checked there (the caller's signature, nonce and time); the coordinator cannot
+# read, alter or replay any of them. RelayRevoke is the relay's own (coordinator.relay).
+ROUTABLE = ("Query", "SubmitGrant", "Revoke", "GrantStatus", "ListAccessEvents", "Export",
+            "Erase", "Import")
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 

@@ -466,17 +466,98 @@ def _print_grants(views: list[service.GrantView], offline: bool = False) -> None
 @cli.command()
 @click.argument("grant_id")
 @click.option("--reason", default="", help="Optional reason recorded in the revocation.")
+@click.option("--via-coordinator", "coordinator", metavar="HOST:PORT",
+              callback=_ledger_address,
+              help="When the node cannot be reached, hand the revocation to this coordinator, "
+                   "which delivers it (remembered; `coordinator set` does the same).")
+@click.option("--coordinator-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="The coordinator's CA certificate (needed once per coordinator).")
 @json_option
 @pass_ctx
-def revoke(ctx: Context, grant_id: str, reason: str, as_json: bool) -> None:
-    """Revoke a grant; effective at the node before its next answer."""
+def revoke(ctx: Context, grant_id: str, reason: str, coordinator: str | None,
+           coordinator_ca: Path | None, as_json: bool) -> None:
+    """Revoke a grant; effective at the node before its next answer.
+
+    The node is asked directly. When it cannot be reached and a coordinator is set, the
+    coordinator relays the signed revocation: the reply names the nodes it has not reached yet
+    (exit 3), and it keeps delivering until they have it.
+    """
+    if coordinator_ca is not None and coordinator is None:
+        raise click.UsageError("--coordinator-ca goes with --via-coordinator HOST:PORT")
+    ca_pem = service.read_ca(coordinator_ca) if coordinator_ca else None
+    try:
+        with _open(ctx) as wallet:
+            outcome = wallet.revoke(grant_id, reason=reason, coordinator=coordinator,
+                                    coordinator_ca=ca_pem)
+    except service.RelayPending as pending:
+        outcome = pending.outcome
+        emit(as_json, _revoke_json(outcome), lambda: _print_relay(outcome))
+        raise Pending(str(pending)) from None
+    def human() -> None:
+        click.echo(f"Revoked {grant_id} at {iso(outcome.revoked_at)} ({outcome.message}).")
+        _print_relay(outcome)
+
+    emit(as_json, _revoke_json(outcome), human)
+
+
+def _revoke_json(outcome: service.RevokeOutcome) -> dict[str, Any]:
+    return {"grant_id": outcome.grant_id, "confirmed": outcome.confirmed,
+            "revoked_at": iso(outcome.revoked_at) if outcome.confirmed else None,
+            "message": outcome.message,
+            "relay": outcome.relay.to_json() if outcome.relay else None}
+
+
+def _print_relay(outcome: service.RevokeOutcome) -> None:
+    relay = outcome.relay
+    if relay is None:
+        return
+    click.echo(f"Relayed by the coordinator at {relay.coordinator} (relay {relay.relay_id}):")
+    for did in relay.delivered:
+        click.echo(f"  {did}: has it (its signed receipt checked)")
+    for did in relay.pending:
+        click.echo(f"  {did}: NOT reached yet; the coordinator keeps delivering it")
+    for did, reason in relay.refused.items():
+        click.echo(f"  {did}: refused it ({reason})")
+
+
+@cli.group(cls=WalletGroup)
+def coordinator() -> None:
+    """The network's coordinator: relays revocations and erasure requests to nodes you cannot
+    reach yourself (optional; it carries sealed envelopes it cannot read)."""
+
+
+def _print_coordinator(info: service.CoordinatorInfo) -> None:
+    click.echo(f"Coordinator {info.address}: {info.nodes} registered node(s), "
+               f"{len(info.known)} of yours")
+    for address in info.known:
+        click.echo(f"  {address}")
+
+
+@coordinator.command("set")
+@click.argument("address", callback=_ledger_address)
+@click.option("--ca", "ca_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM CA certificate of the coordinator's TLS certificate.")
+@json_option
+@pass_ctx
+def coordinator_set(ctx: Context, address: str, ca_file: Path, as_json: bool) -> None:
+    """Use the coordinator at ADDRESS when a node cannot be reached directly."""
+    ca_pem = service.read_ca(ca_file)
     with _open(ctx) as wallet:
-        outcome = wallet.revoke(grant_id, reason=reason)
-    data = {"grant_id": outcome.grant_id, "confirmed": outcome.confirmed,
-            "revoked_at": iso(outcome.revoked_at), "message": outcome.message}
-    emit(as_json, data, lambda: click.echo(
-        f"Revoked {grant_id} at {iso(outcome.revoked_at)} ({outcome.message})."
-    ))
+        info = wallet.set_coordinator(address, ca_pem)
+    emit(as_json, info.to_json(), lambda: _print_coordinator(info))
+
+
+@coordinator.command("show")
+@json_option
+@pass_ctx
+def coordinator_show(ctx: Context, as_json: bool) -> None:
+    """The coordinator set, and which of your nodes it lists now."""
+    with _open(ctx) as wallet:
+        info = wallet.coordinator_info()
+    if info is None:
+        raise click.ClickException("No coordinator is set: run `consent-wallet coordinator set "
+                                   "ADDRESS --ca FILE`.")
+    emit(as_json, info.to_json(), lambda: _print_coordinator(info))
 
 
 @cli.command()
@@ -628,13 +709,17 @@ def export(ctx: Context, node: str, node_ca: Path | None, out: Path, as_json: bo
 @json_option
 @pass_ctx
 def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: bool) -> None:
-    """Ask a node to erase everything it holds about you, and keep its signed proof."""
+    """Ask a node to erase everything it holds about you, and keep its signed proof.
+
+    When the node cannot be reached directly and a coordinator is set (`coordinator set`),
+    the sealed request goes through the coordinator, which cannot read it.
+    """
     if not yes:
         click.confirm(f"Erase everything {node} holds about you? Your grants there end and "
                       "this cannot be undone", abort=True)
     ca_pem = service.read_ca(node_ca) if node_ca else None
     with _open(ctx) as wallet:
-        receipt = wallet.erase(node, node_ca=ca_pem)
+        receipt, via = wallet.erase_routed(node, node_ca=ca_pem)
     proof = receipt["proof"]
     rows = sum(int(loc["rows"]) for loc in proof["locations"])
     files = proof["scan"]["files"]
@@ -646,9 +731,12 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
         click.echo(f"  scan of {len(files)} file(s) for {proof['scan']['needles']} of your "
                    f"values: {hits} hit(s)")
         click.echo(f"  proof signed by {proof['node']}; ledger: {receipt.get('ledger')}")
+        if via:
+            click.echo(f"  the node was out of reach: sent sealed through the coordinator "
+                       f"at {via}")
         click.echo("  `consent-wallet receipts --out DIR` writes it for sov-audit verify")
 
-    emit(as_json, receipt, human)
+    emit(as_json, {**receipt, "via_coordinator": via} if via else receipt, human)
 
 
 @cli.command()

@@ -26,6 +26,7 @@ from consent.grants import issue_grant, issue_revocation, verify_grant
 from consent.identity import PROFILES, Identity
 from consent.keystore import load_identity, save_identity, write_private_file
 from consent.passphrase import MIN_LENGTH as MIN_PASSPHRASE
+from consent.sm import SM4GCM, hmac_sm3
 from consent.utctime import utc_text
 from ledger.customer import grant_key
 from protos.transport import canonical_address, node_address
@@ -45,8 +46,9 @@ from wallet.errors import (
 )
 
 __all__ = [
-    "AuditKey", "GrantOutcome", "GrantView", "MigrationOutcome", "MigrationRefused",
-    "ReceiptFiles", "RevokeOutcome", "SyncReport", "Wallet", "WalletExists", "WalletNotFound",
+    "AuditKey", "CoordinatorInfo", "GrantOutcome", "GrantView", "MigrationOutcome",
+    "MigrationRefused", "ReceiptFiles", "RelayPending", "RelayView", "RevokeOutcome",
+    "SyncReport", "Wallet", "WalletExists", "WalletNotFound",
     "check_purpose", "check_ttl", "grant_views",
     "open_store", "read_ca", "wallet_exists", "whoami", "write_receipts",
 ]
@@ -77,8 +79,12 @@ REVOCATION_PENDING = grantstate.REVOCATION_PENDING
 
 # (address, ca_pem, caller) -> a node client; the real one is agent_node.client.NodeClient.
 ClientFactory = Callable[[str, bytes, Identity], Any]
+# A migration's export while it is in flight: sealed under a key derived from the wallet key.
+EXPORT_KEY_LABEL = b"sovereign-fabric/wallet/migration-export"
+EXPORT_NONCE_BYTES = 12
 
 
+ERASE_ROUTED_TIMEOUT = 30.0  # seconds; a coordinator's default max_deadline_ms
 NOT_ENDORSED = "its node never endorsed its ledger entry, so it is not anchored"
 
 
@@ -220,6 +226,44 @@ class RevokeOutcome:
     confirmed: bool
     revoked_at: datetime
     message: str
+    relay: RelayView | None = None  # when the coordinator carried it
+
+
+@dataclass(frozen=True)
+class RelayView:
+    """A revocation handed to the coordinator: which nodes have it and which not yet (the
+    coordinator keeps delivering those, also across its restarts)."""
+
+    coordinator: str
+    relay_id: str
+    delivered: list[str]  # node DIDs whose signed receipt the wallet verified
+    pending: list[str]  # node DIDs not reached yet
+    refused: dict[str, str]  # node DID -> the node's reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {"coordinator": self.coordinator, "relay_id": self.relay_id,
+                "delivered": self.delivered, "pending": self.pending, "refused": self.refused}
+
+
+@dataclass(frozen=True)
+class CoordinatorInfo:
+    """The coordinator the wallet falls back on, and the nodes of this wallet it lists."""
+
+    address: str
+    nodes: int  # registered nodes whose signed registrations verified
+    known: list[str]  # of those, the node addresses this wallet holds (by pinned DID)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"coordinator": self.address, "nodes": self.nodes, "known_nodes": self.known}
+
+
+class RelayPending(DeliveryPending):
+    """The node could not be reached directly; the coordinator holds the revocation and keeps
+    delivering it (``relay`` says to which nodes it has not got yet)."""
+
+    def __init__(self, message: str, outcome: RevokeOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 @dataclass
@@ -821,9 +865,18 @@ class Wallet:
         return fresh
 
     def revoke(
-        self, grant_id: str, *, reason: str = "", now: datetime | None = None
+        self, grant_id: str, *, reason: str = "", now: datetime | None = None,
+        coordinator: str | None = None, coordinator_ca: bytes | None = None,
     ) -> RevokeOutcome:
-        """Sign a revocation, save it, deliver it and wait for the node's signed confirmation."""
+        """Sign a revocation, save it, deliver it and wait for the node's signed confirmation.
+
+        The node is asked directly first; when it cannot be reached and a coordinator is set
+        (``set_coordinator``, or ``coordinator`` and ``coordinator_ca`` here, remembered), the
+        coordinator relays it: ``RelayPending`` when the node has not got it yet (the
+        coordinator keeps delivering it; ``sync`` still tries the node directly too).
+        """
+        if coordinator is not None:
+            self._use_coordinator(coordinator, coordinator_ca)
         now = now or utcnow()
         record = self._grant(grant_id)
         pending = self.store.revocation(grant_id)
@@ -858,6 +911,15 @@ class Wallet:
                                                            ledger_entry=entry)
         except NodeUnreachable as exc:
             self.store.mark_revocation_failed(grant_id, str(exc))
+            relayed = self.store.get_setting(f"relay:{grant_id}")
+            if relayed is not None:
+                # Handed over before: the coordinator keeps delivering it, no second relay.
+                raise DeliveryPending(
+                    f"{_node_problem(record.node_address, exc)}; the coordinator holds your "
+                    f"signed revocation since relay {relayed} and keeps delivering it, but it "
+                    "is NOT yet confirmed in effect: run `consent-wallet sync` later") from None
+            if self._coordinator_address() is not None:
+                return self._relay_revocation(grant_id, entry, exc)
             raise DeliveryPending(
                 f"{_node_problem(record.node_address, exc)}; the signed revocation is saved "
                 "but NOT yet in effect: run "
@@ -869,16 +931,133 @@ class Wallet:
                 f"the node did not accept the revocation: {exc}; it is saved, "
                 "retry with `consent-wallet sync`"
             ) from None
+        return self._confirm_revocation(grant_id, entry, ack)
+
+    def _confirm_revocation(self, grant_id: str, entry: dict[str, Any] | None, ack: Any,
+                            relay: RelayView | None = None) -> RevokeOutcome:
+        """Record the node's signed receipt (direct or relayed) and anchor the revocation."""
         revoked_at = _as_time(getattr(ack, "revoked_at", None))
         self.store.mark_revocation_confirmed(grant_id, revoked_at)
         message = "confirmed by the node's signed ack"
+        if relay is not None:
+            message += f", relayed by the coordinator at {relay.coordinator}"
         problem = self._keep_endorsed("revocations", grant_id, entry, ack)
         warning = self._anchor_revocation(grant_id, problem)
         if warning:
             message += f"; {warning} (`consent-wallet sync` retries)"
         elif self._ledger_configured():
             message += "; anchored in the ledger"
-        return RevokeOutcome(grant_id, True, revoked_at, message)
+        return RevokeOutcome(grant_id, True, revoked_at, message, relay)
+
+    # coordinator ----------------------------------------------------------------------------
+
+    def set_coordinator(self, address: str, ca_pem: bytes) -> CoordinatorInfo:
+        """Remember the coordinator that relays revocations (and routes erasure requests) to
+        nodes this wallet cannot reach itself. Saved only after it answered over TLS with
+        ``ca_pem`` and every node registration it listed verified: it is trusted to carry
+        sealed envelopes, never to say what a node said."""
+        address = canonical_address(address)
+        with self._coordinator_client(address, ca_pem) as coordinator:
+            listed = coordinator.nodes(fresh=True)
+        with self.store.transaction() as db:
+            for name, value in (("coordinator_address", address),
+                                ("coordinator_ca_pem", ca_pem.decode("ascii"))):
+                db.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) "
+                           "DO UPDATE SET value = excluded.value", (name, value))
+        return self._coordinator_view(address, listed)
+
+    def coordinator_info(self) -> CoordinatorInfo | None:
+        """The coordinator set, with what it lists now (None when none is set)."""
+        address = self._coordinator_address()
+        if address is None:
+            return None
+        with self._coordinator_client(address) as coordinator:
+            return self._coordinator_view(address, coordinator.nodes(fresh=True))
+
+    def _coordinator_view(self, address: str, listed: list[Any]) -> CoordinatorInfo:
+        by_did = {r.did: r.address for r in self.store.nodes() if r.did}
+        return CoordinatorInfo(address, len(listed),
+                               sorted(by_did[n.did] for n in listed if n.did in by_did))
+
+    def _coordinator_address(self) -> str | None:
+        return self.store.get_setting("coordinator_address")
+
+    def _use_coordinator(self, address: str, ca_pem: bytes | None) -> None:
+        """``--via-coordinator`` (with ``--coordinator-ca`` unless it is the one set)."""
+        address = canonical_address(address)
+        if ca_pem is None:
+            if address != self._coordinator_address():
+                raise InvalidInput(f"no CA certificate is known for the coordinator at "
+                                   f"{address}: pass --coordinator-ca FILE once")
+            return
+        self.set_coordinator(address, ca_pem)
+
+    def _coordinator_client(self, address: str, ca_pem: bytes | None = None) -> Any:
+        from agent_node.network import CoordinatorClient
+
+        if ca_pem is None:
+            stored = self.store.get_setting("coordinator_ca_pem")
+            if stored is None:
+                raise InvalidInput("no coordinator is set: run `consent-wallet coordinator set "
+                                   "ADDRESS --ca FILE`")
+            ca_pem = stored.encode("ascii")
+        return CoordinatorClient(address, ca_pem, timeout=30.0, listing_ttl=0)
+
+    def _routed(self, coordinator: Any, address: str, timeout: float = 30.0) -> Any:
+        """The node at ``address`` reached through ``coordinator``: found in its listing by
+        the DID this wallet pinned for it (the registration is the node's own, verified), so
+        the coordinator cannot put another node in its place."""
+        record = self._node(address)
+        if record.did is None:
+            raise UnknownNode(f"this wallet never reached the node at {address}, so it has no "
+                              "DID to find it by at the coordinator")
+        listed = [n for n in coordinator.nodes(fresh=True) if n.did == record.did]
+        if not listed:
+            raise UnknownNode(f"the coordinator at {coordinator.address} lists no node "
+                              f"{record.did} (the node at {address}); nothing was sent")
+        return coordinator.client_for(listed[0], self.identity, timeout=timeout)
+
+    def _relay_revocation(self, grant_id: str, entry: dict[str, Any] | None,
+                          direct: Exception) -> RevokeOutcome:
+        """Hand the revocation to the coordinator when the node is out of the wallet's reach."""
+        from agent_node.client import RevocationAck
+
+        record = self._grant(grant_id)
+        revocation = self.store.revocation(grant_id)
+        assert revocation is not None and record.node_did is not None
+        address = self._coordinator_address()
+        assert address is not None  # checked by the caller
+        NodeError, _ = _node_errors()
+        try:
+            with self._coordinator_client(address) as coordinator:
+                client = self._routed(coordinator, record.node_address)
+                relay_id, results = coordinator.relay_revocation(
+                    [client], revocation.document,
+                    ledger_entries={record.node_did: entry} if entry else None)
+        except (NodeError, UnknownNode) as exc:
+            raise DeliveryPending(
+                f"{_node_problem(record.node_address, direct)}, and the coordinator at "
+                f"{address} could not take the revocation ({exc}); it is saved but NOT yet in "
+                "effect: run `consent-wallet sync` when the node is back") from None
+        (result,) = results
+        relay = RelayView(address, relay_id,
+                          [r.node_did for r in results if r.state == "delivered"],
+                          [r.node_did for r in results if r.state == "pending"],
+                          {r.node_did: r.message for r in results if r.state == "refused"})
+        if result.state == "delivered" and result.receipt is not None:
+            body = result.receipt["body"]
+            ack = RevocationAck(body["grant_id"], body["revoked_at"], record.node_did,
+                                result.receipt)
+            return self._confirm_revocation(grant_id, entry, ack, relay)
+        if result.state == "refused":
+            self.store.mark_revocation_failed(grant_id, result.message)
+            raise DeliveryPending(f"the node refused the relayed revocation: {result.message}; "
+                                  "it is saved, retry with `consent-wallet sync`")
+        self.store.set_setting(f"relay:{grant_id}", relay_id)
+        message = (f"{_node_problem(record.node_address, direct)}; the coordinator at {address} "
+                   f"holds your signed revocation (relay {relay_id}) and keeps delivering it "
+                   f"until the node has it, but it is NOT yet in effect at {record.node_did}")
+        raise RelayPending(message, RevokeOutcome(grant_id, False, utcnow(), message, relay))
 
     def sync(self) -> SyncReport:
         """Deliver every pending grant and revocation; report what is still pending."""
@@ -993,22 +1172,49 @@ class Wallet:
         receipt (``ledger.erasure``: the node's verified proof, its ledger entry and receipt),
         kept in the store. The signed request is stored before it is sent, so a retry after a
         failure sends the same request and gets the same proof."""
+        return self.erase_routed(node, node_ca=node_ca)[0]
+
+    def erase_routed(self, node: str, *, node_ca: bytes | None = None
+                     ) -> tuple[dict[str, Any], str | None]:
+        """``erase``, and the coordinator the request went through (None: straight to the
+        node). When the node cannot be reached directly and a coordinator is set, the sealed
+        request goes through it: the coordinator cannot read it, and the proof is the node's
+        own, verified here as on the direct path."""
         from ledger.erasure import RECEIPT_FORMAT, issue_request
 
         node = node_address(node)
         self._use_node_ca(node, node_ca)
-        client = self._client(node)
-        node_did = client.node_info().did
-        request = self.store.erasure_request(node_did)
-        if request is None:
-            self.store.add_erasure(node_did, node, issue_request(self.identity, node_did))
+        _, NodeUnreachable = _node_errors()
+        coordinator, via = None, None
+        try:
+            client = self._client(node)
+            node_did = client.node_info().did
+        except NodeUnreachable:
+            via = self._coordinator_address()
+            if via is None:
+                raise
+            coordinator = self._coordinator_client(via)
+            try:
+                # An erasure scans the node's files: give it the coordinator's longest wait.
+                client = self._routed(coordinator, node, timeout=ERASE_ROUTED_TIMEOUT)
+            except BaseException:
+                coordinator.close()
+                raise
+            node_did = client.node.did
+        try:
             request = self.store.erasure_request(node_did)
-        reply = client.erase(request, subject_salt=self._subject_salt().hex())
+            if request is None:
+                self.store.add_erasure(node_did, node, issue_request(self.identity, node_did))
+                request = self.store.erasure_request(node_did)
+            reply = client.erase(request, subject_salt=self._subject_salt().hex())
+        finally:
+            if coordinator is not None:
+                coordinator.close()
         receipt = {"format": RECEIPT_FORMAT, "node_address": node, "proof": reply["proof"],
                    "ledger_entry": reply.get("ledger_entry"), "receipt": reply.get("receipt"),
                    "ledger": reply.get("ledger")}
         self.store.set_erasure_receipt(node_did, receipt)
-        return receipt
+        return receipt, via
 
     def migrate(self, source: str | None = None, target: str | None = None, *,
                 resume: bool = False, source_ca: bytes | None = None,
@@ -1061,12 +1267,14 @@ class Wallet:
             request = issue_request(self.identity, source=record["source_did"],
                                     target=record["target_did"], migration=migration,
                                     export=export)
-            self.store.update_migration(migration, "exported", export=export, request=request)
+            self.store.update_migration(migration, "exported", request=request,
+                                        export=self._seal_export(migration, export))
             record = self.store.migration(migration) or record
         if record["state"] == "exported":  # 2. B imports, or refuses: nothing moved
+            digest_only = {"digest": record["request"]["export"]}
             try:
                 receipt = self._client(target).import_customer(
-                    record["request"], record["export"],
+                    record["request"], self._open_export(migration, record["export"]),
                     subject_salt=self._subject_salt().hex())
             except NodeUnreachable as exc:
                 raise MigrationPending(
@@ -1075,10 +1283,14 @@ class Wallet:
                 ) from None
             except NodeError as exc:
                 note = f"{target} refused the import ({exc}); your data stays at {source}"
-                self.store.update_migration(migration, "rolled-back", note=note)
+                self.store.update_migration(migration, "rolled-back", note=note,
+                                            export=digest_only)
                 return MigrationOutcome(migration, "rolled-back", source, target, note,
                                         resumed=resumed)
-            self.store.update_migration(migration, "imported", import_receipt=receipt)
+            # B confirmed: from here on the wallet keeps only the export's digest (the
+            # request and B's signed receipt name it), never the customer's data.
+            self.store.update_migration(migration, "imported", import_receipt=receipt,
+                                        export=digest_only)
             record = self.store.migration(migration) or record
         if record["state"] == "imported":  # 3. A erases, with its proof
             try:
@@ -1095,6 +1307,29 @@ class Wallet:
         return MigrationOutcome(migration, final["state"], source, target, final["note"] or "",
                                 resumed=resumed, import_receipt=final["import_receipt"],
                                 erasure=self._erasure_receipt(final["source_did"]))
+
+    def _seal_export(self, migration: str, export: dict[str, Any]) -> dict[str, Any]:
+        """A's export as the wallet keeps it until B confirms the import (to resume after a
+        crash): SM4-GCM under a key derived from the wallet's own private key, bound to the
+        migration, so the customer's data is never at rest in clear in wallet.db."""
+        from ledger.migration import export_digest
+
+        nonce = secrets.token_bytes(EXPORT_NONCE_BYTES)
+        sealed = SM4GCM(self._export_key()).encrypt(nonce, json.dumps(export).encode(),
+                                                    migration.encode())
+        return {"digest": export_digest(export), "sm4_gcm": (nonce + sealed).hex()}
+
+    def _open_export(self, migration: str, kept: dict[str, Any]) -> dict[str, Any]:
+        """The export ``_seal_export`` kept (as it was: its digest is the request's)."""
+        if "sm4_gcm" not in kept:
+            return kept  # a migration started before exports were sealed
+        blob = bytes.fromhex(kept["sm4_gcm"])
+        plain = SM4GCM(self._export_key()).decrypt(blob[:EXPORT_NONCE_BYTES],
+                                                   blob[EXPORT_NONCE_BYTES:], migration.encode())
+        return dict(json.loads(plain))
+
+    def _export_key(self) -> bytes:
+        return hmac_sm3(self.identity.signing_key.encode(), EXPORT_KEY_LABEL)[:16]
 
     def _erasure_receipt(self, node_did: str) -> dict[str, Any] | None:
         return dict(self.store.erasure_receipts_by_node().get(node_did) or {}) or None

@@ -1,0 +1,111 @@
+"""The customer's wallet through the coordinator, on real processes (a coordinator, a node
+registered with it, ``consent-wallet`` in-process): ``coordinator set``; a revocation whose
+node is down is handed to the coordinator (exit 3, the reply naming the node not reached yet)
+and reaches the node when it is back; a node whose public address the wallet cannot reach
+gets the revocation relayed at once, with its signed receipt checked; and an erasure request
+goes through the coordinator, sealed, the proof the node's own."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_node.client import NodeClient
+from consent.identity import Identity
+from protos.transport import free_port
+from tests.coordinator.conftest import (
+    coord_cli,
+    init_coordinator,
+    serve_coordinator,
+    set_node_config,
+    stop_process,
+)
+from tests.wallet.conftest import NodeProcess, _sov_node
+from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
+
+
+def _pending(home: Path) -> int:
+    status = coord_cli("status", "--home", str(home), "--json").stdout
+    return int(json.loads(status)["pending_relays"])
+
+
+def _grant(wallet: WalletCLI, node: NodeProcess, crm: Identity) -> str:
+    granted = json.loads(wallet.ok(
+        "grant", "--node", node.address, "--requester", crm.did, "--purpose",
+        "quote-generation", "--scope", "transaction", "--ttl", "24h", "--json").output)
+    assert granted["delivered"] is True
+    return str(granted["grant_id"])
+
+
+def test_the_wallet_revokes_and_erases_through_the_coordinator(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
+    coordinator = serve_coordinator(init_coordinator(
+        tmp_path / "coordinator", health_interval_seconds=0.3, relay_retry_seconds=0.3))
+    coordinator_ca = coordinator.home / "tls" / "ca.pem"
+    node = NodeProcess(tmp_path)
+    try:
+        set_node_config(node.home, coordinator_listen=f"127.0.0.1:{free_port()}",
+                        coordinator_ca=str(coordinator_ca))
+        node.start()
+        _sov_node("register", "--home", str(node.home), "--coordinator", coordinator.address,
+                  "--coordinator-ca", str(coordinator_ca))
+        wallet = WalletCLI(tmp_path / "wallet")
+        wallet.ok("init")
+        node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
+        wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
+        crm = Identity.generate()
+        first, second = _grant(wallet, node, crm), _grant(wallet, node, crm)
+        address = node.address  # the node's public address, as the wallet knows it
+
+        assert_clean_error(wallet("coordinator", "show"), "no coordinator is set")
+        shown = json.loads(wallet.ok("coordinator", "set", coordinator.address, "--ca",
+                                     str(coordinator_ca), "--json").output)
+        assert shown == {"coordinator": coordinator.address, "nodes": 1,
+                         "known_nodes": [address]}
+
+        # The node is down: the coordinator keeps the revocation; exit 3 names the node.
+        node.stop()
+        relayed = wallet("revoke", first, "--json")
+        assert relayed.exit_code == 3, relayed.output
+        document = json.loads(relayed.output[:relayed.output.rindex("}") + 1])
+        assert document["confirmed"] is False and document["revoked_at"] is None
+        assert document["relay"]["pending"] == [node.did]
+        assert document["relay"]["delivered"] == []
+        assert "NOT yet in effect" in relayed.output
+        assert _pending(coordinator.home) == 1
+        again = wallet("sync", "--json")  # the node still down: no second relay
+        assert again.exit_code == 3 and "since relay" in again.output
+        assert _pending(coordinator.home) == 1
+
+        # Back, on a public port the wallet does not know (its old one is out of reach):
+        # only the coordinator can reach it, on the node's coordinator port.
+        node.port = free_port()
+        node.address = f"127.0.0.1:{node.port}"
+        set_node_config(node.home, listen=node.address)
+        node.start()
+        deadline = time.monotonic() + 30
+        while _pending(coordinator.home):
+            assert time.monotonic() < deadline, "the relay never reached the node"
+            time.sleep(0.3)
+        with NodeClient(node.address, node.ca_pem, Identity.generate()) as client:
+            assert client.node_info().did == node.did
+
+        # The wallet cannot reach the node: the relay delivers at once, receipt checked.
+        done = json.loads(wallet.ok("revoke", second, "--json").output)
+        assert done["confirmed"] is True and done["relay"]["delivered"] == [node.did]
+        assert "relayed by the coordinator" in done["message"]
+        human = wallet.ok("grants", "--offline").output
+        assert "REVOKED" in human
+
+        # An erasure request through the coordinator: sealed, the node's proof verified.
+        erased = json.loads(wallet.ok("erase", "--node", address, "--yes", "--json").output)
+        assert erased["via_coordinator"] == coordinator.address
+        assert erased["proof"]["node"] == node.did
+        assert sum(int(loc["rows"]) for loc in erased["proof"]["locations"]) >= 1
+    finally:
+        node.stop()
+        stop_process(coordinator.process)
