@@ -11,12 +11,17 @@ same consent filter, DP noise and budgets as any query.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tomli_w
 
 from agent_node import scoring, spend
 from agent_node.client import NodeClient
@@ -25,6 +30,7 @@ from agent_node.grantstore import GrantStore
 from agent_node.node import Node
 from consent.grants import issue_grant
 from consent.identity import Identity
+from consent.keystore import load_identity
 from coordinator.models import model_event
 from fl import artifact as artifacts
 from fl import models
@@ -232,3 +238,64 @@ def test_the_operator_installs_with_sov_node_and_a_requester_asks_over_grpc(
     assert 0.0 <= group["values"]["avg:score"] <= 1.0 and answer["dp"]["epsilon"] == 0.5
     assert "quantile:score:0.5" in group["values"]
     assert status.epsilon_spent == pytest.approx(0.5)
+
+
+def scoring_section_commands() -> list[str]:
+    """The command lines of docs/training.md's Scoring section, continuations joined."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    section = text.split("## Scoring", 1)[1].split("\n## ", 1)[0]
+    lines: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
+        lines += [line.strip() for line in block.replace("\\\n", " ").splitlines()
+                  if line.strip()]
+    return lines
+
+
+def test_the_documented_scoring_commands_run_as_written(
+        tmp_path: Path, bank_rows: list[dict[str, Any]], published: dict[str, Any],
+        coordinator: Identity) -> None:
+    """docs/training.md's Scoring section, replayed: the operator's install and list, then the
+    requester's two questions through sov-query over TLS, on a real node."""
+    commands = scoring_section_commands()
+    assert [c.split()[:3] for c in commands] == [
+        ["sov-node", "models", "install"], ["sov-node", "models", "list"],
+        ["sov-query", "ask", "--home"], ["sov-query", "ask", "--home"]]
+    parts = in_process_node(tmp_path, bank_rows, "docs-scoring")
+    home = parts.home.path
+    models_dir = tmp_path / "models"  # as copied from the coordinator's HOME/models
+    models_dir.mkdir()
+    digest = published["digest"]
+    shutil.copy(published["model"], models_dir / f"{digest}.json")
+    shutil.copy(published["receipt"], models_dir / f"{digest}.receipt.json")
+    shutil.copy(published["log_key_file"], home / "log-public.json")
+    config = tomllib.loads((home / "node.toml").read_text())
+    config["node"]["ledger_log_key"] = "log-public.json"  # the operator's guide's way
+    (home / "node.toml").write_text(tomli_w.dumps(config))
+    queries = tmp_path / "sov-query"
+    run_cli("sov-query", "init", "--home", str(queries))
+    crm = load_identity(queries / "requester.key", PASSPHRASE)
+    grant(parts, parts.wallets[:SCORED], crm)
+    (tmp_path / "ca.pem").write_bytes(parts.home.ca_pem())
+    running = Node.open(home, PASSPHRASE).serve("127.0.0.1:0")
+    outputs = []
+    try:
+        for command in commands:
+            line = (command.replace("/srv/node", str(home))
+                    .replace("/srv/models", str(models_dir)).replace("DIGEST", digest)
+                    .replace("did:key:z6MkCoordinator", coordinator.did)
+                    .replace("~/.sov-query", str(queries))
+                    .replace("node.acme.example:7443", f"127.0.0.1:{running.port}")
+                    .replace(" ca.pem", f" {tmp_path / 'ca.pem'}"))
+            outputs.append(run_cli(*shlex.split(line)).stdout)
+        touched = set(running.service.engine.models.touched)
+    finally:
+        running.stop()
+    assert outputs[0].startswith(f"installed {digest}") and outputs[1].startswith(digest)
+    histogram, mean = json.loads(outputs[2]), json.loads(outputs[3])
+    assert histogram["group_by"] == ["score_band"] and histogram["dp"]["delta"] == 0
+    assert [g["key"] for g in histogram["groups"]] == [[b] for b in range(10)]
+    [group] = mean["groups"]
+    assert set(group["values"]) == {"avg:score", "quantile:score:0.9"}
+    with parts.vault.connection() as conn:
+        assert touched == {s for w in parts.wallets[:SCORED]
+                           for s in parts.vault.sids_for_did(conn, w.did)}

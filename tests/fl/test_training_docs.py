@@ -11,6 +11,7 @@ from agent_node.cli import main as node_cli
 from coordinator.cli import main as coordinator_cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "training.md"
+GROUPS = {("sov-node", "models")}  # commands whose first word names a subcommand
 
 
 def documented_commands() -> list[tuple[str, str, list[str]]]:
@@ -19,8 +20,12 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     for line in text.splitlines():
         match = re.match(r"\s*(sov-node|sov-coordinator) (\S+)(.*)", line)
         if match:
-            options = re.findall(r"(--[a-z-]+)", match.group(3).split("#")[0])
-            found.append((match.group(1), match.group(2), options))
+            name, rest = match.group(2), match.group(3)
+            sub = re.match(r" ([a-z]+)(.*)", rest)  # a group's subcommand: "models install"
+            if sub and (match.group(1), name) in GROUPS:
+                name, rest = f"{name} {sub.group(1)}", sub.group(2)
+            options = re.findall(r"(--[a-z-]+)", rest.split("#")[0])
+            found.append((match.group(1), name, options))
     return found
 
 
@@ -28,10 +33,11 @@ def test_every_documented_option_exists() -> None:
     commands = documented_commands()
     assert {(tool, name) for tool, name, _ in commands} >= {
         ("sov-node", "serve"), ("sov-coordinator", "train"), ("sov-coordinator", "models")}
+    assert ("sov-node", "models install") in {(tool, name) for tool, name, _ in commands}
     runner = CliRunner()
     for tool, name, options in commands:
         cli = node_cli if tool == "sov-node" else coordinator_cli
-        result = runner.invoke(cli, [name, "--help"])
+        result = runner.invoke(cli, [*name.split(), "--help"])
         assert result.exit_code == 0, f"{tool} {name}: {result.output}"
         for option in options:
             assert option in result.output, f"{tool} {name} has no {option}"
