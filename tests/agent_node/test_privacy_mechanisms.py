@@ -69,3 +69,31 @@ def test_an_averages_interval_covers_it_as_often_as_stated() -> None:
         misses += not low <= 65 <= high
         assert 0 <= avg.value <= 120
     assert misses <= 160
+
+
+def test_pooled_integer_noise_is_independent_across_values_and_worker_processes() -> None:
+    # The discrete Laplace draws come from OpenDP in batches (privacy._NoisePool); every
+    # released value must get its own draw, never one another value or another worker
+    # process (forked with a part-used batch) also got.
+    import os
+
+    budget = Fraction(1, 10)  # scale 60: two equal runs of 8 draws are all but impossible
+    privacy.noisy_counts([0], 6, budget)  # leaves a part-used batch in this process
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker forked with the parent's memory
+        try:
+            released, _ = privacy.noisy_counts([1000] * 8, 6, budget)
+            os.write(write, repr([r.value for r in released]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode()
+    os.close(read)
+    mine, _ = privacy.noisy_counts([1000] * 8, 6, budget)
+    again, _ = privacy.noisy_counts([1000] * 8, 6, budget)
+    assert child != repr([r.value for r in mine])
+    assert [r.value for r in mine] != [r.value for r in again]
+    spread = [r.value for r in privacy.noisy_counts([1000] * 200, 6, budget)[0]]
+    assert len(set(spread)) > 20 and min(spread) < 1000 < max(spread)
