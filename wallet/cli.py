@@ -656,9 +656,14 @@ def _outcome(event: dict[str, Any]) -> str:
         # A federated training phase (agent_node.training): your row trained a model.
         label = (f"used for training run {event['training_run']} ({event.get('phase')}"
                  + (f", round {event['round']}" if event.get("round") else "") + ")")
+    # A scored question (agent_node.scoring): your intent score, computed at the node from your
+    # row with the model the event names, went into an aggregate (never out on its own).
+    scored = bool(event.get("model")) and label in (service.ANSWERED, service.NOTHING_RELEASED)
     if event.get("epsilon") and (label.startswith("used for training")
                                  or label in (service.ANSWERED, service.NOTHING_RELEASED)):
         label += f" (epsilon {event['epsilon']:g} debited)"
+    if scored:
+        label += f" (scored with intent model {str(event['model'])[:16]})"
     return label
 
 
