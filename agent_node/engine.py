@@ -317,10 +317,17 @@ class QueryEngine:
                     for gid in dict.fromkeys(query.grant_ids)]
         view = self._view(conn, requester, query.purpose, versions)
         active = _active(view, frozenset(scopes), ts, self.settings.dp)
-        budgeted = [g[0] for g, row in active if row is None]
+        # What follows from ``active`` alone is kept with it in the view (building a row per
+        # grant cost ~0.1 ms a query): the budgeted ids, and the rows the fast path returns.
+        derived = view.memo.get(("rows", frozenset(scopes)))
+        if derived is None or derived[0] is not active:
+            derived = view.remember(("rows", frozenset(scopes)), (
+                active, [g[0] for g, row in active if row is None],
+                [_GrantRow(gid, subject, granted, eps, 0, False)
+                 for (gid, subject, granted, _, _, _, eps), _ in active]))
+        _, budgeted, unspent = derived
         if fast and budgeted and self._covered(conn, query, active, budgeted):
-            return [_GrantRow(gid, subject, granted, eps, 0, False)
-                    for (gid, subject, granted, _, _, _, eps), _ in active]
+            return unspent  # shared: never modified by the callers
         live = spend.usage(conn, budgeted) if budgeted else {}
         grants = []
         for (gid, subject, granted, _, _, max_q, eps), row in active:
