@@ -420,9 +420,10 @@ def check_migration(outcome: Outcome, label: str, document: Mapping[str, Any],
             said = check_receipt(document)
         except MigrationError as exc:
             raise CheckFailed("migration", str(exc)) from exc
-        return (f"migration of {said['customer']}: {said['rows']} row(s) exported signed by "
-                f"{said['from']}, imported at {said['imported_at']} (receipt signed by "
-                f"{said['to']}), erased at the source at {said['erased_at']}")
+        return (f"migration of {said['customer']}: {said['rows']} row(s) exported by "
+                f"{said['from']} ({said['export']}), imported at {said['imported_at']} "
+                f"(receipt signed by {said['to']}), erased at the source at "
+                f"{said['erased_at']}")
 
     if outcome.run(label, signed):
         check_erasure(outcome, f"{label} (erasure at the source)",

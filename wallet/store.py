@@ -172,8 +172,12 @@ class WalletStore:
             os.chmod(self.path, 0o600)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # Deleted content (a migration's sealed export, say) is zeroed, not left in free
+            # pages of the file.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(SCHEMA)
             self._migrate()
+            self._scrub_exports()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreDamaged(
@@ -186,6 +190,24 @@ class WalletStore:
             names = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in names:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _scrub_exports(self) -> None:
+        """A wallet of an older release kept each finished migration's export, the
+        customer's data, in clear: keep only its digest (what the receipts need), and
+        checkpoint so that no old page of the file or its WAL still holds the data."""
+        from consent.canonical import canonical_sha256
+
+        rows = self._db.execute(
+            "SELECT id, export FROM migrations WHERE state IN ('imported', 'done', "
+            "'rolled-back') AND export IS NOT NULL AND json_extract(export, '$.digest') IS "
+            "NULL").fetchall()
+        if not rows:
+            return
+        with self.transaction() as db:
+            db.executemany("UPDATE migrations SET export = ? WHERE id = ?", [
+                (json.dumps({"digest": canonical_sha256(json.loads(row["export"]))}), row["id"])
+                for row in rows])
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         self._db.close()

@@ -45,6 +45,21 @@ def _customer_rows(node: NodeProcess, did: str) -> int:
                   "WHERE did = ?)", did)
 
 
+# The wallet holder's values at A (the source's emails of their 3 orders): never at rest in
+# clear in the wallet home, during a migration or after it.
+MARKERS = [f"c{i}@example.com".encode() for i in range(3)]
+
+
+def _in_wallet_home(wallet: WalletCLI) -> dict[str, int]:
+    """Marker occurrences per file of the wallet home, raw bytes (WAL included)."""
+    found = {}
+    for path in sorted(p for p in wallet.home.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if hits := sum(data.count(m) for m in MARKERS):
+            found[str(path.relative_to(wallet.home))] = hits
+    return found
+
+
 def _prepare(wallet: WalletCLI, a: NodeProcess, b: NodeProcess) -> str:
     did = json.loads(wallet.ok("whoami", "--json").output)["did"]
     a.bind(did)
@@ -71,6 +86,8 @@ def test_migrate_moves_the_customer_with_three_verified_receipts(
     assert moved["erasure"]["ledger"] == "anchored"
     assert _customer_rows(a, did) == 0 and _count(a, "SELECT count(*) FROM grants") == 0
     assert _customer_rows(b, did) == 3
+    # The customer's data passed through the wallet and was never kept in clear there.
+    assert _in_wallet_home(wallet) == {}
     # B's source never had these rows: its sync keeps them all the same.
     _sov_node("sync", "--home", str(b.home))
     assert _customer_rows(b, did) == 3 and _count(b, "SELECT count(*) FROM ds_orders") == 15
@@ -81,7 +98,10 @@ def test_migrate_moves_the_customer_with_three_verified_receipts(
     log_key = str(ledger.home / "log-public.json")
     verified = sov_audit("verify", "--log-key", log_key, str(migration))
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert f"migration of {did}: 3 row(s) exported signed by {a.did}" in verified.stdout
+    assert f"migration of {did}: 3 row(s) exported by {a.did} (export kept as its digest)" \
+        in verified.stdout
+    assert _in_wallet_home(wallet) == {}
+    assert not any(m in migration.read_bytes() for m in MARKERS)  # the receipt file neither
     assert "the erasure entry of exactly this proof" in verified.stdout
     # The officer's report and bundle take it too; the report shows what the proof says.
     report = tmp_path / "report.html"
@@ -94,10 +114,9 @@ def test_migrate_moves_the_customer_with_three_verified_receipts(
     bundled = sov_audit("bundle", "--log-key", log_key, "-o", str(tmp_path / "b.json"),
                         str(migration))
     assert bundled.returncode == 0 and "1 receipt(s)" in bundled.stdout, bundled.stdout
-    # Any changed part fails: the import claiming other rows, the export altered.
+    # Any changed part fails: the import claiming other rows, another export's digest.
     for path, change in (("import", lambda d: d["import"]["datasets"].update(orders=2)),
-                         ("export", lambda d: d["export"]["body"]["export"]["datasets"]
-                          ["orders"][0].update(amount=1.0))):
+                         ("export", lambda d: d["export"].update(digest="0" * 64))):
         forged = json.loads(migration.read_text())
         change(forged)
         changed = tmp_path / f"changed-{path}.json"
@@ -149,6 +168,8 @@ def test_kill_9_mid_migrate_is_finished_by_resume(
                               str(wallet.home), a.address, b.address, stage],
                              env=os.environ.copy(), capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    # In flight, the wallet keeps A's export sealed under its own key, never in clear.
+    assert _in_wallet_home(wallet) == {}
     assert _customer_rows(a, did) == 3  # nothing erased at A before B's import is confirmed
     assert _customer_rows(b, did) == (3 if stage == "after-import" else 0)
     # A new migration is not started over the unfinished one.
