@@ -73,9 +73,10 @@ class NodeConfig:
     coordinator_listen: str = ""   # optional: a second port, mutual TLS, for the coordinator
     coordinator_ca: str = ""       # the coordinator's TLS CA (PEM) its client certificate must
     #                                chain to; relative to the node home
-    erasure_scan: str = "pages"    # "pages": an erasure scans every file of the home whole and,
-    #                                in the vault, the pages its deletion rewrote; "full": the
-    #                                whole vault too (time grows with the vault)
+    erasure_scan: str = "full"     # "full": an erasure scans every file of the home whole, the
+    #                                vault included; "pages": every other file whole and,
+    #                                in the vault, only the pages its deletion rewrote (faster
+    #                                on a large vault, weaker: the rest of the vault unread)
 
     @property
     def max_ttl(self) -> timedelta:

@@ -164,9 +164,9 @@ def test_erasure_leaves_no_byte_and_a_verifiable_proof(
     # Every byte of the node home: no marker, no DID.
     assert _hits(node.home.path, _needles(node)) == {}
     assert protocol.scan_hits(proof) == 0 and proof["scan"]["needles"] >= 4
-    # The default scan reads the vault at the pages the deletion rewrote, every other file whole.
+    # The default scan reads every file whole, the vault included.
     vault_entry = next(f for f in proof["scan"]["files"] if f["path"] == "vault.sqlite")
-    assert proof["scan"]["vault"] == "rewritten pages" and vault_entry["pages"] > 0
+    assert proof["scan"]["vault"] == "whole file" and "pages" not in vault_entry
     by_name = {loc["name"]: loc for loc in proof["locations"]}
     assert by_name["vault.dataset_rows"]["rows"] == 6
     assert by_name["vault.grants"]["rows"] == 1 and by_name["vault.subject_salts"]["rows"] == 1
@@ -244,3 +244,28 @@ def test_the_rewritten_pages_scan_finds_what_a_deletion_left(tmp_path: Path) -> 
     assert count_in_pages(path, [b"zq-other-4711"], pages) == 0  # table b was not rewritten
     assert rewritten_pages(path) is None  # truncated WAL: the caller scans the whole vault
     db.close()
+
+
+def test_the_scan_finds_every_value_in_one_pass_across_part_edges(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 values searched at once in a file read in many parts on several threads (parts of
+    4 KiB here, so that values fall across part edges): each occurrence is counted once,
+    exactly as one bytes.count per value counts them; a file without them counts zero."""
+    import random
+
+    from agent_node import erasure
+
+    monkeypatch.setattr(erasure, "PART_BYTES", 4096)  # a setting, small to make many edges
+    rng = random.Random(4711)
+    needles = [f"zq-{i:02d}-{rng.randrange(10**9)}@example.org".encode() for i in range(40)]
+    data = bytearray(rng.randbytes(200_000))
+    for at in [4096 - 5, 8192 - 1, 8192 + 60, 12_000, 65_536 - 20, 199_950]:
+        needle = rng.choice(needles)
+        data[at:at + len(needle)] = needle
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(data))
+    expected = sum(bytes(data).count(n) for n in needles)
+    assert expected == 6
+    assert count_in_file(path, needles) == expected
+    assert count_in_file(path, [n.upper() for n in needles]) == 0
+    assert count_in_file(path, []) == 0
