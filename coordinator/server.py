@@ -50,7 +50,8 @@ def start(home: CoordinatorHome, identity: Identity, passphrase: str, *,
     registry = Registry(home.registry_target)
     cert_pem, key_pem = home.server_tls()
     metrics = Metrics()
-    router = Router(registry, (key_pem, cert_pem), on_outcome=None)
+    router = Router(registry, (key_pem, cert_pem), on_outcome=None,
+                    max_forwards=config.max_workers * config.max_fanout)
     relay = RelayService(registry, router, config.default_deadline_ms / 1000,
                          record=ledger.record_relay if ledger is not None else None)
     service = CoordinatorService(identity.did, config, registry, router, metrics, relay)
