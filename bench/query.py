@@ -29,7 +29,10 @@ ones (identity, sentiment), then measures
   is 0.8). Each gm client opens its session during the warm-up, before the clock starts.
 The synced node home is cached under the temp dir, keyed by a hash of every input (rows,
 subjects, data map, source file, vault and sync code), so reruns skip the build.
-Prints medians and ends with one JSON line.
+Each load runs --passes windows (3 by default), alternating echo, single queries and
+reports, so each ratio is taken within a pass; prints every pass, the medians, and ends with
+one JSON line. The small queries ask epsilon 0.002 (the node's epsilon_min lowered to it) so
+that the grants' budgets last through every pass.
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ REPORT = 16  # questions per report
 # rows, several dozen customers at either size), the shape issue 3 means. The earlier
 # age = 30 matched 3.8% of all rows (38,000 at 1M), i.e. a scan, not a small query.
 SMALL_AGE = 70
+# The small queries' epsilon (and the node's epsilon_min in the bench): small enough that
+# every pass's questions fit the grants' budgets (at most 1000) whatever the throughput.
+SMALL_EPSILON = 0.002
 ENVELOPE_OVERHEAD = 2 * HEADER_LENGTH + NONCE_LENGTH + 16
 SOURCE = REPO.parent / "shared" / "datasets" / "bank_marketing" / "bank-additional-full.csv"
 DATAMAP = """
@@ -248,28 +254,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of ``pid`` and its worker processes (sov-node serve --workers):
     ``VmRSS`` (all of it, including the vault's pages mapped from the OS page cache by
-    SQLite's mmap) or ``RssAnon`` (the processes' own memory)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    kib = int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
+    SQLite's mmap, counted once per process mapping them), ``RssAnon`` (the processes' own
+    memory) or ``Pss`` (each shared page divided among the processes mapping it)."""
+    source = "smaps_rollup" if field == "Pss" else "status"
+    status = Path(f"/proc/{pid}/{source}").read_text()
+    kib = int(next(line for line in status.splitlines()
+                   if line.startswith(field + ":")).split()[1])
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return kib / 1024 + sum(rss_mib(int(child), field) for child in children)
 
 
 class Peak:
     """The peak resident memory (``field`` of /proc/PID/status) of a process tree, sampled
-    every 0.2 s in a thread while the ``with`` block runs (RSS under load, not after it)."""
+    every 0.2 s in a thread while a ``with`` block runs (RSS under load, not after it); the
+    peak over every block it was entered for."""
 
     def __init__(self, pid: int, field: str = "VmRSS") -> None:
         self.pid, self.field, self.value = pid, field, 0.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread = threading.Thread()
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
             self.value = max(self.value, rss_mib(self.pid, self.field))
 
     def __enter__(self) -> Peak:
-        self.value = rss_mib(self.pid, self.field)
+        self.value = max(self.value, rss_mib(self.pid, self.field))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
@@ -329,25 +341,43 @@ def run_echo_server(home_dir: Path, reply_bytes: int, port_file: Path, workers: 
                  workers, port_file)
 
 
-def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float,
-              workers: int) -> Load:
-    port_file = home_dir / "echo-port"
-    proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(home_dir),
-                             "--reply-bytes", str(reply_bytes), "--port-file", str(port_file),
-                             "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port = wait_for_port(proc, port_file)
-        ca = (home_dir / "tls" / "ca.pem").read_bytes()
-        calls = [secure_channel(f"127.0.0.1:{port}", ca).unary_unary("/bench.Echo/Echo")
-                 for _ in range(CLIENTS)]
-        payload = b"q" * request_bytes
-        for i in range(CLIENTS):
-            calls[i](payload, timeout=30)  # warm every channel before the CPU count starts
-        return measured_load(lambda i: calls[i](payload, timeout=30), CLIENTS, seconds,
-                             proc.pid)
-    finally:
-        stop(proc)
+class Echo:
+    """The baseline echo server (--echo-server) and its 32 warmed callers; ``load`` measures
+    one throughput window. It stays up, idle, while the node's windows run, so that each
+    pass measures the echo right beside the node on a machine whose load drifts."""
+
+    def __init__(self, home_dir: Path, request_bytes: int, reply_bytes: int,
+                 workers: int) -> None:
+        port_file = home_dir / "echo-port"
+        self.proc = subprocess.Popen([sys.executable, __file__, "--echo-server", str(home_dir),
+                                      "--reply-bytes", str(reply_bytes), "--port-file",
+                                      str(port_file), "--workers", str(workers)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port = wait_for_port(self.proc, port_file)
+            ca = (home_dir / "tls" / "ca.pem").read_bytes()
+            self.calls = [secure_channel(f"127.0.0.1:{port}", ca).unary_unary(
+                "/bench.Echo/Echo") for _ in range(CLIENTS)]
+            self.payload = b"q" * request_bytes
+            for call in self.calls:
+                call(self.payload, timeout=30)  # warm every channel before the CPU count
+        except BaseException:
+            stop(self.proc)
+            raise
+
+    def load(self, seconds: float) -> Load:
+        return measured_load(lambda i: self.calls[i](self.payload, timeout=30), CLIENTS,
+                             seconds, self.proc.pid)
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+def median_load(loads: list[Load]) -> Load:
+    """Each field's median over the passes."""
+    return Load(statistics.median(x.qps for x in loads),
+                statistics.median(x.server_ms for x in loads),
+                statistics.median(x.client_ms for x in loads))
 
 
 def grant_everyone(home: NodeHome, subjects: int, requester: Identity) -> None:
@@ -372,18 +402,23 @@ def make_gm(home_dir: Path) -> None:
 
 
 def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
-            profile: str = "intl", echo: bool = True, workers: int = 1) -> dict[str, Any]:
+            profile: str = "intl", echo: bool = True, workers: int = 1,
+            passes: int = 3) -> dict[str, Any]:
     home = load_home(home_dir, PASS)
-    # Differential privacy is on (the default); budgets large enough for every bench query.
+    # Differential privacy is on (the default); budgets large enough for every bench query:
+    # the small queries ask the smallest epsilon the node then allows.
     home.config.grant_budget = 1000.0
+    home.config.epsilon_min = SMALL_EPSILON
     save_config(home_dir / "node.toml", home.config)
     proc, port = start_node(home_dir, workers)
     time.sleep(1.0)
     idle, idle_anon = rss_mib(proc.pid), rss_mib(proc.pid, "RssAnon")
+    idle_pss = rss_mib(proc.pid, "Pss")
     print(f"[{profile}] idle node RSS {idle:.1f} MiB (just started)")
     requester = Identity.generate(profile)  # type: ignore[arg-type]
     grant_everyone(home, subjects, requester)  # through the vault, as SubmitGrant stores them
     address = f"127.0.0.1:{port}"
+    baseline_echo: Echo | None = None
     try:
         client = NodeClient(address, home.ca_pem(), requester, timeout=120)
         asker = Requester(requester)
@@ -398,9 +433,9 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         print(f"[{profile}] group-by e2e median {e2e * 1000:.1f} ms, raw sqlite3 "
               f"{baseline * 1000:.1f} ms")
 
-        small = {"dataset": "contacts", "purpose": "marketing-analytics", "epsilon": 0.05,
-                 "measures": ["count"], "filters": [{"column": "age", "op": "eq",
-                                                     "value": SMALL_AGE}]}
+        small = {"dataset": "contacts", "purpose": "marketing-analytics",
+                 "epsilon": SMALL_EPSILON, "measures": ["count"],
+                 "filters": [{"column": "age", "op": "eq", "value": SMALL_AGE}]}
         envelope, nonce = client.sealed_request("Query", {"query": small})
         reply = client.send("Query", envelope, nonce)
         # The sealed reply: envelope header, nonce and tag around header + canonical JSON.
@@ -410,15 +445,23 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         for client in clients:
             client.query(small)  # warm every channel and session before the CPU count
         warm = rss_mib(proc.pid)
-        peak, peak_anon = Peak(proc.pid), Peak(proc.pid, "RssAnon")
-        with peak, peak_anon:
-            node = measured_load(lambda i: clients[i].query(small), CLIENTS, seconds,
-                                 proc.pid)
-            report = [small] * REPORT
-            reports = measured_load(lambda i: clients[i].report(report), CLIENTS, seconds,
-                                    proc.pid)
-        node_qps = node.qps
-        loaded, loaded_anon = peak.value, peak_anon.value
+        if echo:
+            baseline_echo = Echo(home_dir, len(envelope), reply_bytes, workers)
+        report = [small] * REPORT
+        singles, reports, echoes = [], [], []
+        peak, peak_anon, peak_pss = (Peak(proc.pid), Peak(proc.pid, "RssAnon"),
+                                     Peak(proc.pid, "Pss"))
+        for _ in range(passes):
+            # Each pass: the echo, then the node's single queries and reports, one window
+            # each; ratios are taken per pass and their medians reported.
+            if baseline_echo is not None:
+                echoes.append(baseline_echo.load(seconds))
+            with peak, peak_anon, peak_pss:
+                singles.append(measured_load(lambda i: clients[i].query(small), CLIENTS,
+                                             seconds, proc.pid))
+                reports.append(measured_load(lambda i: clients[i].report(report), CLIENTS,
+                                             seconds, proc.pid))
+        loaded, loaded_anon, loaded_pss = peak.value, peak_anon.value, peak_pss.value
         # Budgets must have lasted: every question of a last report is still answered.
         _, last = clients[0].report(report)
         if any("answer" not in r for r in last):
@@ -426,29 +469,45 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         print(f"[{profile}] node RSS: idle {idle:.1f} MiB, warm {warm:.1f} MiB, peak under "
               f"load {loaded:.1f} MiB ({loaded / idle:.2f} x idle); own memory (RssAnon, "
               f"without the vault's mmap'd pages) idle {idle_anon:.1f} MiB, peak "
-              f"{loaded_anon:.1f} MiB ({loaded_anon / idle_anon:.2f} x)")
+              f"{loaded_anon:.1f} MiB ({loaded_anon / idle_anon:.2f} x); proportional (Pss: "
+              f"shared pages divided among the workers) idle {idle_pss:.1f} MiB, peak "
+              f"{loaded_pss:.1f} MiB ({loaded_pss / idle_pss:.2f} x)")
     finally:
+        if baseline_echo is not None:
+            baseline_echo.close()
         stop(proc)
-    if not echo:
-        print(f"[{profile}] small queries {node_qps:.0f}/s ({CLIENTS} clients, one session "
+    node, reports_load = median_load(singles), median_load(reports)
+    result = {"e2e": e2e, "baseline": baseline, "node_qps": node.qps, "idle": idle,
+              "node": node, "typical": typical, "loaded": loaded, "warm": warm,
+              "reports": reports_load, "anon": (idle_anon, loaded_anon),
+              "pss": (idle_pss, loaded_pss)}
+    if not echoes:
+        print(f"[{profile}] small queries {node.qps:.0f}/s ({CLIENTS} clients, one session "
               f"each); RSS under load {loaded:.0f} MiB")
-        return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "idle": idle,
-                "node": node, "typical": typical, "loaded": loaded, "warm": warm,
-                "reports": reports, "anon": (idle_anon, loaded_anon)}
-    echo = echo_load(home_dir, len(envelope), reply_bytes, seconds, workers)
-    base_qps = echo.qps
-    print(f"[{profile}] small queries {node_qps:.0f}/s vs echo {base_qps:.0f}/s ({CLIENTS} "
+        return result
+    base = median_load(echoes)
+    single_ratios = [n.qps / e.qps for n, e in zip(singles, echoes, strict=True)]
+    report_ratios = [r.qps * REPORT / e.qps for r, e in zip(reports, echoes, strict=True)]
+    print(f"[{profile}] {passes} passes of {seconds:g} s, each: echo, single queries, "
+          f"reports of {REPORT}")
+    for i, (n, r, e) in enumerate(zip(singles, reports, echoes, strict=True)):
+        print(f"[{profile}]   pass {i + 1}: echo {e.qps:.0f}/s, single {n.qps:.0f}/s "
+              f"({single_ratios[i]:.3f}), reports {r.qps * REPORT:.0f} questions/s "
+              f"({report_ratios[i]:.3f})")
+    print(f"[{profile}] small queries {node.qps:.0f}/s vs echo {base.qps:.0f}/s ({CLIENTS} "
           f"clients, request {len(envelope)} B, reply ~{reply_bytes} B); RSS under load "
           f"{loaded:.0f} MiB")
-    print(f"[{profile}] reports of {REPORT}: {reports.qps * REPORT:.0f} questions/s "
-          f"({reports.qps:.1f} reports/s) vs echo {base_qps:.0f} calls/s")
+    print(f"[{profile}] reports of {REPORT}: {reports_load.qps * REPORT:.0f} questions/s "
+          f"({reports_load.qps:.1f} reports/s) vs echo {base.qps:.0f} calls/s")
     print(f"[{profile}] CPU per call: node server {node.server_ms:.2f} ms + client "
-          f"{node.client_ms:.2f} ms; echo server {echo.server_ms:.2f} ms + client "
-          f"{echo.client_ms:.2f} ms; per report of {REPORT}: node server "
-          f"{reports.server_ms:.2f} ms + client {reports.client_ms:.2f} ms")
-    return {"e2e": e2e, "baseline": baseline, "node_qps": node_qps, "echo_qps": base_qps,
-            "idle": idle, "node": node, "echo": echo, "typical": typical, "loaded": loaded,
-            "warm": warm, "reports": reports, "anon": (idle_anon, loaded_anon)}
+          f"{node.client_ms:.2f} ms; echo server {base.server_ms:.2f} ms + client "
+          f"{base.client_ms:.2f} ms; per report of {REPORT}: node server "
+          f"{reports_load.server_ms:.2f} ms + client {reports_load.client_ms:.2f} ms")
+    result.update({"echo_qps": base.qps, "echo": base,
+                   "single_ratio": statistics.median(single_ratios),
+                   "report_ratio": statistics.median(report_ratios),
+                   "single_ratios": single_ratios, "report_ratios": report_ratios})
+    return result
 
 
 def typical_value(answer: Any) -> dict[str, Any]:
@@ -472,6 +531,8 @@ def main() -> None:
                         help="gm: also serve the same vault in the gm profile and compare")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="sov-node serve --workers (default: one per core)")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="throughput windows per load (medians are reported)")
     parser.add_argument("--echo-server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reply-bytes", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", default=None, help=argparse.SUPPRESS)
@@ -482,7 +543,7 @@ def main() -> None:
         return
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     subjects = 100 if args.quick else 400
-    seconds = 4.0 if args.quick else 8.0
+    seconds = 3.0 if args.quick else 6.0
     cached, built = synced_home(rows, subjects)
     print(f"vault: {rows} rows, {subjects} subjects, "
           + (f"built and synced in {built:.1f}s" if built else f"cached at {cached}"))
@@ -490,18 +551,21 @@ def main() -> None:
         home_dir = Path(tmp) / "node"
         shutil.copytree(cached, home_dir)
         result = measure(home_dir, cached / "crm.db", subjects, seconds,
-                         workers=args.workers)
+                         workers=args.workers, passes=args.passes)
         print(f"node workers: {args.workers}")
         summary = {"bench": "query", "rows": rows, "privacy": "dp",
                    # the 1-minute load average at the end: a shared machine says how noisy
                    "load_avg": round(os.getloadavg()[0], 1),
                    "e2e_vs_sqlite": round(result["e2e"] / result["baseline"], 3),
                    "target": 1.5, "typical_dp_answer": result["typical"],
-                   "throughput_vs_echo": round(result["node_qps"] / result["echo_qps"], 3),
+                   "throughput_vs_echo": round(result["single_ratio"], 3),
                    "throughput_target": 0.25,
-                   "report_questions_vs_echo": round(
-                       result["reports"].qps * REPORT / result["echo_qps"], 3),
+                   "report_questions_vs_echo": round(result["report_ratio"], 3),
                    "report_size": REPORT, "report_target": 0.5, "workers": args.workers,
+                   "passes": args.passes, "seconds_per_window": seconds,
+                   "throughput_vs_echo_passes": [round(x, 3) for x in result["single_ratios"]],
+                   "report_vs_echo_passes": [round(x, 3) for x in result["report_ratios"]],
+                   "echo_calls_per_s": round(result["echo_qps"]),
                    "node_cpu_ms_per_query": round(result["node"].server_ms, 2),
                    "echo_cpu_ms_per_call": round(result["echo"].server_ms, 2),
                    "client_cpu_ms_per_query": round(result["node"].client_ms, 2),
@@ -514,13 +578,16 @@ def main() -> None:
                    "rss_target": 1.5,
                    "anon_rss_idle_mib": round(result["anon"][0], 1),
                    "anon_rss_loaded_mib": round(result["anon"][1], 1),
-                   "anon_rss_loaded_vs_idle": round(result["anon"][1] / result["anon"][0], 3)}
+                   "anon_rss_loaded_vs_idle": round(result["anon"][1] / result["anon"][0], 3),
+                   "pss_idle_mib": round(result["pss"][0], 1),
+                   "pss_loaded_mib": round(result["pss"][1], 1),
+                   "pss_loaded_vs_idle": round(result["pss"][1] / result["pss"][0], 3)}
         if args.profile == "gm":
             gm_dir = Path(tmp) / "gm-node"
             shutil.copytree(cached, gm_dir)
             make_gm(gm_dir)
             gm = measure(gm_dir, cached / "crm.db", subjects, seconds, "gm", echo=False,
-                         workers=args.workers)
+                         workers=args.workers, passes=args.passes)
             summary.update({
                 "gm_e2e_vs_sqlite": round(gm["e2e"] / gm["baseline"], 3),
                 "gm_qps": round(gm["node_qps"]), "intl_qps": round(result["node_qps"]),
