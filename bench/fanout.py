@@ -9,7 +9,13 @@ median latency of
 - one node through the coordinator (agent_node.requester.ask_network): the coordinator's
   added latency, target <= 1.3 x direct;
 - 1, 3 and 5 nodes through the coordinator in one fan-out, every answer verified and the
-  answers combined: target for 5 nodes <= 2.5 x direct (they share the machine's cores).
+  answers combined: target for 5 nodes <= 2.5 x direct (they share the machine's cores);
+- where a fan-out's time goes: CPU per call of the requester (this process), the coordinator
+  and the nodes (from /proc), the slowest node leg as the coordinator timed it, and the least
+  wall time that CPU allows on this machine's cores (total CPU / cores): a ratio that bound
+  already puts above the target cannot be reached by any routing change;
+- several questions in one fan-out (agent_node.requester.ask_network_report, --questions of
+  them, each node answering all in one sealed report): per question vs direct.
 Prints medians and ends with one JSON line.
 """
 
@@ -40,7 +46,7 @@ from agent_node.client import NodeClient  # noqa: E402
 from agent_node.grantstore import GrantStore  # noqa: E402
 from agent_node.home import init_home, load_home  # noqa: E402
 from agent_node.network import CoordinatorClient  # noqa: E402
-from agent_node.requester import Requester, ask_network  # noqa: E402
+from agent_node.requester import Requester, ask_network, ask_network_report  # noqa: E402
 from agent_node.vault import Vault, sync  # noqa: E402
 from consent.grants import issue_grant  # noqa: E402
 from consent.identity import Identity  # noqa: E402
@@ -115,14 +121,36 @@ def make_node(folder: Path, index: int, rows: list[tuple], requester: Identity,
     return home.path
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms(pids: list[int]) -> float:
+    """CPU time (user + system) the processes ``pids`` used so far, in ms (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total * 1000 / TICK
+
+
 def median_ms(call: Callable[[], object], repeat: int) -> float:
+    return measure(call, repeat, {})[0]
+
+
+def measure(call: Callable[[], object], repeat: int, servers: dict[str, list[int]]
+            ) -> tuple[float, dict[str, float]]:
+    """(median wall ms, CPU ms per call of this process and of each group of ``servers``)."""
     call()  # warm: channels, sessions, caches
     times = []
+    before = {name: cpu_ms(pids) for name, pids in servers.items()}
+    own = time.process_time()
     for _ in range(repeat):
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    cpu = {"requester": (time.process_time() - own) * 1000 / repeat}
+    cpu.update({name: (cpu_ms(pids) - before[name]) / repeat for name, pids in servers.items()})
+    return statistics.median(times) * 1000, {k: round(v, 2) for k, v in cpu.items()}
 
 
 def main() -> None:
@@ -130,6 +158,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--rows", type=int, default=400, help="contacts per node")
     parser.add_argument("--repeat", type=int, default=None)
+    parser.add_argument("--questions", type=int, default=4,
+                        help="questions per fan-out in the report measurement")
     args = parser.parse_args()
     repeat = args.repeat or (15 if args.quick else 60)
     with SOURCE.open(newline="") as handle:
@@ -170,9 +200,14 @@ def main() -> None:
 
         asker = Requester(requester)
         address, ca_pem, _ = nodes[0]
+        node_pids = [p.pid for p in processes[1:]]
+        coordinator_pid = [processes[0].pid]
+        cores = len(os.sched_getaffinity(0))
         with NodeClient(address, ca_pem, requester) as direct:
-            direct_ms = median_ms(lambda: asker.ask_with(direct, QUERY), repeat)
-        results: dict[str, float] = {"direct_ms": round(direct_ms, 3)}
+            direct_ms, direct_cpu = measure(lambda: asker.ask_with(direct, QUERY), repeat,
+                                            {"nodes": node_pids})
+        results: dict[str, object] = {"direct_ms": round(direct_ms, 3), "cpu_direct": direct_cpu}
+        cpu: dict[int, dict[str, float]] = {}
         with CoordinatorClient(coordinator, ca.read_bytes()) as client:
             for count in (1, 3, 5):
                 dids = [did for _, _, did in nodes[:count]]
@@ -182,18 +217,54 @@ def main() -> None:
                     if len(answer.combined["answered"]) != len(dids):
                         raise RuntimeError(f"not every node answered: {answer.missing}")
 
-                results[f"fanout_{count}_ms"] = round(median_ms(ask, repeat), 3)
+                wall, cpu[count] = measure(ask, repeat, {"coordinator": coordinator_pid,
+                                                         "nodes": node_pids})
+                results[f"fanout_{count}_ms"] = round(wall, 3)
+                results[f"cpu_fanout_{count}"] = cpu[count]
+            # The slowest node leg of a 5-node fan-out as the coordinator timed it.
+            listed = [n for n in client.nodes(dataset="contacts")]
+            legs = []
+            for _ in range(repeat):
+                routed = client.fan_out("Query", [(client.client_for(n, requester),
+                                                   {"query": QUERY}) for n in listed])
+                legs.append(max(r.elapsed_ms for r in routed))
+            results["fanout_5_slowest_node_leg_ms"] = round(statistics.median(legs), 3)
+            questions = [{**QUERY, "measures": ["count"]},
+                         {**QUERY, "measures": ["sum:duration"]},
+                         {**QUERY, "measures": ["count"], "group_by": []},
+                         {**QUERY, "measures": ["sum:age"], "group_by": []}]
+            questions = (questions * args.questions)[:args.questions]
+            dids = [did for _, _, did in nodes]
+            report_ms = median_ms(lambda: ask_network_report(requester, client, questions,
+                                                             nodes=dids), repeat)
+            results["fanout_5_report_ms"] = round(report_ms, 3)
+            results["fanout_5_report_per_question_ms"] = round(report_ms / len(questions), 3)
         for count in (1, 3, 5):
             results[f"fanout_{count}_vs_direct"] = round(
-                results[f"fanout_{count}_ms"] / direct_ms, 3)
+                float(results[f"fanout_{count}_ms"]) / direct_ms, 3)  # type: ignore[arg-type]
         results["coordinator_added_vs_direct"] = results["fanout_1_vs_direct"]
-        print(f"direct, one node:            {direct_ms:8.2f} ms (median of {repeat})")
+        total_5 = sum(cpu[5].values())
+        results["fanout_5_cpu_bound_ms"] = round(total_5 / cores, 3)
+        results["fanout_5_cpu_bound_vs_direct"] = round(total_5 / cores / direct_ms, 3)
+        results["fanout_5_report_per_question_vs_direct"] = round(
+            report_ms / len(questions) / direct_ms, 3)
+        print(f"direct, one node:            {direct_ms:8.2f} ms (median of {repeat}); CPU "
+              f"per call {direct_cpu}")
         for count in (1, 3, 5):
             print(f"through the coordinator, {count}: {results[f'fanout_{count}_ms']:8.2f} ms "
-                  f"= {results[f'fanout_{count}_vs_direct']:.2f} x direct")
+                  f"= {results[f'fanout_{count}_vs_direct']:.2f} x direct; CPU per call "
+                  f"{cpu[count]}")
+        print(f"5 nodes: the slowest node leg as the coordinator timed it "
+              f"{results['fanout_5_slowest_node_leg_ms']} ms; all CPU of one fan-out "
+              f"{total_5:.1f} ms on {cores} core(s) takes at least {total_5 / cores:.1f} ms = "
+              f"{results['fanout_5_cpu_bound_vs_direct']:.2f} x direct")
+        print(f"5 nodes, {len(questions)} questions in one report: {report_ms:.2f} ms, "
+              f"{report_ms / len(questions):.2f} ms per question = "
+              f"{results['fanout_5_report_per_question_vs_direct']:.2f} x one direct question")
         print("targets: 1 node <= 1.3 x direct, 5 nodes <= 2.5 x direct")
         results.update(target_one_node=1.3, target_five_nodes=2.5, repeat=repeat,
-                       rows_per_node=args.rows)
+                       rows_per_node=args.rows, cores=cores,
+                       load_average=round(os.getloadavg()[0], 2))
         print(json.dumps(results))
     finally:
         for process in processes:
