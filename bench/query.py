@@ -373,6 +373,16 @@ class Echo:
         stop(self.proc)
 
 
+def echo_load(home_dir: Path, request_bytes: int, reply_bytes: int, seconds: float,
+              workers: int) -> Load:
+    """One echo window on a server of its own (bench/floor.py's baseline)."""
+    echo = Echo(home_dir, request_bytes, reply_bytes, workers)
+    try:
+        return echo.load(seconds)
+    finally:
+        echo.close()
+
+
 def median_load(loads: list[Load]) -> Load:
     """Each field's median over the passes."""
     return Load(statistics.median(x.qps for x in loads),
