@@ -92,10 +92,16 @@ LOG_TABLES = ("access_log", "access_sets", "access_set_subjects", "access_set_gr
 
 
 def ensure(conn: sqlite3.Connection, db: str = "main") -> None:
-    """Create the log's tables in schema ``db`` (``upgrade`` then brings old ones up)."""
+    """Create the log's tables, with their indexes, in schema ``db`` where they do not exist
+    (``upgrade`` brings tables of an older layout up)."""
+    fresh = not _columns(conn, "access_log", db)
     for statement in LOG_SCHEMA.format(db=db).split(";"):
         if statement.strip():
             conn.execute(statement)
+    if fresh:
+        for statement in LOG_INDEXES.format(db=db).split(";"):
+            if statement.strip():
+                conn.execute(statement)
 
 
 LEDGER_SCHEMA = """
@@ -327,63 +333,66 @@ def answered_with(conn: sqlite3.Connection, grant_id: str) -> int:
 
 
 LOG_INDEXES = """
-CREATE INDEX IF NOT EXISTS access_log_subject_set ON access_log(subject_set);
-CREATE INDEX IF NOT EXISTS access_log_grant_set ON access_log(grant_set);
-CREATE INDEX IF NOT EXISTS access_log_left_out_set ON access_log(left_out_set)
+CREATE INDEX IF NOT EXISTS {db}.access_log_subject_set ON access_log(subject_set);
+CREATE INDEX IF NOT EXISTS {db}.access_log_grant_set ON access_log(grant_set);
+CREATE INDEX IF NOT EXISTS {db}.access_log_left_out_set ON access_log(left_out_set)
   WHERE left_out_set IS NOT NULL;
-CREATE INDEX IF NOT EXISTS access_set_subjects_members ON access_set_subjects(set_id, sid);
-CREATE INDEX IF NOT EXISTS access_set_grants_members ON access_set_grants(set_id, grant_id);
+CREATE INDEX IF NOT EXISTS {db}.access_set_subjects_members ON access_set_subjects(set_id, sid);
+CREATE INDEX IF NOT EXISTS {db}.access_set_grants_members ON access_set_grants(set_id, grant_id);
 """
 
 
-def upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a vault's access log to the set layout (idempotent; outside a transaction).
+def upgrade(conn: sqlite3.Connection, db: str = "main") -> None:
+    """Bring the access log in schema ``db`` to the set layout (idempotent; outside a
+    transaction).
 
     Vaults written before it kept one (sid, seq) row per subject and one (grant, seq) row per
     grant of every event, and usage counters on every grant row: both are rebuilt here once,
     inside one transaction, so a crash leaves the old layout intact.
     """
-    if "left_out_set" not in _columns(conn, "access_log"):
-        _add_left_out(conn)
-    if not _old_layout(conn):
-        conn.executescript(LOG_INDEXES)
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if _old_layout(conn):  # another process may have upgraded it meanwhile
-            _upgrade_rows(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.executescript(LOG_INDEXES)
+    if not _columns(conn, "access_log", db):
+        return  # moved away meanwhile (by another process starting at the same time)
+    if "left_out_set" not in _columns(conn, "access_log", db):
+        _add_left_out(conn, db)
+    if _old_layout(conn, db):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if _old_layout(conn, db):  # another process may have upgraded it meanwhile
+                _upgrade_rows(conn, db)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.executescript(LOG_INDEXES.format(db=db))
 
 
-def _add_left_out(conn: sqlite3.Connection) -> None:
+def _add_left_out(conn: sqlite3.Connection, db: str) -> None:
     """Events from before privacy budgets had no left-out grant set: add the column (NULL
     for them), once, even with several processes opening the vault."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if "left_out_set" not in _columns(conn, "access_log"):
-            conn.execute("ALTER TABLE access_log ADD COLUMN left_out_set INTEGER")
+        if "left_out_set" not in _columns(conn, "access_log", db):
+            conn.execute(f"ALTER TABLE {db}.access_log ADD COLUMN left_out_set INTEGER")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+def _columns(conn: sqlite3.Connection, table: str, db: str = "main") -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA {db}.table_info({table})")}
 
 
-def _old_layout(conn: sqlite3.Connection) -> bool:
-    return "subject_set" not in _columns(conn, "access_log")
+def _old_layout(conn: sqlite3.Connection, db: str) -> bool:
+    return "subject_set" not in _columns(conn, "access_log", db)
 
 
-def _upgrade_rows(conn: sqlite3.Connection) -> None:
+def _upgrade_rows(conn: sqlite3.Connection, db: str) -> None:
+    # Only a vault from before the activity database has this layout: its tables are all in
+    # ``db`` (the vault), which unqualified names find first.
     for column in ("subject_set INTEGER", "grant_set INTEGER",
                    "answered INTEGER NOT NULL DEFAULT 0"):
-        conn.execute(f"ALTER TABLE access_log ADD COLUMN {column}")
+        conn.execute(f"ALTER TABLE {db}.access_log ADD COLUMN {column}")
     conn.execute("UPDATE access_log SET answered = "
                  "(json_extract(body, '$.outcome') IS 'answered')")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -935,12 +944,13 @@ def _register() -> None:
     owner = "agent_node.accesslog"
     locations.table("access_log", owner, "event bodies (requester, purpose, outcome, set "
                     "roots); an event logged under the customer as sender names their DID",
-                    "redact", _redact_events)
-    locations.table("access_sets", owner, "", "none")
+                    "redact", _redact_events, database="activity")
+    locations.table("access_sets", owner, "", "none", database="activity")
     locations.table("access_set_subjects", owner, "opaque sids of the subjects each event "
-                    "used (other customers' Merkle proofs need their references)", "keep-opaque")
+                    "used (other customers' Merkle proofs need their references)", "keep-opaque",
+                    database="activity")
     locations.table("access_set_grants", owner, "random grant ids each event used",
-                    "keep-opaque")
+                    "keep-opaque", database="activity")
     locations.table("ledger_heads", owner, "salted subject commitments and event tags, "
                     "unlinkable once the customer's salt is destroyed", "keep-opaque")
     locations.table("subject_salts", owner, "the customer's DID and commitment salt",

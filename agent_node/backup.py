@@ -1,7 +1,8 @@
 """Encrypted, authenticated node backups (issue 13): ``sov-node backup`` / ``sov-node restore``.
 
-**What a backup holds.** A consistent snapshot of the vault (``VACUUM INTO`` inside one read
-transaction) in which every row that is about a customer is *sealed per customer*: the
+**What a backup holds.** A consistent snapshot of the vault and its activity database
+(``agent_node.activity``: both read from the same moment, merged into one database) in which
+every row that is about a customer is *sealed per customer*: the
 customer's dataset rows, bindings and wrapped SM4 data key under their subject's backup key,
 their grants, grant usage, commitment salt and the access-log bodies naming their DID under
 their wallet's backup key. Each backup key is a random SM4 key kept in the live node's
@@ -51,10 +52,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent_node import locations, nonces
+from agent_node import activity, locations, nonces
 from agent_node.errors import AgentNodeError
 from agent_node.home import NodeHome, hold_exclusive
-from agent_node.vault import Vault, iso
+from agent_node.vault import Vault, activity_tables, ensure_activity_tables, iso
 from agent_node.vaultcrypto import NONCE_BYTES, VaultKeys
 from consent.canonical import canonicalize
 from consent.sm import SM4GCM
@@ -197,8 +198,7 @@ def backup(home: NodeHome, out: Path, *, progress: Progress | None = None) -> Ba
     work = _work_dir(home)
     snapshot = work / "backup.sqlite"
     try:
-        with vault.connection() as conn:
-            conn.execute("VACUUM INTO ?", (str(snapshot),))  # one consistent read snapshot
+        _snapshot(vault, snapshot, work / "backup-activity.sqlite")
         customers, wallets = _seal_snapshot(home, snapshot)
         created = iso(datetime.now(UTC))
         tmp = out.with_name(out.name + ".partial")
@@ -214,6 +214,41 @@ def backup(home: NodeHome, out: Path, *, progress: Progress | None = None) -> Ba
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return BackupInfo(str(out), out.stat().st_size, customers, wallets, created)
+
+
+def _snapshot(vault: Vault, snapshot: Path, scratch: Path) -> None:
+    """Copy the vault and its activity database, as of one moment, into one database at
+    ``snapshot`` (the backup holds one database, as before the activity database existed;
+    ``scratch`` holds the activity copy meanwhile)."""
+    with vault.frozen_snapshot() as conn, closing(sqlite3.connect(snapshot)) as main, \
+            closing(sqlite3.connect(scratch)) as other:
+        conn.backup(main, name="main")
+        conn.backup(other, name=activity.SCHEMA)
+    with closing(sqlite3.connect(snapshot, isolation_level=None)) as db:
+        db.execute("ATTACH DATABASE ? AS copied", (str(scratch),))
+        ensure_activity_tables(db, "main")
+        db.execute("BEGIN")
+        activity.copy(db, "copied", "main", activity.tables_in(db, "copied", activity_tables()))
+        db.execute("COMMIT")
+        db.execute("DETACH DATABASE copied")
+    scratch.unlink()
+
+
+def _split_activity(restored: Path, target: Path) -> None:
+    """Move the activity tables of a restored database (all tables in one, as a backup holds
+    them) into a new activity database at ``target``."""
+    with closing(sqlite3.connect(restored, isolation_level=None)) as db:
+        db.execute("PRAGMA secure_delete=ON")
+        db.execute("ATTACH DATABASE ? AS activity", (str(target),))
+        ensure_activity_tables(db, activity.SCHEMA)
+        tables = activity.tables_in(db, "main", activity_tables())
+        db.execute("BEGIN")
+        activity.copy(db, "main", activity.SCHEMA, tables)
+        for table in tables:
+            db.execute(f'DROP TABLE main."{table}"')
+        db.execute("COMMIT")
+        db.execute("DETACH DATABASE activity")
+        db.execute("VACUUM")
 
 
 def _seal_snapshot(home: NodeHome, snapshot: Path) -> tuple[int, int]:
@@ -506,8 +541,16 @@ def _restore(home: NodeHome, path: Path, progress: Progress | None) -> RestoreRe
         header = _decrypt(home, path, restored, progress)
         report = RestoreReport(str(header.get("created")))
         _unseal(home, vault, restored, report)
+        restored_activity = work / "restore-activity.sqlite"
+        _split_activity(restored, restored_activity)
+        # Each file in one write transaction: its old content or the new, whole. The activity
+        # database first: a crash between the two leaves the vault as it was, which a
+        # repeated restore then replaces.
+        with closing(sqlite3.connect(restored_activity)) as source, \
+                closing(sqlite3.connect(vault.activity_path, timeout=30)) as target:
+            source.backup(target)
         with vault.connection() as conn, closing(sqlite3.connect(restored)) as source:
-            source.backup(conn)  # one write transaction: the old content or the new, whole
+            source.backup(conn)
         erasure._checkpoint()
         erasure._write_list()
     finally:

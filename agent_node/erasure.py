@@ -5,19 +5,21 @@ raw bytes for their identifiers and values, and sign the proof (``ledger.erasure
 The erasure runs in three durable steps, recorded in ``erasures`` (one row per customer,
 found by a keyed tag of their DID, never the DID itself once done):
 
-1. ``requested`` -> ``erased``, one transaction: every table location's erase function
-   (grants revoked and deleted, rows deleted, log bodies naming them redacted, their
-   commitment salt deleted), their subject references added to the erasure list
-   (``erased_subjects``: never synced or restored again); the request is dropped and the
-   values to scan for are kept SM4-encrypted (key derived from the master key) until step 3.
-2. WAL checkpoint and truncation, then a scan of every file under the node home (database
+1. ``requested`` -> ``erased``: every table location's erase function (grants revoked and
+   deleted, rows deleted, log bodies naming them redacted, their commitment salt deleted),
+   those in the activity database (``agent_node.activity``) in a first transaction, the
+   vault's in a second one that also adds their subject references to the erasure list
+   (``erased_subjects``: never synced or restored again), drops the request and keeps the
+   values to scan for SM4-encrypted (key derived from the master key) until step 3.
+2. WAL checkpoints and truncation, then a scan of every file under the node home (database
    pages, WAL, journals, backups, logs) for the customer's DID and values.
 3. ``erased`` -> ``proved``, one transaction: the customer's SM4 data keys are destroyed (the
    ``destroy-key`` locations), the signed proof and the ledger entry are stored, the request
    and the encrypted values dropped; then a second checkpoint and truncation.
 
 A crash anywhere is completed by ``resume`` (``sov-node serve`` runs it on start): step 1 is
-atomic, step 2 is repeatable, step 3 is atomic. A repeated request returns the stored proof.
+repeatable (its first transaction is idempotent, its second atomic), step 2 is repeatable,
+step 3 is atomic. A repeated request returns the stored proof.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class Erasure:
         self._write_list()
 
     def _destroy_rows(self, tag: str) -> None:
+        activity = self._destroy_activity_rows(tag)
         with self.vault.transaction() as conn:
             request, pending = conn.execute(
                 "SELECT request, pending FROM erasures WHERE did_tag = ? AND state = "
@@ -184,10 +187,10 @@ class Erasure:
             keys = [data_key_id(w) for (w,) in conn.execute(
                 "SELECT wrapped_key FROM subjects WHERE sid IN (SELECT value FROM json_each(?))"
                 " AND length(wrapped_key) > 0", (locations.json_list(customer.sids),))]
-            results = {}
+            results = dict(activity)
             for location in locations.locations():
                 if location.kind == "table" and location.erase is not None \
-                        and location.erasure != "destroy-key":
+                        and location.erasure != "destroy-key" and location.database == "vault":
                     results[location.name] = _result(location, location.erase(conn, customer))
             shared = {v for (table, column), values in plain.items() for v in values
                       if conn.execute(f'SELECT 1 FROM "{table}" WHERE "{column}" = ? LIMIT 1',
@@ -203,6 +206,21 @@ class Erasure:
             conn.execute("UPDATE erasures SET state = 'erased', request = NULL, pending = ?, "
                          "updated_at = ? WHERE did_tag = ?",
                          (self._seal(tag, state), _now(), tag))
+
+    def _destroy_activity_rows(self, tag: str) -> dict[str, dict[str, Any]]:
+        """Step 1's first transaction: the locations in the activity database (access-log
+        bodies redacted, grant counters deleted). A transaction writing both files commits
+        each atomically but not both at once, so they commit first, alone: a crash before
+        the vault's part leaves the erasure 'requested', and the rerun repeats them (each is
+        idempotent; the proof then counts what the rerun found)."""
+        with self.vault.transaction() as conn:
+            request = conn.execute("SELECT request FROM erasures WHERE did_tag = ? AND state = "
+                                   "'requested'", (tag,)).fetchone()[0]
+            customer = _customer(conn, json.loads(request)["subject"])
+            return {location.name: _result(location, location.erase(conn, customer))
+                    for location in locations.locations()
+                    if location.kind == "table" and location.erase is not None
+                    and location.erasure != "destroy-key" and location.database == "activity"}
 
     def _scan(self, tag: str, pages: Pages | None = None) -> dict[str, Any]:
         from agent_node.backup import clear_work
@@ -352,18 +370,22 @@ class Erasure:
                                                          STATE_AAD)))
 
     def _checkpoint(self) -> None:
-        """Move every committed page into the database file and truncate the WAL to zero
-        bytes, so old page versions (the deleted rows') are gone from it."""
-        conn = sqlite3.connect(self.vault.path, timeout=30, isolation_level=None)
-        try:
-            for _ in range(100):
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                if not busy:
-                    return
-                time.sleep(0.05)  # a reader's snapshot still needs the WAL: wait it out
-            log.warning(json.dumps({"event": "erasure-checkpoint-busy"}))
-        finally:
-            conn.close()
+        """Move every committed page into the database files (the vault and the activity
+        database) and truncate their WALs to zero bytes, so old page versions (the deleted
+        rows') are gone from them."""
+        for path in (self.vault.path, self.vault.activity_path):
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            try:
+                for _ in range(100):
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    if not busy:
+                        break
+                    time.sleep(0.05)  # a reader's snapshot still needs the WAL: wait it out
+                else:
+                    log.warning(json.dumps({"event": "erasure-checkpoint-busy",
+                                            "file": path.name}))
+            finally:
+                conn.close()
 
     def _write_list(self) -> None:
         """Mirror the erasure list (opaque references, proof digests) in a file beside the

@@ -408,4 +408,4 @@ def _erase_usage(conn: sqlite3.Connection, customer: locations.Customer) -> loca
 locations.table("grants", "agent_node.grantstore", "the customer's signed grants (their DID, "
                 "requester, purpose, scopes) and revocations", "delete", _erase_grants)
 locations.table("grant_usage", "agent_node.grantstore", "queries and privacy budget used per "
-                "grant id", "delete", _erase_usage)
+                "grant id", "delete", _erase_usage, database="activity")

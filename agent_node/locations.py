@@ -79,6 +79,9 @@ class Location:
     holds: str  # what it holds about a customer, in words ("" for nothing)
     erasure: Treatment
     erase: Eraser | None = field(default=None, compare=False)
+    #: A table's database: the vault file, or the activity file of the tables a query writes
+    #: (``agent_node.activity``; an erasure commits those first, in their own transaction).
+    database: Literal["vault", "activity"] = "vault"
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
@@ -103,9 +106,11 @@ def register(location: Location) -> Location:
 
 
 def table(name: str, owner: str, holds: str, erasure: Treatment,
-          erase: Eraser | None = None, pattern: str | None = None) -> Location:
+          erase: Eraser | None = None, pattern: str | None = None,
+          database: Literal["vault", "activity"] = "vault") -> Location:
+    # Named "vault.*" wherever the table lives: proofs and backups name locations this way.
     return register(Location(f"vault.{name}", owner, "table", pattern or name, holds, erasure,
-                             erase))
+                             erase, database))
 
 
 def file(name: str, owner: str, pattern: str, holds: str, erasure: Treatment) -> Location:
@@ -122,12 +127,15 @@ def _import_owners() -> None:
     # The owners register on import; importing them here makes the list complete wherever
     # it is read from (a CLI, a test) without a central list to forget.
     import agent_node.accesslog
+    import agent_node.activity
     import agent_node.backup
     import agent_node.erasure
     import agent_node.flnode
     import agent_node.grantstore
     import agent_node.home
     import agent_node.importstore
+    import agent_node.nonces
+    import agent_node.releases
     import agent_node.scoring
     import agent_node.spend
     import agent_node.trainingstore
@@ -149,9 +157,15 @@ def file_location(relative: str) -> Location | None:
 
 
 def vault_tables(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-        "ORDER BY name")]
+    """Every table of the vault connection's databases (the vault and the attached
+    activity database)."""
+    names: set[str] = set()
+    for _, schema, _ in conn.execute("PRAGMA database_list").fetchall():
+        if schema != "temp":
+            names.update(r[0] for r in conn.execute(
+                f"SELECT name FROM \"{schema}\".sqlite_master WHERE type = 'table' AND name "
+                "NOT LIKE 'sqlite_%'"))
+    return sorted(names)
 
 
 def unregistered_tables(conn: sqlite3.Connection) -> list[str]:

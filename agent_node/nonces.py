@@ -120,4 +120,4 @@ class DurableReplayGuard:
         self.vault.commit(lambda conn, batch: sweep(conn, now))
 
 
-locations.table("replay_nonces", "agent_node.nonces", "", "none")
+locations.table("replay_nonces", "agent_node.nonces", "", "none", database="activity")

@@ -65,4 +65,5 @@ def record(conn: sqlite3.Connection, requester: str, dataset: str, size: int, di
 
 
 locations.table("released_sets", "agent_node.releases", "opaque (sid, keyed row fingerprint) "
-                "pairs of released answer sets, for the overlap control", "keep-opaque")
+                "pairs of released answer sets, for the overlap control", "keep-opaque",
+                database="activity")

@@ -143,4 +143,4 @@ def check(conn: sqlite3.Connection, cache: HeadroomCache, key: str, micro: int,
     return least >= micro and (fewest is None or fewest >= 1), exact
 
 
-locations.table("grant_set_spend", "agent_node.spend", "", "none")
+locations.table("grant_set_spend", "agent_node.spend", "", "none", database="activity")

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from agent_node import accesslog, locations, nonces, releases, spend
+from agent_node import accesslog, activity, locations, nonces, releases, spend
 from agent_node.datamap import DataMap, DatasetSpec
 from agent_node.errors import SourceError, VaultError
 from agent_node.sources import SourceRow, read_rows, redact
@@ -270,18 +270,46 @@ class _PartialJob(Exception):
     """A job raised after writing: the batch must not commit."""
 
 
-def _ensure_stores(conn: sqlite3.Connection) -> None:
-    """Every store's tables, created and upgraded by the module that owns them (outside a
-    transaction)."""
+def activity_tables() -> tuple[str, ...]:
+    """The tables that live in the activity database (``agent_node.activity``): every table
+    a query writes, as their owners name them."""
     from agent_node import grantstore  # it imports this module
 
+    return (*accesslog.LOG_TABLES, *nonces.TABLES, *releases.TABLES, *spend.TABLES,
+            *grantstore.USAGE_TABLES)
+
+
+def ensure_activity_tables(conn: sqlite3.Connection, db: str = activity.SCHEMA) -> None:
+    """Create the activity tables in schema ``db``, each by its owner."""
+    from agent_node import grantstore
+
+    accesslog.ensure(conn, db)
+    nonces.ensure(conn, db)
+    releases.ensure(conn, db)
+    spend.ensure(conn, db)
+    grantstore.ensure_usage(conn, db)
+
+
+def _ensure_stores(conn: sqlite3.Connection) -> None:
+    """Every store's tables, created and upgraded by the module that owns them (outside a
+    transaction); a home from before the activity database has its activity tables
+    upgraded where they are, then moved there once."""
+    from agent_node import grantstore
+
     grantstore.ensure(conn)
-    grantstore.ensure_usage(conn)
-    accesslog.ensure(conn)
-    nonces.ensure(conn)
-    releases.ensure(conn)
-    spend.ensure(conn)
-    accesslog.upgrade(conn)
+    legacy = activity.tables_in(conn, "main", activity_tables())
+    if legacy:  # whatever the old layout lacked is added beside it, and moves with it
+        ensure_activity_tables(conn, "main")
+        legacy = activity.tables_in(conn, "main", activity_tables())
+    if "access_log" in legacy:
+        accesslog.upgrade(conn, "main")
+    if "grant_usage" in legacy:
+        grantstore.upgrade_usage(conn)
+    ensure_activity_tables(conn)
+    moved = activity.migrate(conn, legacy)
+    if moved:
+        log.info(json.dumps({"event": "activity-tables-moved", "tables": moved}))
+    accesslog.upgrade(conn, activity.SCHEMA)
     grantstore.upgrade_usage(conn)
 
 
@@ -290,6 +318,7 @@ class Vault:
 
     def __init__(self, path: Path, keys: VaultKeys) -> None:
         self.path = Path(path)
+        self.activity_path = activity.path_beside(self.path)
         self.keys = keys
         self._local = threading.local()
         with self.connection() as conn:
@@ -315,6 +344,13 @@ class Vault:
         # Small private caches: readers share the file through the OS page cache (mmap).
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+        try:
+            activity.attach(conn, self.activity_path, cache_kib=CACHE_KIB,
+                            mmap_bytes=MMAP_BYTES)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise VaultError(f"cannot open the activity database at {self.activity_path}: "
+                             f"{exc}") from None
         return conn
 
     @contextmanager
@@ -340,6 +376,30 @@ class Vault:
             conn.execute("COMMIT")  # reads only, plus temp tables kept for the next query
             for callback in self._local.after:
                 callback()
+
+    @contextmanager
+    def frozen_snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction on this thread's connection whose views of the vault and of the
+        activity database are of the same moment (a backup's). Each file's snapshot starts
+        at its first read; both are started while another connection holds both write locks,
+        so no transaction writing the two files can commit in between."""
+        fence = self._open()
+        try:
+            with self.connection() as conn:
+                fence.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("BEGIN")
+                    conn.execute("SELECT count(*) FROM main.sqlite_master").fetchone()
+                    conn.execute(f"SELECT count(*) FROM {activity.SCHEMA}.sqlite_master"
+                                 ).fetchone()
+                finally:
+                    fence.execute("ROLLBACK")
+                try:
+                    yield conn
+                finally:
+                    conn.execute("COMMIT")  # reads only
+        finally:
+            fence.close()
 
     def after_snapshot(self, conn: sqlite3.Connection, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current snapshot on ``conn`` ends without error."""

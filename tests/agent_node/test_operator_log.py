@@ -73,6 +73,8 @@ def test_events_show_their_members_checked_against_roots_and_chain(logged: dict[
 ])
 def test_an_altered_vault_is_reported(logged: dict[str, Any], tamper: str, verdict: str) -> None:
     with sqlite3.connect(logged["home"].vault_path) as conn:
+        conn.execute("ATTACH DATABASE ? AS activity",  # where the access log's tables are
+                     (str(logged["home"].path / "activity.sqlite"),))
         conn.execute(tamper)
     result = _events(logged["home"], check=False)
     assert result.returncode == 1 and verdict in result.stdout

@@ -74,7 +74,10 @@ def story(initialised: WalletCLI, node: NodeProcess, ledger: LedgerProcess
 
 
 def _vault(node: NodeProcess) -> sqlite3.Connection:
-    return sqlite3.connect(node.home / "vault.sqlite", timeout=30)
+    """The node's vault with its activity database (the access log's tables) attached."""
+    db = sqlite3.connect(node.home / "vault.sqlite", timeout=30)
+    db.execute("ATTACH DATABASE ? AS activity", (str(node.home / "activity.sqlite"),))
+    return db
 
 
 def test_a_clean_listing_matches_and_unanchored_events_are_counted(story: tuple) -> None:

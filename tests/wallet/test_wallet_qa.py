@@ -245,7 +245,7 @@ def test_an_altered_access_event_shows_not_verified(
     [event] = json.loads(wallet.ok("access-log", "--json").output)["events"]
     assert event["verified"] is True
 
-    with sqlite3.connect(node.home / "vault.sqlite") as db:
+    with sqlite3.connect(node.home / "activity.sqlite") as db:  # the access log's file
         [(body,)] = db.execute("SELECT body FROM access_log").fetchall()
         db.execute("UPDATE access_log SET body = ?",
                    (body.replace("quote-generation", "fraud-prevention"),))
