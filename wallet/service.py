@@ -913,7 +913,11 @@ class Wallet:
             self.store.mark_revocation_failed(grant_id, str(exc))
             relayed = self.store.get_setting(f"relay:{grant_id}")
             if relayed is not None:
-                # Handed over before: the coordinator keeps delivering it, no second relay.
+                # Handed over before: the coordinator keeps delivering it, no second relay;
+                # ask the node through the coordinator for its signed ack in the meantime.
+                ack = self._routed_revoke(grant_id, entry)
+                if ack is not None:
+                    return self._confirm_revocation(grant_id, entry, ack, via=True)
                 raise DeliveryPending(
                     f"{_node_problem(record.node_address, exc)}; the coordinator holds your "
                     f"signed revocation since relay {relayed} and keeps delivering it, but it "
@@ -934,13 +938,17 @@ class Wallet:
         return self._confirm_revocation(grant_id, entry, ack)
 
     def _confirm_revocation(self, grant_id: str, entry: dict[str, Any] | None, ack: Any,
-                            relay: RelayView | None = None) -> RevokeOutcome:
-        """Record the node's signed receipt (direct or relayed) and anchor the revocation."""
+                            relay: RelayView | None = None, *, via: bool = False
+                            ) -> RevokeOutcome:
+        """Record the node's signed receipt (direct, relayed, or routed when ``via``) and
+        anchor the revocation."""
         revoked_at = _as_time(getattr(ack, "revoked_at", None))
         self.store.mark_revocation_confirmed(grant_id, revoked_at)
         message = "confirmed by the node's signed ack"
         if relay is not None:
             message += f", relayed by the coordinator at {relay.coordinator}"
+        elif via:
+            message += f", through the coordinator at {self._coordinator_address()}"
         problem = self._keep_endorsed("revocations", grant_id, entry, ack)
         warning = self._anchor_revocation(grant_id, problem)
         if warning:
@@ -1016,6 +1024,23 @@ class Wallet:
             raise UnknownNode(f"the coordinator at {coordinator.address} lists no node "
                               f"{record.did} (the node at {address}); nothing was sent")
         return coordinator.client_for(listed[0], self.identity, timeout=timeout)
+
+    def _routed_revoke(self, grant_id: str, entry: dict[str, Any] | None) -> Any | None:
+        """The node's signed ack of our revocation, asked through the coordinator (a sealed
+        Revoke it only carries); None when the node cannot be reached that way either."""
+        address = self._coordinator_address()
+        if address is None:
+            return None
+        record = self._grant(grant_id)
+        revocation = self.store.revocation(grant_id)
+        assert revocation is not None
+        NodeError, _ = _node_errors()
+        try:
+            with self._coordinator_client(address) as coordinator:
+                return self._routed(coordinator, record.node_address).revoke(
+                    revocation.document, ledger_entry=entry)
+        except (NodeError, UnknownNode):
+            return None
 
     def _relay_revocation(self, grant_id: str, entry: dict[str, Any] | None,
                           direct: Exception) -> RevokeOutcome:

@@ -1,8 +1,9 @@
 """The customer's wallet through the coordinator, on real processes (a coordinator, a node
 registered with it, ``consent-wallet`` in-process): ``coordinator set``; a revocation whose
 node is down is handed to the coordinator (exit 3, the reply naming the node not reached yet)
-and reaches the node when it is back; a node whose public address the wallet cannot reach
-gets the revocation relayed at once, with its signed receipt checked; and an erasure request
+and reaches the node when it is back, 'sync' then getting the node's signed ack through the
+coordinator; a node whose public address the wallet cannot reach gets the revocation relayed
+at once, with its signed receipt checked; and an erasure request
 goes through the coordinator, sealed, the proof the node's own."""
 
 from __future__ import annotations
@@ -93,13 +94,18 @@ def test_the_wallet_revokes_and_erases_through_the_coordinator(
             time.sleep(0.3)
         with NodeClient(node.address, node.ca_pem, Identity.generate()) as client:
             assert client.node_info().did == node.did
+        # The wallet learns it through the coordinator (the node's signed ack, checked).
+        synced = json.loads(wallet.ok("sync", "--json").output)
+        assert synced["delivered_revocations"] == [first]
+        assert _pending(coordinator.home) == 0
 
         # The wallet cannot reach the node: the relay delivers at once, receipt checked.
         done = json.loads(wallet.ok("revoke", second, "--json").output)
         assert done["confirmed"] is True and done["relay"]["delivered"] == [node.did]
         assert "relayed by the coordinator" in done["message"]
-        human = wallet.ok("grants", "--offline").output
-        assert "REVOKED" in human
+        statuses = {g["id"]: g["status"] for g in json.loads(
+            wallet.ok("grants", "--offline", "--json").output)}
+        assert statuses == {first: "revoked", second: "revoked"}
 
         # An erasure request through the coordinator: sealed, the node's proof verified.
         erased = json.loads(wallet.ok("erase", "--node", address, "--yes", "--json").output)
