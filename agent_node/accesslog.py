@@ -47,7 +47,7 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent_node.errors import AgentNodeError
 from consent.canonical import canonicalize
@@ -279,10 +279,11 @@ def set_digest(kind: str, members: list[int] | list[str]) -> str:
 
 @functools.lru_cache(maxsize=64)  # a query names the same sets several times (issue 15)
 def _set_digest(kind: str, members: tuple[int, ...] | tuple[str, ...]) -> str:
+    # The kind says which members these are (casts only: the digest is on every query's path).
     if kind == SUBJECT_SET:
-        data = array.array("q", sorted(set(members))).tobytes()  # type: ignore[arg-type]
+        data = array.array("q", sorted(set(cast("tuple[int, ...]", members)))).tobytes()
     else:
-        data = "\n".join(sorted(set(members))).encode()  # type: ignore[arg-type]
+        data = "\n".join(sorted(set(cast("tuple[str, ...]", members)))).encode()
     return hashlib.sha256(kind.encode() + b"\0" + data).hexdigest()
 
 
@@ -304,7 +305,8 @@ def set_id(conn: sqlite3.Connection, batch: Batch | None, kind: str,
     if row is not None:
         found = int(row[0])
     else:
-        unique = sorted(set(members))  # type: ignore[type-var]
+        unique: list[int] | list[str] = sorted(set(cast("list[int]", members))) \
+            if kind == SUBJECT_SET else sorted(set(cast("list[str]", members)))
         found = int(conn.execute("INSERT INTO access_sets (kind, digest, size) VALUES (?, ?, ?)",
                                  (kind, digest, len(unique))).lastrowid or 0)
         table, column = ("access_set_subjects", "sid") if kind == SUBJECT_SET \
