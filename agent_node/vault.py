@@ -1,6 +1,7 @@
-"""The node's vault: one SQLite database (through sqlite-utils for schema work) holding the
-synced datasets, per-subject wrapped SM4 data keys, wallet bindings, grants, budgets, the
-hash-chained access log and the record of released answer sets.
+"""The node's vault: a SQLite database (through sqlite-utils for schema work) holding the
+synced datasets, per-subject wrapped SM4 data keys, wallet bindings and grants, with the
+activity database attached (``agent_node.activity``: the hash-chained access log, budgets
+used, spent nonces and released answer sets, everything a query writes).
 
 Rows are tied to an opaque subject reference (keyed HMAC of the subject key), never to the
 key itself. Identity and sentiment columns are SM4-GCM encrypted under the subject's data key;
@@ -11,7 +12,8 @@ Performance (see docs/operator.md, "Performance"): the database runs in WAL mode
 ``synchronous=FULL``; queries read from per-thread connections inside a read transaction
 (a consistent snapshot that never blocks the writer), and the writes of concurrent queries
 (access-log appends, budget debits, released answer sets) go through one ``GroupCommitter``
-that commits them in a single transaction, so that one fsync makes a whole batch durable.
+that commits them in a single transaction, so that one fsync (of the activity database's
+WAL only) makes a whole batch durable.
 Each dataset table carries covering indexes ``(column, sid, rfp, numeric columns...)`` for
 every ``index = true`` column and ``(sid, rfp, numeric columns...)``, so that consent-scoped
 group-bys run from an index in group order without sorting and without touching the table.
