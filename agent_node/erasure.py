@@ -531,15 +531,15 @@ class Scanner:
         """Occurrences of any needle (overlapping ones each) per file's list of parts."""
         jobs = [(i, part) for i, parts in enumerate(files) for part in parts]
         counts = [0] * len(files)
-        if not jobs:
+        if sum(part.stop - part.start for _, part in jobs) <= SERIAL_BYTES \
+                or SCAN_THREADS == 1:
+            # Small: handing parts to other threads would cost more than it saves.
+            for i, part in jobs:
+                counts[i] += self._part(part)
             return counts
-        if len(jobs) == 1:
-            counts[jobs[0][0]] = self._part(jobs[0][1])
-            return counts
-        with ThreadPoolExecutor(min(SCAN_THREADS, len(jobs))) as pool:
-            for (i, _), hits in zip(jobs, pool.map(self._part, [p for _, p in jobs]),
-                                    strict=True):
-                counts[i] += hits
+        for (i, _), hits in zip(jobs, _pool().map(self._part, [p for _, p in jobs]),
+                                strict=True):
+            counts[i] += hits
         return counts
 
     def _part(self, part: Part) -> int:
@@ -573,6 +573,27 @@ class Scanner:
 
 PART_BYTES = 4 << 20  # fits the buffer in a core's cache while it is searched
 SCAN_THREADS = min(4, os.cpu_count() or 1)
+SERIAL_BYTES = 32 << 20  # up to this much in all, the calling thread reads it alone
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The scan's threads, started once per process (an erasure should not wait for new
+    threads to be scheduled on a loaded machine); idle between erasures."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="erasure-scan")
+        return _POOL
+
+
+def _forget_pool() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()  # a forked child has none of those threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def count_in_pages(path: Path, needles: list[bytes], pages: Pages) -> int:

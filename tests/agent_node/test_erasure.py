@@ -246,16 +246,19 @@ def test_the_rewritten_pages_scan_finds_what_a_deletion_left(tmp_path: Path) -> 
     db.close()
 
 
+@pytest.mark.parametrize("threads", [False, True])
 def test_the_scan_finds_every_value_in_one_pass_across_part_edges(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """40 values searched at once in a file read in many parts on several threads (parts of
-    4 KiB here, so that values fall across part edges): each occurrence is counted once,
-    exactly as one bytes.count per value counts them; a file without them counts zero."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool) -> None:
+    """40 values searched at once in a file read in many parts, by the calling thread or on
+    several threads (parts of 4 KiB here, so that values fall across part edges): each
+    occurrence is counted once, exactly as one bytes.count per value counts them; a file
+    without them counts zero."""
     import random
 
     from agent_node import erasure
 
-    monkeypatch.setattr(erasure, "PART_BYTES", 4096)  # a setting, small to make many edges
+    monkeypatch.setattr(erasure, "PART_BYTES", 4096)  # settings: small to make many edges,
+    monkeypatch.setattr(erasure, "SERIAL_BYTES", 0 if threads else 1 << 30)  # and threads
     rng = random.Random(4711)
     needles = [f"zq-{i:02d}-{rng.randrange(10**9)}@example.org".encode() for i in range(40)]
     data = bytearray(rng.randbytes(200_000))
