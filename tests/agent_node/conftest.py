@@ -111,6 +111,18 @@ def make_home(tmp: Path, source_toml: str, privacy: str = "dp") -> Path:
     return home
 
 
+def sqlite_source(tmp: Path, rows: list[dict[str, Any]]) -> str:
+    """``rows`` written to ``tmp/crm.db``, and the data map's source table naming it (the one
+    source the tests' data map, DATASET_TOML, reads)."""
+    write_sqlite(tmp / "crm.db", rows)
+    return f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
+
+
+def sqlite_home(tmp: Path, rows: list[dict[str, Any]], privacy: str = "dp") -> Path:
+    """A node home made with ``sov-node init`` whose data map reads ``rows`` from SQLite."""
+    return make_home(tmp, sqlite_source(tmp, rows), privacy)
+
+
 def set_privacy(home: Path, privacy: str, **settings: Any) -> None:
     """Set node.toml's ``privacy`` (and other [node] keys) as an operator would."""
     import tomllib
@@ -182,8 +194,7 @@ def sqlite_node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[s
                 ) -> Iterator[NodeProcess]:
     """A served node over a SQLite source, every customer bound to a wallet."""
     tmp = tmp_path_factory.mktemp("sqlite-node")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    home = sqlite_home(tmp, bank_rows)
     run_cli("sov-node", "sync", "--home", str(home))
     wallets = [Identity.generate() for _ in range(SUBJECTS)]
     bind_all(home, wallets)
@@ -212,10 +223,8 @@ def in_process_node(tmp: Path, rows: list[dict[str, Any]], name: str,
     """A synced vault over a SQLite source, every customer bound to a fresh wallet; the
     engine in dp mode unless ``settings`` say otherwise (THRESHOLD where exact answers and
     the overlap control are the point)."""
-    write_sqlite(tmp / "crm.db", rows)
     home = init_home(tmp / "node", PASSPHRASE, name=name)
-    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
-                                 + DATASET_TOML)
+    home.datamap_path.write_text(sqlite_source(tmp, rows) + DATASET_TOML)
     vault = Vault(home.vault_path, home.keys)
     sync(vault, home.datamap())
     wallets = [Identity.generate() for _ in range(SUBJECTS)]

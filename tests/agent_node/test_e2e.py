@@ -25,8 +25,8 @@ from tests.agent_node.conftest import (
     make_home,
     run_cli,
     serve,
+    sqlite_source,
     stop,
-    write_sqlite,
 )
 
 K = 5
@@ -52,8 +52,7 @@ def _csv_source(tmp: Path, rows: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def _sqlite_source(tmp: Path, rows: list[dict[str, Any]]) -> Iterator[str]:
-    write_sqlite(tmp / "crm.db", rows)
-    yield f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
+    yield sqlite_source(tmp, rows)
 
 
 CREATE = ("CREATE TABLE contacts (customer_id VARCHAR(16), contact_id INTEGER, age INTEGER, "

@@ -28,7 +28,7 @@ from consent.integrity import EDDSA_JCS, SM2_JCS, sign_document, unsecured, veri
 from ledger import erasure as protocol
 from ledger.audit_cli import main as audit
 from ledger.cli import main as ledger_cli
-from tests.agent_node.conftest import DATASET_TOML, PASSPHRASE, write_sqlite
+from tests.agent_node.conftest import DATASET_TOML, PASSPHRASE, sqlite_source
 
 ENV = {"SOV_LEDGER_PASSPHRASE": PASSPHRASE}
 
@@ -46,10 +46,8 @@ def erased(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, A
     """A gm node erases one gm customer; its ledger entry is appended to a ledger. The
     ledger's public key, the erasure receipt file (as the wallet writes it) and the proof."""
     tmp = tmp_path_factory.mktemp("gm-erasure")
-    write_sqlite(tmp / "crm.db", bank_rows[:60])
     home = init_home(tmp / "node", PASSPHRASE, name="gm-erasure", profile="gm")
-    home.datamap_path.write_text(f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n'
-                                 + DATASET_TOML)
+    home.datamap_path.write_text(sqlite_source(tmp, bank_rows[:60]) + DATASET_TOML)
     vault = Vault(home.vault_path, home.keys)
     sync(vault, home.datamap())
     customer = Identity.generate("gm")

@@ -33,7 +33,7 @@ from tests.agent_node.conftest import (
     bind_all,
     run_cli,
     set_privacy,
-    write_sqlite,
+    sqlite_source,
 )
 
 WALLETS = 6
@@ -62,11 +62,9 @@ def sm2_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 def gm_home(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
             ) -> tuple[Path, list[Identity], Identity]:
     tmp = tmp_path_factory.mktemp("gm-hot")
-    write_sqlite(tmp / "crm.db", bank_rows)
     home = tmp / "node"
     run_cli("sov-node", "init", "--home", str(home), "--profile", "gm")
-    (home / "datamap.toml").write_text(
-        f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n' + DATASET_TOML)
+    (home / "datamap.toml").write_text(sqlite_source(tmp, bank_rows) + DATASET_TOML)
     run_cli("sov-node", "sync", "--home", str(home))
     # Threshold mode: these tests are about SM2 sessions, and compare repeated answers.
     set_privacy(home, "threshold")

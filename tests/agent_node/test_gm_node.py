@@ -47,8 +47,8 @@ from tests.agent_node.conftest import (
     run_cli,
     serve,
     set_privacy,
+    sqlite_source,
     stop,
-    write_sqlite,
 )
 
 GM_WALLETS = 8  # customers C000..C007, 6 contacts each: enough for k = 5, SM2 is slow
@@ -57,12 +57,10 @@ COUNT = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count", "avg:a
 
 
 def _home(tmp: Path, rows: list[dict[str, Any]], profile: str) -> Path:
-    write_sqlite(tmp / "crm.db", rows)
     home = tmp / "node"
     run_cli("sov-node", "init", "--home", str(home), "--name", f"{profile}-node",
             "--region", "cn-test", "--profile", profile)
-    (home / "datamap.toml").write_text(
-        f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n' + DATASET_TOML)
+    (home / "datamap.toml").write_text(sqlite_source(tmp, rows) + DATASET_TOML)
     run_cli("sov-node", "sync", "--home", str(home))
     # Threshold mode: these tests compare exact answers across crypto profiles and workers.
     set_privacy(home, "threshold")

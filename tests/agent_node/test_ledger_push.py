@@ -28,11 +28,10 @@ from tests.agent_node.conftest import (
     NodeProcess,
     bind_all,
     grant_all,
-    make_home,
     run_cli,
     serve,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 from tests.wallet.conftest import LedgerProcess
 
@@ -62,8 +61,7 @@ def ledger(tmp_path: Path) -> Iterator[RestartableLedger]:
 @pytest.fixture
 def node(tmp_path: Path, bank_rows: list[dict[str, Any]], ledger: RestartableLedger
          ) -> Iterator[NodeProcess]:
-    write_sqlite(tmp_path / "crm.db", bank_rows)
-    home = make_home(tmp_path, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp_path / "crm.db"}"\n')
+    home = sqlite_home(tmp_path, bank_rows)
     config = tomllib.loads((home / "node.toml").read_text())
     config["node"].update(ledger_address=ledger.address, ledger_ca=str(ledger.ca_path),
                           ledger_push_seconds=PUSH_SECONDS)  # no key file: pinned on first use
@@ -87,7 +85,7 @@ def heads(home: Path) -> list[tuple[int, str, str | None, int, str | None]]:
 
 
 def chain_head(home: Path) -> tuple[int, str]:
-    with sqlite3.connect(home / "activity.sqlite") as db:  # the access log's file
+    with sqlite3.connect(home / "vault.sqlite") as db:
         return db.execute("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()
 
 

@@ -23,11 +23,10 @@ from tests.agent_node.conftest import (
     NodeProcess,
     bind_all,
     grant_all,
-    make_home,
     run_cli,
     serve,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 
 PURPOSE = "marketing-analytics"
@@ -41,10 +40,8 @@ def _children(pid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]) -> Path:
     tmp = tmp_path_factory.mktemp("workers")
-    write_sqlite(tmp / "crm.db", bank_rows)
     # Threshold mode: the workers must give identical (exact) answers over one chain.
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n',
-                     privacy="threshold")
+    home = sqlite_home(tmp, bank_rows, privacy="threshold")
     run_cli("sov-node", "sync", "--home", str(home))
     return home
 

@@ -24,12 +24,11 @@ from tests.agent_node.conftest import (
     NodeProcess,
     bind_all,
     grant_all,
-    make_home,
     run_cli,
     serve,
     set_privacy,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 
 PURPOSE = "marketing-analytics"
@@ -42,8 +41,7 @@ def dp_node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, 
             ) -> Iterator[NodeProcess]:
     """A node in dp mode whose grants have budget for the repeated attacks below."""
     tmp = tmp_path_factory.mktemp("dp-attacks")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    home = sqlite_home(tmp, bank_rows)
     set_privacy(home, "dp", grant_budget=200.0)
     run_cli("sov-node", "sync", "--home", str(home))
     wallets = [Identity.generate() for _ in range(SUBJECTS)]

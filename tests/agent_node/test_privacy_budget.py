@@ -22,11 +22,10 @@ from tests.agent_node.conftest import (
     NodeProcess,
     bind_all,
     grant_all,
-    make_home,
     run_cli,
     serve,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 from wallet.service import ANSWERED, LEFT_OUT, outcome_label
 
@@ -37,8 +36,7 @@ QUERY = {"dataset": "contacts", "measures": ["count"]}
 def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
          ) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("dp-budget")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    home = sqlite_home(tmp, bank_rows)
     run_cli("sov-node", "sync", "--home", str(home))
     wallets = [Identity.generate() for _ in range(SUBJECTS)]
     bind_all(home, wallets)

@@ -20,11 +20,10 @@ from tests.agent_node.conftest import (
     NodeProcess,
     bind_all,
     grant_all,
-    make_home,
     run_cli,
     serve,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 
 PURPOSE = "renewal-warning"
@@ -34,9 +33,7 @@ PURPOSE = "renewal-warning"
 def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
          ) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("threshold")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n',
-                     privacy="threshold")
+    home = sqlite_home(tmp, bank_rows, privacy="threshold")
     run_cli("sov-node", "sync", "--home", str(home))
     wallets = [Identity.generate() for _ in range(SUBJECTS)]
     bind_all(home, wallets)

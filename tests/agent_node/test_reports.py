@@ -27,8 +27,8 @@ from tests.agent_node.conftest import (
     run_cli,
     serve,
     set_privacy,
+    sqlite_home,
     stop,
-    write_sqlite,
 )
 
 COUNT = {"dataset": "contacts", "measures": ["count"]}
@@ -38,8 +38,7 @@ COUNT = {"dataset": "contacts", "measures": ["count"]}
 def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any]]
          ) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("reports")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    home = sqlite_home(tmp, bank_rows)
     set_privacy(home, "dp", max_report_queries=4)
     run_cli("sov-node", "sync", "--home", str(home))
     wallets = [Identity.generate() for _ in range(SUBJECTS)]

@@ -34,9 +34,8 @@ from tests.agent_node.conftest import (
     bind_all,
     env,
     grant_all,
-    make_home,
     run_cli,
-    write_sqlite,
+    sqlite_home,
 )
 
 SERVICE = "sovereign.v1.AgentNode"
@@ -59,8 +58,7 @@ class ServedNode:
 def node(tmp_path_factory: pytest.TempPathFactory,
          bank_rows: list[dict[str, Any]]) -> Iterator[ServedNode]:
     tmp = tmp_path_factory.mktemp("plumbing")
-    write_sqlite(tmp / "crm.db", bank_rows)
-    home = make_home(tmp, f'[sources.crm]\nkind = "sqlite"\npath = "{tmp / "crm.db"}"\n')
+    home = sqlite_home(tmp, bank_rows)
     metrics_port = free_port()
     config_path = home / "node.toml"
     config = tomllib.loads(config_path.read_text())
