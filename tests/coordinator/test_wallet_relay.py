@@ -16,6 +16,7 @@ import pytest
 
 from agent_node.client import NodeClient
 from consent.identity import Identity
+from protos.tls import create_ca
 from protos.transport import free_port
 from tests.coordinator.conftest import (
     coord_cli,
@@ -115,3 +116,23 @@ def test_the_wallet_revokes_and_erases_through_the_coordinator(
     finally:
         node.stop()
         stop_process(coordinator.process)
+
+
+def test_bad_coordinator_input_is_one_sentence_and_saves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
+    wallet = WalletCLI(tmp_path / "wallet")
+    wallet.ok("init")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(create_ca("nobody's coordinator CA").cert_pem)
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert_clean_error(wallet("coordinator", "set", closed, "--ca", str(ca)),
+                       f"the coordinator at {closed} is unreachable", exit_code=1)
+    assert_clean_error(wallet("coordinator", "show"), "no coordinator is set")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    assert_clean_error(wallet("coordinator", "set", closed, "--ca", str(not_pem)), exit_code=1)
+    assert_clean_error(wallet("revoke", "urn:uuid:x", "--coordinator-ca", str(ca)),
+                       "--coordinator-ca goes with --via-coordinator", exit_code=2)
+    assert_clean_error(wallet("revoke", "urn:uuid:x", "--via-coordinator", closed),
+                       "pass --coordinator-ca FILE once", exit_code=1)
