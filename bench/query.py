@@ -477,7 +477,8 @@ def measure(home_dir: Path, source_db: Path, subjects: int, seconds: float,
         if any("answer" not in r for r in last):
             raise RuntimeError("the bench ran out of privacy budget: raise grant_budget")
         print(f"[{profile}] node RSS: idle {idle:.1f} MiB, warm {warm:.1f} MiB, peak under "
-              f"load {loaded:.1f} MiB ({loaded / idle:.2f} x idle); own memory (RssAnon, "
+              f"load {loaded:.1f} MiB ({loaded / idle:.2f} x idle, {loaded / warm:.2f} x warm); "
+              f"own memory (RssAnon, "
               f"without the vault's mmap'd pages) idle {idle_anon:.1f} MiB, peak "
               f"{loaded_anon:.1f} MiB ({loaded_anon / idle_anon:.2f} x); proportional (Pss: "
               f"shared pages divided among the workers) idle {idle_pss:.1f} MiB, peak "
@@ -586,6 +587,8 @@ def main() -> None:
                    "loaded_rss_mib": round(result["loaded"], 1),
                    "rss_loaded_vs_idle": round(result["loaded"] / result["idle"], 3),
                    "rss_target": 1.5,
+                   # warm: after the group-by and every caller's first query, before the load
+                   "rss_loaded_vs_warm": round(result["loaded"] / result["warm"], 3),
                    "anon_rss_idle_mib": round(result["anon"][0], 1),
                    "anon_rss_loaded_mib": round(result["anon"][1], 1),
                    "anon_rss_loaded_vs_idle": round(result["anon"][1] / result["anon"][0], 3),
