@@ -63,7 +63,9 @@ class FloorNode:
         self.info = canonicalize(build_service(self.home).node_info())
         self.requester = requester_did
         self.local = threading.local()
-        self.writer = _GroupCommit(self.home.vault_path)
+        # Its own file, as the node's access log (agent_node.activity): a commit to the file
+        # the readers read would drop their page caches.
+        self.writer = _GroupCommit(self.home.vault_path.with_name("floor-log.sqlite"))
         self.nonces: set[str] = set()
 
     def _conn(self) -> sqlite3.Connection:
