@@ -144,3 +144,30 @@ def test_backup_restore_carries_the_activity_file_and_erasure_scans_it(
     assert locations.unregistered_files(node.home.path) == []
     with node.vault.connection() as conn:
         assert locations.unregistered_tables(conn) == []
+
+
+def _locked(path: Path) -> bool:
+    """Whether another connection holds the write lock of the database at ``path``."""
+    probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return True
+    finally:
+        probe.close()
+    return False
+
+
+def test_every_write_transaction_locks_both_files(tmp_path: Path,
+                                                  bank_rows: list[dict[str, Any]]) -> None:
+    """A revocation (a vault transaction) and a query's write phase (a group-commit job)
+    exclude each other although each writes one file: each holds both write locks, so a
+    write phase's consent check never misses a revocation committed meanwhile."""
+    node = in_process_node(tmp_path, bank_rows[:60], "activity-locks", THRESHOLD)
+    vault_file, activity_file = node.home.vault_path, node.home.path / activity.FILE
+    with node.vault.transaction():
+        assert _locked(vault_file) and _locked(activity_file)
+    seen = node.vault.commit(lambda conn, batch: (_locked(vault_file), _locked(activity_file)))
+    assert seen == (True, True)
+    assert not _locked(vault_file) and not _locked(activity_file)
