@@ -31,7 +31,10 @@ from agent_node.node import Node
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
 from consent.keystore import load_identity
+from coordinator.home import open_home
 from coordinator.models import model_event
+from coordinator.training import RunOptions, run_training
+from coordinator.trainjob import register
 from fl import artifact as artifacts
 from fl import models
 from fl.features import combine_moments, encode, local_moments
@@ -39,10 +42,14 @@ from fl.protocol import parse_plan
 from fl.scoring import scorer
 from fl.train import TrainConfig, train
 from ledger.authority import sign_entry
+from ledger.client import LedgerClient
 from ledger.home import init_home as init_ledger
 from ledger.home import open_log
 from tests.agent_node.conftest import PASSPHRASE, THRESHOLD, in_process_node, run_cli
-from tests.fl.conftest import signed_plan
+from tests.coordinator.conftest import init_coordinator, serve_coordinator, stop_process
+from tests.fl.conftest import CONSENTING, signed_plan
+from tests.fl.conftest import Node as TrainingNode
+from tests.fl.test_training_inprocess import FAST, grid_of
 
 PURPOSE = "marketing-analytics"
 SCORED = 30  # customers who grant the purpose on the features' scope; the rest do not
@@ -349,3 +356,36 @@ def test_threshold_mode_answers_scored_questions_exactly_for_groups_of_k(
     for g in answer["groups"]:
         assert g["values"]["avg:score"] == pytest.approx(
             float(scores[bands == g["key"][0]].mean()))
+
+
+def test_a_model_the_coordinator_registered_is_installed_and_scores(
+        tmp_path: Path, nodes: list[TrainingNode], requester: Identity) -> None:
+    """End to end: a federated run's model registered by the coordinator (its receipt from the
+    ledger service the coordinator hosts, written beside the artifact), installed at one of
+    the nodes that trained it and used for a scored question there."""
+    plan = signed_plan(requester, dp=1.0)
+    outcome = run_training(grid_of([n.source for n in nodes], run_id=43), plan,
+                           RunOptions(rounds=1, min_nodes=3, **FAST)).to_json()
+    home = open_home(init_coordinator(tmp_path / "coord", host_ledger=True))
+    identity = home.identity(PASSPHRASE)
+    served = serve_coordinator(home.path)
+    try:
+        with LedgerClient(served.address, served.ca_pem) as ledger:
+            model = register(home, identity, plan, 43, outcome, ledger=ledger)
+            log_key = ledger.log_key
+    finally:
+        stop_process(served.process)
+    receipt_file = model.artifact.with_name(f"{model.digest}.receipt.json")
+    assert json.loads(receipt_file.read_text()) == model.receipt
+    node = nodes[0]
+    installed, _ = scoring.install(node.vault, node.source.datamap, model.artifact,
+                                   receipt_file, log_key, identity.did)
+    assert installed.digest == model.digest and installed.run_id == "43"
+    # Five of the node's customers granted marketing-analytics (tests/fl/conftest.py): only
+    # they are scored; the forty who granted intent-model-training only are not.
+    engine = node.source.engine
+    answer = engine.run({"dataset": "contacts", "purpose": "marketing-analytics",
+                         "model": model.digest, "measures": ["count"], "epsilon": 0.5},
+                        requester.did)
+    assert engine.models.touched == node.sids(node.wallets[CONSENTING:CONSENTING + 5])
+    assert answer["dp"]["epsilon"] == 0.5 and len(answer["groups"]) == 1
