@@ -7,7 +7,9 @@ Read in this order:
 - ``sources``     SQLite, CSV, PostgreSQL and MariaDB connectors (streaming rows)
 - ``vaultcrypto`` master key, per-subject SM4 data keys, keyed opaque references
 - ``vault``       the SQLite vault, incremental ``sync``, subject bindings, group commit
+- ``activity``    ``activity.sqlite`` beside the vault: the tables every query writes
 - ``grantstore``  wallet-signed grants and revocations, budgets
+- ``spend`` / ``releases`` / ``nonces``  the debit journal, released sets, spent nonces
 - ``query``       the structured aggregate query and its validation
 - ``engine``      consent-scoped SQL, k-suppression, overlap control, OpenDP noise, access events
 - ``accesslog``   the hash-chained access log, signed heads, the ledger queue
