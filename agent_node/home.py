@@ -288,18 +288,20 @@ def load_home(home: Path, passphrase: str) -> NodeHome:
 SERVE_LOCK = "serve.lock"
 
 
-def hold_serving(home: Path) -> int | None:
+def hold_serving(home: Path, *, record_pid: bool = True) -> int | None:
     """Mark the node home as served for as long as this process lives (a shared ``flock`` on
-    HOME/serve.lock, which holds the pid: several serves and their workers share it); the
-    held file descriptor, or None when a restore holds the home (``hold_exclusive``)."""
+    HOME/serve.lock: several serves and their workers share it; with ``record_pid``, the
+    file names this process, the one an operator started); the held file descriptor, or
+    None when a restore holds the home (``hold_exclusive``)."""
     fd = os.open(Path(home) / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if record_pid:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

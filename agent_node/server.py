@@ -195,7 +195,7 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
     """Serve ``home``. With several worker processes on one port (``sov-node serve
     --workers``) only the ``primary`` one exports metrics and anchors heads in the ledger."""
     # Held while serving: 'sov-node restore' refuses to replace the vault under a server.
-    serving_lock = hold_serving(home.path)
+    serving_lock = hold_serving(home.path, record_pid=primary)  # workers: the primary's pid
     if serving_lock is None:
         raise ConfigError("a restore is running on this node home: serve once it has "
                           "finished")
