@@ -9,7 +9,10 @@ a SuperNode whose key is not registered with the coordinator is refused by the S
 (the coordinator's CA, node.toml ``coordinator_ca``), with ``--node-config`` naming this node's
 home, the passphrase file and the node's minimum, which ``agent_node.training:app`` reads; its
 own Runtime API stays on loopback, and it runs with ``fl.deploy.flower_env`` (no telemetry, no
-update check, no runtime dependency installation, ``FLWR_HOME`` in the node home).
+update check, no runtime dependency installation, ``FLWR_HOME`` in the node home). Beside it
+runs the node's warm ClientApp process (``agent_node.clientapps``): the SuperExec finds the
+``flwr-clientapp`` launcher in ``HOME/flower/bin`` first on its ``PATH``, and each message's
+ClientApp is forked from the warm process instead of importing everything again.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from agent_node.clientapps import write_launcher
 from fl.deploy import (
     die_with_parent,
+    executable,
     flower_env,
     new_node_key,
     public_key_of,
@@ -55,10 +61,18 @@ class SuperNodeProcess:
             config["passphrase-file"] = str(Path(passphrase_file).resolve())
         if min_customers is not None:
             config["min-customers"] = int(min_customers)
+        self.config = config
         self.command = supernode_command(superlink, Path(root_ca).resolve(), self.key, config,
                                          free_port())
         self.env = flower_env(self.home / "flower" / "flwr")
         self.log = log or self.home / "flower" / "supernode.log"
+        # Every message's ClientApp is forked from a warm process (agent_node.clientapps):
+        # the SuperExec finds this launcher first on PATH.
+        self.socket = _socket_path(self.home / "flower" / "clientapps.sock")
+        launcher = write_launcher(self.home / "flower" / "bin", self.socket,
+                                  executable("flwr-clientapp"))
+        self.env["PATH"] = os.pathsep.join([str(launcher.parent), self.env["PATH"]])
+        self.warm: subprocess.Popen[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping: threading.Event | None = None
         self._lock = threading.Lock()
@@ -66,6 +80,14 @@ class SuperNodeProcess:
 
     def start(self) -> SuperNodeProcess:
         with self.log.open("ab") as out:
+            if self.warm is None or self.warm.poll() is not None:
+                self.warm = subprocess.Popen(
+                    [sys.executable, "-m", "agent_node.clientapps", "--socket",
+                     str(self.socket), "--home", str(self.home),
+                     *(["--passphrase-file", str(self.config["passphrase-file"])]
+                       if "passphrase-file" in self.config else [])],
+                    env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, preexec_fn=die_with_parent)
             # Its own session, so stop() ends the SuperNode with its SuperExec and ClientApps.
             self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True,
@@ -99,21 +121,33 @@ class SuperNodeProcess:
 
     def kill(self) -> None:
         """End it at once (SIGKILL to its process group), as a crash would."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        for proc in (self.proc, self.warm):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             if self._stopping is not None:
                 self._stopping.set()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        for proc in (self.proc, self.warm):
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _socket_path(wanted: Path) -> Path:
+    """``wanted``, or a private temporary folder's when too long for a Unix socket."""
+    if len(str(wanted)) < 100:
+        return wanted
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="sov-fl-")) / wanted.name
 
 
 def _register_locations() -> None:

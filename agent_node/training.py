@@ -218,7 +218,22 @@ def _json(values: list[int]) -> str:
 # -- the ClientApp -----------------------------------------------------------------------------
 
 _sources: dict[str, VaultSource] = {}
+_homes: dict[str, NodeHome] = {}  # unlocked before the fork by unlock_home
 _lock = threading.Lock()
+
+
+def _passphrase(node_config: dict[str, Any]) -> str:
+    file = node_config.get("passphrase-file")
+    return (Path(str(file)).read_text().rstrip("\r\n") if file
+            else os.environ.get(PASSPHRASE_ENV, ""))
+
+
+def unlock_home(node_config: dict[str, Any]) -> None:
+    """Unlock the node home once in the process ClientApps are forked from
+    (``agent_node.clientapps``), so each one skips the passphrase KDF; the vault itself is
+    opened after the fork, by each ClientApp (a SQLite connection must not cross a fork)."""
+    home = str(node_config["home"])
+    _homes[home] = load_home(Path(home), _passphrase(node_config))
 
 
 def open_source(node_config: dict[str, Any]) -> VaultSource:
@@ -230,10 +245,7 @@ def open_source(node_config: dict[str, Any]) -> VaultSource:
     with _lock:
         found = _sources.get(str(home))
         if found is None:
-            file = node_config.get("passphrase-file")
-            passphrase = (Path(str(file)).read_text().rstrip("\r\n") if file
-                          else os.environ.get(PASSPHRASE_ENV, ""))
-            node = load_home(Path(str(home)), passphrase)
+            node = _homes.get(str(home)) or load_home(Path(str(home)), _passphrase(node_config))
             fl_train.CALIBRATION_CACHE = node.path / "flower" / "noise-calibration.json"
             settings = node.config.privacy_settings()
             found = _sources[str(home)] = VaultSource(

@@ -1,5 +1,6 @@
-"""A SuperNode never outlives the process that started it, even one killed with SIGKILL
-(fl.deploy.die_with_parent): a crashed sov-node serve leaves no Flower process behind."""
+"""A SuperNode and its warm ClientApp process never outlive the process that started them,
+even one killed with SIGKILL (fl.deploy.die_with_parent): a crashed sov-node serve leaves no
+Flower process behind."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys, time
 from pathlib import Path
 from agent_node.flnode import SuperNodeProcess
 proc = SuperNodeProcess(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])).start()
-print(proc.proc.pid, flush=True)
+print(proc.proc.pid, proc.warm.pid, flush=True)
 time.sleep(600)
 """
 
@@ -42,14 +43,15 @@ def test_a_supernode_dies_with_its_killed_parent(tmp_path: Path) -> None:
         [sys.executable, "-c", STARTER, str(home), f"127.0.0.1:{free_port()}", str(ca)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
-        supernode = int(parent.stdout.readline())  # type: ignore[union-attr]
-        assert _alive(supernode)
+        pids = [int(p) for p in parent.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)  # SuperNode, warm ClientApps
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 30
-        while _alive(supernode) and time.monotonic() < deadline:
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(supernode), "the SuperNode outlived its killed parent"
+        assert not _alive(pids[0]), "the SuperNode outlived its killed parent"
+        assert not _alive(pids[1]), "the warm ClientApp process outlived its killed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
