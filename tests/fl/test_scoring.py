@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import tomllib
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ from agent_node.client import NodeClient
 from agent_node.errors import NotFound
 from agent_node.grantstore import GrantStore
 from agent_node.node import Node
+from agent_node.vaultcrypto import decrypt_cell
 from consent.grants import issue_grant, issue_revocation
 from consent.identity import Identity
+from consent.integrity import sign_document
 from consent.keystore import load_identity
 from coordinator.home import open_home
 from coordinator.models import model_event
@@ -37,8 +40,8 @@ from coordinator.training import RunOptions, run_training
 from coordinator.trainjob import register
 from fl import artifact as artifacts
 from fl import models
-from fl.features import combine_moments, encode, local_moments
-from fl.protocol import parse_plan
+from fl.features import combine_moments, encode, feature_spec_from_dict, local_moments
+from fl.protocol import parse_plan, plan_document
 from fl.scoring import scorer
 from fl.train import TrainConfig, train
 from ledger.authority import sign_entry
@@ -389,3 +392,68 @@ def test_a_model_the_coordinator_registered_is_installed_and_scores(
                         requester.did)
     assert engine.models.touched == node.sids(node.wallets[CONSENTING:CONSENTING + 5])
     assert answer["dp"]["epsilon"] == 0.5 and len(answer["groups"]) == 1
+
+
+def test_a_model_reading_an_encrypted_column_scores_only_customers_granting_its_scope(
+        node: Any, bank_rows: list[dict[str, Any]], requester: Identity,
+        coordinator: Identity, tmp_path: Path) -> None:
+    """A model whose features include ``education`` (scope ``identity``, SM4-encrypted in the
+    vault): a customer is scored only when their grant covers ``identity`` too, and the
+    encrypted cells are decrypted for those customers only."""
+    spec = feature_spec_from_dict({"target": {"column": "y", "positive": "yes"},
+                                   "categorical": [["education", ["basic.4y", "high.school",
+                                                                  "university.degree"]]],
+                                   "numeric": [["age", 17.0, 100.0]]})
+    rows = first_rows_with_education(node)
+    scaling = combine_moments([local_moments(rows, spec, 5.0)], spec)
+    model = models.build(models.ModelSpec("logreg", 8), spec.width)
+    x, y = encode(rows, spec, scaling)
+    train(model, x, y, TrainConfig(epochs=5, lr=0.3, batch_size=16))
+    plan = sign_document(plan_document(f"urn:uuid:{uuid.uuid4()}", requester.did, "contacts",
+                                       spec, models.ModelSpec("logreg", 8), TrainConfig(),
+                                       stats_epsilon=1.0), requester)
+    artifact = artifacts.make_artifact(plan, 9, models.get_state(model),
+                                       {"mean": scaling.mean, "std": scaling.std})
+    digest = artifacts.save(artifact, tmp_path / "edu.json")
+    log_key = init_ledger(tmp_path / "ledger", origin="ledger.test/edu", passphrase=PASSPHRASE)
+    log = open_log(tmp_path / "ledger", PASSPHRASE)
+    try:
+        [receipt] = log.append([sign_entry(model_event(digest, "9", [], {
+            Identity.generate().did: []}), coordinator)])
+    finally:
+        log.close()
+    (tmp_path / "edu.receipt.json").write_text(receipt.dumps())
+    scoring.install(node.vault, node.home.datamap(), tmp_path / "edu.json",
+                    tmp_path / "edu.receipt.json", log_key, coordinator.did)
+    grant(node, node.wallets[:20], requester, ("transaction", "identity"))
+    grant(node, node.wallets[20:SCORED], requester)  # transaction only: not scored
+    # identity only: not scored either (the model reads age, a transaction column)
+    grant(node, node.wallets[SCORED:SCORED + 5], requester, ("identity",))
+    answer = node.engine.run({"dataset": "contacts", "purpose": PURPOSE, "model": digest,
+                              "measures": ["avg:score"], "epsilon": 1.0}, requester.did)
+    with node.vault.connection() as conn:
+        wanted = {s for w in node.wallets[:20] for s in node.vault.sids_for_did(conn, w.did)}
+    assert node.engine.models.touched == wanted
+    exact = scorer(artifact).score([r for r in first_rows_with_education(node)
+                                    if r["sid"] in wanted])
+    [group] = answer["groups"]
+    low, high = group["accuracy"]["avg:score"]["ci95"]
+    assert abs(group["values"]["avg:score"] - float(exact.mean())) <= 3 * (high - low) / 2
+
+
+def first_rows_with_education(parts: Any) -> list[dict[str, Any]]:
+    """Every customer's first vault row with its decrypted education (the test reads the
+    vault as the node's operator could)."""
+    found: dict[int, dict[str, Any]] = {}
+    with parts.vault.connection() as conn:
+        for row_id, sid, age, blob, outcome in conn.execute(
+                "SELECT row_id, sid, c_age, e_education, e_y FROM ds_contacts "
+                "ORDER BY sid, row_id"):
+            if sid in found:
+                continue
+            cipher = parts.vault.keys.cell_cipher(parts.vault.data_key(conn, sid))
+            found[sid] = {"sid": sid, "age": age,
+                          "education": decrypt_cell(cipher, blob,
+                                                    f"contacts|education|{row_id}".encode()),
+                          "y": decrypt_cell(cipher, outcome, f"contacts|y|{row_id}".encode())}
+    return list(found.values())
