@@ -121,6 +121,9 @@ def _warm_up() -> None:
 
     from fl import models
 
+    # One thread, as every training does (fl.train): no OpenMP worker threads exist in this
+    # process when it forks (libgomp's are not fork-safe).
+    torch.set_num_threads(1)
     model = models.build(models.ModelSpec("logreg"), 2, 0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4)), batch_size=2)
