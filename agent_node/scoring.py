@@ -263,9 +263,9 @@ class Models:
     def dataset(self, dataset: DatasetSpec, digest: str) -> tuple[ScoredDataset, set[str]]:
         """The scored dataset of ``dataset`` under model ``digest`` and the scopes its
         features touch; ``NotFound`` / ``InvalidRequest`` when the model cannot score it."""
-        with self.vault.connection() as conn:
-            rows = _rows(conn, "SELECT dataset, artifact FROM installed_models "
-                         "WHERE digest = ?", (digest,))
+        with self.vault.connection() as conn:  # still installed? (removal is immediate)
+            rows = _rows(conn, "SELECT dataset FROM installed_models WHERE digest = ?",
+                         (digest,))
         if not rows:
             raise NotFound(f"no model {digest[:16]}... is installed at this node; the "
                            "operator installs it with 'sov-node models install'",
@@ -275,10 +275,23 @@ class Models:
                                  f"{dataset.name!r}", reason="model-dataset")
         with self._lock:
             found = self._scorers.get(digest)
-            if found is None:
+        if found is None:  # parsed once: a digest names one artifact forever
+            with self.vault.connection() as conn:
+                stored = _rows(conn, "SELECT artifact FROM installed_models WHERE "
+                               "digest = ?", (digest,))
+            if not stored:  # removed in between
+                raise NotFound(f"no model {digest[:16]}... is installed at this node",
+                               reason="unknown-model")
+            found = scorer(json.loads(stored[0][0]))
+            with self._lock:
                 if len(self._scorers) >= SCORE_CACHE_SIZE:
                     self._scorers.clear()
-                found = self._scorers[digest] = scorer(json.loads(rows[0][1]))
+                self._scorers[digest] = found
+        missing = [c for c in found.columns if c not in dataset.columns]
+        if missing:  # the data map changed since the model was installed
+            raise InvalidRequest(f"model {digest[:16]}... reads column {missing[0]!r}, which "
+                                 f"dataset {dataset.name!r} no longer has in this node's data "
+                                 "map", reason="model-dataset")
         scopes = {dataset.columns[c].scope for c in found.columns}
         scope = sorted(scopes)[0]  # the virtual columns' own tier; every scope is checked
         extra = {

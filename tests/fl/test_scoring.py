@@ -216,6 +216,9 @@ def test_scores_are_never_released_per_customer_and_need_an_installed_model(
     assert all(set(g["values"]) == {"count"} for g in answer["groups"])
     with pytest.raises(Exception, match="min would release one customer's exact value"):
         node.engine.run({**query, "measures": ["min:score"], "group_by": []}, requester.did)
+    scoring.remove(node.vault, published["digest"])  # uninstalled: refused from now on
+    with pytest.raises(NotFound, match=r"no model .* is installed"):
+        node.engine.run(query, requester.did)
 
 
 def test_the_operator_installs_with_sov_node_and_a_requester_asks_over_grpc(
