@@ -20,18 +20,23 @@ import os
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from agent_node.erasure import Erasure
-from agent_node.grantstore import GrantStore
-from agent_node.home import init_home
-from agent_node.vault import Vault, sync
-from consent.grants import issue_grant
-from consent.identity import Identity
-from ledger.erasure import issue_request
+# Run as a file (python bench/erasure.py), bench/ leads the import path and its ledger.py
+# would stand for the ledger package: drop it.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from agent_node.erasure import Erasure  # noqa: E402
+from agent_node.grantstore import GrantStore  # noqa: E402
+from agent_node.home import init_home  # noqa: E402
+from agent_node.vault import Vault, sync  # noqa: E402
+from consent.grants import issue_grant  # noqa: E402
+from consent.identity import Identity  # noqa: E402
+from ledger.erasure import issue_request  # noqa: E402
 
 PASSPHRASE = "bench erasure passphrase"
 ROWS_PER_CUSTOMER = 10
