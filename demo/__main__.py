@@ -314,8 +314,9 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
     run(["sov-node", "log", "receipts", "--home", str(node_home), "--out",
          str(work / "node-receipts")], env)
     audit(work, env, ledger_home, alice_home)
-    say("   ... and Dana's migration receipt: the export signed by the distributor, the import "
-        "signed by the second node, the distributor's anchored erasure proof")
+    say("   ... and Dana's migration receipt: her signed request and the second node's signed "
+        "import both naming the export's digest (her wallet kept no copy of her data), the "
+        "distributor's anchored erasure proof")
     run(["sov-audit", "verify", "--log-key", str(ledger_home / "log-public.json"),
          *map(str, dana_receipts)], env)
     network(work, env, crm_home, customer_rows_from(CUSTOMERS, 3 * NETWORK_CUSTOMERS),
