@@ -7,6 +7,7 @@
     HOME/node.toml       settings with sane defaults
     HOME/datamap.toml    the data map (a commented template at first)
     HOME/vault.sqlite    the vault
+    HOME/activity.sqlite what every query writes: access log, budgets used, nonces, releases
 """
 
 from __future__ import annotations
