@@ -14,6 +14,7 @@ scaling statistics); the target column is never read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +53,18 @@ class Scorer:
             return np.zeros(0, dtype=np.float64)
         x, _ = encode(rows, self.features, self.scaling)
         h = x.astype(np.float64)
-        for i, (weight, bias) in enumerate(self.layers):
-            h = h @ weight.T + bias
-            if i < len(self.layers) - 1:
-                h = np.maximum(h, 0.0)
-        logits = h[:, 0]
-        return 1.0 / (1.0 + np.exp(-logits))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i, (weight, bias) in enumerate(self.layers):
+                h = h @ weight.T + bias
+                if i < len(self.layers) - 1:
+                    h = np.maximum(h, 0.0)
+        # Weights and scaling are finite (``scorer``), but a huge weight times a clamped
+        # input can still overflow float64 (inf - inf is NaN). A score must stay in [0, 1]
+        # for every customer whatever the model: +inf scores 1, -inf 0, NaN 0.5 (logit 0),
+        # so no customer's value can make a question fail or release a non-number.
+        logits = np.nan_to_num(h[:, 0], nan=0.0, posinf=np.inf, neginf=-np.inf)
+        with np.errstate(over="ignore"):  # exp(inf) is inf: the score is 0, as it should be
+            return 1.0 / (1.0 + np.exp(-logits))  # type: ignore[no-any-return]
 
 
 def scorer(artifact: dict[str, Any]) -> Scorer:
@@ -80,7 +87,17 @@ def scorer(artifact: dict[str, Any]) -> Scorer:
     if len(scaling.mean) != len(features.numeric) or len(scaling.std) != len(features.numeric) \
             or any(not s > 0 for s in scaling.std):
         raise ArtifactError("the model's scaling statistics do not fit its numeric features")
-    weights = weights_of(artifact)
+    if not all(math.isfinite(v) for v in (*scaling.mean, *scaling.std)):
+        raise ArtifactError("the model's scaling statistics are not finite numbers")
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused
+        weights = weights_of(artifact)
+    if not all(np.isfinite(w).all() for w in weights.values()):
+        raise ArtifactError("the model's weights are not finite float32 numbers (NaN, "
+                            "infinity or beyond float32's range); it cannot score")
+    try:
+        found = digest(artifact)
+    except ValueError as exc:  # NaN or infinity elsewhere: no canonical JSON, no digest
+        raise ArtifactError(f"the model file is not canonical JSON ({exc})") from None
     names = ["0"] if kind == "logreg" else ["0", "2"]
     if set(weights) != {f"{n}.{p}" for n in names for p in ("weight", "bias")}:
         raise ArtifactError(f"the model's weights are not those of a {kind} model")
@@ -93,5 +110,5 @@ def scorer(artifact: dict[str, Any]) -> Scorer:
         width = weight.shape[0]
     if width != 1:
         raise ArtifactError("the model's last layer must give one logit")
-    return Scorer(digest(artifact), dataset, kind, features, scaling, layers,
+    return Scorer(found, dataset, kind, features, scaling, layers,
                   str(artifact.get("run_id", "")), str(plan.get("requester", "")))

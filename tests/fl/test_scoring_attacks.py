@@ -1,0 +1,82 @@
+"""Attacks on local scoring (H9): a model whose numbers are not finite, or whose finite weights
+overflow on a customer's clamped input, must neither be installed nor make a scored question
+fail or release a non-number for some customers (a data-dependent failure is an oracle: the
+question fails exactly when some eligible customer has a given value).
+
+The coordinator is trusted to publish models, but a diverged run or a faulty coordinator can
+register one: the node checks what it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent_node import scoring
+from consent.identity import Identity
+from fl import artifact as artifacts
+from fl.protocol import parse_plan
+from fl.scoring import scorer
+from tests.fl.conftest import signed_plan
+
+ROWS: list[dict[str, Any]] = [{"age": 30, "job": "admin."}, {"age": 50, "job": "no-such-job"},
+        {"age": 99, "job": None}, {"age": None, "job": "services"}]
+
+
+def _artifact(kind: str = "logreg") -> dict[str, Any]:
+    plan = signed_plan(Identity.generate(), dp=None, kind=kind)
+    spec = parse_plan(plan).features
+    width, numeric = spec.width, len(spec.numeric)
+    state = ({"0.weight": np.zeros((1, width)), "0.bias": np.zeros(1)} if kind == "logreg"
+             else {"0.weight": np.zeros((2, width)), "0.bias": np.zeros(2),
+                   "2.weight": np.zeros((1, 2)), "2.bias": np.zeros(1)})
+    return artifacts.make_artifact(plan, 1, state, {"mean": [50.0] * numeric,
+                                                    "std": [10.0] * numeric})
+
+
+def test_a_weight_beyond_float32_is_refused_not_scored_as_nan() -> None:
+    """1e39 is valid canonical JSON (the digest verifies) but inf as float32: 0 * inf on every
+    customer without the weighted category gave NaN and failed the question, 1.0 for those
+    with it."""
+    artifact = _artifact()
+    artifact["weights"]["0.weight"]["values"][-1] = 1e39
+    artifacts.digest(artifact)  # the attack's precondition: it could be signed and ledgered
+    with pytest.raises(artifacts.ArtifactError, match="not finite float32"):
+        scorer(artifact)
+
+
+def test_nan_or_infinity_in_a_model_file_is_one_refusal_at_install(tmp_path: Any) -> None:
+    for field, text in (("weights", "NaN"), ("scaling", "Infinity")):
+        artifact = _artifact()
+        raw = json.dumps(artifact)
+        if field == "weights":
+            artifact["weights"]["0.bias"]["values"][0] = 12345.5
+            raw = json.dumps(artifact).replace("12345.5", text)
+        else:
+            artifact["scaling"]["mean"][0] = 12345.5
+            raw = json.dumps(artifact).replace("12345.5", text)
+        with pytest.raises(artifacts.ArtifactError, match="not finite"):
+            scorer(json.loads(raw))
+        # Through the node's check (the model is judged before the receipt is even read):
+        # ModelRefused, a one-sentence error, not a ValueError traceback from hashing.
+        with pytest.raises(scoring.ModelRefused, match="not finite"):
+            scoring.verify(json.loads(raw), "{}", None, "did:key:x", None)  # type: ignore[arg-type]
+
+
+def test_finite_weights_that_overflow_on_a_clamped_input_still_score_in_0_1() -> None:
+    """A tiny (positive, finite) scaling std and float32-max weights make inf - inf in the
+    second layer for a customer at the top of the age range: the score must still be a
+    number in [0, 1] for every customer (no NaN, so no failed question)."""
+    artifact = _artifact("mlp")
+    artifact["scaling"]["std"] = [1e-300]
+    first = artifact["weights"]["0.weight"]["values"]
+    width = len(first) // 2
+    first[0] = first[width] = 3.0e38  # both hidden units read age only
+    artifact["weights"]["2.weight"]["values"] = [1.0, -1.0]  # inf - inf
+    scores = scorer(artifact).score(ROWS)
+    assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all(), scores
+    bands = [min(int(s * 10), 9) for s in scores]  # what agent_node.scoring stores
+    assert all(0 <= b <= 9 for b in bands)
