@@ -150,6 +150,17 @@ class _GrantRow:
     limited: bool = False  # carries max_queries
 
 
+class _SharedRows(list[_GrantRow]):
+    """A fast-path grant list kept with a consent view and shared by every query that reads
+    it (never modified): what follows from the list alone is remembered on it, so a query
+    does not walk every grant again (hundreds of them) for its budgets, eligible set key
+    and grant ids."""
+
+    def __init__(self, rows: list[_GrantRow]) -> None:
+        super().__init__(rows)
+        self.memo: dict[Any, Any] = {}
+
+
 @dataclass(frozen=True)
 class _ConsentView:
     """A requester's grants for one purpose, their subjects' sids and subject refs, as of
@@ -321,12 +332,19 @@ class QueryEngine:
         # grant cost ~0.1 ms a query): the budgeted ids, and the rows the fast path returns.
         derived = view.memo.get(("rows", frozenset(scopes)))
         if derived is None or derived[0] is not active:
+            budgeted = [g[0] for g, row in active if row is None]
+            # The headroom cache covers a grant set only in dp mode, every grant budgeted
+            # and none with max_queries: then its digest is the cache's key.
+            uniform = self.settings.dp and len(budgeted) == len(active) \
+                and not any(g[5] is not None for g, _ in active)
             derived = view.remember(("rows", frozenset(scopes)), (
-                active, [g[0] for g, row in active if row is None],
-                [_GrantRow(gid, subject, granted, eps, 0, False)
-                 for (gid, subject, granted, _, _, _, eps), _ in active]))
-        _, budgeted, unspent = derived
-        if fast and budgeted and self._covered(conn, query, active, budgeted):
+                active, budgeted, _SharedRows(
+                    [_GrantRow(gid, subject, granted, eps, 0, False)
+                     for (gid, subject, granted, _, _, _, eps), _ in active]),
+                accesslog.set_digest(accesslog.GRANT_SET, budgeted)
+                if uniform and budgeted else None))
+        _, budgeted, unspent, digest = derived
+        if fast and digest is not None and self._covered(conn, query, digest):
             return unspent  # shared: never modified by the callers
         live = spend.usage(conn, budgeted) if budgeted else {}
         grants = []
@@ -344,15 +362,10 @@ class QueryEngine:
                 "grant covering that purpose and scope", reason="no-grant")
         return grants
 
-    def _covered(self, conn: sqlite3.Connection, query: Query,
-                 active: list[tuple[tuple[Any, ...], _GrantRow | None]],
-                 budgeted: list[str]) -> bool:
-        """Whether the cached headroom of this grant set shows, in this snapshot, that every
-        grant can pay the query's epsilon (dp mode, no grant with max_queries)."""
-        if not self.settings.dp or len(budgeted) != len(active) \
-                or any(g[5] is not None for g, _ in active):
-            return False
-        known = self._headroom.get(accesslog.set_digest(accesslog.GRANT_SET, budgeted))
+    def _covered(self, conn: sqlite3.Connection, query: Query, digest: str) -> bool:
+        """Whether the cached headroom of the grant set ``digest`` (dp mode, no grant with
+        max_queries) shows, in this snapshot, that every grant can pay the query's epsilon."""
+        known = self._headroom.get(digest)
         if known is None:
             return False
         now = spend.totals(conn)
@@ -434,6 +447,10 @@ class QueryEngine:
                     reason="dp-required")
             return kept, [], None
         epsilon = self._query_epsilon(query)
+        if isinstance(grants, _SharedRows):  # a view's unspent rows: same result each time
+            found = grants.memo.get(("budget", epsilon))
+            if found is not None:
+                return found  # type: ignore[no-any-return]
         kept, left = [], []
         budgets: dict[float | None, int] = {}  # most grants share the node's default
         for grant in grants:
@@ -447,6 +464,10 @@ class QueryEngine:
                                   "epsilon", reason="epsilon-exhausted")
             exc.left_out = [g.grant_id for g in left]  # type: ignore[attr-defined]
             raise exc
+        if isinstance(grants, _SharedRows):
+            # Every grant kept (the usual case): the shared list itself, with its memo.
+            return grants.memo.setdefault(("budget", epsilon),
+                                          (grants if not left else kept, left, epsilon))
         return kept, left, epsilon
 
     # -- execution ------------------------------------------------------------------------------
@@ -564,7 +585,11 @@ class QueryEngine:
                               if any(m.aggregate == "quantile" for m in query.measures)
                               else {})
         used = sorted(owners)
-        ids = [g.grant_id for g in grants]
+        ids = grants.memo.get("ids") if isinstance(grants, _SharedRows) else None
+        if ids is None:
+            ids = [g.grant_id for g in grants]
+            if isinstance(grants, _SharedRows):
+                grants.memo["ids"] = ids
         out = [g.grant_id for g in left_out]
         extra = {"epsilon": privacy.from_micro(epsilon),
                  "delta": self.settings.delta if selected else 0}
@@ -677,7 +702,13 @@ class QueryEngine:
                 _bound_sids(conn, {g.subject for g in grants}))
         else:
             view = self._view(conn, requester, query.purpose, versions)
-            key = ("eligible", tuple(g.subject for g in grants))
+            subjects = grants.memo.get("subjects") if isinstance(grants, _SharedRows) \
+                else None
+            if subjects is None:
+                subjects = tuple(g.subject for g in grants)
+                if isinstance(grants, _SharedRows):
+                    grants.memo["subjects"] = subjects
+            key = ("eligible", subjects)
             found = view.memo.get(key)
             if found is None:
                 found = view.remember(key, _eligible_set(
