@@ -164,9 +164,23 @@ class _NoisePool:
         with self._lock:
             self._pools.clear()
 
+    def forget(self) -> None:
+        """In a forked child: no draws, and a new lock (another thread of the parent may have
+        held the old one at the fork, and that thread does not exist in the child: taking
+        the old lock would wait forever)."""
+        self._pools, self._lock = {}, threading.Lock()
+
 
 _NOISE = _NoisePool()
-os.register_at_fork(after_in_child=_NOISE.clear)
+
+
+def _after_fork_in_child() -> None:
+    global _MEASUREMENTS_LOCK
+    _NOISE.forget()
+    _MEASUREMENTS_LOCK = threading.Lock()  # as the pool's: its holder may not exist here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _discrete_laplace(values: list[int], measurement: Any, scale: float) -> list[int]:

@@ -1,0 +1,54 @@
+"""Attack (H9) on the pooled OpenDP noise (agent_node.privacy._NoisePool): a process forked
+while another thread is inside the pool (or adding a measurement to the cache) holds that
+thread's lock forever, since the thread does not exist in the child. The child's first
+noisy answer must not wait on it; nor may it get the parent's draws (the existing test of
+independence across forks is tests/agent_node/test_privacy_mechanisms.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from fractions import Fraction
+
+from agent_node import privacy
+
+
+def _fork_while_held(lock_of: str) -> tuple[bool, str]:
+    """Fork with the named lock held by this thread (as another thread would hold it);
+    (whether the child answered within 20 s, what it answered)."""
+    lock = (privacy._NOISE._lock if lock_of == "pool"
+            else privacy._MEASUREMENTS_LOCK)
+    read, write = os.pipe()
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            try:  # a budget not used before in this process: a new measurement is cached
+                released, _ = privacy.noisy_counts([1000] * 4, 7, Fraction(1, 7 + len(lock_of)))
+                os.write(write, repr([r.value for r in released]).encode())
+            finally:
+                os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)  # the child we forked, hung on the lock
+        os.waitpid(pid, 0)
+        os.close(read)
+        return False, ""
+    answer = os.read(read, 4096).decode()
+    os.close(read)
+    return True, answer
+
+
+def test_a_child_forked_while_a_thread_holds_the_noise_pool_lock_answers() -> None:
+    privacy.noisy_counts([0], 7, Fraction(1, 5))  # a pool and a cached measurement exist
+    for lock_of in ("pool", "measurements"):
+        answered, values = _fork_while_held(lock_of)
+        assert answered, f"the forked child waited forever on the {lock_of} lock"
+        assert len(json.loads(values)) == 4
