@@ -620,6 +620,14 @@ def valid_salt(salt_hex: Any) -> bool:
     return True
 
 
+def salt_of(conn: sqlite3.Connection, did: str) -> str | None:
+    """The subject's commitment salt (hex), or None when its wallet never sent one."""
+    if not _has_ledger_tables(conn):
+        return None  # no salt was ever sent: the tables are not there
+    row = conn.execute("SELECT salt FROM subject_salts WHERE did = ?", (did,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def remember_salt(conn: sqlite3.Connection, did: str, salt_hex: Any, now: str) -> None:
     """Keep the subject's commitment salt (32 random bytes from its wallet, hex)."""
     if not valid_salt(salt_hex):

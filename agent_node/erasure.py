@@ -641,11 +641,9 @@ def _holds(conn: sqlite3.Connection, did: str) -> bool:
 
 
 def _salt(conn: sqlite3.Connection, did: str) -> str | None:
-    try:
-        row = conn.execute("SELECT salt FROM subject_salts WHERE did = ?", (did,)).fetchone()
-    except sqlite3.OperationalError:  # no salt was ever sent: the table is not there
-        return None
-    return str(row[0]) if row else None
+    from agent_node import accesslog
+
+    return accesslog.salt_of(conn, did)
 
 
 def _stored(column: Any) -> str:

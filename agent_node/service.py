@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -357,16 +356,12 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
             found = grantstore.credential(conn, grant_id)
             assert found is not None  # the grant was just revoked here, so it is held
             subject, digest, credential = found
-            try:
-                salt = conn.execute("SELECT salt FROM subject_salts WHERE did = ?",
-                                    (subject,)).fetchone()
-            except sqlite3.OperationalError:  # no salt was ever sent: the table is not there
-                salt = None
+            salt = accesslog.salt_of(conn, subject)
         if salt is None:
             return {"ledger_refusal": "this node holds no subject_salt of the grant's subject"}
         ledger_key = json.loads(credential)["credentialSubject"].get("ledgerKey")
         expected = revocation_entry(canonical_sha256(document), digest,
-                                    subject_commitment(subject, bytes.fromhex(salt[0])),
+                                    subject_commitment(subject, bytes.fromhex(salt)),
                                     self.home.identity.did)
         return self._endorse(entry, expected, ledger_key)
 
