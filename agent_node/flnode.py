@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,13 @@ class SuperNodeProcess:
         with self._lock:
             if self._stopping is not None:
                 self._stopping.set()
-        for proc in (self.proc, self.warm):
-            if proc is None or proc.poll() is not None:
-                continue
+        running = [p for p in (self.proc, self.warm) if p is not None and p.poll() is None]
+        for proc in running:  # both at once: they stop within one ``timeout``
             os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in running:
             try:
-                proc.wait(timeout=timeout)
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -101,10 +101,14 @@ def network(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, 
         did = open_home(coordinator_home).identity(PASSPHRASE).did
         yield Network(coordinator, did, fleet, served[:2], served[2], tmp)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                stop_process(process)
-        stop_process(coordinator.process)
+        slow = []
+        for process in [*processes, coordinator.process]:  # every one, even after a failure
+            try:
+                if process.poll() is None:
+                    stop_process(process)
+            except AssertionError as exc:
+                slow.append(str(exc))
+        assert not slow, slow
 
 
 def assert_stopped(address: str) -> None:
