@@ -20,7 +20,14 @@ from consent.identity import Identity
 from fl import artifact as artifacts
 from fl.protocol import parse_plan
 from fl.scoring import scorer
+from tests.agent_node.conftest import THRESHOLD, in_process_node
+from tests.fl import test_scoring as scoring_tests
 from tests.fl.conftest import signed_plan
+from tests.fl.test_scoring import PURPOSE, first_rows, grant, install
+
+# The published model and its coordinator, the fixtures test_scoring.py makes (by name).
+published = scoring_tests.published
+coordinator = scoring_tests.coordinator
 
 ROWS: list[dict[str, Any]] = [{"age": 30, "job": "admin."}, {"age": 50, "job": "no-such-job"},
         {"age": 99, "job": None}, {"age": None, "job": "services"}]
@@ -80,3 +87,35 @@ def test_finite_weights_that_overflow_on_a_clamped_input_still_score_in_0_1() ->
     assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all(), scores
     bands = [min(int(s * 10), 9) for s in scores]  # what agent_node.scoring stores
     assert all(0 <= b <= 9 for b in bands)
+
+
+# -- differencing with scored questions (threshold mode: exact answers) ----------------------
+
+def test_threshold_mode_withholds_a_scored_answer_that_differs_by_one_customer(
+        tmp_path: Any, bank_rows: list[dict[str, Any]], published: dict[str, Any],
+        coordinator: Identity, requester: Identity) -> None:
+    """The requester asks the exact sum of scores of every consenting customer, then the same
+    with a filter leaving out the one customer whose (first-row) age is unique: the
+    difference would be that customer's score. The overlap control must withhold the second
+    answer, as for any other column (a scored member is its first row's fingerprint)."""
+    parts = in_process_node(tmp_path, bank_rows, "differencing", THRESHOLD)
+    install(parts, published, coordinator.did)
+    grant(parts, parts.wallets, requester)
+    ages = [r["age"] for r in first_rows(parts, parts.wallets)]
+    unique = next(a for a in ages if ages.count(a) == 1)
+    query = {"dataset": "contacts", "purpose": PURPOSE, "model": published["digest"],
+             "measures": ["count", "sum:score"]}
+    whole = parts.engine.run(query, requester.did)
+    [group] = whole["groups"]
+    assert group["values"]["count"] == len(ages)
+    less = parts.engine.run({**query, "filters": [
+        {"column": "age", "op": "not_in", "value": [unique]}]}, requester.did)
+    released = [g for g in less["groups"] if g.get("values")]
+    assert released == [], less  # withheld: it differs from the first by one customer
+    assert "nearly covered already" in less["note"]
+    # The control: leaving out k or more customers is not differencing; that is released.
+    young = sorted(ages)[:5]
+    fewer = parts.engine.run({**query, "filters": [
+        {"column": "age", "op": "not_in", "value": young}]}, requester.did)
+    [kept] = fewer["groups"]
+    assert kept["values"]["count"] == len(ages) - sum(a in young for a in ages)
