@@ -37,7 +37,6 @@ import pytest
 from consent.identity import Identity
 from protos.transport import free_port
 from tests.test_docs_examples import _join_continuations, blocks
-from wallet.service import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 OPERATOR = REPO / "docs" / "operator.md"
@@ -301,12 +300,10 @@ def test_the_audit_guide_runs(operated: World) -> None:
     heads = sorted((world.root / "receipts").glob("receipt-*.json"))
     sized = {_size(path): path for path in [*heads, *mine]}
     assert 5 in sized and max(sized) > 5, sorted(sized)
-    # The customer's signed grant, as their wallet holds it, beside its receipt.
-    store = open_store(world.root / "wallet")
-    record = next(g for g in store.grants() if g.ledger_receipt is not None)
-    store.close()
-    (world.root / "grant.json").write_text(json.dumps(record.credential))
-    receipt = next(p for p in mine if json.loads(p.read_text()) == record.ledger_receipt)
+    # One of the customer's anchored grants (`consent-wallet credential` writes it below).
+    grant = next(g for g in json.loads(_wallet(world, "grants", "--offline", "--json"))
+                 if g["ledger_anchored"])
+    receipt = next(p for p in mine if grant["id"].rsplit(":", 1)[1] in p.name)
     files = {"receipt-0.json": heads[0], "receipt-1.json": receipt,
              "old-receipt.json": sized[5], "new-receipt.json": sized[max(sized)],
              "my-receipts/grant-1.json": receipt}
@@ -321,7 +318,7 @@ def test_the_audit_guide_runs(operated: World) -> None:
         text = (text.replace("<64 hex characters>", key["salt"]).replace("--salt <hex>",
                 f"--salt {key['salt']}").replace("<hex>", key["subject_commitment"])
                 .replace("did:key:z6Mkw...", other_node).replace("did:key:z6Mkc...", coordinator)
-                .replace("did:key:z6Mk...", key["did"]))
+                .replace("did:key:z6Mk...", key["did"]).replace("urn:uuid:...", grant["id"]))
         if text.startswith("sov-audit report") and "node-receipts/" in text:
             (world.root / "node-receipts").mkdir(exist_ok=True)
             for head in heads:
@@ -341,6 +338,8 @@ def test_the_audit_guide_runs(operated: World) -> None:
     assert "(node 'acme-eu')" in authors and "endorsed by" in authors
     assert "tree size 5 is a prefix of tree size 6" in out[next(
         x for x in lines if x.startswith("sov-audit consistency"))]
+    credential = json.loads((world.root / "grant.json").read_text())
+    assert credential["id"] == grant["id"] and "proof" in credential
     for html in ("march.html", "last-week.html", "subject.html", "me.html"):
         assert "<html" in (world.root / html).read_text(encoding="utf-8").lower()
     assert "removed" in out["sov-ledger authors remove --home /var/lib/sov-ledger "

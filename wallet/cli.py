@@ -794,6 +794,20 @@ def migrate(ctx: Context, source: str | None, target: str | None, from_ca: Path 
 
 
 @cli.command()
+@click.argument("grant_id")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write the signed grant to (JSON, 0600).")
+@json_option
+@pass_ctx
+def credential(ctx: Context, grant_id: str, out: Path, as_json: bool) -> None:
+    """Write one of your signed grants, for a compliance officer's `sov-audit verify
+    --grant` (it shows which key may write that grant's ledger entries: yours)."""
+    service.write_credential(ctx.home, grant_id, out)
+    emit(as_json, {"out": str(out), "grant": grant_id},
+         lambda: click.echo(f"Wrote grant {grant_id} to {out}"))
+
+
+@cli.command()
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the receipts into (created if missing).")
 @json_option

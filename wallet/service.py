@@ -50,7 +50,7 @@ __all__ = [
     "MigrationRefused", "ReceiptFiles", "RelayPending", "RelayView", "RevokeOutcome",
     "SyncReport", "Wallet", "WalletExists", "WalletNotFound",
     "check_purpose", "check_ttl", "grant_views",
-    "open_store", "read_ca", "wallet_exists", "whoami", "write_receipts",
+    "open_store", "read_ca", "wallet_exists", "whoami", "write_credential", "write_receipts",
 ]
 from wallet.parsing import (
     MAX_TTL,
@@ -1422,6 +1422,24 @@ class AuditKey:
     subject_commitment: str
 
 
+def write_credential(home: Path, grant_id: str, out: Path) -> dict[str, Any]:
+    """Write the signed grant credential ``grant_id`` as this wallet issued it to ``out``
+    (0600, atomically; never over a wallet file), for a compliance officer's ``sov-audit
+    verify --grant``: it names the key that writes the grant's ledger entries. No
+    passphrase: the node holds the same document. The credential is returned."""
+    _refuse_wallet_file(Path(home), Path(out))
+    store = open_store(home)
+    try:
+        record = store.grant(grant_id)
+    finally:
+        store.close()
+    if record is None:
+        raise UnknownGrant(f"no grant {grant_id} in this wallet: `consent-wallet grants` "
+                           "lists the ids")
+    write_private_file(Path(out), json.dumps(record.credential, indent=2).encode())
+    return dict(record.credential)
+
+
 def write_receipts(home: Path, out: Path) -> ReceiptFiles:
     """Write every ledger receipt the wallet holds into the folder ``out``, one file each
     (``grant-ID.json``, ``revocation-ID.json``), as ``sov-audit verify`` reads them.
@@ -1568,7 +1586,7 @@ def _refuse_wallet_file(home: Path, out: Path) -> None:
     for name in WALLET_FILES:
         if target == (home / name).resolve():
             raise InvalidInput(
-                f"--out {out} is your wallet's own {name}, which the export would destroy; "
+                f"--out {out} is your wallet's own {name}, which writing there would destroy; "
                 "choose another file"
             )
 
