@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from coordinator.errors import (
 )
 
 HEALTH_STATES = ("serving", "not-serving", "unreachable", "unknown")
+# How old the routing snapshot (``Registry.routes``) may be. Writes by this process replace it
+# at once; this bounds only how long another coordinator's write to a shared registry takes
+# to be seen here.
+ROUTES_MAX_AGE = 1.0
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -106,6 +111,12 @@ class Registry:
         self.postgres = target.startswith(("postgresql://", "postgres://"))
         self._lock = threading.Lock()
         self._verified: dict[str, Registration] = {}  # stored statement text -> verified
+        # Every node's record as last read for routing: (monotonic read time, by DID). Any
+        # write of the nodes table by this process drops it and bumps the generation, so a
+        # read that raced the write is not kept.
+        self._routes: tuple[float, dict[str, NodeRecord]] | None = None
+        self._routes_generation = 0
+        self._routes_lock = threading.Lock()
         try:
             if self.postgres:
                 import psycopg
@@ -205,7 +216,8 @@ class Registry:
                                 "region = ?, datasets = ?, issued = ?, registered_at = ?, "
                                 "health = 'unknown', last_error = '' WHERE name = ?",
                                 (*row, now_iso(), r.name))
-                return rotated
+            self._routes_changed()
+            return rotated
         except self._integrity:
             raise RegistrationConflict(f"node {r.name!r} was registered by another request at "
                                        "the same moment; send the registration again") from None
@@ -229,6 +241,27 @@ class Registry:
         rows = self._read("SELECT registration, registered_at, health, last_contact, last_error "
                           f"FROM nodes WHERE did IN ({marks})", tuple(dids))
         return {(record := self._record(row)).did: record for row in rows}
+
+    def routes(self, dids: list[str]) -> dict[str, NodeRecord]:
+        """``by_did`` for routing, from a snapshot of every node's record instead of a
+        database read per routed call (a read also waited on the lock held while the health
+        monitor's writes are flushed to disk). The snapshot is read again when it is older
+        than ``ROUTES_MAX_AGE``, when a DID is not in it (a node registered at another
+        coordinator is routable at once) and after any write of this process."""
+        snapshot = self._routes
+        if (snapshot is None or time.monotonic() - snapshot[0] > ROUTES_MAX_AGE
+                or any(did not in snapshot[1] for did in dids)):
+            generation = self._routes_generation
+            snapshot = (time.monotonic(), {record.did: record for record in self.nodes()})
+            with self._routes_lock:
+                if generation == self._routes_generation:
+                    self._routes = snapshot
+        return {did: snapshot[1][did] for did in dids if did in snapshot[1]}
+
+    def _routes_changed(self) -> None:
+        with self._routes_lock:
+            self._routes_generation += 1
+            self._routes = None
 
     def _record(self, row: tuple[Any, ...]) -> NodeRecord:
         # Stored statements were verified on the way in; verifying again on read means a row
@@ -258,6 +291,7 @@ class Registry:
                 else:
                     cur.execute("UPDATE nodes SET health = ?, last_error = ? WHERE did = ?",
                                 (health, error[:300], did))
+            self._routes_changed()
         except self._db_errors as exc:
             raise RegistryError(f"the registry cannot be written: {_brief(exc)}") from None
 

@@ -125,31 +125,28 @@ class Router:
             calls[i] = (getattr(self.channel(record).node, method),
                         node_pb2.SealedRequest(version=1, envelope=target.envelope,
                                                key_binding=target.key_binding))
-        pending: dict[int, futures.Future[Any]] = {}
         if len(calls) == 1:
+            # One node: on this thread, with no future or pool hand-off in the way.
             ((i, (stub, request)),) = calls.items()
-            done: futures.Future[Any] = futures.Future()
-            pending[i] = done
-            try:
-                done.set_result(stub(request, timeout=deadline))
-            except grpc.RpcError as exc:
-                done.set_exception(exc)
+            outcomes[i] = self._send(targets[i], records[targets[i].node_did], stub, request,
+                                     deadline, started)
         else:
-            pending = {i: self._pool.submit(stub, request, timeout=deadline)
+            pending = {i: self._pool.submit(self._send, targets[i],
+                                            records[targets[i].node_did], stub, request,
+                                            deadline, started)
                        for i, (stub, request) in calls.items()}
-        for i, future in pending.items():
-            outcomes[i] = self._collect(targets[i], records[targets[i].node_did], future,
-                                        started)
+            outcomes.update((i, future.result()) for i, future in pending.items())
         ordered = [outcomes[i] for i in range(len(targets))]
         if self._on_outcome:
             for outcome in ordered:
                 self._on_outcome(outcome)
         return ordered
 
-    def _collect(self, target: Target, record: NodeRecord, future: Any,
-                 started: float) -> Outcome:
+    def _send(self, target: Target, record: NodeRecord, stub: Callable[..., Any],
+              request: node_pb2.SealedRequest, deadline: float, started: float) -> Outcome:
+        """One blocking forward; its outcome, timed when this node's answer came back."""
         try:
-            reply = future.result()
+            reply = stub(request, timeout=deadline)
         except grpc.RpcError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             code = exc.code()
@@ -166,7 +163,7 @@ class Router:
             return Outcome(target.node_did, "refused", code.name, exc.details() or "",
                            elapsed_ms=elapsed)
         elapsed = (time.perf_counter() - started) * 1000
-        return Outcome(target.node_did, "answered", "OK", "", bytes(reply.envelope), elapsed)
+        return Outcome(target.node_did, "answered", "OK", "", reply.envelope, elapsed)
 
     def _mark(self, record: NodeRecord, health: str, error: str) -> None:
         try:

@@ -215,7 +215,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return [Target(t.node_did, bytes(t.envelope), bytes(t.key_binding)) for t in raw]
 
     def known(self, targets: list[Target]) -> dict[str, NodeRecord]:
-        records = self.registry.by_did([t.node_did for t in targets])
+        records = self.registry.routes([t.node_did for t in targets])
         unknown = [t.node_did for t in targets if t.node_did not in records]
         if unknown:
             raise UnknownNode(f"{len(unknown)} target node(s) are not registered here "
