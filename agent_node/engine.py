@@ -613,7 +613,9 @@ class QueryEngine:
             raise _Stale
         dp_mode = plan.epsilon is not None
         micro = plan.epsilon or 0
-        used_ids = [g.grant_id for g in plan.used_grants]
+        shared = plan.used_grants.memo if isinstance(plan.used_grants, _SharedRows) else {}
+        # A view's shared rows carry their ids and (set in _grants) none has max_queries.
+        used_ids = shared.get("ids") or [g.grant_id for g in plan.used_grants]
         if dp_mode:
             # One journal row per answer, keyed by its grant set (agent_node.spend), checked
             # first: in O(1) while the set's cached headroom covers it, else exactly.
@@ -621,6 +623,7 @@ class QueryEngine:
             ok, exact = spend.check(conn, self._headroom, key, micro,
                                     lambda: {g.grant_id: self.budget(g)
                                              for g in plan.used_grants},
+                                    [] if shared else
                                     [g.grant_id for g in plan.used_grants if g.limited])
             if not ok:
                 raise _Stale
