@@ -10,17 +10,27 @@ register one: the node checks what it runs.
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from agent_node import scoring
+from agent_node import accesslog, scoring
 from consent.identity import Identity
+from consent.integrity import sign_document
+from coordinator.models import model_event
 from fl import artifact as artifacts
-from fl.protocol import parse_plan
+from fl import models
+from fl.features import feature_spec_from_dict
+from fl.protocol import parse_plan, plan_document
 from fl.scoring import scorer
-from tests.agent_node.conftest import THRESHOLD, in_process_node
+from fl.train import TrainConfig
+from ledger.authority import sign_entry
+from ledger.home import init_home as init_ledger
+from ledger.home import open_log
+from tests.agent_node.conftest import PASSPHRASE, THRESHOLD, in_process_node
 from tests.fl import test_scoring as scoring_tests
 from tests.fl.conftest import signed_plan
 from tests.fl.test_scoring import PURPOSE, first_rows, grant, install
@@ -119,3 +129,56 @@ def test_threshold_mode_withholds_a_scored_answer_that_differs_by_one_customer(
         {"column": "age", "op": "not_in", "value": young}]}, requester.did)
     [kept] = fewer["groups"]
     assert kept["values"]["count"] == len(ages) - sum(a in young for a in ages)
+
+
+# -- a scored question inside a report -------------------------------------------------------
+
+def _education_model(tmp: Path, requester: Identity, coordinator: Identity
+                     ) -> tuple[str, Path, Path, Any]:
+    """A published model reading ``education`` (scope identity, SM4-encrypted) and age; its
+    weights do not matter here, only which customers it reads."""
+    spec = feature_spec_from_dict({"target": {"column": "y", "positive": "yes"},
+                                   "categorical": [["education", ["basic.4y", "high.school"]]],
+                                   "numeric": [["age", 17.0, 100.0]]})
+    plan = sign_document(plan_document(f"urn:uuid:{uuid.uuid4()}", requester.did, "contacts",
+                                       spec, models.ModelSpec("logreg", 8), TrainConfig(),
+                                       stats_epsilon=1.0), requester)
+    state = {"0.weight": np.full((1, spec.width), 0.1), "0.bias": np.zeros(1)}
+    artifact = artifacts.make_artifact(plan, 11, state, {"mean": [50.0], "std": [10.0]})
+    digest = artifacts.save(artifact, tmp / "edu.json")
+    log_key = init_ledger(tmp / "ledger", origin="ledger.test/edu", passphrase=PASSPHRASE)
+    log = open_log(tmp / "ledger", PASSPHRASE)
+    try:
+        [receipt] = log.append([sign_entry(model_event(digest, "11", [], {
+            Identity.generate().did: []}), coordinator)])
+    finally:
+        log.close()
+    (tmp / "edu.receipt.json").write_text(receipt.dumps())
+    return digest, tmp / "edu.json", tmp / "edu.receipt.json", log_key
+
+
+def test_a_scored_question_in_a_report_keeps_the_models_scopes(
+        tmp_path: Path, bank_rows: list[dict[str, Any]], requester: Identity,
+        coordinator: Identity) -> None:
+    """A report shares one snapshot and memoises the consent filter between its questions:
+    a plain question on 'transaction' first must not lend its wider set of customers to the
+    scored question after it, whose model also reads an 'identity' column."""
+    parts = in_process_node(tmp_path, bank_rows, "report-scoring")
+    digest, model_file, receipt_file, log_key = _education_model(tmp_path, requester,
+                                                                  coordinator)
+    scoring.install(parts.vault, parts.home.datamap(), model_file, receipt_file, log_key,
+                    coordinator.did)
+    both = parts.wallets[:10]
+    grant(parts, both, requester, ("transaction", "identity"))
+    grant(parts, parts.wallets[10:30], requester)  # transaction only: never scored
+    plain = {"dataset": "contacts", "purpose": PURPOSE, "measures": ["count"],
+             "epsilon": 0.5}
+    scored = {**plain, "model": digest, "measures": ["avg:score"]}
+    answers = parts.engine.run_report([plain, scored, plain, scored], requester.did)
+    assert all(isinstance(a, dict) for a in answers), answers
+    with parts.vault.connection() as conn:
+        wanted = {s for w in both for s in parts.vault.sids_for_did(conn, w.did)}
+        events = accesslog.operator_view(conn)
+    assert parts.engine.models.touched == wanted
+    counts = [e["subject_count"] for e in events[-4:]]
+    assert counts == [30, 10, 30, 10], counts
