@@ -235,7 +235,7 @@ class ScoredDataset(DatasetSpec):
                                          f"{base.name}|{column.name}|{row[0]}".encode())
                 values[column.name] = value
             records.append(values)
-        self.models.touched.update(first)
+        self.models.touched = set(first)  # the last question's only: bounded memory
         scores = model.score(records) if records else np.zeros(0)
         names = ["sid", "rfp", *(plain_column(c) for c in wanted),
                  plain_column(SCORE), plain_column(BAND)]
@@ -252,7 +252,8 @@ class ScoredDataset(DatasetSpec):
 class Models:
     """The engine's view of the installed models: resolves a query's ``model`` to its scored
     dataset (parsed artifacts cached by digest: a digest names one artifact forever) and
-    records which customers' rows scoring read (``touched``, for tests and audits)."""
+    records which customers' rows the last scored question read (``touched``, sids, for tests
+    and audits)."""
 
     def __init__(self, vault: Vault, datamap: DataMap) -> None:
         self.vault, self.datamap = vault, datamap

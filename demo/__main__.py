@@ -733,6 +733,26 @@ def train_intent_model(work: Path, env: dict[str, str], coordinator_home: Path,
     run(["sov-coordinator", "models", "--home", str(coordinator_home)], env)
     say("   Carol, a shop-sqlite customer, sees the training in her wallet")
     run([*wallet, "access-log"], env)
+    score_with_model(env, coordinator_home, crm_home, home, address, ledger_home,
+                     coordinator_did)
+
+
+def score_with_model(env: dict[str, str], coordinator_home: Path, crm_home: Path,
+                     shop: Path, address: str, ledger_home: Path, coordinator_did: str) -> None:
+    """shop-sqlite installs the model its ledger entry names, and the CRM asks it for the
+    distribution of intent scores (agent_node.scoring)."""
+    say("   shop-sqlite installs the model (checked against its signed ledger entry); the CRM "
+        "asks for the intent-score distribution, DP, over customers who granted it "
+        "quote-generation")
+    [*_, model] = json.loads(run(["sov-coordinator", "models", "--home", str(coordinator_home),
+                                  "--json"], env, quiet=True).stdout)
+    digest, models = model["digest"], coordinator_home / "models"
+    run(["sov-node", "models", "install", "--home", str(shop), str(models / f"{digest}.json"),
+         "--receipt", str(models / f"{digest}.receipt.json"), "--author", coordinator_did,
+         "--log-key", str(ledger_home / "log-public.json")], env)
+    run(["sov-query", "ask", "--home", str(crm_home), "--node", address, "--ca",
+         str(shop / "tls" / "ca.pem"), "--dataset", "orders", "--purpose", "quote-generation",
+         "--model", digest, "--measure", "count", "--group-by", "score_band"], env)
 
 
 def _training_grants(home: Path, address: str, crm_did: str, rows: list[dict[str, str]],

@@ -53,6 +53,8 @@ def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     assert "'model' signed by did:key:" in trained         # its ledger receipt
     assert "used for training run urn:uuid:" in trained     # Bob's wallet line for it
     assert "(train, round 2) (epsilon 1 debited)" in trained
+    scored = trained[trained.index("shop-sqlite installs the model"):]  # local scoring
+    assert "installed " in scored and "score_band" in scored and "epsilon 1" in scored
     report = (tmp_path / "demo-audit-report.html").read_text()
     # The officer's report: accesses and refusals from the nodes' heads, grant -> revocation.
     assert 'data-outcome="answered">0<' not in report and 'data-outcome="refused">0<' not in report
