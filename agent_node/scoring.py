@@ -129,6 +129,10 @@ def verify(artifact: dict[str, Any], receipt_text: str, log_key: Any, author: st
     if missing:
         raise ModelRefused(f"the model reads column {missing[0]!r}, which dataset "
                            f"{found.dataset!r} of this node's data map does not have")
+    text = _text_numbers(found, dataset)
+    if text:
+        raise ModelRefused(f"the model reads column {text!r} as a number, but dataset "
+                           f"{found.dataset!r} of this node's data map has it as text")
     clash = [c for c in VIRTUAL if c in dataset.columns]
     if clash:
         raise ModelRefused(f"dataset {found.dataset!r} has a column named {clash[0]!r}, the "
@@ -293,6 +297,11 @@ class Models:
             raise InvalidRequest(f"model {digest[:16]}... reads column {missing[0]!r}, which "
                                  f"dataset {dataset.name!r} no longer has in this node's data "
                                  "map", reason="model-dataset")
+        text = _text_numbers(found, dataset)
+        if text:  # every question would fail on the first value that is not a number
+            raise InvalidRequest(f"model {digest[:16]}... reads column {text!r} as a number, "
+                                 f"which dataset {dataset.name!r} now has as text in this "
+                                 "node's data map", reason="model-dataset")
         scopes = {dataset.columns[c].scope for c in found.columns}
         scope = sorted(scopes)[0]  # the virtual columns' own tier; every scope is checked
         extra = {
@@ -304,6 +313,16 @@ class Models:
                                   "max_rows_per_subject": 1},
                                base=dataset, scorer=found, models=self)
         return scored, scopes
+
+
+def _text_numbers(found: Scorer, dataset: DatasetSpec) -> str | None:
+    """The first numeric feature whose column the data map types as text, if any (its
+    values would not convert: a scored question must not fail on one customer's value)."""
+    for column, _, _ in found.features.numeric:
+        spec = dataset.columns.get(column)
+        if spec is not None and not spec.numeric:
+            return str(column)
+    return None
 
 
 def _fields(dataset: DatasetSpec) -> dict[str, Any]:

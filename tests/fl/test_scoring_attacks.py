@@ -133,18 +133,23 @@ def test_threshold_mode_withholds_a_scored_answer_that_differs_by_one_customer(
 
 # -- a scored question inside a report -------------------------------------------------------
 
-def _education_model(tmp: Path, requester: Identity, coordinator: Identity
-                     ) -> tuple[str, Path, Path, Any]:
-    """A published model reading ``education`` (scope identity, SM4-encrypted) and age; its
-    weights do not matter here, only which customers it reads."""
-    spec = feature_spec_from_dict({"target": {"column": "y", "positive": "yes"},
-                                   "categorical": [["education", ["basic.4y", "high.school"]]],
-                                   "numeric": [["age", 17.0, 100.0]]})
+EDUCATION = {"target": {"column": "y", "positive": "yes"},
+             "categorical": [["education", ["basic.4y", "high.school"]]],
+             "numeric": [["age", 17.0, 100.0]]}
+
+
+def _published_model(tmp: Path, requester: Identity, coordinator: Identity,
+                     features: dict[str, Any] = EDUCATION) -> tuple[str, Path, Path, Any]:
+    """A published model with these features (by default reading ``education``, scope
+    identity, SM4-encrypted, and age); its weights do not matter here, only what it reads."""
+    spec = feature_spec_from_dict(features)
     plan = sign_document(plan_document(f"urn:uuid:{uuid.uuid4()}", requester.did, "contacts",
                                        spec, models.ModelSpec("logreg", 8), TrainConfig(),
                                        stats_epsilon=1.0), requester)
     state = {"0.weight": np.full((1, spec.width), 0.1), "0.bias": np.zeros(1)}
-    artifact = artifacts.make_artifact(plan, 11, state, {"mean": [50.0], "std": [10.0]})
+    numeric = len(spec.numeric)
+    artifact = artifacts.make_artifact(plan, 11, state, {"mean": [50.0] * numeric,
+                                                         "std": [10.0] * numeric})
     digest = artifacts.save(artifact, tmp / "edu.json")
     log_key = init_ledger(tmp / "ledger", origin="ledger.test/edu", passphrase=PASSPHRASE)
     log = open_log(tmp / "ledger", PASSPHRASE)
@@ -164,7 +169,7 @@ def test_a_scored_question_in_a_report_keeps_the_models_scopes(
     a plain question on 'transaction' first must not lend its wider set of customers to the
     scored question after it, whose model also reads an 'identity' column."""
     parts = in_process_node(tmp_path, bank_rows, "report-scoring")
-    digest, model_file, receipt_file, log_key = _education_model(tmp_path, requester,
+    digest, model_file, receipt_file, log_key = _published_model(tmp_path, requester,
                                                                   coordinator)
     scoring.install(parts.vault, parts.home.datamap(), model_file, receipt_file, log_key,
                     coordinator.did)
@@ -182,3 +187,20 @@ def test_a_scored_question_in_a_report_keeps_the_models_scopes(
     assert parts.engine.models.touched == wanted
     counts = [e["subject_count"] for e in events[-4:]]
     assert counts == [30, 10, 30, 10], counts
+
+
+def test_a_numeric_feature_on_a_text_column_is_refused_at_install(
+        tmp_path: Path, bank_rows: list[dict[str, Any]], requester: Identity,
+        coordinator: Identity) -> None:
+    """A model (from a run whose nodes typed a column differently) reading the text column
+    ``job`` as a number: every scored question would fail on float('admin.'), so it is
+    refused at install, in one sentence, nothing installed."""
+    parts = in_process_node(tmp_path, bank_rows, "typed-features")
+    features = {**EDUCATION, "categorical": [], "numeric": [["job", 0.0, 1.0]]}
+    digest, model_file, receipt_file, log_key = _published_model(tmp_path, requester,
+                                                                  coordinator, features)
+    assert digest
+    with pytest.raises(scoring.ModelRefused, match="reads column 'job' as a number"):
+        scoring.install(parts.vault, parts.home.datamap(), model_file, receipt_file, log_key,
+                        coordinator.did)
+    assert scoring.installed(parts.vault) == []
