@@ -11,7 +11,8 @@ writes as ``models/DIGEST.json``) and the ledger receipt of its ``model`` entry
 3. the entry's author signature (``ledger.authority.verify_author``) and that the author is
    the one the operator trusts to publish models (the coordinator's DID);
 4. that the model can score this node's dataset: the dataset exists and has every feature
-   column (``fl.scoring.scorer`` checks the weights fit the features).
+   column, numeric features on numeric columns (``fl.scoring.scorer`` checks the weights fit
+   the features and are finite).
 
 The model is then one row of the vault table ``installed_models`` (this module owns it): the
 artifact, the receipt, the author and when. It holds nothing about customers.
