@@ -160,10 +160,6 @@ class _NoisePool:
             del pool[len(pool) - n:]
         return taken
 
-    def clear(self) -> None:
-        with self._lock:
-            self._pools.clear()
-
     def forget(self) -> None:
         """In a forked child: no draws, and a new lock (another thread of the parent may have
         held the old one at the fork, and that thread does not exist in the child: taking
