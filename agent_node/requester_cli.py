@@ -37,6 +37,7 @@ from consent.errors import ConsentError
 from consent.identity import Identity
 from consent.keystore import load_identity, save_identity
 from consent.passphrase import read_passphrase, shared_passphrase_file
+from protos.transport import node_address
 
 PASSPHRASE_ENV = "SOV_QUERY_PASSPHRASE"
 HOME_ENV = "SOV_QUERY_HOME"
@@ -214,7 +215,8 @@ MODEL_OPTION = click.option(
 @main.command()
 @home_option
 @pass_option
-@click.option("--node", required=True, help="node address host:port")
+@click.option("--node", required=True, help="node address host:port (port 7443 if none)",
+              callback=lambda _ctx, _param, value: node_address(value))
 @click.option("--ca", required=True, type=click.Path(dir_okay=False),
               help="the node's TLS CA certificate (PEM)")
 @click.option("--dataset", default=None)

@@ -85,7 +85,7 @@ def heads(home: Path) -> list[tuple[int, str, str | None, int, str | None]]:
 
 
 def chain_head(home: Path) -> tuple[int, str]:
-    with sqlite3.connect(home / "vault.sqlite") as db:
+    with sqlite3.connect(home / "activity.sqlite") as db:  # the access log's file
         return db.execute("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1").fetchone()
 
 
