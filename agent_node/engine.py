@@ -32,6 +32,7 @@ access event. The answer leaves only after that transaction is durably committed
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import itertools
 import json
@@ -43,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -187,7 +188,7 @@ class _Plan:
 
     consent_version: str
     used_grants: list[_GrantRow]
-    epsilon: float | None
+    epsilon: int | None  # micro-epsilon; None in threshold mode
     used_sids: list[int]
     candidates: list[tuple[tuple[Any, ...], _Group]]  # groups of >= k subjects, in key order
     digests: list[str]  # per candidate: digest of its (subject, fingerprint) set
@@ -451,7 +452,8 @@ class QueryEngine:
             found = grants.memo.get(("budget", epsilon))
             if found is not None:
                 return found  # type: ignore[no-any-return]
-        kept, left = [], []
+        kept = []
+        left: list[_GrantRow] = []
         budgets: dict[float | None, int] = {}  # most grants share the node's default
         for grant in grants:
             budget = budgets.get(grant.dp_epsilon)
@@ -478,9 +480,9 @@ class QueryEngine:
         for _ in range(MAX_ATTEMPTS):
             plan = self._read(query, dataset, columns, scopes, requester, now)
             try:
-                seq, released = self.vault.commit(
-                    lambda conn, batch, plan=plan: self._commit(conn, batch, plan, query,
-                                                                requester, now, nonce))
+                seq, released = self.vault.commit(functools.partial(
+                    self._commit, plan=plan, query=query, requester=requester, now=now,
+                    nonce=nonce))
             except _Stale:
                 continue  # consent or a budget changed under the read: answer afresh
             return self._reply(plan, query, dataset, requester, now, seq, released)
@@ -619,16 +621,16 @@ class QueryEngine:
         if dp_mode:
             # One journal row per answer, keyed by its grant set (agent_node.spend), checked
             # first: in O(1) while the set's cached headroom covers it, else exactly.
-            key = accesslog.set_digest(accesslog.GRANT_SET, used_ids) if used_ids else ""
-            ok, exact = spend.check(conn, self._headroom, key, micro,
+            set_key = accesslog.set_digest(accesslog.GRANT_SET, used_ids) if used_ids else ""
+            ok, exact = spend.check(conn, self._headroom, set_key, micro,
                                     lambda: {g.grant_id: self.budget(g)
                                              for g in plan.used_grants},
                                     [] if shared else
                                     [g.grant_id for g in plan.used_grants if g.limited])
             if not ok:
                 raise _Stale
-            if exact is not None and key:
-                batch.after_commit(lambda: self._headroom.remember(key, exact))
+            if exact is not None and set_key:
+                batch.after_commit(functools.partial(self._headroom.remember, set_key, exact))
             limited = []
         else:
             limited = [g for g in plan.used_grants if g.limited]
@@ -643,8 +645,8 @@ class QueryEngine:
                                            blob, self.settings.k, now):
                 released.append(key)
                 if blob is not None:
-                    batch.after_commit(lambda d=digest: self._remember_release(
-                        requester, query.dataset, d))
+                    batch.after_commit(functools.partial(
+                        self._remember_release, requester, query.dataset, digest))
         # In dp mode every used grant is debited its epsilon, as one journal row for the
         # answer's grant set; in threshold mode only grants with max_queries keep a counter
         # (narrow grant_usage rows), the others' use is counted from the access log's grant
@@ -653,9 +655,9 @@ class QueryEngine:
         event = plan.event if (released or plan.noisy) else plan.empty_event
         seq, _ = accesslog.append_batched(conn, batch, event, plan.used_sids, used_ids,
                                           plan.left_out)
-        if dp_mode and used_ids:
-            spend.debit(conn, accesslog.set_id(conn, batch, accesslog.GRANT_SET, used_ids),
-                        micro)
+        if dp_mode and used_ids:  # set_id is None only for an empty set
+            spend.debit(conn, cast(int, accesslog.set_id(conn, batch, accesslog.GRANT_SET,
+                                                        used_ids)), micro)
         return seq, released
 
     def _remember_release(self, requester: str, dataset: str, digest: str) -> None:
@@ -907,8 +909,7 @@ class QueryEngine:
                     values.append(min(max(float(row[-1]), low), high))
             groups: dict[tuple[Any, ...], list[float]] = {}
             for by_key in per_unit.values():
-                kept = sorted(by_key, key=lambda k, b=by_key: (-len(b[k]), _sort_key(k)))[:l0]
-                for key in kept:
+                for key in _busiest_groups(by_key, l0):
                     groups.setdefault(key, []).extend(by_key[key])
             found[name] = groups
         return found
@@ -1034,15 +1035,15 @@ class QueryEngine:
                         results[i] = exc
                         unlogged.append(i)
             todo = {i: todo[i] for i in plans}
-            records = [self._refusal_record(raw_queries[i], requester, now, results[i],
-                                            None, getattr(results[i], "left_out", []))
-                       for i in unlogged]  # type: ignore[arg-type]
+            records = [self._refusal_record(raw_queries[i], requester, now,
+                                            cast(RequestError, results[i]), None,
+                                            getattr(results[i], "left_out", []))
+                       for i in unlogged]
             unlogged = []
             try:
-                done = self.vault.commit(lambda conn, batch, plans=plans, todo=todo,
-                                         records=records, nonce=nonce: self._commit_report(
-                                             conn, batch, plans, todo, records, requester,
-                                             now, nonce))
+                done = self.vault.commit(functools.partial(
+                    self._commit_report, plans=plans, todo=todo, records=records,
+                    requester=requester, now=now, nonce=nonce))
             except Replayed as exc:  # the whole report, before anything was written
                 self.log_refusal({}, requester, now, exc)
                 raise
@@ -1064,10 +1065,10 @@ class QueryEngine:
                 results[i] = Contended("grants at this node changed while the query ran; "
                                        "retry it", reason="contended")
                 unlogged.append(i)
-            records = [self._refusal_record(raw_queries[i], requester, now, results[i])
-                       for i in unlogged]  # type: ignore[arg-type]
-            self.vault.commit(lambda conn, batch, records=records: [r(conn, batch)
-                                                                    for r in records])
+            records = [self._refusal_record(raw_queries[i], requester, now,
+                                            cast(RequestError, results[i]))
+                       for i in unlogged]
+            self.vault.commit(functools.partial(_run_all, records))
         return results  # type: ignore[return-value]
 
     def _commit_report(self, conn: sqlite3.Connection, batch: Batch, plans: dict[int, _Plan],
@@ -1235,6 +1236,20 @@ def _check_filter_value(flt: Filter, column: ColumnSpec) -> None:
 
 def _coerce(value: Any, column: ColumnSpec) -> Any:
     return value if column.numeric else str(value)
+
+
+def _busiest_groups(by_key: dict[tuple[Any, ...], list[float]], l0: int
+                    ) -> list[tuple[Any, ...]]:
+    """A customer's ``l0`` groups holding most of their values (ties in key order): the
+    groups whose contributions the bound keeps."""
+    return sorted(by_key, key=lambda k: (-len(by_key[k]), _sort_key(k)))[:l0]
+
+
+def _run_all(records: list[Callable[[sqlite3.Connection, Batch], None]],
+             conn: sqlite3.Connection, batch: Batch) -> None:
+    """One write job running several (a report's refusal records)."""
+    for record in records:
+        record(conn, batch)
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:

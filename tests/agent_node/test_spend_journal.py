@@ -45,6 +45,10 @@ def test_an_answer_is_one_journal_row_whatever_the_population(tmp_path: Path,
         rows = conn.execute("SELECT queries, spent_micro FROM grant_set_spend").fetchall()
     # The answers' grant set and the totals row: two rows for 50 customers' debits.
     assert len(rows) == 2 and all(r == (3, 750_000) for r in rows)
+    # The engine remembers the set's headroom under the set's digest, so the next answer
+    # over it is checked in O(1) (a closure once stored it under the last group's key).
+    [key] = node.engine._headroom._entries
+    assert isinstance(key, str) and len(key) >= 32
     # Every customer's grant shows the exact spend, derived from the journal.
     assert {_epsilon_spent(node, w, g) for w, g in zip(node.wallets, ids, strict=True)} == {0.75}
 
