@@ -16,6 +16,10 @@ median latency of
   already puts above the target cannot be reached by any routing change;
 - several questions in one fan-out (agent_node.requester.ask_network_report, --questions of
   them, each node answering all in one sealed report): per question vs direct.
+The wall-time medians come from every kind of call made in turn (direct, 1, 3, 5 nodes, the
+report, repeated), so that all see the same load: on a shared machine it moves a lot between
+one series and the next, and a baseline measured in a series of its own could be twice as slow
+or fast as the routed calls' series. CPU per call comes from a series of each kind alone.
 Prints medians and ends with one JSON line.
 """
 
@@ -133,8 +137,18 @@ def cpu_ms(pids: list[int]) -> float:
     return total * 1000 / TICK
 
 
-def median_ms(call: Callable[[], object], repeat: int) -> float:
-    return measure(call, repeat, {})[0]
+def alternated_ms(calls: list[Callable[[], object]], repeat: int) -> list[float]:
+    """Median wall ms of each call, the calls made in turn ``repeat`` times, so that each
+    sees the same load."""
+    for call in calls:
+        call()  # warm
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeat):
+        for call, spent in zip(calls, times, strict=True):
+            started = time.perf_counter()
+            call()
+            spent.append(time.perf_counter() - started)
+    return [statistics.median(spent) * 1000 for spent in times]
 
 
 def measure(call: Callable[[], object], repeat: int, servers: dict[str, list[int]]
@@ -203,12 +217,17 @@ def main() -> None:
         node_pids = [p.pid for p in processes[1:]]
         coordinator_pid = [processes[0].pid]
         cores = len(os.sched_getaffinity(0))
-        with NodeClient(address, ca_pem, requester) as direct:
-            direct_ms, direct_cpu = measure(lambda: asker.ask_with(direct, QUERY), repeat,
-                                            {"nodes": node_pids})
-        results: dict[str, object] = {"direct_ms": round(direct_ms, 3), "cpu_direct": direct_cpu}
+        results: dict[str, object] = {}
         cpu: dict[int, dict[str, float]] = {}
-        with CoordinatorClient(coordinator, ca.read_bytes()) as client:
+        with NodeClient(address, ca_pem, requester) as direct, \
+                CoordinatorClient(coordinator, ca.read_bytes()) as client:
+            def ask_direct() -> None:
+                asker.ask_with(direct, QUERY)
+
+            # CPU per call of each kind, from a series of its own (/proc counts per process).
+            _, direct_cpu = measure(ask_direct, repeat, {"nodes": node_pids})
+            results["cpu_direct"] = direct_cpu
+            asks: list[Callable[[], None]] = []
             for count in (1, 3, 5):
                 dids = [did for _, _, did in nodes[:count]]
 
@@ -217,9 +236,9 @@ def main() -> None:
                     if len(answer.combined["answered"]) != len(dids):
                         raise RuntimeError(f"not every node answered: {answer.missing}")
 
-                wall, cpu[count] = measure(ask, repeat, {"coordinator": coordinator_pid,
-                                                         "nodes": node_pids})
-                results[f"fanout_{count}_ms"] = round(wall, 3)
+                asks.append(ask)
+                _, cpu[count] = measure(ask, repeat, {"coordinator": coordinator_pid,
+                                                      "nodes": node_pids})
                 results[f"cpu_fanout_{count}"] = cpu[count]
             # The slowest node leg of a 5-node fan-out as the coordinator timed it.
             listed = [n for n in client.nodes(dataset="contacts")]
@@ -234,11 +253,20 @@ def main() -> None:
                          {**QUERY, "measures": ["count"], "group_by": []},
                          {**QUERY, "measures": ["sum:age"], "group_by": []}]
             questions = (questions * args.questions)[:args.questions]
-            dids = [did for _, _, did in nodes]
-            report_ms = median_ms(lambda: ask_network_report(requester, client, questions,
-                                                             nodes=dids), repeat)
-            results["fanout_5_report_ms"] = round(report_ms, 3)
-            results["fanout_5_report_per_question_ms"] = round(report_ms / len(questions), 3)
+            every = [did for _, _, did in nodes]
+
+            def report() -> None:
+                ask_network_report(requester, client, questions, nodes=every)
+
+            # Wall times: every kind of call made in turn, so that all see the same load (on
+            # this shared machine it moves a lot between one series and the next).
+            walls = alternated_ms([ask_direct, *asks, report], repeat)
+        direct_ms, report_ms = walls[0], walls[-1]
+        results["direct_ms"] = round(direct_ms, 3)
+        for count, wall in zip((1, 3, 5), walls[1:4], strict=True):
+            results[f"fanout_{count}_ms"] = round(wall, 3)
+        results["fanout_5_report_ms"] = round(report_ms, 3)
+        results["fanout_5_report_per_question_ms"] = round(report_ms / len(questions), 3)
         for count in (1, 3, 5):
             results[f"fanout_{count}_vs_direct"] = round(
                 float(results[f"fanout_{count}_ms"]) / direct_ms, 3)  # type: ignore[arg-type]
