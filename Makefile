@@ -36,7 +36,7 @@ lint: setup
 
 test: setup browser anvil
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 -m "not long" tests
+	$(PY) -m pytest -n 2 --dist worksteal -m "not long" tests
 
 # Slow integration runs (real SuperLink/SuperNode processes: a node killed mid-round, SecAgg+).
 test-long: setup

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # pytest-timeout's 300 s default (pyproject) would end the run first: the demo takes 5-6 min
 # on a loaded machine, so the test gets the same 20 min as the demo process.
+@pytest.mark.slow
 @pytest.mark.timeout(1260)
 def test_the_demo_story_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "demo"], cwd=tmp_path, capture_output=True,
