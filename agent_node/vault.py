@@ -80,7 +80,7 @@ RFP_BITS = 40
 CACHE_KIB = 4096
 #: No memory-mapped I/O (issue 15): with a 1 GiB map every page a worker scanned stayed
 #: counted in its RSS (loaded 1.55-1.70x just started, target 1.5); read through the OS page
-#: cache instead, the loaded node measured 1.34-1.36x, group-by still <= 1.2x raw sqlite3.
+#: cache instead, the loaded node measured 1.34-1.36x, group-by 1.03-1.39x raw sqlite3.
 MMAP_BYTES = 0
 MAX_BATCH = 512
 T = TypeVar("T")
