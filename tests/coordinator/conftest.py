@@ -4,6 +4,7 @@ mutual-TLS coordinator port, registered with the real ``sov-node register``."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -183,6 +184,7 @@ def network(tmp_path_factory: pytest.TempPathFactory,
     coordinator = serve_coordinator(coordinator_home)
     requester = Identity.generate()
     sources, nodes = [], []
+    network: Network | None = None
     try:
         for i, (kind, make_source) in enumerate(SOURCE_KINDS.items()):
             rows = bank_rows[i * ROWS_PER_NODE:(i + 1) * ROWS_PER_NODE]
@@ -207,14 +209,26 @@ def network(tmp_path_factory: pytest.TempPathFactory,
             nodes.append(NetNode(kind, served, f"node-{kind}", REGIONS[kind], port, rows))
             register(home, coordinator)
             grant_all(served, requester, wallets)
-        yield Network(coordinator, nodes, requester)
+        network = Network(coordinator, nodes, requester)
+        yield network
     finally:
-        for net_node in nodes:
-            if net_node.node.process.poll() is None:
-                stop(net_node.node)
-        stop_process(coordinator.process)
-        for source in sources:
-            source.close()
+        # Every process is stopped even when one fails to stop in time (a failure is raised
+        # afterwards), and the coordinator a test restarted (network.coordinator) too: a CI
+        # run once left that one serving.
+        steps = [functools.partial(stop, n.node) for n in nodes if n.node.process.poll() is None]
+        current = network.coordinator if network is not None else coordinator
+        served = [coordinator] if current is coordinator else [coordinator, current]
+        steps += [functools.partial(stop_process, c.process) for c in served
+                  if c.process.poll() is None]
+        steps += [source.close for source in sources]
+        failures = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 @pytest.fixture
