@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -174,6 +175,21 @@ def stop(node: NodeProcess) -> None:
         node.process.kill()
         node.process.wait()
         raise AssertionError("sov-node serve did not stop within 10 s of SIGTERM") from None
+
+
+@contextmanager
+def serving_customers(home: Path, *, workers: int = 1) -> Iterator[NodeProcess]:
+    """The synced node at ``home`` with SUBJECTS new wallets bound to its first customers
+    (``.wallets``), served as a real process and stopped afterwards."""
+    run_cli("sov-node", "sync", "--home", str(home))
+    wallets = [Identity.generate() for _ in range(SUBJECTS)]
+    bind_all(home, wallets)
+    served = serve(home, workers=workers)
+    served.wallets = wallets
+    try:
+        yield served
+    finally:
+        stop(served)
 
 
 def grant_all(node: NodeProcess, requester: Identity, wallets: list[Identity], *,

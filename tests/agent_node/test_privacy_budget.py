@@ -18,14 +18,10 @@ from agent_node.client import NodeClient, NodeError
 from agent_node.requester import Requester
 from consent.identity import Identity
 from tests.agent_node.conftest import (
-    SUBJECTS,
     NodeProcess,
-    bind_all,
     grant_all,
-    run_cli,
-    serve,
+    serving_customers,
     sqlite_home,
-    stop,
 )
 from wallet.service import ANSWERED, LEFT_OUT, outcome_label
 
@@ -37,15 +33,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any
          ) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("dp-budget")
     home = sqlite_home(tmp, bank_rows)
-    run_cli("sov-node", "sync", "--home", str(home))
-    wallets = [Identity.generate() for _ in range(SUBJECTS)]
-    bind_all(home, wallets)
-    served = serve(home, workers=2)
-    served.wallets = wallets
-    try:
+    with serving_customers(home, workers=2) as served:
         yield served
-    finally:
-        stop(served)
 
 
 def _concurrently(node: NodeProcess, who: Identity, query: dict[str, Any], n: int

@@ -16,14 +16,11 @@ from agent_node.client import NodeError
 from agent_node.requester import Answer, Requester
 from consent.identity import Identity
 from tests.agent_node.conftest import (
-    SUBJECTS,
     NodeProcess,
-    bind_all,
     grant_all,
     run_cli,
-    serve,
+    serving_customers,
     sqlite_home,
-    stop,
 )
 
 PURPOSE = "renewal-warning"
@@ -34,15 +31,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any
          ) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("threshold")
     home = sqlite_home(tmp, bank_rows, privacy="threshold")
-    run_cli("sov-node", "sync", "--home", str(home))
-    wallets = [Identity.generate() for _ in range(SUBJECTS)]
-    bind_all(home, wallets)
-    served = serve(home)
-    served.wallets = wallets
-    try:
+    with serving_customers(home) as served:
         yield served
-    finally:
-        stop(served)
 
 
 def _ask(node: NodeProcess, who: Identity, **query: Any) -> Answer:

@@ -19,16 +19,13 @@ from agent_node.requester import Answer, Requester
 from consent import protocol
 from consent.identity import Identity
 from tests.agent_node.conftest import (
-    SUBJECTS,
     NodeProcess,
-    bind_all,
     grant_all,
     make_home,
     run_cli,
-    serve,
+    serving_customers,
     set_privacy,
     sqlite_home,
-    stop,
 )
 
 COUNT = {"dataset": "contacts", "measures": ["count"]}
@@ -40,15 +37,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, bank_rows: list[dict[str, Any
     tmp = tmp_path_factory.mktemp("reports")
     home = sqlite_home(tmp, bank_rows)
     set_privacy(home, "dp", max_report_queries=4)
-    run_cli("sov-node", "sync", "--home", str(home))
-    wallets = [Identity.generate() for _ in range(SUBJECTS)]
-    bind_all(home, wallets)
-    served = serve(home)
-    served.wallets = wallets
-    try:
+    with serving_customers(home) as served:
         yield served
-    finally:
-        stop(served)
 
 
 def _spent(node: NodeProcess, wallet: Identity, grant_id: str) -> float:

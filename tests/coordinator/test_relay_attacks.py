@@ -80,14 +80,6 @@ class LyingCoordinator:
         self.channel.close()
 
 
-def _grant(wallet: WalletCLI, node: NodeProcess, crm: Identity) -> str:
-    granted = json.loads(wallet.ok(
-        "grant", "--node", node.address, "--requester", crm.did, "--purpose",
-        "quote-generation", "--scope", "transaction", "--ttl", "24h", "--json").output)
-    assert granted["delivered"] is True
-    return str(granted["grant_id"])
-
-
 def test_a_coordinator_claiming_a_delivery_it_did_not_make_is_not_believed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
@@ -107,7 +99,7 @@ def test_a_coordinator_claiming_a_delivery_it_did_not_make_is_not_believed(
         node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
         wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
         crm = Identity.generate()
-        first, second, third = (_grant(wallet, node, crm) for _ in range(3))
+        first, second, third = (wallet.grant(node.address, crm.did) for _ in range(3))
         proxy = LyingCoordinator(coordinator.address, coordinator.ca_pem,
                                  coordinator.home / "tls")
         wallet.ok("coordinator", "set", proxy.address, "--ca", str(coordinator_ca))

@@ -34,14 +34,6 @@ def _pending(home: Path) -> int:
     return int(json.loads(status)["pending_relays"])
 
 
-def _grant(wallet: WalletCLI, node: NodeProcess, crm: Identity) -> str:
-    granted = json.loads(wallet.ok(
-        "grant", "--node", node.address, "--requester", crm.did, "--purpose",
-        "quote-generation", "--scope", "transaction", "--ttl", "24h", "--json").output)
-    assert granted["delivered"] is True
-    return str(granted["grant_id"])
-
-
 def test_the_wallet_revokes_and_erases_through_the_coordinator(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
@@ -60,7 +52,7 @@ def test_the_wallet_revokes_and_erases_through_the_coordinator(
         node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
         wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
         crm = Identity.generate()
-        first, second = _grant(wallet, node, crm), _grant(wallet, node, crm)
+        first, second = wallet.grant(node.address, crm.did), wallet.grant(node.address, crm.did)
         address = node.address  # the node's public address, as the wallet knows it
 
         assert_clean_error(wallet("coordinator", "show"), "no coordinator is set")

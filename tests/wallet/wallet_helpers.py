@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,15 @@ class WalletCLI:
         result = self(*args, **kwargs)
         assert result.exit_code == 0, (result.output, result.exception)
         return result
+
+    def grant(self, address: str, requester: str, purpose: str = "quote-generation",
+              scope: str = "transaction") -> str:
+        """A 24 h grant delivered to the node at ``address`` (already added); its id."""
+        granted = json.loads(self.ok(
+            "grant", "--node", address, "--requester", requester, "--purpose", purpose,
+            "--scope", scope, "--ttl", "24h", "--json").output)
+        assert granted["delivered"] is True
+        return str(granted["grant_id"])
 
 
 def assert_clean_error(result: Result, *fragments: str, exit_code: int | None = None) -> None:
