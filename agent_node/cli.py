@@ -256,6 +256,11 @@ def erase(home: str, passphrase_file: Path | None, request_file: Path, out: Path
     click.echo(f"erased {proof['customer']}: {rows} row(s), {len(proof['destroyed_keys'])} "
                f"data key(s) destroyed; scan of {len(proof['scan']['files'])} file(s): "
                f"{hits} hit(s); ledger: {outcome.ledger}")
+    sweep = outcome.sweep
+    if sweep is not None and "hits" in sweep:
+        click.echo(f"sweep of every file whole ({sweep['bytes']} bytes, {sweep['swept_at']}): "
+                   f"{sweep['hits']} hit(s)"
+                   + "".join(f"; {f['hits']} in {f['path']}" for f in sweep["found_in"]))
 
 
 @main.command(name="backup")

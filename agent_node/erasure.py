@@ -39,7 +39,7 @@ from typing import Any
 
 import hyperscan
 
-from agent_node import locations
+from agent_node import activity, locations
 from agent_node.errors import InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from agent_node.home import NodeHome
 from agent_node.vault import (
@@ -60,8 +60,11 @@ log = logging.getLogger("agent_node.erasure")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS erasures (
   did_tag TEXT PRIMARY KEY, state TEXT NOT NULL, request_hash TEXT NOT NULL, request TEXT,
-  pending TEXT, proof TEXT, entry TEXT, receipt TEXT, updated_at TEXT NOT NULL) WITHOUT ROWID;
+  pending TEXT, proof TEXT, entry TEXT, receipt TEXT, updated_at TEXT NOT NULL,
+  sweep_needles TEXT, sweep TEXT) WITHOUT ROWID;
 """
+# Columns added after the first release, with their declarations (added to older homes).
+ADDED_COLUMNS = {"sweep_needles": "TEXT", "sweep": "TEXT"}
 LIST_FILE = "erasure-list.json"
 MIN_NEEDLE = 4  # shorter values match random bytes; they are not scanned for
 STATE_AAD = b"sovereign-fabric/erasure-state"
@@ -75,10 +78,14 @@ class Outcome:
     entry: dict[str, Any] | None  # the signed ledger entry (None: no commitment salt known)
     receipt: dict[str, Any] | None  # the ledger's receipt once anchored
     ledger: str  # "anchored", "not anchored yet: ...", "no ledger configured", ...
+    # The sweep of every file whole that follows a proof whose scan read the vault only where
+    # the rows were: {"state": "pending"} until it ran, then what it found; None when the
+    # proof's own scan read every file whole.
+    sweep: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"proof": self.proof, "ledger_entry": self.entry, "receipt": self.receipt,
-                "ledger": self.ledger}
+                "ledger": self.ledger, "sweep": self.sweep}
 
 
 class Erasure:
@@ -88,6 +95,10 @@ class Erasure:
         self.home, self.vault = home, vault
         with vault.connection() as conn:
             conn.executescript(SCHEMA)
+            have = {r[1] for r in conn.execute("PRAGMA table_info(erasures)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE erasures ADD COLUMN {column} {kind}")
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -129,12 +140,14 @@ class Erasure:
             self._run(tag)
         if tags:
             self.push_pending()
+        self.sweep()
         return len(tags)
 
     def outcome(self, did: str) -> Outcome:
         with self.vault.connection() as conn:
-            row = conn.execute("SELECT proof, entry, receipt FROM erasures WHERE did_tag = ? "
-                               "AND state = 'proved'", (self._tag(did),)).fetchone()
+            row = conn.execute("SELECT proof, entry, receipt, sweep_needles IS NOT NULL, sweep "
+                               "FROM erasures WHERE did_tag = ? AND state = 'proved'",
+                               (self._tag(did),)).fetchone()
         if row is None:
             raise NotFound("no finished erasure of that customer at this node",
                            reason="unknown-customer")
@@ -149,7 +162,40 @@ class Erasure:
             state = "no ledger configured"
         else:
             state = "not anchored yet: the node retries"
-        return Outcome(proof, entry, receipt, state)
+        sweep = {"state": "pending"} if row[3] else json.loads(row[4]) if row[4] else None
+        return Outcome(proof, entry, receipt, state, sweep)
+
+    def sweep(self) -> int:
+        """Read every file of the home whole, the vault included, for the values of each
+        erasure whose proof read the vault only where the customer's rows were (the default
+        ``erasure_scan = "pages"``); record what was found with each erasure and drop the
+        values. One pass for every erasure waiting; how many were swept. Runs off the
+        customer's request (``Sweeper``), and again on start after a crash."""
+        with self.vault.connection() as conn:
+            waiting = conn.execute("SELECT did_tag, sweep_needles FROM erasures WHERE state = "
+                                   "'proved' AND sweep_needles IS NOT NULL").fetchall()
+        if not waiting:
+            return 0
+        needles = {tag: list(self._open(tag, sealed)["needles"]) for tag, sealed in waiting}
+        scan = scan_home(self.home.path, sorted({n for own in needles.values() for n in own}))
+        found = any(f["hits"] for f in scan["files"])
+        results = {tag: _swept(scan_home(self.home.path, own) if found and len(needles) > 1
+                               else scan)  # rare: a hit, told apart per erasure
+                   for tag, own in needles.items()}
+        with self.vault.transaction() as conn:
+            conn.executemany("UPDATE erasures SET sweep = ?, sweep_needles = NULL, "
+                             "updated_at = ? WHERE did_tag = ? AND sweep_needles IS NOT NULL",
+                             [(json.dumps(r), _now(), tag) for tag, r in results.items()])
+        self._checkpoint()  # the sealed values' old page versions leave the database file
+        for result in results.values():
+            event = {"event": "erasure-swept", "hits": result["hits"],
+                     "bytes": result["bytes"]}
+            if result["hits"]:
+                log.warning(json.dumps({**event, "event": "erasure-sweep-found-copies",
+                                        "found_in": result["found_in"]}))
+            else:
+                log.info(json.dumps(event))
+        return len(results)
 
     def erased_count(self) -> int:
         with self.vault.connection() as conn:
@@ -169,6 +215,8 @@ class Erasure:
             if self.home.config.erasure_scan == "pages":
                 pages = rewritten_pages(self.vault.path)
         self._checkpoint()
+        if pages is not None:
+            pages = pages.with_free(free_pages(self.vault.path))
         scan = self._scan(tag, pages)
         self._prove(tag, scan)
         self._checkpoint()
@@ -280,10 +328,16 @@ class Erasure:
             conn.execute("UPDATE erased_subjects SET proof_digest = ? WHERE subject_ref IN "
                          "(SELECT value FROM json_each(?))", (digest, json.dumps(refs)))
             stored = {k: v for k, v in proof.items() if k != "customer"}
+            # The vault read only where the rows were: the values wait, sealed, for the sweep
+            # of every file whole that follows (``sweep``), then are dropped.
+            sweep_needles = (self._seal(tag, {"needles": state["needles"]})
+                             if scan.get("vault") != "whole file" and state["needles"]
+                             else None)
             conn.execute("UPDATE erasures SET state = 'proved', request = NULL, pending = NULL, "
-                         "proof = ?, entry = ?, updated_at = ? WHERE did_tag = ?",
+                         "proof = ?, entry = ?, updated_at = ?, sweep_needles = ? "
+                         "WHERE did_tag = ?",
                          (json.dumps(stored), json.dumps(entry) if entry else None, _now(),
-                          tag))
+                          sweep_needles, tag))
         log.info(json.dumps({"event": "erasure-proved", "proof_digest": digest,
                              "hits": protocol.scan_hits(proof)}))
 
@@ -372,20 +426,21 @@ class Erasure:
     def _checkpoint(self) -> None:
         """Move every committed page into the database files (the vault and the activity
         database) and truncate their WALs to zero bytes, so old page versions (the deleted
-        rows') are gone from them."""
-        for path in (self.vault.path, self.vault.activity_path):
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-            try:
+        rows') are gone from them. On this thread's vault connection (the activity database
+        is attached to it): a new connection's first WAL sync also syncs the directory, an
+        fsync more per file and checkpoint."""
+        with self.vault.connection() as conn:
+            for schema, path in (("main", self.vault.path),
+                                 (activity.SCHEMA, self.vault.activity_path)):
                 for _ in range(100):
-                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                    busy = conn.execute(f"PRAGMA {schema}.wal_checkpoint(TRUNCATE)"
+                                        ).fetchone()[0]
                     if not busy:
                         break
                     time.sleep(0.05)  # a reader's snapshot still needs the WAL: wait it out
                 else:
                     log.warning(json.dumps({"event": "erasure-checkpoint-busy",
                                             "file": path.name}))
-            finally:
-                conn.close()
 
     def _write_list(self) -> None:
         """Mirror the erasure list (opaque references, proof digests) in a file beside the
@@ -403,10 +458,15 @@ class Erasure:
 
 @dataclass(frozen=True)
 class Pages:
-    """Pages of the vault database a deletion rewrote (numbers from 1), of ``size`` bytes."""
+    """Pages of the vault database to read (numbers from 1), of ``size`` bytes: those a
+    deletion rewrote, and ``free`` ones (on the freelist) among them."""
 
     size: int
     numbers: frozenset[int]
+    free: frozenset[int] = frozenset()
+
+    def with_free(self, free: frozenset[int]) -> Pages:
+        return Pages(self.size, self.numbers | free, free)
 
 
 WAL_MAGIC = (0x377F0682, 0x377F0683)
@@ -445,6 +505,35 @@ def rewritten_pages(database: Path) -> Pages | None:
     return Pages(size, frozenset(numbers)) if numbers else None
 
 
+def free_pages(database: Path) -> frozenset[int]:
+    """The pages on the freelist of the SQLite database file ``database`` (its trunk and leaf
+    pages, read from the file header's freelist pointer; https://sqlite.org/fileformat2.html
+    section 1.4): space SQLite may hand out again, zeroed under ``secure_delete`` but read
+    anyway. Empty when the file cannot be read as a database."""
+    found: set[int] = set()
+    try:
+        with open(database, "rb") as handle:
+            header = handle.read(100)
+            if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+                return frozenset()
+            (size,) = struct.unpack(">H", header[16:18])
+            size = 65536 if size == 1 else size
+            trunk, count = struct.unpack(">II", header[32:40])
+            while trunk and trunk not in found and len(found) <= count:
+                found.add(trunk)
+                handle.seek((trunk - 1) * size)
+                data = handle.read(size)
+                if len(data) < 8:
+                    break
+                following, leaves = struct.unpack(">II", data[:8])
+                leaves = min(leaves, (len(data) - 8) // 4)
+                found.update(struct.unpack(f">{leaves}I", data[8:8 + 4 * leaves]))
+                trunk = following
+    except (OSError, struct.error):
+        return frozenset()
+    return frozenset(found)
+
+
 def scan_home(home: Path, needles: list[str], *, shared: int = 0,
               vault_pages: tuple[Path, Pages] | None = None) -> dict[str, Any]:
     """Count the needles' occurrences in the raw bytes of every file under ``home`` (one
@@ -464,7 +553,8 @@ def scan_home(home: Path, needles: list[str], *, shared: int = 0,
                                  else "unregistered", "bytes": size}
         if vault_pages is not None and Path(relative) == vault_pages[0]:
             pages = vault_pages[1]
-            entry.update(scanned="rewritten pages", pages=len(pages.numbers))
+            entry.update(scanned="rewritten and free pages", pages=len(pages.numbers),
+                         free_pages=len(pages.free))
             parts.append(scanner.page_parts(path, pages))
         else:
             parts.append(scanner.file_parts(path, size))
@@ -472,7 +562,8 @@ def scan_home(home: Path, needles: list[str], *, shared: int = 0,
     for entry, hits in zip(files, scanner.count(parts), strict=True):
         entry["hits"] = hits
     return {"needles": len(scanner.needles), "shared_values_skipped": shared,
-            "vault": "rewritten pages" if vault_pages else "whole file", "files": files}
+            "vault": "rewritten and free pages" if vault_pages else "whole file",
+            "files": files}
 
 
 @dataclass(frozen=True)
@@ -653,6 +744,56 @@ def _stored(column: Any) -> str:
 def _result(location: locations.Location, erased: locations.Erased) -> dict[str, Any]:
     return {"treatment": location.erasure, "rows": erased.rows, "kept": erased.kept,
             "digest": erased.digest}
+
+
+def _swept(scan: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's record: what was read, and where (file and location) any value was found."""
+    files = scan["files"]
+    return {"swept_at": _now(), "needles": scan["needles"], "files": len(files),
+            "bytes": sum(f["bytes"] for f in files), "hits": sum(f["hits"] for f in files),
+            "found_in": [{"path": f["path"], "location": f["location"], "hits": f["hits"]}
+                         for f in files if f["hits"]]}
+
+
+class Sweeper:
+    """Runs ``Erasure.sweep`` on a thread of its own once asked (``request``, after each
+    erasure the service carries out): the read of every file whole stays off the customer's
+    request, and erasures that arrive together share one pass. A failed sweep is retried at
+    the next request and when ``sov-node serve`` starts (``Erasure.resume``)."""
+
+    def __init__(self, home: NodeHome, vault: Vault) -> None:
+        self.home, self.vault = home, vault
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            self._idle.clear()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="erasure-sweep",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until no sweep is asked for or running; whether that happened in time."""
+        return self._idle.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                Erasure(self.home, self.vault).sweep()
+            except Exception as exc:  # the values wait, sealed, for the next try
+                log.warning(json.dumps({"event": "erasure-sweep-failed",
+                                        "error": type(exc).__name__}))
+            with self._lock:
+                if not self._wake.is_set():
+                    self._idle.set()
 
 
 def _valid_salt(value: Any) -> bool:

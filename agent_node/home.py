@@ -74,10 +74,11 @@ class NodeConfig:
     coordinator_listen: str = ""   # optional: a second port, mutual TLS, for the coordinator
     coordinator_ca: str = ""       # the coordinator's TLS CA (PEM) its client certificate must
     #                                chain to; relative to the node home
-    erasure_scan: str = "full"     # "full": an erasure scans every file of the home whole, the
-    #                                vault included; "pages": every other file whole and,
-    #                                in the vault, only the pages its deletion rewrote (faster
-    #                                on a large vault, weaker: the rest of the vault unread)
+    erasure_scan: str = "pages"    # "pages": an erasure's proof scans every other file of the
+    #                                home whole and the vault at the pages its deletion
+    #                                rewrote and the free pages; a sweep of every file whole
+    #                                follows off the request. "full": the proof's scan reads
+    #                                the whole vault too (its time grows with the vault)
 
     @property
     def max_ttl(self) -> timedelta:
@@ -116,7 +117,8 @@ class NodeConfig:
             check_listen(self.coordinator_listen, "node.toml key 'coordinator_listen'")
         if self.erasure_scan not in ("pages", "full"):
             raise ConfigError("node.toml key 'erasure_scan': must be \"pages\" (the vault "
-                              "pages an erasure rewrote) or \"full\" (the whole vault)")
+                              "pages an erasure rewrote and the free ones, then a sweep) or "
+                              "\"full\" (the whole vault in the proof's scan)")
         if self.ledger_address and not self.ledger_ca:
             raise ConfigError("node.toml key 'ledger_ca': set it to the ledger's CA certificate "
                               "(PEM) when 'ledger_address' is set")

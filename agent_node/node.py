@@ -294,7 +294,11 @@ class Node:
         this node holds about them destroyed; the outcome with its signed proof."""
         from agent_node.erasure import Erasure
 
-        return Erasure(self.home, self.vault).erase(request)
+        erasure = Erasure(self.home, self.vault)
+        outcome = erasure.erase(request)
+        if erasure.sweep():  # the read of every file whole, here before the command returns
+            outcome = erasure.outcome(outcome.proof["customer"])
+        return outcome
 
     def backup(self, out: Path, *, progress: Callable[..., None] | None = None) -> Any:
         """Write an encrypted backup of the vault to ``out`` (``sov-node backup``); its

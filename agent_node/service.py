@@ -100,6 +100,7 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         # Query answers skip the SM2 proof unless the operator asks for it: no SM2 per query.
         self._answer_identity = (self.identity if home.config.gm_sm2_answer_proofs
                                  else Identity(self.identity.signing_key))
+        self.sweeper: Any = None  # erasures' whole-home sweeps, off the request (on the first)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -404,10 +405,13 @@ class NodeService(node_pb2_grpc.AgentNodeServicer):
         return {"events": events, "chain": chain, "head": head, "anchors": anchors}
 
     def _erase(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:
-        from agent_node.erasure import Erasure
+        from agent_node.erasure import Erasure, Sweeper
 
         outcome = Erasure(self.home, self.vault).erase(
             body.get("request"), caller=caller, salt_hex=body.get("subject_salt"))
+        if outcome.sweep is not None and outcome.sweep.get("state") == "pending":
+            self.sweeper = self.sweeper or Sweeper(self.home, self.vault)
+            self.sweeper.request()
         return outcome.to_json()
 
     def _import(self, caller: str, body: dict[str, Any]) -> dict[str, Any]:

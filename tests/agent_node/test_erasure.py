@@ -164,9 +164,17 @@ def test_erasure_leaves_no_byte_and_a_verifiable_proof(
     # Every byte of the node home: no marker, no DID.
     assert _hits(node.home.path, _needles(node)) == {}
     assert protocol.scan_hits(proof) == 0 and proof["scan"]["needles"] >= 4
-    # The default scan reads every file whole, the vault included.
+    # The default scan reads every other file whole, the vault where her rows were and its
+    # free pages; the sweep of every file whole, the vault included, follows.
     vault_entry = next(f for f in proof["scan"]["files"] if f["path"] == "vault.sqlite")
-    assert proof["scan"]["vault"] == "whole file" and "pages" not in vault_entry
+    assert proof["scan"]["vault"] == "rewritten and free pages" and vault_entry["pages"] >= 1
+    assert all("pages" not in f for f in proof["scan"]["files"] if f is not vault_entry)
+    assert outcome.sweep == {"state": "pending"}
+    assert erasure.sweep() == 1 and erasure.sweep() == 0  # once
+    swept = erasure.outcome(alice.did).sweep
+    assert swept is not None and swept["hits"] == 0 and swept["found_in"] == []
+    assert swept["needles"] == proof["scan"]["needles"]
+    assert swept["bytes"] >= (node.home.path / "vault.sqlite").stat().st_size
     by_name = {loc["name"]: loc for loc in proof["locations"]}
     assert by_name["vault.dataset_rows"]["rows"] == 6
     assert by_name["vault.grants"]["rows"] == 1 and by_name["vault.subject_salts"]["rows"] == 1
@@ -248,6 +256,85 @@ def test_the_rewritten_pages_scan_finds_what_a_deletion_left(tmp_path: Path) -> 
     assert count_in_pages(path, [b"zq-other-4711"], pages) == 0  # table b was not rewritten
     assert rewritten_pages(path) is None  # truncated WAL: the caller scans the whole vault
     db.close()
+
+
+def test_free_pages_are_read_from_the_freelist(tmp_path: Path) -> None:
+    """Pages a deletion put on the freelist (kept unzeroed here: secure_delete off) are
+    listed, so the scan reads them; a database without free pages lists none."""
+    import sqlite3
+
+    from agent_node.erasure import Pages, count_in_pages, free_pages
+
+    path = tmp_path / "v.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA secure_delete=OFF")
+    db.execute("CREATE TABLE a (x TEXT)")
+    assert free_pages(path) == frozenset()
+    db.executemany("INSERT INTO a VALUES (?)", [(f"zq-freed-4711 {'x' * 3000} {i}",)
+                                                for i in range(40)])
+    db.execute("DELETE FROM a")
+    free = free_pages(path)
+    assert len(free) == db.execute("PRAGMA freelist_count").fetchone()[0] >= 20
+    assert count_in_pages(path, [b"zq-freed-4711"], Pages(4096, free)) >= 20
+    assert free_pages(tmp_path / "missing.sqlite") == frozenset()
+    (tmp_path / "junk").write_bytes(b"not a database" * 100)
+    assert free_pages(tmp_path / "junk") == frozenset()
+    db.close()
+
+
+def test_a_copy_outside_the_rows_is_found_by_the_sweep(
+        tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    """Attack (an operator's script, or a bug, that copied a customer's value into a table
+    the registry does not know): the proof's scan reads the vault only where her rows were,
+    so it cannot see the copy; the sweep of every file whole that follows finds it, says
+    where, and drops the values it searched; with ``erasure_scan = "full"`` the proof's own
+    scan counts it."""
+    node = in_process_node(tmp_path, _rows(bank_rows), "sweep-node", THRESHOLD)
+    alice, bob = node.wallets[0], node.wallets[1]
+    with node.vault.transaction() as conn:
+        conn.execute("CREATE TABLE shadow_copy (note TEXT)")
+        conn.execute("INSERT INTO shadow_copy VALUES (?)", (f"copied {MARKERS['job']}",))
+        conn.execute("INSERT INTO shadow_copy VALUES (?)", (f"copied {bob.did}",))
+    with node.vault.connection() as conn:  # long written: in the database file, not the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    erasure = Erasure(node.home, node.vault)
+    outcome = erasure.erase(protocol.issue_request(alice, node.home.identity.did),
+                            caller=alice.did)
+    assert protocol.scan_hits(outcome.proof) == 0  # the copy is not where her rows were
+    assert erasure.sweep() == 1
+    swept = erasure.outcome(alice.did).sweep
+    assert swept is not None and swept["hits"] == 1
+    assert swept["found_in"] == [{"path": "vault.sqlite", "location": "file.vault", "hits": 1}]
+    with node.vault.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM erasures WHERE sweep_needles IS NOT NULL"
+                            ).fetchone() == (0,)
+    node.home.config.erasure_scan = "full"  # type: ignore[misc]
+    full = erasure.erase(protocol.issue_request(bob, node.home.identity.did), caller=bob.did)
+    assert protocol.scan_hits(full.proof) >= 1 and full.sweep is None
+    assert full.proof["scan"]["vault"] == "whole file"
+
+
+def test_the_service_sweeps_off_the_request(tmp_path: Path,
+                                            bank_rows: list[dict[str, Any]]) -> None:
+    """The Sweeper runs the sweep on its own thread once asked, and again when asked while
+    it runs; ``wait`` returns once nothing is left to sweep."""
+    from agent_node.erasure import Sweeper
+
+    node = in_process_node(tmp_path, _rows(bank_rows), "sweeper-node", THRESHOLD)
+    erasure = Erasure(node.home, node.vault)
+    sweeper = Sweeper(node.home, node.vault)
+    for wallet in node.wallets[:2]:
+        outcome = erasure.erase(protocol.issue_request(wallet, node.home.identity.did),
+                                caller=wallet.did)
+        assert outcome.sweep == {"state": "pending"}
+        sweeper.request()
+    assert sweeper.wait(60)
+    swept = [erasure.outcome(wallet.did).sweep for wallet in node.wallets[:2]]
+    assert all(s is not None and s["needles"] >= 1 and "swept_at" in s for s in swept)
+    assert swept[0] is not None and swept[0]["hits"] == 0  # her markers are nowhere left
+    with node.vault.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM erasures WHERE sweep_needles IS NOT NULL"
+                            ).fetchone() == (0,)
 
 
 @pytest.mark.parametrize("threads", [False, True])

@@ -49,10 +49,20 @@ if sys.argv[3] == "mid-rows":  # inside step 1's transaction, after some rows we
         target.erase(conn, customer)
         die()
     locations._REGISTRY["vault.grants"] = dataclasses.replace(target, erase=erase)
-else:  # step 1 committed, killed before the proof
+elif sys.argv[3] == "before-proof":  # step 1 committed, killed before the proof
     Erasure._prove = die
 Erasure(home, Vault(home.vault_path, home.keys)).erase(request)
+die()  # "before-sweep": proved, killed before the sweep of every file whole
 """
+
+
+def _sweep(home: Path) -> tuple[int, str | None]:
+    """(erasures whose values wait for the sweep, the last sweep's record)."""
+    with sqlite3.connect(home / "vault.sqlite") as db:
+        waiting = db.execute("SELECT count(*) FROM erasures WHERE sweep_needles IS NOT NULL"
+                             ).fetchone()[0]
+        row = db.execute("SELECT sweep FROM erasures").fetchone()
+    return int(waiting), None if row is None else row[0]
 
 
 def _state(home: Path) -> str | None:
@@ -61,7 +71,7 @@ def _state(home: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
-@pytest.mark.parametrize("stage", ["mid-rows", "before-proof"])
+@pytest.mark.parametrize("stage", ["mid-rows", "before-proof", "before-sweep"])
 def test_kill_9_mid_erasure_is_completed_on_restart(
         tmp_path: Path, bank_rows: list[dict[str, Any]], stage: str) -> None:
     node = in_process_node(tmp_path, _rows(bank_rows), "crash-node", THRESHOLD)
@@ -86,22 +96,33 @@ def test_kill_9_mid_erasure_is_completed_on_restart(
             assert db.execute("SELECT count(*) FROM grants").fetchone()[0] == 1
             assert db.execute("SELECT count(*) FROM bindings WHERE did = ?",
                               (alice.did,)).fetchone()[0] == 1
-    else:
+    elif stage == "before-proof":
         assert _state(home) == "erased"
+    else:
+        assert _state(home) == "proved" and _sweep(home) == (1, None)
 
-    served = serve(home)  # finishes the erasure before serving
+    served = serve(home)  # finishes the erasure, and its sweep, before serving
     stop(served)
     assert _state(home) == "proved"
+    waiting, swept = _sweep(home)
+    assert waiting == 0
+    if stage == "before-proof":  # the resumed scan read every file whole: no sweep to follow
+        assert swept is None
+    else:
+        assert swept is not None and json.loads(swept)["hits"] == 0
     out = tmp_path / "proof.json"
     result = run_cli("sov-node", "erase", "--home", str(home), str(request_file), "--out",
                      str(out))
     assert "erased " + alice.did in result.stdout and "0 hit(s)" in result.stdout
+    assert ("sweep of every file whole" in result.stdout) == (stage != "before-proof")
     proof = json.loads(out.read_text())["proof"]
     protocol.verify_proof(proof, node_did=node.home.identity.did, customer=alice.did,
                           request=request)
     assert protocol.scan_hits(proof) == 0
-    # The default scan reads the whole vault, resumed or not.
-    assert proof["scan"]["vault"] == "whole file"
+    # A rerun of step 1 knows the pages its deletion rewrote; a resumed scan does not, and
+    # reads the whole vault.
+    assert proof["scan"]["vault"] == ("rewritten and free pages" if stage != "before-proof"
+                                      else "whole file")
     needles = [m.encode() for m in MARKERS.values()] + [alice.did.encode()]
     assert {f: n for f in locations.home_files(home)
             if (n := count_in_file(home / f, needles))} == {}
