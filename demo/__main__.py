@@ -306,7 +306,8 @@ def node_and_customers(work: Path, env: dict[str, str], ledger_home: Path, node_
         run([*wallet, "grants"], env)
 
         say("7b. Alice asks the node to erase everything it holds about her: its signed proof "
-            "(rows, destroyed key, a scan of every byte of its home) is anchored in the ledger")
+            "(rows, destroyed key, a raw-byte scan of its home where her data was) is anchored "
+            "in the ledger; a sweep of every byte of the home follows")
         run([*wallet, "erase", "--node", node_addr, "--yes"], env)
         dana_receipts = migrate_dana(work, env, node_home, node_addr, customers)
 
