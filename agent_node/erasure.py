@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS erasures (
   pending TEXT, proof TEXT, entry TEXT, receipt TEXT, updated_at TEXT NOT NULL,
   sweep_needles TEXT, sweep TEXT) WITHOUT ROWID;
 """
+# In the activity database: what step 1's first transaction destroyed there, written in that
+# same transaction, so that a rerun after a crash before the vault's part (which finds those
+# rows already gone) still proves them; deleted with the proof.
+STEPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {db}.erasure_steps (
+  did_tag TEXT PRIMARY KEY, results TEXT NOT NULL) WITHOUT ROWID;
+"""
 # Columns added after the first release, with their declarations (added to older homes).
 ADDED_COLUMNS = {"sweep_needles": "TEXT", "sweep": "TEXT"}
 LIST_FILE = "erasure-list.json"
@@ -95,6 +102,7 @@ class Erasure:
         self.home, self.vault = home, vault
         with vault.connection() as conn:
             conn.executescript(SCHEMA)
+            conn.executescript(STEPS_SCHEMA.format(db=activity.SCHEMA))
             have = {r[1] for r in conn.execute("PRAGMA table_info(erasures)")}
             for column, kind in ADDED_COLUMNS.items():
                 if column not in have:
@@ -140,6 +148,9 @@ class Erasure:
             self._run(tag)
         if tags:
             self.push_pending()
+        with self.vault.transaction() as conn:  # a record a crash left after the proof
+            conn.execute(f"DELETE FROM {activity.SCHEMA}.erasure_steps WHERE did_tag IN "
+                         "(SELECT did_tag FROM erasures WHERE state = 'proved')")
         self.sweep()
         return len(tags)
 
@@ -258,17 +269,26 @@ class Erasure:
     def _destroy_activity_rows(self, tag: str) -> dict[str, dict[str, Any]]:
         """Step 1's first transaction: the locations in the activity database (access-log
         bodies redacted, grant counters deleted). A transaction writing both files commits
-        each atomically but not both at once, so they commit first, alone: a crash before
-        the vault's part leaves the erasure 'requested', and the rerun repeats them (each is
-        idempotent; the proof then counts what the rerun found)."""
+        each atomically but not both at once, so they commit first, alone, with a record of
+        what they destroyed (``erasure_steps``): a crash before the vault's part leaves the
+        erasure 'requested', and the rerun finds the record and proves what the first run
+        destroyed (its own repeat of the locations, each idempotent, finds nothing more)."""
         with self.vault.transaction() as conn:
+            done = conn.execute(f"SELECT results FROM {activity.SCHEMA}.erasure_steps WHERE "
+                                "did_tag = ?", (tag,)).fetchone()
+            if done is not None:
+                return dict(json.loads(done[0]))
             request = conn.execute("SELECT request FROM erasures WHERE did_tag = ? AND state = "
                                    "'requested'", (tag,)).fetchone()[0]
             customer = _customer(conn, json.loads(request)["subject"])
-            return {location.name: _result(location, location.erase(conn, customer))
-                    for location in locations.locations()
-                    if location.kind == "table" and location.erase is not None
-                    and location.erasure != "destroy-key" and location.database == "activity"}
+            results = {location.name: _result(location, location.erase(conn, customer))
+                       for location in locations.locations()
+                       if location.kind == "table" and location.erase is not None
+                       and location.erasure != "destroy-key"
+                       and location.database == "activity"}
+            conn.execute(f"INSERT INTO {activity.SCHEMA}.erasure_steps (did_tag, results) "
+                         "VALUES (?, ?)", (tag, json.dumps(results)))
+            return results
 
     def _scan(self, tag: str, pages: Pages | None = None) -> dict[str, Any]:
         from agent_node.backup import clear_work
@@ -338,6 +358,10 @@ class Erasure:
                          "WHERE did_tag = ?",
                          (json.dumps(stored), json.dumps(entry) if entry else None, _now(),
                           sweep_needles, tag))
+            # Both files in one transaction, each atomic: a crash between their commits
+            # leaves this record behind, which ``resume`` deletes.
+            conn.execute(f"DELETE FROM {activity.SCHEMA}.erasure_steps WHERE did_tag = ?",
+                         (tag,))
         log.info(json.dumps({"event": "erasure-proved", "proof_digest": digest,
                              "hits": protocol.scan_hits(proof)}))
 
@@ -814,5 +838,9 @@ locations.table("erasures", "agent_node.erasure", "a keyed tag of an erased cust
                 "and their signed proof without the DID; while an erasure runs, the signed "
                 "request, then the values to scan for (SM4-encrypted) until the proof is signed",
                 "keep-opaque")
+locations.table("erasure_steps", "agent_node.erasure", "while an erasure's first step is "
+                "not yet followed by its vault step: what it destroyed in the activity "
+                "database (row counts and SM3 digests, under a keyed tag of the DID)",
+                "keep-opaque", database="activity")
 locations.file("erasure-list", "agent_node.erasure", LIST_FILE, "opaque references of erased "
                "subjects and their proof digests (survives restores)", "keep-opaque")

@@ -19,6 +19,7 @@ import pytest
 
 from agent_node import accesslog, locations
 from agent_node.erasure import count_in_file
+from agent_node.errors import InvalidRequest
 from consent.grants import issue_grant
 from ledger import erasure as protocol
 from tests.agent_node.conftest import (
@@ -82,6 +83,10 @@ def test_kill_9_mid_erasure_is_completed_on_restart(
     _, at = node.store.submit(credential)
     with node.vault.transaction() as conn:
         accesslog.remember_salt(conn, alice.did, secrets.token_hex(32), at)
+    # A refusal logged under her DID: an access-log body the first step redacts.
+    with pytest.raises(InvalidRequest):
+        node.engine.run({"dataset": "nope", "measures": ["count"],
+                         "purpose": "marketing-analytics"}, alice.did)
     request = protocol.issue_request(alice, node.home.identity.did)
     request_file = tmp_path / "request.json"  # outside the node home, as an operator keeps it
     request_file.write_text(json.dumps(request))
@@ -119,6 +124,11 @@ def test_kill_9_mid_erasure_is_completed_on_restart(
     protocol.verify_proof(proof, node_did=node.home.identity.did, customer=alice.did,
                           request=request)
     assert protocol.scan_hits(proof) == 0
+    # What the first step destroyed before the crash is proved, not what its rerun found.
+    by_name = {loc["name"]: loc for loc in proof["locations"]}
+    assert by_name["vault.access_log"]["rows"] == 1
+    with sqlite3.connect(home / "activity.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM erasure_steps").fetchone() == (0,)
     # A rerun of step 1 knows the pages its deletion rewrote; a resumed scan does not, and
     # reads the whole vault.
     assert proof["scan"]["vault"] == ("rewritten and free pages" if stage != "before-proof"
