@@ -11,15 +11,20 @@ found by a keyed tag of their DID, never the DID itself once done):
    vault's in a second one that also adds their subject references to the erasure list
    (``erased_subjects``: never synced or restored again), drops the request and keeps the
    values to scan for SM4-encrypted (key derived from the master key) until step 3.
-2. WAL checkpoints and truncation, then a scan of every file under the node home (database
-   pages, WAL, journals, backups, logs) for the customer's DID and values.
+2. WAL checkpoints and truncation, then a scan of the raw bytes for the customer's DID and
+   values: every file under the node home whole (WALs, journals, backups, logs) but the
+   vault, read at the pages the deletion rewrote (from the WAL's frame headers) and its free
+   pages; with ``erasure_scan = "full"``, the vault whole too.
 3. ``erased`` -> ``proved``, one transaction: the customer's SM4 data keys are destroyed (the
    ``destroy-key`` locations), the signed proof and the ledger entry are stored, the request
-   and the encrypted values dropped; then a second checkpoint and truncation.
+   dropped and the values kept sealed for the sweep only; then a second checkpoint.
+4. The sweep (``sweep``, off the customer's request: ``Sweeper``): every file whole, the
+   vault included, for the values of every erasure waiting, in one pass; what it found is
+   recorded with each erasure and the values dropped.
 
 A crash anywhere is completed by ``resume`` (``sov-node serve`` runs it on start): step 1 is
-repeatable (its first transaction is idempotent, its second atomic), step 2 is repeatable,
-step 3 is atomic. A repeated request returns the stored proof.
+repeatable (its first transaction records what it destroyed, its second is atomic), steps 2
+and 4 are repeatable, step 3 is atomic. A repeated request returns the stored proof.
 """
 
 from __future__ import annotations
