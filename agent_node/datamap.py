@@ -38,6 +38,7 @@ selection; other values never appear).
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -293,15 +294,24 @@ def parse_datamap(document: dict[str, Any], base_dir: Path) -> DataMap:
 
 def load_datamap(path: Path) -> DataMap:
     """Read and validate the data map TOML file at ``path``."""
-    path = Path(path)
+    path = Path(path).absolute()
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataMapError(f"data map {path} does not exist: create it (see docs/operator.md)")\
             from None
+    return _parsed(str(path), text)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(path: str, text: str) -> DataMap:
+    """The data map of that file's text: parsed once per text (an erasure, a sync, each
+    command reads it again; parsing and validating costs far more than reading)."""
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DataMapError(f"data map {path} is not valid TOML: {exc}") from None
-    return parse_datamap(document, path.parent)
+    return parse_datamap(document, Path(path).parent)
 
 
 TEMPLATE = '''# Data map: which source tables the node may read, and each column's scope tier.

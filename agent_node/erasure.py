@@ -653,31 +653,45 @@ class Scanner:
         counts = [0] * len(files)
         if sum(part.stop - part.start for _, part in jobs) <= SERIAL_BYTES \
                 or SCAN_THREADS == 1:
-            # Small: handing parts to other threads would cost more than it saves.
-            for i, part in jobs:
-                counts[i] += self._part(part)
+            # Small: handing parts to other threads would cost more than it saves. Each file
+            # is opened once for all its parts (the vault's page runs are many).
+            opened: dict[Path, int | None] = {}
+            try:
+                for i, part in jobs:
+                    if part.path not in opened:
+                        opened[part.path] = _open_readonly(part.path)
+                    fd = opened[part.path]
+                    counts[i] += self._part(part, fd) if fd is not None else 0
+            finally:
+                for fd in opened.values():
+                    if fd is not None:
+                        os.close(fd)
             return counts
         for (i, _), hits in zip(jobs, _pool().map(self._part, [p for _, p in jobs]),
                                 strict=True):
             counts[i] += hits
         return counts
 
-    def _part(self, part: Part) -> int:
+    def _part(self, part: Part, fd: int | None = None) -> int:
         local = self._local
         if getattr(local, "scratch", None) is None:
             local.scratch = hyperscan.Scratch(self._database)  # one per thread
-            local.buffer = bytearray(PART_BYTES + self.longest)
-        try:
-            fd = os.open(part.path, os.O_RDONLY)
-        except OSError:  # gone since listed
-            return 0
+            local.buffer = bytearray(0)
+        if len(local.buffer) < part.stop - part.start:  # as large as the largest part read
+            local.buffer = bytearray(part.stop - part.start)
+        own_fd = fd is None
+        if fd is None:
+            fd = _open_readonly(part.path)
+            if fd is None:  # gone since listed
+                return 0
         try:
             read = os.preadv(fd, [memoryview(local.buffer)[:part.stop - part.start]],
                              part.start)
         except OSError:
             return 0
         finally:
-            os.close(fd)
+            if own_fd:
+                os.close(fd)
         own, lengths, hits = part.own - part.start, self._lengths, 0
 
         def matched(index: int, _start: int, end: int, _flags: int, _context: Any) -> None:
@@ -689,6 +703,13 @@ class Scanner:
             with memoryview(local.buffer) as whole, whole[:read] as data:
                 self._database.scan(data, match_event_handler=matched, scratch=local.scratch)
         return hits
+
+
+def _open_readonly(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:  # gone since listed (a temporary file): nothing left to hold a value
+        return None
 
 
 PART_BYTES = 4 << 20  # fits the buffer in a core's cache while it is searched
