@@ -194,10 +194,18 @@ class Erasure:
             return 0
         needles = {tag: list(self._open(tag, sealed)["needles"]) for tag, sealed in waiting}
         scan = scan_home(self.home.path, sorted({n for own in needles.values() for n in own}))
-        found = any(f["hits"] for f in scan["files"])
-        results = {tag: _swept(scan_home(self.home.path, own) if found and len(needles) > 1
-                               else scan)  # rare: a hit, told apart per erasure
-                   for tag, own in needles.items()}
+        results = {tag: _swept(scan, len(own)) for tag, own in needles.items()}
+        if any(f["hits"] for f in scan["files"]):
+            # Rare: a hit. A value that is part of a value other customers still hold (a
+            # word, a domain) is found wherever theirs is: not a copy. Each erasure is then
+            # scanned again, without those, to tell whose values were found and where.
+            inside = self._inside_other_values({n for own in needles.values() for n in own})
+            results = {}
+            for tag, own in needles.items():
+                theirs = [n for n in own if n in inside]
+                results[tag] = _swept(
+                    scan_home(self.home.path, [n for n in own if n not in inside]), len(own),
+                    scan_home(self.home.path, theirs) if theirs else None)
         with self.vault.transaction() as conn:
             conn.executemany("UPDATE erasures SET sweep = ?, sweep_needles = NULL, "
                              "updated_at = ? WHERE did_tag = ? AND sweep_needles IS NOT NULL",
@@ -212,6 +220,25 @@ class Erasure:
             else:
                 log.info(json.dumps(event))
         return len(results)
+
+    def _inside_other_values(self, needles: set[str]) -> set[str]:
+        """The ``needles`` that occur inside a plain text value the vault still holds (other
+        customers' rows: the erased customer's are gone). A search of every such column, run
+        by the sweep only, and only after a hit."""
+        inside: set[str] = set()
+        with self.vault.connection() as conn:
+            for dataset in self.home.datamap().datasets.values():
+                if not self.vault.dataset_ready(conn, dataset):
+                    continue
+                table = table_name(dataset.name)
+                for column in dataset.columns.values():
+                    if column.encrypted:
+                        continue
+                    stored = plain_column(column.name)
+                    inside.update(n for n in needles - inside if conn.execute(
+                        f'SELECT 1 FROM "{table}" WHERE instr("{stored}", ?) > 0 LIMIT 1',
+                        (n,)).fetchone())
+        return inside
 
     def erased_count(self) -> int:
         with self.vault.connection() as conn:
@@ -796,13 +823,29 @@ def _result(location: locations.Location, erased: locations.Erased) -> dict[str,
             "digest": erased.digest}
 
 
-def _swept(scan: dict[str, Any]) -> dict[str, Any]:
-    """A sweep's record: what was read, and where (file and location) any value was found."""
+def _swept(scan: dict[str, Any], needles: int,
+           inside: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A sweep's record for one erasure of ``needles`` values: what was read, and where (file
+    and location) any was found. ``inside``: the scan of those of its values that are part
+    of values other customers hold (found wherever theirs are), counted apart, not hidden."""
     files = scan["files"]
-    return {"swept_at": _now(), "needles": scan["needles"], "files": len(files),
-            "bytes": sum(f["bytes"] for f in files), "hits": sum(f["hits"] for f in files),
-            "found_in": [{"path": f["path"], "location": f["location"], "hits": f["hits"]}
-                         for f in files if f["hits"]]}
+    record = {"swept_at": _now(), "needles": needles, "files": len(files),
+              "bytes": sum(f["bytes"] for f in files), "hits": _hits(files),
+              "found_in": _found_in(files)}
+    if inside is not None:
+        record["inside_other_values"] = {"needles": inside["needles"],
+                                         "hits": _hits(inside["files"]),
+                                         "found_in": _found_in(inside["files"])}
+    return record
+
+
+def _hits(files: list[dict[str, Any]]) -> int:
+    return sum(int(f["hits"]) for f in files)
+
+
+def _found_in(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"path": f["path"], "location": f["location"], "hits": f["hits"]}
+            for f in files if f["hits"]]
 
 
 class Sweeper:
