@@ -63,7 +63,7 @@ def canonicalize(value: Any) -> bytes:
         out = None
     # The common case: no non-ASCII text (key order), no NaN or infinity (written as null).
     if out is not None and out.isascii() and out[:1] not in _BARE_NUMBER:
-        if b"null" not in out:
+        if b"null" not in out or _reads_back(out, value):
             fast = _jcs_floats(out)
             if fast is not None:
                 return fast
@@ -85,6 +85,18 @@ def canonicalize(value: Any) -> bytes:
         raise ValueError(f"value cannot be canonicalised as JSON ({type(exc).__name__})") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"value cannot be canonicalised as JSON: {type(exc).__name__}") from None
+
+
+def _reads_back(out: bytes, value: Any) -> bool:
+    """Whether orjson's text ``out`` of ``value`` parses back to an equal value: then each of
+    its nulls is a None of ``value``, not a NaN or an infinity (which orjson also writes as
+    null and JCS refuses), since neither equals None. Tuples, UUIDs and enums do not compare
+    equal to what they parse back to and take the slower paths. Parsing and comparing cost
+    ~7 us on a signed reply with a null in it, where the C json encoder cost ~30 us."""
+    try:
+        return bool(orjson.loads(out) == value)
+    except Exception:  # a value whose __eq__ fails: the slower paths decide
+        return False
 
 
 def _jcs_floats(out: bytes) -> bytes | None:

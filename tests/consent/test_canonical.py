@@ -325,3 +325,19 @@ def test_float_rewrite_leaves_look_alike_text_alone() -> None:
     value = {"a:1.0,": [1.0, "x,2.0]", -0.0, 2e16, 3e-6], "b": {"c": "[5.0}"}, "d": 0.5}
     assert canonicalize(value) == (b'{"a:1.0,":[1,"x,2.0]",0,20000000000000000,0.000003],'
                                    b'"b":{"c":"[5.0}"},"d":0.5}')
+
+
+def test_nulls_beside_floats_take_the_fast_path_and_equal_rfc8785() -> None:
+    """A value with nulls (a signed reply's ``"dp": null``) is written from orjson's text once
+    that text reads back as the value, floats rewritten as JCS writes them; a NaN or an
+    infinity, which orjson also writes as null, still never reads back and is refused."""
+    import rfc8785
+
+    value = {"dp": None, "note": None, "values": [184.0, -0.0, 1e16, 1.5e-7, 2.5, 7],
+             "nested": {"a": [None, 1e21, {"b": None}], "t": "null:1.0,"}}
+    assert canonicalize(value) == rfc8785.dumps(value)
+    as_tuple = {"key": ("x", None), "v": 1.0}  # reads back as a list: the slower path
+    assert canonicalize(as_tuple) == rfc8785.dumps({"key": ["x", None], "v": 1.0})
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="canonicalised"):
+            canonicalize({"dp": None, "values": [184.0, [None, bad]], "x": 1.5})
