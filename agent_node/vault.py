@@ -286,7 +286,14 @@ class GroupCommitter:
 
 
 _COMMITTERS: weakref.WeakSet[GroupCommitter] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: [c._forget() for c in list(_COMMITTERS)])
+
+
+def _forget_committers() -> None:
+    for committer in list(_COMMITTERS):
+        committer._forget()
+
+
+os.register_at_fork(after_in_child=_forget_committers)
 
 
 class _PartialJob(Exception):
