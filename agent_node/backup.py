@@ -58,6 +58,7 @@ from agent_node.home import NodeHome, hold_exclusive
 from agent_node.vault import Vault, activity_tables, ensure_activity_tables, iso
 from agent_node.vaultcrypto import NONCE_BYTES, VaultKeys
 from consent.canonical import canonicalize
+from consent.keystore import write_private_file
 from consent.sm import SM4GCM
 
 FORMAT = "sovereign-fabric/node-backup/v1"
@@ -65,6 +66,7 @@ MAGIC = b"SFBK1\n"
 KEYRING_FILE = "keyring.sqlite"
 WORK_DIR = "backup-work"
 BACKUPS_DIR = "backups"
+RESTORE_MARK = "restore-pending.json"  # a restore between its two files (interrupted_restore)
 CHUNK_BYTES = 1 << 20
 MAX_HEADER = 4096
 TAG_BYTES = 16
@@ -543,21 +545,57 @@ def _restore(home: NodeHome, path: Path, progress: Progress | None) -> RestoreRe
         _unseal(home, vault, restored, report)
         restored_activity = work / "restore-activity.sqlite"
         _split_activity(restored, restored_activity)
-        # Each file in one write transaction: its old content or the new, whole. The activity
-        # database first: a crash between the two leaves the vault as it was, which a
-        # repeated restore then replaces.
-        with closing(sqlite3.connect(restored_activity)) as source, \
-                closing(sqlite3.connect(vault.activity_path, timeout=30)) as target:
-            source.backup(target)
-        with vault.connection() as conn, closing(sqlite3.connect(restored)) as source:
-            source.backup(conn)
+        # Each file in one write transaction: its old content or the new, whole; not both at
+        # once. So the restore is marked first (durably): a crash between the two leaves the
+        # mark, 'sov-node serve' refuses to serve the mix, and the repeated restore, which
+        # replaces both, removes it.
+        mark = home.path / RESTORE_MARK
+        write_private_file(mark, json.dumps({"backup": str(Path(path).absolute()),
+                                             "started": iso(datetime.now(UTC))}).encode())
+        _sync_directory(home.path)
+        _replace_activity(vault, restored_activity)
+        _replace_vault(vault, restored)
         erasure._checkpoint()
         erasure._write_list()
+        mark.unlink()
+        _sync_directory(home.path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     with vault.connection() as conn:
         report.erasure_list = conn.execute("SELECT count(*) FROM erased_subjects").fetchone()[0]
     return report
+
+
+def _replace_activity(vault: Vault, restored: Path) -> None:
+    with closing(sqlite3.connect(restored)) as source, \
+            closing(sqlite3.connect(vault.activity_path, timeout=30)) as target:
+        source.backup(target)
+
+
+def _replace_vault(vault: Vault, restored: Path) -> None:
+    with vault.connection() as conn, closing(sqlite3.connect(restored)) as source:
+        source.backup(conn)
+
+
+def interrupted_restore(home: Path) -> str | None:
+    """The backup file of a restore that stopped between replacing the activity database and
+    the vault (a crash, a full disk), or None: until it is repeated the two files are of
+    different moments, and the node must not serve them."""
+    try:
+        return str(json.loads((Path(home) / RESTORE_MARK).read_text())["backup"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "(the mark is unreadable: use the backup you restored)"
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a file's creation, rename or removal in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unseal(home: NodeHome, vault: Vault, restored: Path, report: RestoreReport) -> None:
@@ -703,6 +741,7 @@ def clear_work(home_path: Path) -> None:
 
 
 _OWNER = "agent_node.backup"
+locations.file("restore-mark", _OWNER, RESTORE_MARK, "", "none")
 locations.file("keyring", _OWNER, KEYRING_FILE + "*", "per-customer SM4 backup keys (wrapped "
                "under the master key), never in a backup: an erasure destroys the customer's, "
                "so no backup can bring them back", "destroy-key")

@@ -199,6 +199,14 @@ def start(home: NodeHome, *, address: str | None = None, primary: bool = True,
     if serving_lock is None:
         raise ConfigError("a restore is running on this node home: serve once it has "
                           "finished")
+    from agent_node.backup import interrupted_restore
+
+    interrupted = interrupted_restore(home.path)
+    if interrupted is not None:
+        os.close(serving_lock)
+        raise ConfigError(f"a restore from {interrupted} stopped half-way (the activity "
+                          "database and the vault are of different moments): run 'sov-node "
+                          "restore' with that backup again, then serve")
     service = build_service(home)
     config = home.config
     if primary:

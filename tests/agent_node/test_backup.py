@@ -170,3 +170,47 @@ def test_every_table_holding_customer_data_is_sealed_in_backups() -> None:
     holding = {loc.name for loc in locations.locations() if loc.kind == "table"
                and loc.erasure in ("delete", "redact", "destroy-key")}
     assert holding == backup.SEALED_LOCATIONS
+
+
+RESTORE_CRASH = """
+import os, signal, sys
+from agent_node import backup
+from agent_node.home import load_home
+home = load_home(sys.argv[1], {passphrase!r})
+def die(*_):  # the activity database replaced, the vault not yet
+    os.kill(os.getpid(), signal.SIGKILL)
+backup._replace_vault = die
+backup.restore(home, sys.argv[2])
+"""
+
+
+def test_a_restore_killed_between_its_two_files_is_refused_by_serve_until_repeated(
+        tmp_path: Path, bank_rows: list[dict[str, Any]]) -> None:
+    """kill -9 after the activity database was replaced and before the vault was: the two
+    files are of different moments, so 'sov-node serve' refuses to start, in one sentence
+    naming the backup, until the same restore is run again; then it serves."""
+    import subprocess
+    import sys
+
+    from tests.agent_node.conftest import PASSPHRASE, env
+
+    node = in_process_node(tmp_path, bank_rows[:60], "restore-crash", THRESHOLD)
+    saved = tmp_path / "saved.sfbk"
+    backup.backup(node.home, saved)
+    with node.vault.transaction() as conn:
+        conn.execute("DELETE FROM grants")  # a change after the backup
+    crashed = subprocess.run([sys.executable, "-c", RESTORE_CRASH.format(passphrase=PASSPHRASE),
+                              str(node.home.path), str(saved)], env=env(), timeout=120,
+                             capture_output=True, text=True)
+    assert crashed.returncode == -9, crashed.stderr
+    assert backup.interrupted_restore(node.home.path) == str(saved.absolute())
+    refused = run_cli("sov-node", "serve", "--home", str(node.home.path), "--listen",
+                      "127.0.0.1:0", check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"a restore from {saved.absolute()} stopped half-way" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    run_cli("sov-node", "restore", "--home", str(node.home.path), str(saved), "--yes")
+    assert backup.interrupted_restore(node.home.path) is None
+    assert locations.unregistered_files(node.home.path) == []
+    served = serve(node.home.path)
+    stop(served)
