@@ -1237,7 +1237,7 @@ class Wallet:
                 coordinator.close()
         receipt = {"format": RECEIPT_FORMAT, "node_address": node, "proof": reply["proof"],
                    "ledger_entry": reply.get("ledger_entry"), "receipt": reply.get("receipt"),
-                   "ledger": reply.get("ledger")}
+                   "ledger": reply.get("ledger"), "sweep": reply.get("sweep")}
         self.store.set_erasure_receipt(node_did, receipt)
         return receipt, via
 

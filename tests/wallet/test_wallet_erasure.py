@@ -10,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from consent.identity import Identity
@@ -46,8 +47,18 @@ def test_erase_from_the_wallet_is_proved_and_anchored(
         assert db.execute("SELECT count(*) FROM bindings").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM grants").fetchone()[0] == 0
 
+    assert receipt["sweep"] == {"state": "pending"}  # the node sweeps its home next
     again = json.loads(wallet.ok("erase", "--node", node.address, "--yes", "--json").output)
     assert again["proof"] == proof
+    for _ in range(100):  # asked again, the node returns the same proof and its sweep's record
+        if again["sweep"].get("state") != "pending":
+            break
+        time.sleep(0.1)
+        again = json.loads(wallet.ok("erase", "--node", node.address, "--yes", "--json").output)
+    assert again["proof"] == proof and again["sweep"]["bytes"] > 0
+    # Found only in the company's source file this test keeps in the node home (the node
+    # reads it, never owns it: README, what no proof can).
+    assert {f["path"] for f in again["sweep"]["found_in"]} <= {"sales.db"}
 
     out = tmp_path / "receipts"
     wallet.ok("receipts", "--out", str(out))
