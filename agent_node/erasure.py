@@ -192,20 +192,10 @@ class Erasure:
                                    "'proved' AND sweep_needles IS NOT NULL").fetchall()
         if not waiting:
             return 0
-        needles = {tag: list(self._open(tag, sealed)["needles"]) for tag, sealed in waiting}
-        scan = scan_home(self.home.path, sorted({n for own in needles.values() for n in own}))
-        results = {tag: _swept(scan, len(own)) for tag, own in needles.items()}
-        if any(f["hits"] for f in scan["files"]):
-            # Rare: a hit. A value that is part of a value other customers still hold (a
-            # word, a domain) is found wherever theirs is: not a copy. Each erasure is then
-            # scanned again, without those, to tell whose values were found and where.
-            inside = self._inside_other_values({n for own in needles.values() for n in own})
-            results = {}
-            for tag, own in needles.items():
-                theirs = [n for n in own if n in inside]
-                results[tag] = _swept(
-                    scan_home(self.home.path, [n for n in own if n not in inside]), len(own),
-                    scan_home(self.home.path, theirs) if theirs else None)
+        # First the erasures' deferred checkpoint: their destroyed keys' old page versions
+        # leave the database file, whatever becomes of the scan.
+        self._checkpoint()
+        results = self._swept_all(waiting)
         with self.vault.transaction() as conn:
             conn.executemany("UPDATE erasures SET sweep = ?, sweep_needles = NULL, "
                              "updated_at = ? WHERE did_tag = ? AND sweep_needles IS NOT NULL",
@@ -220,6 +210,24 @@ class Erasure:
             else:
                 log.info(json.dumps(event))
         return len(results)
+
+    def _swept_all(self, waiting: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+        """Each waiting erasure's sweep record, from one pass over every file whole."""
+        needles = {tag: list(self._open(tag, sealed)["needles"]) for tag, sealed in waiting}
+        scan = scan_home(self.home.path, sorted({n for own in needles.values() for n in own}))
+        results = {tag: _swept(scan, len(own)) for tag, own in needles.items()}
+        if any(f["hits"] for f in scan["files"]):
+            # Rare: a hit. A value that is part of a value other customers still hold (a
+            # word, a domain) is found wherever theirs is: not a copy. Each erasure is then
+            # scanned again, without those, to tell whose values were found and where.
+            inside = self._inside_other_values({n for own in needles.values() for n in own})
+            results = {}
+            for tag, own in needles.items():
+                theirs = [n for n in own if n in inside]
+                results[tag] = _swept(
+                    scan_home(self.home.path, [n for n in own if n not in inside]), len(own),
+                    scan_home(self.home.path, theirs) if theirs else None)
+        return results
 
     def _inside_other_values(self, needles: set[str]) -> set[str]:
         """The ``needles`` that occur inside a plain text value the vault still holds (other
@@ -262,8 +270,17 @@ class Erasure:
             pages = pages.with_free(free_pages(self.vault.path))
         scan = self._scan(tag, pages)
         self._prove(tag, scan)
-        self._checkpoint()
+        if not self._sweep_waits(tag):
+            # With a sweep to follow, its checkpoint (moments later, off the request; or on
+            # start after a crash) takes the destroyed keys' old page versions out of the
+            # database file instead: until then they are only in it, not in the WAL.
+            self._checkpoint()
         self._write_list()
+
+    def _sweep_waits(self, tag: str) -> bool:
+        with self.vault.connection() as conn:
+            return conn.execute("SELECT 1 FROM erasures WHERE did_tag = ? AND sweep_needles IS "
+                                "NOT NULL", (tag,)).fetchone() is not None
 
     def _destroy_rows(self, tag: str) -> None:
         activity = self._destroy_activity_rows(tag)

@@ -155,6 +155,11 @@ def test_erasure_leaves_no_byte_and_a_verifiable_proof(
     with node.vault.connection() as conn:
         bob_sids = node.vault.sids_for_did(conn, bob.did)
         bob_before, _ = accesslog.events_for(conn, bob_sids, [ids[1]], None)
+    with node.vault.connection() as conn:
+        wrapped = [w for (w,) in conn.execute(
+            "SELECT wrapped_key FROM subjects WHERE sid IN (SELECT sid FROM bindings WHERE "
+            "did = ?)", (alice.did,))]
+    assert wrapped and all(len(w) >= 16 for w in wrapped)
     erasure = Erasure(node.home, node.vault)
     request = protocol.issue_request(alice, node.home.identity.did)
     outcome = erasure.erase(request, caller=alice.did)
@@ -171,6 +176,8 @@ def test_erasure_leaves_no_byte_and_a_verifiable_proof(
     assert all("pages" not in f for f in proof["scan"]["files"] if f is not vault_entry)
     assert outcome.sweep == {"state": "pending"}
     assert erasure.sweep() == 1 and erasure.sweep() == 0  # once
+    # Her wrapped data key is in no byte of the home once the sweep checkpointed.
+    assert _hits(node.home.path, [bytes(w) for w in wrapped]) == {}
     swept = erasure.outcome(alice.did).sweep
     assert swept is not None and swept["hits"] == 0 and swept["found_in"] == []
     assert swept["needles"] == proof["scan"]["needles"]
