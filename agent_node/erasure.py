@@ -192,9 +192,6 @@ class Erasure:
                                    "'proved' AND sweep_needles IS NOT NULL").fetchall()
         if not waiting:
             return 0
-        # First the erasures' deferred checkpoint: their destroyed keys' old page versions
-        # leave the database file, whatever becomes of the scan.
-        self._checkpoint()
         results = self._swept_all(waiting)
         with self.vault.transaction() as conn:
             conn.executemany("UPDATE erasures SET sweep = ?, sweep_needles = NULL, "
@@ -270,17 +267,8 @@ class Erasure:
             pages = pages.with_free(free_pages(self.vault.path))
         scan = self._scan(tag, pages)
         self._prove(tag, scan)
-        if not self._sweep_waits(tag):
-            # With a sweep to follow, its checkpoint (moments later, off the request; or on
-            # start after a crash) takes the destroyed keys' old page versions out of the
-            # database file instead: until then they are only in it, not in the WAL.
-            self._checkpoint()
+        self._checkpoint()  # the destroyed keys' old page versions leave the database file
         self._write_list()
-
-    def _sweep_waits(self, tag: str) -> bool:
-        with self.vault.connection() as conn:
-            return conn.execute("SELECT 1 FROM erasures WHERE did_tag = ? AND sweep_needles IS "
-                                "NOT NULL", (tag,)).fetchone() is not None
 
     def _destroy_rows(self, tag: str) -> None:
         activity = self._destroy_activity_rows(tag)

@@ -133,14 +133,18 @@ def test_backup_restore_carries_the_activity_file_and_erasure_scans_it(
         assert conn.execute("SELECT queries_used FROM grant_usage LIMIT 1").fetchone() == (1,)
 
     alice = node.wallets[0]
-    proof = Erasure(node.home, node.vault).erase(
+    erasure = Erasure(node.home, node.vault)
+    proof = erasure.erase(
         protocol.issue_request(alice, node.home.identity.did), caller=alice.did).proof
     scanned = {f["path"]: f for f in proof["scan"]["files"]}
     assert scanned[activity.FILE]["location"] == "file.activity"
     assert scanned[activity.FILE]["hits"] == 0
-    # Checkpointed and truncated, as the vault's WAL.
-    wal = node.home.path / (activity.FILE + "-wal")
-    assert not wal.exists() or wal.stat().st_size == 0
+    # Checkpointed and truncated, as the vault's WAL; and again after the sweep that follows.
+    wals = (node.home.path / (activity.FILE + "-wal"),
+            node.home.path / (node.home.vault_path.name + "-wal"))
+    assert all(not wal.exists() or wal.stat().st_size == 0 for wal in wals)
+    assert erasure.sweep() == 1
+    assert all(not wal.exists() or wal.stat().st_size == 0 for wal in wals)
     assert locations.unregistered_files(node.home.path) == []
     with node.vault.connection() as conn:
         assert locations.unregistered_tables(conn) == []
