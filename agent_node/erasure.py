@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -542,9 +543,12 @@ def rewritten_pages(database: Path) -> Pages | None:
     wal = Path(str(database) + "-wal")
     numbers: set[int] = set()
     try:
-        with open(wal, "rb") as handle:
-            header = handle.read(32)
-            length = os.fstat(handle.fileno()).st_size
+        with ReadOnlyFiles() as files:
+            fd = files.fd(wal)
+            if fd is None:
+                return None
+            header = os.pread(fd, 32, 0)
+            length = os.fstat(fd).st_size
             if len(header) < 32:
                 return None
             magic, _, size, _, salt1, salt2 = struct.unpack(">6I", header[:24])
@@ -552,14 +556,12 @@ def rewritten_pages(database: Path) -> Pages | None:
                 return None
             offset = 32
             while offset + 24 + size <= length:  # frame headers only: 24 bytes a page
-                handle.seek(offset)
-                page, _, frame1, frame2 = struct.unpack(">4I", handle.read(16))
+                page, _, frame1, frame2 = struct.unpack(">4I", os.pread(fd, 16, offset))
                 if (frame1, frame2) != (salt1, salt2):
                     break  # frames of an earlier WAL generation: already in the database
                 numbers.add(page)
                 offset += 24 + size
-            handle.seek(0)
-            if handle.read(24) != header[:24]:
+            if os.pread(fd, 24, 0) != header[:24]:
                 return None  # restarted by another writer while we read
     except (OSError, struct.error):
         return None
@@ -573,8 +575,11 @@ def free_pages(database: Path) -> frozenset[int]:
     anyway. Empty when the file cannot be read as a database."""
     found: set[int] = set()
     try:
-        with open(database, "rb") as handle:
-            header = handle.read(100)
+        with ReadOnlyFiles() as files:
+            fd = files.fd(database)
+            if fd is None:
+                return frozenset()
+            header = os.pread(fd, 100, 0)
             if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
                 return frozenset()
             (size,) = struct.unpack(">H", header[16:18])
@@ -582,8 +587,7 @@ def free_pages(database: Path) -> frozenset[int]:
             trunk, count = struct.unpack(">II", header[32:40])
             while trunk and trunk not in found and len(found) <= count:
                 found.add(trunk)
-                handle.seek((trunk - 1) * size)
-                data = handle.read(size)
+                data = os.pread(fd, size, (trunk - 1) * size)
                 if len(data) < 8:
                     break
                 following, leaves = struct.unpack(">II", data[:8])
@@ -683,47 +687,32 @@ class Scanner:
         """Occurrences of any needle (overlapping ones each) per file's list of parts."""
         jobs = [(i, part) for i, parts in enumerate(files) for part in parts]
         counts = [0] * len(files)
-        if sum(part.stop - part.start for _, part in jobs) <= SERIAL_BYTES \
-                or SCAN_THREADS == 1:
-            # Small: handing parts to other threads would cost more than it saves. Each file
-            # is opened once for all its parts (the vault's page runs are many).
-            opened: dict[Path, int | None] = {}
-            try:
-                for i, part in jobs:
-                    if part.path not in opened:
-                        opened[part.path] = _open_readonly(part.path)
-                    fd = opened[part.path]
-                    counts[i] += self._part(part, fd) if fd is not None else 0
-            finally:
-                for fd in opened.values():
-                    if fd is not None:
-                        os.close(fd)
-            return counts
-        for (i, _), hits in zip(jobs, _pool().map(self._part, [p for _, p in jobs]),
-                                strict=True):
+        with ReadOnlyFiles() as opened:  # each file once for all its parts
+            work = [(part, opened.fd(part.path)) for _, part in jobs]
+            if sum(part.stop - part.start for _, part in jobs) <= SERIAL_BYTES \
+                    or SCAN_THREADS == 1:
+                # Small: handing parts to other threads would cost more than it saves.
+                found = [self._part(part, fd) for part, fd in work]
+            else:
+                found = list(_pool().map(lambda job: self._part(*job), work))
+        for (i, _), hits in zip(jobs, found, strict=True):
             counts[i] += hits
         return counts
 
-    def _part(self, part: Part, fd: int | None = None) -> int:
+    def _part(self, part: Part, fd: int | None) -> int:
         local = self._local
         if getattr(local, "scratch", None) is None:
             local.scratch = hyperscan.Scratch(self._database)  # one per thread
             local.buffer = bytearray(0)
         if len(local.buffer) < part.stop - part.start:  # as large as the largest part read
             local.buffer = bytearray(part.stop - part.start)
-        own_fd = fd is None
-        if fd is None:
-            fd = _open_readonly(part.path)
-            if fd is None:  # gone since listed
-                return 0
+        if fd is None:  # gone since listed
+            return 0
         try:
             read = os.preadv(fd, [memoryview(local.buffer)[:part.stop - part.start]],
                              part.start)
         except OSError:
             return 0
-        finally:
-            if own_fd:
-                os.close(fd)
         own, lengths, hits = part.own - part.start, self._lengths, 0
 
         def matched(index: int, _start: int, end: int, _flags: int, _context: Any) -> None:
@@ -737,11 +726,66 @@ class Scanner:
         return hits
 
 
-def _open_readonly(path: Path) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError:  # gone since listed (a temporary file): nothing left to hold a value
-        return None
+class ReadOnlyFiles:
+    """Descriptors to read files of the node home by, without breaking SQLite's locks.
+
+    Closing any descriptor of a file releases every POSIX record lock this process holds on
+    it (fcntl(2)), SQLite's own included: a scan that opened and closed ``vault.sqlite-shm``
+    left the node holding no lock on its WAL index, so another process (a ``--workers``
+    sibling, an operator's command) took it for unused and reset it under the node, which
+    died of SIGBUS (found by a test; ``test_a_scan_keeps_sqlites_locks``). So a file this
+    process already has open (SQLite's databases, WALs and shared-memory files) is read
+    through that descriptor, with ``pread``, and never closed here; any other file is opened
+    and closed again on ``close``."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, int], int] | None = None
+        self._by_path: dict[Path, int | None] = {}
+        self._owned: list[int] = []
+
+    def __enter__(self) -> ReadOnlyFiles:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for fd in self._owned:
+            os.close(fd)
+        self._owned.clear()
+
+    def fd(self, path: Path) -> int | None:
+        """A descriptor to read ``path`` by; None when it is gone."""
+        if path not in self._by_path:
+            self._by_path[path] = self._resolve(path)
+        return self._by_path[path]
+
+    def _resolve(self, path: Path) -> int | None:
+        try:
+            info = os.stat(path)
+        except OSError:  # gone since listed (a temporary file): nothing left to hold a value
+            return None
+        if self._open is None:
+            self._open = _descriptors()
+        held = self._open.get((info.st_dev, info.st_ino))
+        if held is not None:
+            return held
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        self._owned.append(fd)
+        return fd
+
+
+def _descriptors() -> dict[tuple[int, int], int]:
+    """This process's open descriptors of regular files, by (device, inode)."""
+    found: dict[tuple[int, int], int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            info = os.fstat(int(name))
+        except OSError:  # the listing's own descriptor, or one closed meanwhile
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.setdefault((info.st_dev, info.st_ino), int(name))
+    return found
 
 
 PART_BYTES = 4 << 20  # fits the buffer in a core's cache while it is searched

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -373,3 +374,50 @@ def test_the_scan_finds_every_value_in_one_pass_across_part_edges(
     assert count_in_file(path, needles) == expected
     assert count_in_file(path, [n.upper() for n in needles]) == 0
     assert count_in_file(path, []) == 0
+
+
+HOLDER = """
+import sqlite3, sys
+from pathlib import Path
+from agent_node.erasure import free_pages, rewritten_pages, scan_home
+home = Path(sys.argv[1])
+db = sqlite3.connect(home / "v.sqlite", isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE t (x)")
+db.execute("INSERT INTO t VALUES ('zq-held-4711')")
+rewritten_pages(home / "v.sqlite")
+free_pages(home / "v.sqlite")
+print(sum(f["hits"] for f in scan_home(home, ["zq-held-4711"])["files"]), flush=True)
+sys.stdin.readline()
+db.execute("INSERT INTO t VALUES ('after')")
+print(db.execute("SELECT count(*) FROM t").fetchone()[0], flush=True)
+"""
+
+
+def test_a_scan_keeps_sqlites_locks(tmp_path: Path) -> None:
+    """Attack (found as a node dying of SIGBUS after an erasure): a scan that opened and
+    closed the files SQLite holds released SQLite's POSIX locks with them, so another process
+    could take the WAL index for unused and reset it under the node. After the scan, the
+    rewritten-pages and the free-pages reads, the process's shared lock on the WAL index's
+    "DMS" byte (offset 128, SQLite's os_unix.c) is still held, and its connection goes on."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from tests.agent_node.conftest import env
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], env=env(),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline().strip() == "1"  # the value found, in the WAL
+        fd = os.open(tmp_path / "v.sqlite-shm", os.O_RDWR)
+        try:
+            with pytest.raises(OSError):  # still held by the scanning process
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+        finally:
+            os.close(fd)
+        out, _ = holder.communicate("go\n", timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 0 and out.strip() == "2"
