@@ -208,15 +208,6 @@ def json_list(values: Iterable[Any]) -> str:
     return json.dumps(list(values))
 
 
-def scan_bytes(path: Path, needles: list[bytes]) -> int:
-    """How many times any of ``needles`` occurs in the raw bytes of ``path``."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return 0
-    return sum(data.count(n) for n in needles if n)
-
-
 def fingerprint(value: str) -> str:
     """A non-reversible label for a needle in test output (never the value)."""
     return hashlib.sha256(value.encode()).hexdigest()[:12]
