@@ -29,6 +29,7 @@ and 4 are repeatable, step 3 is atomic. A repeated request returns the stored pr
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -776,14 +777,16 @@ class ReadOnlyFiles:
 
 
 def _descriptors() -> dict[tuple[int, int], int]:
-    """This process's open descriptors of regular files, by (device, inode)."""
+    """This process's open, readable descriptors of regular files, by (device, inode)."""
     found: dict[tuple[int, int], int] = {}
     for name in os.listdir("/proc/self/fd"):
         try:
             info = os.fstat(int(name))
+            mode = fcntl.fcntl(int(name), fcntl.F_GETFL) & os.O_ACCMODE
         except OSError:  # the listing's own descriptor, or one closed meanwhile
             continue
-        if stat.S_ISREG(info.st_mode):
+        # A write-only one (a log opened for appending) cannot be read by: open the file.
+        if stat.S_ISREG(info.st_mode) and mode in (os.O_RDONLY, os.O_RDWR):
             found.setdefault((info.st_dev, info.st_ino), int(name))
     return found
 

@@ -421,3 +421,16 @@ def test_a_scan_keeps_sqlites_locks(tmp_path: Path) -> None:
     finally:
         holder.kill()
     assert holder.returncode == 0 and out.strip() == "2"
+
+
+def test_a_file_this_process_writes_is_still_scanned(tmp_path: Path) -> None:
+    """A file the process holds open for appending only (a log) cannot be read through that
+    descriptor: the scan opens it for reading, and counts what it holds."""
+    from agent_node.erasure import scan_home
+
+    log_path = tmp_path / "node.log"
+    with open(log_path, "a", encoding="utf-8") as log_file:  # write-only, kept open
+        log_file.write("a line naming zq-logged-4711\n")
+        log_file.flush()
+        scan = scan_home(tmp_path, ["zq-logged-4711"])
+    assert [f["hits"] for f in scan["files"] if f["path"] == "node.log"] == [1]
