@@ -5,12 +5,14 @@ mutual-TLS coordinator port, registered with the real ``sov-node register``."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import time
 import tomllib
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,3 +244,40 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class WalletNetwork:
+    """A coordinator, a node registered with it, and a wallet the node has bound."""
+
+    coordinator: CoordinatorProcess
+    coordinator_ca: Path
+    node: Any  # tests.wallet.conftest.NodeProcess
+    wallet: Any  # tests.wallet.wallet_helpers.WalletCLI
+
+
+@contextmanager
+def wallet_network(tmp_path: Path) -> Iterator[WalletNetwork]:
+    """The relay tests' network (fast health checks and relay retries), stopped after use,
+    whatever the test did to it. The caller sets CONSENT_WALLET_PASSPHRASE."""
+    from tests.wallet.conftest import NodeProcess, _sov_node
+    from tests.wallet.wallet_helpers import WalletCLI
+
+    coordinator = serve_coordinator(init_coordinator(
+        tmp_path / "coordinator", health_interval_seconds=0.3, relay_retry_seconds=0.3))
+    coordinator_ca = coordinator.home / "tls" / "ca.pem"
+    node = NodeProcess(tmp_path)
+    try:
+        set_node_config(node.home, coordinator_listen=f"127.0.0.1:{free_port()}",
+                        coordinator_ca=str(coordinator_ca))
+        node.start()
+        _sov_node("register", "--home", str(node.home), "--coordinator", coordinator.address,
+                  "--coordinator-ca", str(coordinator_ca))
+        wallet = WalletCLI(tmp_path / "wallet")
+        wallet.ok("init")
+        node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
+        wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
+        yield WalletNetwork(coordinator, coordinator_ca, node, wallet)
+    finally:
+        node.stop()
+        stop_process(coordinator.process)

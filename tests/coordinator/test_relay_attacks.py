@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,10 @@ from consent.identity import Identity
 from protos.sovereign.v1 import coordinator_pb2 as pb
 from protos.transport import free_port, secure_channel
 from tests.coordinator.conftest import (
-    init_coordinator,
-    serve_coordinator,
     set_node_config,
-    stop_process,
+    wallet_network,
 )
-from tests.wallet.conftest import NodeProcess, _sov_node
-from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI
+from tests.wallet.wallet_helpers import PASSPHRASE
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 
@@ -83,25 +81,14 @@ class LyingCoordinator:
 def test_a_coordinator_claiming_a_delivery_it_did_not_make_is_not_believed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
-    coordinator = serve_coordinator(init_coordinator(
-        tmp_path / "coordinator", health_interval_seconds=0.3, relay_retry_seconds=0.3))
-    coordinator_ca = coordinator.home / "tls" / "ca.pem"
-    node = NodeProcess(tmp_path)
-    proxy = None
-    try:
-        set_node_config(node.home, coordinator_listen=f"127.0.0.1:{free_port()}",
-                        coordinator_ca=str(coordinator_ca))
-        node.start()
-        _sov_node("register", "--home", str(node.home), "--coordinator", coordinator.address,
-                  "--coordinator-ca", str(coordinator_ca))
-        wallet = WalletCLI(tmp_path / "wallet")
-        wallet.ok("init")
-        node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
-        wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
+    with wallet_network(tmp_path) as network, ExitStack() as cleanup:
+        coordinator, coordinator_ca = network.coordinator, network.coordinator_ca
+        node, wallet = network.node, network.wallet
         crm = Identity.generate()
         first, second, third = (wallet.grant(node.address, crm.did) for _ in range(3))
         proxy = LyingCoordinator(coordinator.address, coordinator.ca_pem,
                                  coordinator.home / "tls")
+        cleanup.callback(proxy.stop)  # before the network's node and coordinator stop
         wallet.ok("coordinator", "set", proxy.address, "--ca", str(coordinator_ca))
 
         # The node moves to a port the wallet does not know: only the coordinator reaches it.
@@ -126,8 +113,3 @@ def test_a_coordinator_claiming_a_delivery_it_did_not_make_is_not_believed(
             wallet.ok("grants", "--offline", "--json").output)}
         assert statuses[first] == "revoked"
         assert statuses[second] != "revoked" and statuses[third] != "revoked", statuses
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        node.stop()
-        stop_process(coordinator.process)

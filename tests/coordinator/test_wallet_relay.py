@@ -20,12 +20,9 @@ from protos.tls import create_ca
 from protos.transport import free_port
 from tests.coordinator.conftest import (
     coord_cli,
-    init_coordinator,
-    serve_coordinator,
     set_node_config,
-    stop_process,
+    wallet_network,
 )
-from tests.wallet.conftest import NodeProcess, _sov_node
 from tests.wallet.wallet_helpers import PASSPHRASE, WalletCLI, assert_clean_error
 
 
@@ -37,20 +34,9 @@ def _pending(home: Path) -> int:
 def test_the_wallet_revokes_and_erases_through_the_coordinator(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENT_WALLET_PASSPHRASE", PASSPHRASE)
-    coordinator = serve_coordinator(init_coordinator(
-        tmp_path / "coordinator", health_interval_seconds=0.3, relay_retry_seconds=0.3))
-    coordinator_ca = coordinator.home / "tls" / "ca.pem"
-    node = NodeProcess(tmp_path)
-    try:
-        set_node_config(node.home, coordinator_listen=f"127.0.0.1:{free_port()}",
-                        coordinator_ca=str(coordinator_ca))
-        node.start()
-        _sov_node("register", "--home", str(node.home), "--coordinator", coordinator.address,
-                  "--coordinator-ca", str(coordinator_ca))
-        wallet = WalletCLI(tmp_path / "wallet")
-        wallet.ok("init")
-        node.bind(json.loads(wallet.ok("whoami", "--json").output)["did"])
-        wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
+    with wallet_network(tmp_path) as network:
+        coordinator, coordinator_ca = network.coordinator, network.coordinator_ca
+        node, wallet = network.node, network.wallet
         crm = Identity.generate()
         first, second = wallet.grant(node.address, crm.did), wallet.grant(node.address, crm.did)
         address = node.address  # the node's public address, as the wallet knows it
@@ -105,9 +91,6 @@ def test_the_wallet_revokes_and_erases_through_the_coordinator(
         assert erased["via_coordinator"] == coordinator.address
         assert erased["proof"]["node"] == node.did
         assert sum(int(loc["rows"]) for loc in erased["proof"]["locations"]) >= 1
-    finally:
-        node.stop()
-        stop_process(coordinator.process)
 
 
 def test_bad_coordinator_input_is_one_sentence_and_saves_nothing(
