@@ -735,13 +735,15 @@ def erase(ctx: Context, node: str, node_ca: Path | None, yes: bool, as_json: boo
                    f"location(s), {len(proof['destroyed_keys'])} data key(s) destroyed")
         click.echo(f"  scan of {len(files)} file(s) for {proof['scan']['needles']} of your "
                    f"values: {hits} hit(s)")
-        sweep = receipt.get("sweep") or {}
+        # The sweep's record is the node's word, unsigned: only a count is shown of it.
+        sweep = receipt.get("sweep")
+        sweep = sweep if isinstance(sweep, dict) else {}
+        swept = sweep.get("hits")
         if sweep.get("state") == "pending":
             click.echo("  the node now sweeps its whole home for them too: erase again later "
                        "to see what it found")
-        elif "hits" in sweep:
-            click.echo(f"  the node's sweep of its whole home ({sweep.get('swept_at')}): "
-                       f"{sweep['hits']} hit(s)")
+        elif isinstance(swept, int) and not isinstance(swept, bool):
+            click.echo(f"  the node's sweep of its whole home: {swept} hit(s)")
         click.echo(f"  proof signed by {proof['node']}; ledger: {receipt.get('ledger')}")
         if via:
             click.echo(f"  the node was out of reach: sent sealed through the coordinator "

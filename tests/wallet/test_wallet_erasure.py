@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from consent.identity import Identity
 from tests.wallet.conftest import LedgerProcess, NodeProcess
@@ -86,3 +87,22 @@ def test_erase_at_a_node_that_holds_nothing_is_one_sentence(
     wallet.ok("nodes", "add", node.address, "--ca", str(node.ca_path))
     result = wallet("erase", "--node", node.address, "--yes")
     assert_clean_error(result, "holds nothing about that customer")
+
+
+def test_a_nodes_sweep_record_reaches_the_terminal_only_as_a_count(
+        initialised: WalletCLI, monkeypatch: Any) -> None:
+    """Attack (a node writing what it likes in the unsigned sweep record, such as terminal
+    escape sequences): `consent-wallet erase` prints only a count of it, or nothing."""
+    from wallet import service
+
+    proof = {"node": "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+             "locations": [{"rows": 1}], "destroyed_keys": [],
+             "scan": {"files": [], "needles": 1}}
+    for sweep, shown in (({"hits": 2, "swept_at": "\x1b]0;owned\x07"}, "sweep of its whole "
+                          "home: 2 hit(s)"), ({"hits": "\x1b[2J9"}, None), ("\x1b[2J", None)):
+        receipt = {"proof": proof, "ledger": "no ledger configured", "sweep": sweep}
+        monkeypatch.setattr(service.Wallet, "erase_routed",
+                            lambda self, node, node_ca=None, r=receipt: (r, None))
+        out = initialised.ok("erase", "--node", "127.0.0.1:9", "--yes").output
+        assert "\x1b" not in out
+        assert (shown in out) if shown else "sweep of its whole home" not in out
